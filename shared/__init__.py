@@ -1,0 +1,1 @@
+"""Flywheel's common code: event contracts, settings, messaging and observability plumbing."""

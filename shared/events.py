@@ -1,0 +1,295 @@
+"""Event contracts: the only thing Flywheel's services share.
+
+Every event is a frozen pydantic model with the same envelope. ``correlation_id``
+names one turn of the loop (drift → retrain → approval → experiment → promotion);
+``causation_id`` is the ``event_id`` of the event that caused this one, so the
+chain can be followed backwards. Large payloads travel by reference: a dataset
+URI plus a content hash, never the rows themselves.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Literal, Self
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
+
+
+class Topic(StrEnum):
+    """Kafka topic names: one per event type, plus dead letters."""
+
+    DATA_ARRIVED = "flywheel.data-arrived"
+    MODEL_TRAINED = "flywheel.model-trained"
+    MODEL_APPROVED = "flywheel.model-approved"
+    MODEL_REJECTED = "flywheel.model-rejected"
+    DRIFT_DETECTED = "flywheel.drift-detected"
+    PREDICTION_LOGGED = "flywheel.prediction-logged"
+    FEEDBACK_RECEIVED = "flywheel.feedback-received"
+    EXPERIMENT_UPDATED = "flywheel.experiment-updated"
+    MODEL_PROMOTED = "flywheel.model-promoted"
+    MODEL_ROLLED_BACK = "flywheel.model-rolled-back"
+
+
+def dead_letter_topic(topic: Topic) -> str:
+    """Where events of ``topic`` that cannot be handled are parked."""
+    return f"{topic.value}.dlq"
+
+
+#: Redis key holding the JSON of the latest ExperimentUpdated: the routing table
+#: the gateway reads at start-up, before the next event reaches it.
+ROUTING_STATE_KEY = "flywheel:routing:current"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    """A fresh UUID4 as a string."""
+    return str(uuid.uuid4())
+
+
+class Event(BaseModel):
+    """The envelope every event carries."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    topic: ClassVar[Topic]
+
+    event_id: str = Field(default_factory=new_id, description="Unique id (UUID4) of this event.")
+    schema_version: int = Field(1, ge=1, description="Version of this event's schema.")
+    occurred_at: AwareDatetime = Field(default_factory=_now, description="When it happened (UTC).")
+    producer: str = Field(description="Service that published the event.")
+    correlation_id: str = Field(
+        default_factory=new_id, description="One id per turn of the loop, shared by its events."
+    )
+    causation_id: str | None = Field(None, description="event_id of the event that caused this.")
+
+    def type_name(self) -> str:
+        """The event's ``type`` discriminator, e.g. ``"model-trained"``."""
+        return str(getattr(self, "type", type(self).__name__))
+
+    @classmethod
+    def caused_by(cls, cause: Event, producer: str, **fields: Any) -> Self:
+        """Build an event in the same turn of the loop as ``cause``."""
+        return cls(
+            producer=producer,
+            correlation_id=cause.correlation_id,
+            causation_id=cause.event_id,
+            **fields,
+        )
+
+
+class DatasetRef(BaseModel):
+    """A dataset batch by reference: where it is, what it hashes to, how big it is."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    uri: str = Field(description="file:// (or other fsspec) URI of a Parquet or CSV file.")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Content hash of the file.")
+    rows: int = Field(ge=0)
+    format: Literal["parquet", "csv"] = "parquet"
+
+
+class DataArrived(Event):
+    """A new labelled batch is available for training."""
+
+    topic: ClassVar[Topic] = Topic.DATA_ARRIVED
+    type: Literal["data-arrived"] = "data-arrived"
+    dataset: DatasetRef
+
+
+class ModelMetrics(BaseModel):
+    """Validation metrics of a trained model."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    accuracy: float = Field(ge=0, le=1)
+    macro_f1: float = Field(ge=0, le=1)
+    log_loss: float | None = None
+    validation_rows: int = Field(ge=0)
+
+
+class ModelTrained(Event):
+    """A training run finished and logged a candidate model to MLflow."""
+
+    topic: ClassVar[Topic] = Topic.MODEL_TRAINED
+    type: Literal["model-trained"] = "model-trained"
+    model_name: str
+    run_id: str
+    model_uri: str = Field(description="MLflow URI of the logged model (runs:/… or models:/…).")
+    algorithm: str
+    metrics: ModelMetrics
+    data_version: str = Field(description="Hash of the batches the model was trained on.")
+    datasets: tuple[DatasetRef, ...] = ()
+    trigger: Literal["data", "drift", "manual", "schedule"] = "data"
+
+
+Role = Literal["champion", "challenger"]
+
+
+class ModelApproved(Event):
+    """A registered model version passed the gates and got an alias."""
+
+    topic: ClassVar[Topic] = Topic.MODEL_APPROVED
+    type: Literal["model-approved"] = "model-approved"
+    model_name: str
+    version: str
+    run_id: str
+    alias: Role
+    champion_version: str = Field(description="The champion's version after this approval.")
+    metrics: ModelMetrics
+
+
+class GateResult(BaseModel):
+    """One validation gate's outcome and the numbers behind it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    passed: bool
+    detail: str
+
+
+class ModelRejected(Event):
+    """A candidate failed a gate (or training failed); nothing changes in serving."""
+
+    topic: ClassVar[Topic] = Topic.MODEL_REJECTED
+    type: Literal["model-rejected"] = "model-rejected"
+    model_name: str
+    version: str | None = None
+    run_id: str | None = None
+    reasons: tuple[GateResult, ...]
+
+
+class FeatureDrift(BaseModel):
+    """Drift statistics of one feature over one window."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    feature: str
+    statistic: float
+    p_value: float
+    threshold: float
+    drifted: bool
+
+
+class DriftDetected(Event):
+    """Live traffic (data drift) or live accuracy (concept drift) moved away from training."""
+
+    topic: ClassVar[Topic] = Topic.DRIFT_DETECTED
+    type: Literal["drift-detected"] = "drift-detected"
+    kind: Literal["data", "concept"] = "data"
+    model_name: str
+    reference_version: str
+    window_size: int = Field(ge=1)
+    reference_size: int = Field(ge=1)
+    window_start: AwareDatetime
+    window_end: AwareDatetime
+    features: tuple[FeatureDrift, ...]
+
+
+Variant = Literal["champion", "challenger"]
+
+
+class PredictionLogged(Event):
+    """The gateway answered one prediction."""
+
+    topic: ClassVar[Topic] = Topic.PREDICTION_LOGGED
+    type: Literal["prediction-logged"] = "prediction-logged"
+    request_id: str
+    model_name: str
+    version: str
+    variant: Variant
+    entity_id: str | None = None
+    features: dict[str, float | str]
+    predicted_class: str
+    confidence: float = Field(ge=0, le=1)
+    latency_ms: float = Field(ge=0)
+
+
+class FeedbackReceived(Event):
+    """The true outcome of an earlier prediction, enriched with who answered it."""
+
+    topic: ClassVar[Topic] = Topic.FEEDBACK_RECEIVED
+    type: Literal["feedback-received"] = "feedback-received"
+    request_id: str
+    model_name: str
+    version: str
+    variant: Variant
+    predicted_class: str
+    true_label: str | None = None
+    reward: float | None = None
+    correct: bool | None = None
+
+
+class ExperimentUpdated(Event):
+    """The routing table changed: which versions serve and the challenger's share."""
+
+    topic: ClassVar[Topic] = Topic.EXPERIMENT_UPDATED
+    type: Literal["experiment-updated"] = "experiment-updated"
+    experiment_id: str
+    model_name: str
+    status: Literal["running", "promoted", "rolled_back", "superseded", "champion_only"]
+    champion_version: str
+    challenger_version: str | None = None
+    challenger_share: float = Field(ge=0, le=1)
+
+
+class ModelPromoted(Event):
+    """The challenger became champion."""
+
+    topic: ClassVar[Topic] = Topic.MODEL_PROMOTED
+    type: Literal["model-promoted"] = "model-promoted"
+    model_name: str
+    version: str
+    previous_champion: str | None = None
+    reason: str
+
+
+class ModelRolledBack(Event):
+    """The champion alias moved back to an earlier version (or the challenger was dropped)."""
+
+    topic: ClassVar[Topic] = Topic.MODEL_ROLLED_BACK
+    type: Literal["model-rolled-back"] = "model-rolled-back"
+    model_name: str
+    version: str = Field(description="The version now serving as champion.")
+    rolled_back_version: str
+    reason: str
+
+
+EVENT_TYPES: tuple[type[Event], ...] = (
+    DataArrived,
+    ModelTrained,
+    ModelApproved,
+    ModelRejected,
+    DriftDetected,
+    PredictionLogged,
+    FeedbackReceived,
+    ExperimentUpdated,
+    ModelPromoted,
+    ModelRolledBack,
+)
+
+AnyEvent = Annotated[
+    DataArrived
+    | ModelTrained
+    | ModelApproved
+    | ModelRejected
+    | DriftDetected
+    | PredictionLogged
+    | FeedbackReceived
+    | ExperimentUpdated
+    | ModelPromoted
+    | ModelRolledBack,
+    Field(discriminator="type"),
+]
+
+ANY_EVENT: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)
+
+
+def parse_event(raw: bytes | str) -> Event:
+    """Parse any Flywheel event from JSON, dispatching on its ``type``."""
+    return ANY_EVENT.validate_json(raw)

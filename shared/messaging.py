@@ -1,0 +1,228 @@
+"""At-least-once consumption with idempotency and dead letters, on FastStream's Kafka broker.
+
+Offsets are committed only after a handler finished (``AckPolicy.NACK_ON_ERROR``:
+FastStream's default would commit before the handler runs). A handler is
+skipped when Redis already holds the event's ``done`` marker, which is written
+only after the work succeeded. An event that does not validate, or whose
+handler keeps failing, is parked on ``<topic>.dlq`` with the original bytes
+and the reason in headers, then committed, so it never blocks its partition.
+Outages of Redis or the broker are different: the event is not at fault, so
+it is not dead-lettered; the offset is rewound and the event retried later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+from pydantic import ValidationError
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from shared.errors import DependencyUnavailableError, FlywheelError
+from shared.events import Event, Topic, dead_letter_topic
+from shared.logging import correlation_id_var
+from shared.metrics import MessagingMetrics
+
+log = logging.getLogger(__name__)
+
+E = TypeVar("E", bound=Event)
+Handler = Callable[[E], Awaitable[None]]
+
+#: Errors meaning "a dependency is down", not "this event is bad".
+OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
+    DependencyUnavailableError,
+    RedisConnectionError,
+    RedisTimeoutError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+class EventPublisher(Protocol):
+    """Publishes events; the port every service's core-facing code uses."""
+
+    async def publish(self, event: Event) -> None:
+        """Publish one event on its topic."""
+
+
+class KafkaEventPublisher:
+    """Publishes events as JSON on their topic, keyed by correlation id."""
+
+    def __init__(self, broker: KafkaBroker, service: str, metrics: MessagingMetrics) -> None:
+        self._broker = broker
+        self._service = service
+        self._metrics = metrics
+
+    async def publish(self, event: Event) -> None:
+        """Publish one event on its topic."""
+        await self._broker.publish(
+            event.model_dump_json().encode(),
+            topic=event.topic.value,
+            key=event.correlation_id.encode(),
+            headers={"content-type": "application/json", "x-event-type": event.type_name()},
+            correlation_id=event.correlation_id,
+        )
+        self._metrics.published.labels(self._service, event.topic.value).inc()
+
+
+class IdempotencyStore(Protocol):
+    """Remembers which event ids a service has handled."""
+
+    async def seen(self, event_id: str) -> bool:
+        """Whether ``event_id`` was handled already."""
+
+    async def mark(self, event_id: str) -> None:
+        """Remember that ``event_id`` was handled."""
+
+
+class ProcessedEvents:
+    """Redis markers of handled event ids, so a redelivered event is a no-op."""
+
+    def __init__(self, redis: Redis, service: str, ttl_s: int) -> None:
+        self._redis = redis
+        self._prefix = f"flywheel:{service}:done:"
+        self._ttl_s = ttl_s
+
+    async def seen(self, event_id: str) -> bool:
+        """Whether this service already handled ``event_id``."""
+        return bool(await self._redis.exists(self._prefix + event_id))
+
+    async def mark(self, event_id: str) -> None:
+        """Remember that ``event_id`` was handled."""
+        await self._redis.set(self._prefix + event_id, b"1", ex=self._ttl_s)
+
+
+@dataclass(frozen=True)
+class ConsumerContext:
+    """What every subscription of one service needs."""
+
+    service: str
+    broker: KafkaBroker
+    processed: IdempotencyStore
+    metrics: MessagingMetrics
+    max_attempts: int = 3
+    retry_backoff_s: float = 0.5
+    outage_backoff_s: float = 1.0
+
+    @property
+    def group_id(self) -> str:
+        """One consumer group per service."""
+        return f"flywheel-{self.service}"
+
+
+def subscribe(ctx: ConsumerContext, topic: Topic, event_type: type[E], handle: Handler[E]) -> None:
+    """Register ``handle`` for ``topic`` with commit-after-success, dedup and dead letters."""
+
+    async def on_message(message: KafkaMessage) -> None:
+        await _consume(ctx, topic, event_type, handle, message)
+
+    on_message.__name__ = f"{ctx.service}_{topic.name.lower()}"
+    ctx.broker.subscriber(
+        topic.value,
+        group_id=ctx.group_id,
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+        title=f"{ctx.service}:{topic.value}",
+        description=event_type.__doc__,
+    )(on_message)
+
+
+async def _consume(
+    ctx: ConsumerContext,
+    topic: Topic,
+    event_type: type[E],
+    handle: Handler[E],
+    message: KafkaMessage,
+) -> None:
+    raw: bytes = message.body
+    try:
+        event = event_type.model_validate_json(raw)
+    except ValidationError as error:
+        await dead_letter(ctx, topic, raw, "invalid", _validation_summary(error))
+        return
+    token = correlation_id_var.set(event.correlation_id)
+    try:
+        await _handle_once(ctx, topic, event, handle, raw)
+    finally:
+        correlation_id_var.reset(token)
+
+
+async def _handle_once(
+    ctx: ConsumerContext, topic: Topic, event: E, handle: Handler[E], raw: bytes
+) -> None:
+    try:
+        if await ctx.processed.seen(event.event_id):
+            log.info("duplicate event ignored", extra={"event_id": event.event_id})
+            ctx.metrics.consumed.labels(ctx.service, topic.value, "duplicate").inc()
+            return
+        started = time.perf_counter()
+        outcome = await _run_with_retries(ctx, topic, event, handle, raw)
+        ctx.metrics.handler_seconds.labels(ctx.service, topic.value).observe(
+            time.perf_counter() - started
+        )
+        await ctx.processed.mark(event.event_id)
+        ctx.metrics.consumed.labels(ctx.service, topic.value, outcome).inc()
+    except OUTAGE_ERRORS as error:
+        # Not the event's fault: rewind (NACK) and try again once the dependency is back.
+        log.warning("dependency unavailable, will retry", extra={"error": repr(error)})
+        await asyncio.sleep(ctx.outage_backoff_s)
+        raise
+
+
+async def _run_with_retries(
+    ctx: ConsumerContext, topic: Topic, event: E, handle: Handler[E], raw: bytes
+) -> str:
+    """Run the handler; return "handled" or, after the last failed attempt, "dead_lettered"."""
+    for attempt in range(1, ctx.max_attempts + 1):
+        try:
+            await handle(event)
+            return "handled"
+        except OUTAGE_ERRORS:
+            raise
+        except Exception as error:
+            retryable = not isinstance(error, FlywheelError) or error.retryable
+            log.warning(
+                "handler failed",
+                extra={"attempt": attempt, "error": repr(error), "event_id": event.event_id},
+            )
+            if not retryable or attempt == ctx.max_attempts:
+                reason = "rejected" if not retryable else "failed"
+                await dead_letter(ctx, topic, raw, reason, f"{type(error).__name__}: {error}")
+                return "dead_lettered"
+            await asyncio.sleep(ctx.retry_backoff_s * attempt)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def dead_letter(
+    ctx: ConsumerContext, topic: Topic, raw: bytes, reason: str, error: str
+) -> None:
+    """Park ``raw`` on the topic's dead-letter topic, with the reason in headers."""
+    log.error("event dead-lettered", extra={"topic": topic.value, "reason": reason, "error": error})
+    await ctx.broker.publish(
+        raw,
+        topic=dead_letter_topic(topic),
+        headers={
+            "x-error": error[:2000],
+            "x-error-reason": reason,
+            "x-original-topic": topic.value,
+            "x-consumer-group": ctx.group_id,
+        },
+    )
+    ctx.metrics.dead_letters.labels(ctx.service, topic.value, reason).inc()
+
+
+def _validation_summary(error: ValidationError) -> str:
+    """One line per bad field: where it is and what is wrong with it."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in item['loc']) or '<body>'}: {item['msg']}"
+        for item in error.errors(include_url=False)
+    )

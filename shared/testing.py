@@ -1,0 +1,53 @@
+"""Fakes and factories for tests of handlers (in-memory broker level, never integration)."""
+
+from __future__ import annotations
+
+from faststream.kafka import KafkaBroker
+from prometheus_client import CollectorRegistry
+
+from shared.events import Event
+from shared.messaging import ConsumerContext
+from shared.metrics import MessagingMetrics
+
+
+class InMemoryProcessedEvents:
+    """An idempotency store in a set."""
+
+    def __init__(self) -> None:
+        self.ids: set[str] = set()
+
+    async def seen(self, event_id: str) -> bool:
+        """Whether ``event_id`` was marked."""
+        return event_id in self.ids
+
+    async def mark(self, event_id: str) -> None:
+        """Mark ``event_id``."""
+        self.ids.add(event_id)
+
+
+class RecordingPublisher:
+    """A publisher that keeps what it was given."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    async def publish(self, event: Event) -> None:
+        """Record ``event``."""
+        self.events.append(event)
+
+    def of_type(self, event_type: type[Event]) -> list[Event]:
+        """The recorded events of one type."""
+        return [e for e in self.events if isinstance(e, event_type)]
+
+
+def consumer_context(service: str, broker: KafkaBroker | None = None) -> ConsumerContext:
+    """A consumer context with an in-memory idempotency store and fresh metrics, no retry waits."""
+    return ConsumerContext(
+        service=service,
+        broker=broker or KafkaBroker(),
+        processed=InMemoryProcessedEvents(),
+        metrics=MessagingMetrics.create(CollectorRegistry()),
+        max_attempts=3,
+        retry_backoff_s=0.0,
+        outage_backoff_s=0.0,
+    )
