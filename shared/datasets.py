@@ -68,8 +68,8 @@ def _segments(
         risk = 0.9 * tickets + 1.0 * recency - 0.5 * visits + 0.3 * discount
     logits = np.column_stack([risk, np.zeros_like(risk) + 0.3, value])
     noisy = logits + rng.gumbel(0.0, 0.35, logits.shape)
-    labels: np.ndarray = np.asarray(("at_risk", "steady", "high_value"), dtype=object)
-    return labels[noisy.argmax(axis=1)]
+    labels = np.asarray(("at_risk", "steady", "high_value"), dtype=object)
+    return np.asarray(labels[noisy.argmax(axis=1)], dtype=object)
 
 
 def sha256_of(path: Path) -> str:

@@ -1,0 +1,1 @@
+"""The five Flywheel services; each is independent and imports only ``shared``."""
