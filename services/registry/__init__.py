@@ -1,0 +1,1 @@
+"""Registry: registers trained models, runs validation gates and assigns champion/challenger."""

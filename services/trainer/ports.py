@@ -1,0 +1,60 @@
+"""The trainer's I/O, as protocols: batch files, batch history, the training lock, MLflow."""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from shared.events import DatasetRef
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from services.trainer.core import TrainedModel
+
+
+class BatchSource(Protocol):
+    """Reads referenced batches (blocking)."""
+
+    def load(self, ref: DatasetRef) -> pd.DataFrame:
+        """The batch's rows, checked against its hash and the spec.
+
+        Raises NotFoundError or InvalidInputError when it is missing or does not fit.
+        """
+
+
+class BatchHistory(Protocol):
+    """Remembers which batches arrived for each model, newest last."""
+
+    async def record(self, model_name: str, ref: DatasetRef) -> None:
+        """Append ``ref`` (moving it to the end if it was recorded already)."""
+
+    async def recent(self, model_name: str, count: int) -> list[DatasetRef]:
+        """The ``count`` most recent batches, oldest first."""
+
+
+class TrainingLock(Protocol):
+    """At most one training of a model at a time, across processes."""
+
+    def hold(self, model_name: str) -> AbstractAsyncContextManager[None]:
+        """Wait (bounded) for the model's lock and hold it for the block."""
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What the run is about: which model, which data, which event caused it."""
+
+    model_name: str
+    data_version: str
+    trigger: str
+    event_id: str
+    correlation_id: str
+    datasets: tuple[DatasetRef, ...]
+
+
+class ModelStore(Protocol):
+    """Logs trained models as tracked runs (blocking)."""
+
+    def log_training(self, model: TrainedModel, context: RunContext) -> str:
+        """Log params, metrics, tags, the model and its reference sample; return the run id."""

@@ -1,0 +1,92 @@
+"""The trainer's adapters against real MLflow and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from redis.asyncio import Redis
+
+from flywheel.infra import Endpoints
+from services.trainer.adapters import MlflowModelStore, RedisBatchHistory, RedisTrainingLock
+from services.trainer.core import TrainingConfig, combine_batches, data_version, train
+from services.trainer.ports import RunContext
+from shared.datasets import generate_customers, write_batch
+from shared.errors import DependencyUnavailableError
+from shared.spec import load_spec
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_trained_pipeline_is_logged_with_tags_metrics_and_reference(
+    infra: Endpoints, tmp_path: Path
+) -> None:
+    spec, name = load_spec(), f"test-trainer-{uuid.uuid4().hex[:8]}"
+    refs = [write_batch(generate_customers(1000, s), tmp_path / f"b{s}.parquet") for s in (1, 2)]
+    model = train(
+        combine_batches([generate_customers(1000, s) for s in (1, 2)]), spec, TrainingConfig()
+    )
+    context = RunContext(
+        name, data_version(r.sha256 for r in refs), "data", "e1", "c1", tuple(refs)
+    )
+
+    started = time.perf_counter()
+    run_id = MlflowModelStore(infra.mlflow_uri).log_training(model, context)
+    assert time.perf_counter() - started < 60
+
+    run = MlflowClient(infra.mlflow_uri).get_run(run_id)
+    assert run.data.tags["flywheel.correlation_id"] == "c1"
+    assert run.data.tags["flywheel.data_version"] == context.data_version
+    assert run.data.metrics["accuracy"] == pytest.approx(model.metrics.accuracy)
+    loaded = mlflow.sklearn.load_model(f"runs:/{run_id}/model")
+    sample = generate_customers(50, 9)[list(spec.feature_names)]
+    assert list(loaded.predict(sample)) == list(model.pipeline.predict(sample))
+    reference = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path="reference/features.parquet", dst_path=str(tmp_path)
+    )
+    assert list(pd.read_parquet(reference).columns) == list(spec.feature_names)
+
+
+async def test_batch_history_keeps_the_newest_without_duplicates(
+    infra: Endpoints, tmp_path: Path
+) -> None:
+    redis, model = Redis.from_url(infra.redis_url), f"test-{uuid.uuid4().hex[:8]}"
+    history = RedisBatchHistory(redis, cap=3)
+    refs = [write_batch(generate_customers(30, s), tmp_path / f"b{s}.parquet") for s in range(5)]
+    try:
+        for ref in [*refs, refs[2]]:
+            await history.record(model, ref)
+        assert await history.recent(model, 10) == [refs[3], refs[4], refs[2]]
+        assert await history.recent(model, 2) == [refs[4], refs[2]]
+    finally:
+        await redis.delete(RedisBatchHistory.key(model))
+        await redis.aclose()
+
+
+async def test_training_lock_serialises_and_gives_up_after_its_wait(infra: Endpoints) -> None:
+    redis, model = Redis.from_url(infra.redis_url), f"test-{uuid.uuid4().hex[:8]}"
+    lock = RedisTrainingLock(redis, ttl_s=10, wait_s=0.3)
+    try:
+        async with lock.hold(model):
+            with pytest.raises(DependencyUnavailableError):
+                async with lock.hold(model):
+                    pass
+        waiting = RedisTrainingLock(redis, ttl_s=10, wait_s=5)
+        order: list[str] = []
+
+        async def train_for(tag: str) -> None:
+            async with waiting.hold(model):
+                order.append(f"{tag}-in")
+                await asyncio.sleep(0.2)
+                order.append(f"{tag}-out")
+
+        await asyncio.gather(train_for("a"), train_for("b"))
+        assert order in (["a-in", "a-out", "b-in", "b-out"], ["b-in", "b-out", "a-in", "a-out"])
+    finally:
+        await redis.aclose()

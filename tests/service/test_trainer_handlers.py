@@ -1,0 +1,254 @@
+"""Trainer handlers through FastStream's in-memory broker, with fakes of its ports."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from faststream.kafka import KafkaBroker, TestKafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+from prometheus_client import CollectorRegistry
+
+from services.trainer.adapters import FileBatchSource
+from services.trainer.core import TrainedModel, TrainingConfig, data_version
+from services.trainer.handlers import TrainerHandlers, TrainerPorts, register
+from services.trainer.metrics import TrainerMetrics
+from services.trainer.ports import RunContext
+from shared.datasets import generate_customers, write_batch
+from shared.events import (
+    DataArrived,
+    DatasetRef,
+    DriftDetected,
+    Event,
+    FeatureDrift,
+    ModelTrained,
+    Topic,
+    dead_letter_topic,
+)
+from shared.spec import load_spec
+from shared.testing import RecordingPublisher, consumer_context
+
+MODEL = "customer-segment"
+
+
+class InMemoryHistory:
+    """Batch history in a dict of lists, newest last."""
+
+    def __init__(self) -> None:
+        self.refs: dict[str, list[DatasetRef]] = {}
+
+    async def record(self, model_name: str, ref: DatasetRef) -> None:
+        refs = [r for r in self.refs.get(model_name, []) if r != ref]
+        self.refs[model_name] = [*refs, ref]
+
+    async def recent(self, model_name: str, count: int) -> list[DatasetRef]:
+        return self.refs.get(model_name, [])[-count:]
+
+
+class AsyncioLock:
+    """A per-model asyncio lock standing in for the Redis lock."""
+
+    def __init__(self) -> None:
+        self.locks: dict[str, asyncio.Lock] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, model_name: str) -> AsyncIterator[None]:
+        async with self.locks.setdefault(model_name, asyncio.Lock()):
+            yield
+
+
+@dataclass
+class FakeModelStore:
+    """Records logged trainings and how many overlapped."""
+
+    delay_s: float = 0.0
+    logged: list[tuple[TrainedModel, RunContext]] = field(default_factory=list)
+    active: int = 0
+    max_active: int = 0
+    _guard: threading.Lock = field(default_factory=threading.Lock)
+
+    def log_training(self, model: TrainedModel, context: RunContext) -> str:
+        with self._guard:
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+        time.sleep(self.delay_s)
+        with self._guard:
+            self.active -= 1
+            self.logged.append((model, context))
+            return f"run-{len(self.logged)}"
+
+
+@dataclass
+class Harness:
+    broker: KafkaBroker
+    handlers: TrainerHandlers
+    history: InMemoryHistory
+    store: FakeModelStore
+    publisher: RecordingPublisher
+    metrics: TrainerMetrics
+    dead_letters: dict[str, list[dict[str, str]]]
+
+    def trained(self) -> list[ModelTrained]:
+        return [e for e in self.publisher.events if isinstance(e, ModelTrained)]
+
+
+def _harness(window: int = 5, delay_s: float = 0.0) -> Harness:
+    broker = KafkaBroker()
+    publisher, history, store = RecordingPublisher(), InMemoryHistory(), FakeModelStore(delay_s)
+    metrics = TrainerMetrics.create(CollectorRegistry())
+    spec = load_spec()
+    ports = TrainerPorts(FileBatchSource(spec), history, AsyncioLock(), store, publisher)
+    handlers = TrainerHandlers(ports, spec, TrainingConfig(), MODEL, window, metrics)
+    register(consumer_context("trainer", broker), handlers)
+    dead: dict[str, list[dict[str, str]]] = {}
+
+    @broker.subscriber(
+        dead_letter_topic(Topic.DATA_ARRIVED), dead_letter_topic(Topic.DRIFT_DETECTED)
+    )
+    async def park(message: KafkaMessage) -> None:
+        headers = dict(message.headers)
+        dead.setdefault(headers["x-original-topic"], []).append(headers)
+
+    return Harness(broker, handlers, history, store, publisher, metrics, dead)
+
+
+def _batch(tmp_path: Path, seed: int, rows: int = 600) -> DatasetRef:
+    return write_batch(generate_customers(rows, seed), tmp_path / f"batch-{seed}.parquet")
+
+
+def _path(ref: DatasetRef) -> Path:
+    return Path(ref.uri.removeprefix("file://"))
+
+
+def _damaged_batch(tmp_path: Path, damage: str) -> DatasetRef:
+    ref = _batch(tmp_path, 1)
+    path = _path(ref)
+    if damage == "missing":
+        path.unlink()
+    elif damage == "tampered":
+        path.write_bytes(path.read_bytes() + b"x")
+    else:  # a real file whose hash matches, but a column is missing
+        ref = write_batch(generate_customers(50, 1).drop(columns=["plan"]), path)
+    return ref
+
+
+def _drift() -> DriftDetected:
+    now = datetime.now(UTC)
+    feature = FeatureDrift(
+        feature="monthly_spend", statistic=0.4, p_value=1e-6, threshold=0.01, drifted=True
+    )
+    return DriftDetected(
+        producer="monitor",
+        model_name=MODEL,
+        reference_version="1",
+        window_size=500,
+        reference_size=1000,
+        window_start=now,
+        window_end=now,
+        features=(feature,),
+    )
+
+
+async def _send(broker: KafkaBroker, *events: Event) -> None:
+    async with TestKafkaBroker(broker) as test_broker:
+        for event in events:
+            await test_broker.publish(event.model_dump_json().encode(), event.topic.value)
+
+
+async def test_data_arrived_trains_and_publishes_model_trained_in_the_same_turn(
+    tmp_path: Path,
+) -> None:
+    h = _harness()
+    arrived = DataArrived(producer="test", dataset=_batch(tmp_path, 1))
+    await _send(h.broker, arrived)
+
+    [trained] = h.trained()
+    assert trained.correlation_id == arrived.correlation_id
+    assert trained.causation_id == arrived.event_id
+    assert trained.producer == "trainer"
+    assert trained.trigger == "data"
+    assert trained.run_id == "run-1"
+    assert trained.model_uri == "runs:/run-1/model"
+    assert trained.datasets == (arrived.dataset,)
+    assert trained.data_version == data_version([arrived.dataset.sha256])
+    assert trained.metrics.accuracy > 0.6
+    assert trained.metrics.validation_rows == 120
+    _, context = h.store.logged[0]
+    assert (context.event_id, context.trigger) == (arrived.event_id, "data")
+    assert h.history.refs[MODEL] == [arrived.dataset]
+    assert h.metrics.trainings.labels("data", "succeeded")._value.get() == 1
+
+
+async def test_training_uses_only_the_most_recent_window(tmp_path: Path) -> None:
+    h = _harness(window=2)
+    events = [DataArrived(producer="test", dataset=_batch(tmp_path, s)) for s in (1, 2, 3)]
+    await _send(h.broker, *events)
+
+    last = h.trained()[-1]
+    assert last.datasets == (events[1].dataset, events[2].dataset)
+    assert last.data_version == data_version([events[2].dataset.sha256, events[1].dataset.sha256])
+    assert h.store.logged[-1][0].metrics.validation_rows == 240
+    assert len({t.data_version for t in h.trained()}) == 3
+
+
+async def test_drift_retrains_on_recent_batches_in_the_drift_turn(tmp_path: Path) -> None:
+    h = _harness()
+    batches = [DataArrived(producer="test", dataset=_batch(tmp_path, s)) for s in (1, 2)]
+    drift = _drift()
+    await _send(h.broker, *batches, drift)
+
+    retrained = h.trained()[-1]
+    assert retrained.trigger == "drift"
+    assert retrained.correlation_id == drift.correlation_id
+    assert retrained.causation_id == drift.event_id
+    assert retrained.datasets == tuple(b.dataset for b in batches)
+    assert h.metrics.trainings.labels("drift", "succeeded")._value.get() == 1
+
+
+@pytest.mark.parametrize("damage", ["missing", "tampered", "misfit"])
+async def test_bad_batch_is_dead_lettered_without_training(tmp_path: Path, damage: str) -> None:
+    h = _harness()
+    ref = _damaged_batch(tmp_path, damage)
+    await _send(h.broker, DataArrived(producer="test", dataset=ref))
+
+    [headers] = h.dead_letters[Topic.DATA_ARRIVED.value]
+    assert headers["x-error-reason"] == "rejected"
+    assert h.trained() == []
+    assert h.store.logged == []
+    assert h.history.refs == {}
+
+
+async def test_drift_before_any_data_is_dead_lettered(tmp_path: Path) -> None:
+    h = _harness()
+    await _send(h.broker, _drift())
+    [headers] = h.dead_letters[Topic.DRIFT_DETECTED.value]
+    assert "NotFoundError" in headers["x-error"]
+    assert h.trained() == []
+
+
+async def test_an_older_batch_that_vanished_is_skipped(tmp_path: Path) -> None:
+    h = _harness()
+    first, second = _batch(tmp_path, 1), _batch(tmp_path, 2)
+    await h.history.record(MODEL, first)
+    await h.history.record(MODEL, second)
+    _path(first).unlink()
+    await _send(h.broker, _drift())
+    assert h.trained()[-1].datasets == (second,)
+
+
+async def test_two_triggers_never_train_the_same_model_at_once(tmp_path: Path) -> None:
+    h = _harness(delay_s=0.3)
+    await h.history.record(MODEL, _batch(tmp_path, 1))
+    arrived = DataArrived(producer="test", dataset=_batch(tmp_path, 2))
+    await asyncio.gather(
+        h.handlers.on_data_arrived(arrived), h.handlers.on_drift_detected(_drift())
+    )
+    assert len(h.store.logged) == 2
+    assert h.store.max_active == 1
