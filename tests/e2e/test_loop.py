@@ -1,0 +1,130 @@
+"""The whole loop through a real Kafka, Redis and MLflow, with the five services as processes."""
+
+from __future__ import annotations
+
+import json
+import socket
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from flywheel.demo import DemoConfig, LoopRun, run_demo
+from flywheel.infra import Endpoints
+from flywheel.infra.stack import SERVICES, start_services, stop_services
+from flywheel.loop import EventTap, publish_raw
+from shared.events import FeedbackReceived, Topic, dead_letter_topic
+
+pytestmark = pytest.mark.e2e
+
+WINDOW = 300
+
+
+def _free_ports() -> dict[str, int]:
+    ports = {}
+    for name in SERVICES:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            ports[name] = int(sock.getsockname()[1])
+    return ports
+
+
+@pytest.fixture(scope="module")
+def stack(infra: Endpoints) -> Iterator[dict[str, str]]:
+    """The five services on free ports against the session's infrastructure."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FLYWHEEL_MODEL_NAME", f"e2e-{uuid.uuid4().hex[:8]}")
+        patch.setenv("MONITOR_WINDOW_SIZE", str(WINDOW))
+        patch.setenv("MONITOR_REFERENCE_REFRESH_S", "1")
+        try:
+            yield start_services(infra, ports=_free_ports(), timeout=180)
+        finally:
+            stop_services(infra.run_dir)
+
+
+@pytest.fixture(scope="module")
+async def loop_run(infra: Endpoints, stack: dict[str, str]) -> LoopRun:
+    config = DemoConfig(
+        kafka_bootstrap=infra.kafka_bootstrap,
+        gateway_url=stack["gateway"],
+        data_dir=infra.run_dir / "data",
+        training_rows=3000,
+        normal_requests=100,
+        shifted_requests=2 * WINDOW,
+    )
+    return await run_demo(config, say=print)
+
+
+async def test_data_arrival_trains_approves_and_serves_a_champion(loop_run: LoopRun) -> None:
+    assert loop_run.announced is not None
+    assert loop_run.first_trained is not None
+    assert loop_run.first_trained.causation_id == loop_run.announced.event_id
+    assert loop_run.first_trained.metrics.accuracy > 0.6
+    assert loop_run.champion is not None
+    assert loop_run.champion.alias == "champion"
+    answer = loop_run.first_prediction
+    assert answer["model_version"] == loop_run.champion.version
+    assert answer["variant"] == "champion"
+    row = answer["predictions"][0]
+    assert row["predicted_class"] in row["probabilities"]
+    assert row["confidence"] == pytest.approx(max(row["probabilities"].values()))
+
+
+async def test_drift_retrains_in_the_drifts_turn_of_the_loop(loop_run: LoopRun) -> None:
+    drift, retrained = loop_run.drift, loop_run.retrained
+    assert drift is not None
+    assert retrained is not None
+    assert drift.kind == "data"
+    assert {f.feature for f in drift.features if f.drifted} & {"monthly_spend", "visits_per_month"}
+    assert retrained.trigger == "drift"
+    assert retrained.correlation_id == drift.correlation_id
+    assert retrained.causation_id == drift.event_id
+    assert retrained.run_id != loop_run.first_trained.run_id  # type: ignore[union-attr]
+    assert loop_run.challenger is not None
+    assert loop_run.challenger.alias == "challenger"
+    assert loop_run.challenger.causation_id == retrained.event_id
+    assert loop_run.experiment is not None
+    assert loop_run.experiment.status == "running"
+    assert loop_run.experiment.challenger_version == loop_run.challenger.version
+
+
+async def test_feedback_is_published_with_the_answering_variant(
+    infra: Endpoints, stack: dict[str, str], loop_run: LoopRun
+) -> None:
+    async with (
+        EventTap(infra.kafka_bootstrap) as tap,
+        httpx.AsyncClient(base_url=stack["gateway"]) as client,
+    ):
+        request_id = loop_run.first_prediction["predictions"][0]["request_id"]
+        response = await client.post(
+            "/v1/feedback", json={"request_id": request_id, "true_label": "steady"}
+        )
+        assert response.status_code == 200, response.text
+        feedback = await tap.wait_for(FeedbackReceived, lambda e: e.request_id == request_id, 60)
+    assert feedback.variant == "champion"
+    assert feedback.version == loop_run.first_prediction["model_version"]
+    assert feedback.correct == (feedback.predicted_class == "steady")
+
+
+async def test_malformed_event_is_parked_on_the_dead_letter_topic(
+    infra: Endpoints, stack: dict[str, str]
+) -> None:
+    bad = json.dumps({"type": "data-arrived", "producer": "e2e", "dataset": "nope"}).encode()
+    async with EventTap(infra.kafka_bootstrap) as tap:
+        await publish_raw(infra.kafka_bootstrap, Topic.DATA_ARRIVED.value, bad)
+        letter = await tap.wait_for_dead_letter(dead_letter_topic(Topic.DATA_ARRIVED), 60)
+    assert letter.value == bad
+    assert letter.headers["x-error-reason"] == "invalid"
+    assert "dataset" in letter.headers["x-error"]
+    assert letter.headers["x-consumer-group"] == "flywheel-trainer"
+    async with httpx.AsyncClient() as client:
+        metrics = (await client.get(f"{stack['trainer']}/metrics")).text
+    assert 'flywheel_dead_letters_total{reason="invalid",service="trainer"' in metrics
+
+
+def test_every_service_reports_ready_with_its_dependencies(stack: dict[str, str]) -> None:
+    for name, url in stack.items():
+        body = httpx.get(f"{url}/readyz").json()
+        assert body["ready"] is True, (name, body)
+        assert body["checks"]["broker"] is True
