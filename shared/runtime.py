@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 ReadinessCheck = Callable[[], Awaitable[bool]]
 Hook = Callable[[], Awaitable[None]]
+#: Extra fields for ``/readyz`` that inform without deciding readiness (e.g. loaded models).
+ReadinessDetails = Callable[[], dict[str, object]]
 
 
 @dataclass
@@ -130,6 +132,7 @@ def service_app(
     routers: Sequence[APIRouter] = (),
     title: str | None = None,
     description: str = "",
+    details: ReadinessDetails | None = None,
 ) -> FastAPI:
     """A FastAPI app with health, readiness and metrics whose lifespan runs the broker."""
     all_checks = {"broker": broker_check(runtime), "redis": redis_check(runtime.redis)}
@@ -154,14 +157,17 @@ def service_app(
         title=title or f"flywheel-{runtime.name}", description=description, lifespan=lifespan
     )
     app.state.runtime = runtime
-    _add_probe_routes(app, runtime, all_checks)
+    _add_probe_routes(app, runtime, all_checks, details)
     for router in routers:
         app.include_router(router)
     return app
 
 
 def _add_probe_routes(
-    app: FastAPI, runtime: ServiceRuntime, checks: dict[str, ReadinessCheck]
+    app: FastAPI,
+    runtime: ServiceRuntime,
+    checks: dict[str, ReadinessCheck],
+    details: ReadinessDetails | None = None,
 ) -> None:
     @app.get("/healthz", tags=["ops"], summary="Liveness: the process answers")
     async def healthz() -> dict[str, str]:
@@ -174,7 +180,8 @@ def _add_probe_routes(
         )
         ready = all(results.values())
         response.status_code = 200 if ready else 503
-        return {"ready": ready, "service": runtime.name, "checks": results}
+        extra = details() if details is not None else {}
+        return {**extra, "ready": ready, "service": runtime.name, "checks": results}
 
     @app.get("/metrics", tags=["ops"], summary="Prometheus metrics")
     async def metrics() -> Response:

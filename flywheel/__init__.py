@@ -1,0 +1,1 @@
+"""Flywheel's command line and local infrastructure (Kafka, Redis, MLflow without Docker)."""

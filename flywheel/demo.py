@@ -1,0 +1,176 @@
+"""One turn of the loop, driven from outside as a user would: Kafka events and HTTP calls.
+
+``flywheel demo`` prints each step with its time; the end-to-end test runs the
+same steps and asserts on what they return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+
+from flywheel.loop import EventTap, announce
+from shared.datasets import generate_customers, write_batch
+from shared.events import (
+    DataArrived,
+    DriftDetected,
+    ExperimentUpdated,
+    ModelApproved,
+    ModelTrained,
+)
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Where the stack is and how much traffic to send."""
+
+    kafka_bootstrap: str
+    gateway_url: str
+    data_dir: Path
+    training_rows: int = 4000
+    normal_requests: int = 200
+    shifted_requests: int = 1200
+    covariate_shift: float = 2.0
+    seed: int = 7
+    step_timeout_s: float = 180.0
+
+
+@dataclass
+class LoopRun:
+    """What one turn of the loop produced, for printing and for assertions."""
+
+    announced: DataArrived | None = None
+    first_trained: ModelTrained | None = None
+    champion: ModelApproved | None = None
+    first_experiment: ExperimentUpdated | None = None
+    first_prediction: dict[str, Any] = field(default_factory=dict)
+    drift: DriftDetected | None = None
+    retrained: ModelTrained | None = None
+    challenger: ModelApproved | None = None
+    experiment: ExperimentUpdated | None = None
+
+
+class Steps:
+    """Prints numbered steps with the time since the start."""
+
+    def __init__(self, say: Say) -> None:
+        self._say = say
+        self._started = time.monotonic()
+        self._count = 0
+
+    def done(self, text: str) -> None:
+        """Report a finished step."""
+        self._count += 1
+        self._say(f"[{time.monotonic() - self._started:6.1f}s] {self._count:>2}. {text}")
+
+
+def rows_of(frame: pd.DataFrame, label: str = "segment") -> list[dict[str, Any]]:
+    """Feature rows as JSON-ready dicts (without the label)."""
+    return [
+        {str(k): v for k, v in row.items()}
+        for row in frame.drop(columns=[label]).to_dict(orient="records")
+    ]
+
+
+async def send_traffic(
+    client: httpx.AsyncClient, rows: list[dict[str, Any]], batch: int = 100
+) -> list[dict[str, Any]]:
+    """POST ``rows`` to /v1/predict in batches; return the responses."""
+    answers = []
+    for start in range(0, len(rows), batch):
+        response = await client.post("/v1/predict", json={"instances": rows[start : start + batch]})
+        response.raise_for_status()
+        answers.append(response.json())
+    return answers
+
+
+async def wait_until_serving(
+    client: httpx.AsyncClient, version: str, variant: str, within_s: float
+) -> None:
+    """Poll /v1/models until ``variant`` serves ``version``."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        models = (await client.get("/v1/models")).json().get("models", {})
+        if models.get(variant, {}).get("version") == version:
+            return
+        await asyncio.sleep(0.5)
+    raise TimeoutError(f"the gateway did not load {variant} version {version} in {within_s:.0f} s")
+
+
+async def run_demo(config: DemoConfig, say: Say = print) -> LoopRun:
+    """Drive one turn of the loop: data → champion → traffic → drift → retrained challenger."""
+    steps, run = Steps(say), LoopRun()
+    async with (
+        EventTap(config.kafka_bootstrap) as tap,
+        httpx.AsyncClient(base_url=config.gateway_url, timeout=30) as client,
+    ):
+        await _first_model(config, tap, client, steps, run)
+        await _drift_and_retrain(config, tap, client, steps, run)
+    return run
+
+
+async def _first_model(
+    config: DemoConfig, tap: EventTap, client: httpx.AsyncClient, steps: Steps, run: LoopRun
+) -> None:
+    frame = generate_customers(config.training_rows, config.seed)
+    path = config.data_dir / f"demo-{uuid.uuid4().hex[:8]}.parquet"
+    ref = await asyncio.to_thread(write_batch, frame, path)
+    run.announced = await announce(config.kafka_bootstrap, ref)
+    steps.done(f"data-arrived: {ref.rows} rows at {ref.uri} (sha256 {ref.sha256[:12]}…)")
+    turn, wait = run.announced.correlation_id, config.step_timeout_s
+    run.first_trained = await tap.wait_for(ModelTrained, lambda e: e.correlation_id == turn, wait)
+    steps.done(
+        f"model-trained: run {run.first_trained.run_id[:8]}, "
+        f"accuracy {run.first_trained.metrics.accuracy:.3f}"
+    )
+    run.champion = await tap.wait_for(ModelApproved, lambda e: e.correlation_id == turn, wait)
+    steps.done(f"model-approved: version {run.champion.version} is {run.champion.alias}")
+    run.first_experiment = await tap.wait_for(
+        ExperimentUpdated, lambda e: e.correlation_id == turn, wait
+    )
+    steps.done(f"experiment-updated: {run.first_experiment.status}")
+    await wait_until_serving(client, run.champion.version, "champion", wait)
+    normal = rows_of(generate_customers(config.normal_requests, config.seed + 1))
+    answers = await send_traffic(client, normal)
+    run.first_prediction = answers[0]
+    first = answers[0]["predictions"][0]
+    steps.done(
+        f"POST /v1/predict x{len(normal)}: first row → {first['predicted_class']} "
+        f"({first['confidence']:.2f}) by version {answers[0]['model_version']}"
+    )
+
+
+async def _drift_and_retrain(
+    config: DemoConfig, tap: EventTap, client: httpx.AsyncClient, steps: Steps, run: LoopRun
+) -> None:
+    wait = config.step_timeout_s
+    shifted_frame = generate_customers(
+        config.shifted_requests, config.seed + 2, covariate_shift=config.covariate_shift
+    )
+    await send_traffic(client, rows_of(shifted_frame))
+    steps.done(f"POST /v1/predict x{len(shifted_frame)} with spend and visits shifted")
+    run.drift = await tap.wait_for(DriftDetected, within_s=wait)
+    drifted = ", ".join(f.feature for f in run.drift.features if f.drifted)
+    steps.done(f"drift-detected: {drifted} (reference version {run.drift.reference_version})")
+    turn = run.drift.correlation_id
+    run.retrained = await tap.wait_for(ModelTrained, lambda e: e.correlation_id == turn, wait)
+    steps.done(f"model-trained (trigger {run.retrained.trigger}) in the drift's turn {turn[:8]}")
+    run.challenger = await tap.wait_for(ModelApproved, lambda e: e.correlation_id == turn, wait)
+    steps.done(f"model-approved: version {run.challenger.version} is {run.challenger.alias}")
+    run.experiment = await tap.wait_for(ExperimentUpdated, lambda e: e.correlation_id == turn, wait)
+    steps.done(
+        f"experiment-updated: {run.experiment.status}, challenger "
+        f"{run.experiment.challenger_version} gets {run.experiment.challenger_share:.0%}"
+    )
+    chain = " ← ".join(e.type_name() for e in tap.chain(run.experiment))
+    steps.done(f"causation chain: {chain}")

@@ -1,0 +1,73 @@
+"""Where local infrastructure runs: ports, run directory, cache, and the endpoints it exposes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _default_cache_dir() -> Path:
+    """Return the per-user cache for downloaded jars."""
+    return Path.home() / ".cache" / "flywheel"
+
+
+@dataclass(frozen=True)
+class InfraConfig:
+    """Ports and directories of the local Kafka, Redis and MLflow."""
+
+    run_dir: Path
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+    redis_port: int = 6379
+    mlflow_port: int = 5000
+    kafka_version: str = "3.9.1"
+    cache_dir: Path = field(default_factory=_default_cache_dir)
+    mlflow_backend_store_uri: str | None = None
+    mlflow_artifacts_destination: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> InfraConfig:
+        """Build the config from ``FLYWHEEL_*`` environment variables, with defaults."""
+        env = os.environ if env is None else env
+        return cls(
+            run_dir=Path(env.get("FLYWHEEL_RUN_DIR", str(REPO_ROOT / ".flywheel"))).resolve(),
+            kafka_port=int(env.get("FLYWHEEL_KAFKA_PORT", "9092")),
+            kafka_controller_port=int(env.get("FLYWHEEL_KAFKA_CONTROLLER_PORT", "9093")),
+            redis_port=int(env.get("FLYWHEEL_REDIS_PORT", "6379")),
+            mlflow_port=int(env.get("FLYWHEEL_MLFLOW_PORT", "5000")),
+            mlflow_backend_store_uri=env.get("FLYWHEEL_MLFLOW_BACKEND_STORE_URI") or None,
+            mlflow_artifacts_destination=env.get("FLYWHEEL_MLFLOW_ARTIFACTS_DESTINATION") or None,
+        )
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        """Kafka bootstrap address clients connect to."""
+        return f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def redis_url(self) -> str:
+        """Redis URL clients connect to."""
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+    @property
+    def mlflow_uri(self) -> str:
+        """MLflow tracking URI clients connect to."""
+        return f"http://127.0.0.1:{self.mlflow_port}"
+
+    def endpoints(self) -> Endpoints:
+        """Return the endpoints this config's infrastructure serves on."""
+        return Endpoints(self.kafka_bootstrap, self.redis_url, self.mlflow_uri, self.run_dir)
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where running infrastructure answers, and the run directory for logs, pids and data."""
+
+    kafka_bootstrap: str
+    redis_url: str
+    mlflow_uri: str
+    run_dir: Path

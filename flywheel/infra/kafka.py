@@ -1,0 +1,236 @@
+"""A single-node KRaft Kafka broker run from Maven-resolved jars, without Docker."""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import subprocess
+import uuid
+from pathlib import Path
+
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+
+from flywheel.infra.aio import run_sync
+from flywheel.infra.config import InfraConfig
+from flywheel.infra.errors import InfraError, StartupError
+from flywheel.infra.processes import (
+    ComponentStatus,
+    ensure_port_free,
+    is_alive,
+    log_path,
+    port_open,
+    require_tool,
+    running_pid,
+    spawn,
+    wait_until,
+)
+
+NAME = "kafka"
+DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
+JAVA_FIX = "install a Java 17+ runtime (e.g. `apt-get install openjdk-17-jre-headless`)"
+MAVEN_FIX = "install Maven (e.g. `apt-get install maven`) so Kafka's jars can be fetched"
+LOG4J1 = """log4j.rootLogger=INFO, stdout
+log4j.appender.stdout=org.apache.log4j.ConsoleAppender
+log4j.appender.stdout.layout=org.apache.log4j.PatternLayout
+log4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n
+"""
+LOG4J2 = """status=warn
+appender.stdout.type=Console
+appender.stdout.name=STDOUT
+appender.stdout.layout.type=PatternLayout
+appender.stdout.layout.pattern=[%d] %p %m (%c)%n
+rootLogger.level=INFO
+rootLogger.appenderRef.stdout.ref=STDOUT
+"""
+
+
+def _is_kafka4(version: str) -> bool:
+    """Tell whether a Kafka version uses log4j2 and share coordinators (4.x and later)."""
+    return int(version.split(".")[0]) >= 4
+
+
+def pom_xml(version: str) -> str:
+    """Return a packaging-pom POM listing the broker and a logging binding."""
+    group, artifact, binding_version = (
+        ("org.apache.logging.log4j", "log4j-slf4j-impl", "2.24.3")
+        if _is_kafka4(version)
+        else ("org.slf4j", "slf4j-reload4j", "1.7.36")
+    )
+    deps = [("org.apache.kafka", "kafka_2.13", version), (group, artifact, binding_version)]
+    body = "".join(
+        f"<dependency><groupId>{g}</groupId><artifactId>{a}</artifactId>"
+        f"<version>{v}</version></dependency>"
+        for g, a, v in deps
+    )
+    return (
+        '<project xmlns="http://maven.apache.org/POM/4.0.0"><modelVersion>4.0.0</modelVersion>'
+        f"<groupId>flywheel</groupId><artifactId>kafka-runtime</artifactId><version>{version}"
+        f"</version><packaging>pom</packaging><dependencies>{body}</dependencies></project>\n"
+    )
+
+
+def kafka_home(config: InfraConfig) -> Path:
+    """Return the cache directory holding this Kafka version's pom and jars."""
+    return config.cache_dir / f"kafka-{config.kafka_version}"
+
+
+def ensure_kafka_libs(config: InfraConfig) -> Path:
+    """Resolve Kafka's runtime jars with Maven once into the cache; return the libs dir."""
+    home = kafka_home(config)
+    libs, done = home / "libs", home / ".resolved"
+    if done.exists():
+        return libs
+    mvn = require_tool("mvn", MAVEN_FIX)
+    home.mkdir(parents=True, exist_ok=True)
+    with (home / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a parallel session may be resolving the same jars
+        if not done.exists():
+            _copy_dependencies(mvn, home, config.kafka_version)
+            done.touch()
+    return libs
+
+
+def _copy_dependencies(mvn: str, home: Path, version: str) -> None:
+    """Run Maven's dependency plugin to copy the broker's runtime classpath into home/libs."""
+    (home / "pom.xml").write_text(pom_xml(version))
+    argv = [mvn, "-B", "-q", "-f", str(home / "pom.xml"), f"{DEPENDENCY_PLUGIN}:copy-dependencies"]
+    argv += ["-DincludeScope=runtime", f"-DoutputDirectory={home / 'libs'}"]
+    mvn_log = home / "mvn.log"
+    with mvn_log.open("w") as out:
+        code = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, timeout=900).returncode
+    if code != 0:
+        raise InfraError(
+            f"Maven could not fetch Kafka {version}'s jars; check access to Maven Central "
+            f"(output in {mvn_log})."
+        )
+
+
+def server_properties(config: InfraConfig) -> str:
+    """Return the properties of a combined broker+controller KRaft node."""
+    host, port, ctl = "127.0.0.1", config.kafka_port, config.kafka_controller_port
+    lines = [
+        "process.roles=broker,controller",
+        "node.id=1",
+        f"controller.quorum.voters=1@{host}:{ctl}",
+        f"listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{ctl}",
+        f"advertised.listeners=PLAINTEXT://{host}:{port}",
+        "inter.broker.listener.name=PLAINTEXT",
+        "controller.listener.names=CONTROLLER",
+        "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        f"log.dirs={config.run_dir / 'kafka' / 'data'}",
+        "num.partitions=1",
+        "auto.create.topics.enable=true",
+        "offsets.topic.replication.factor=1",
+        "transaction.state.log.replication.factor=1",
+        "transaction.state.log.min.isr=1",
+        "group.initial.rebalance.delay.ms=0",
+    ]
+    if _is_kafka4(config.kafka_version):
+        lines += [
+            "share.coordinator.state.topic.replication.factor=1",
+            "share.coordinator.state.topic.min.isr=1",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def write_kafka_config(config: InfraConfig) -> Path:
+    """Write server and logging properties into run_dir/kafka; return the server file."""
+    kafka_dir = config.run_dir / "kafka"
+    kafka_dir.mkdir(parents=True, exist_ok=True)
+    logging_file = "log4j2.properties" if _is_kafka4(config.kafka_version) else "log4j.properties"
+    (kafka_dir / logging_file).write_text(LOG4J2 if _is_kafka4(config.kafka_version) else LOG4J1)
+    server = kafka_dir / "server.properties"
+    server.write_text(server_properties(config))
+    return server
+
+
+def _jvm_prefix(config: InfraConfig, java: str, libs: Path) -> list[str]:
+    """Return the java command line up to the main class: logging flag and classpath."""
+    kafka_dir = config.run_dir / "kafka"
+    if _is_kafka4(config.kafka_version):
+        logging_flag = f"-Dlog4j2.configurationFile={kafka_dir / 'log4j2.properties'}"
+    else:
+        logging_flag = f"-Dlog4j.configuration=file:{kafka_dir / 'log4j.properties'}"
+    return [java, logging_flag, f"-Dkafka.logs.dir={kafka_dir / 'logs'}", "-cp", f"{libs}/*"]
+
+
+def format_storage(config: InfraConfig, java: str, libs: Path, server: Path) -> None:
+    """Format the KRaft log directory once (skipped when already formatted)."""
+    if (config.run_dir / "kafka" / "data" / "meta.properties").exists():
+        return
+    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    argv = [*_jvm_prefix(config, java, libs), "kafka.tools.StorageTool", "format"]
+    argv += ["-t", cluster_id, "-c", str(server), "--ignore-formatted"]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        raise StartupError(
+            f"Formatting Kafka's storage failed; delete {config.run_dir / 'kafka'} and try again.",
+            result.stdout + result.stderr,
+        )
+
+
+def broker_command(config: InfraConfig, java: str, libs: Path, server: Path) -> list[str]:
+    """Return the java command that runs the broker."""
+    heap = ["-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20"]
+    prefix = _jvm_prefix(config, java, libs)
+    return [prefix[0], *heap, "-Djava.awt.headless=true", *prefix[1:], "kafka.Kafka", str(server)]
+
+
+async def _list_topics(bootstrap: str) -> None:
+    """Send metadata requests to the broker through an admin client."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+    try:
+        await admin.start()
+        await admin.list_topics()
+    finally:
+        await admin.close()
+
+
+def kafka_answers(bootstrap: str) -> bool:
+    """Tell whether a broker answers a metadata request (not merely a TCP connect)."""
+    host, port = bootstrap.rsplit(":", 1)
+    if not port_open(int(port), host):
+        return False
+    try:
+        run_sync(_list_topics(bootstrap))
+    except (KafkaError, OSError, TimeoutError):
+        return False
+    return True
+
+
+def preflight_kafka(config: InfraConfig) -> None:
+    """Raise PortTakenError if our broker is not running and its ports are held."""
+    if running_pid(config.run_dir, NAME) is None:
+        ensure_port_free(config.kafka_port, "FLYWHEEL_KAFKA_PORT")
+        ensure_port_free(config.kafka_controller_port, "FLYWHEEL_KAFKA_CONTROLLER_PORT")
+
+
+def _launch(config: InfraConfig) -> int:
+    """Check ports and tools, prepare jars, config and storage, and spawn the broker."""
+    preflight_kafka(config)
+    java = require_tool("java", JAVA_FIX)
+    libs = ensure_kafka_libs(config)
+    server = write_kafka_config(config)
+    format_storage(config, java, libs, server)
+    return spawn(NAME, broker_command(config, java, libs, server), config.run_dir)
+
+
+def start_kafka(config: InfraConfig, timeout: float = 90.0) -> str:
+    """Start the broker unless ours already runs; wait for metadata; return the bootstrap."""
+    pid = running_pid(config.run_dir, NAME) or _launch(config)
+    wait_until(
+        lambda: kafka_answers(config.kafka_bootstrap),
+        timeout,
+        f"Kafka on {config.kafka_bootstrap}",
+        alive=lambda: is_alive(pid),
+        log=log_path(config.run_dir, NAME),
+    )
+    return config.kafka_bootstrap
+
+
+def kafka_status(config: InfraConfig) -> ComponentStatus:
+    """Report whether our broker runs."""
+    pid = running_pid(config.run_dir, NAME)
+    state = "running" if pid is not None else "stopped"
+    return ComponentStatus(NAME, state, pid, config.kafka_bootstrap)

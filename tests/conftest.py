@@ -1,0 +1,101 @@
+"""Real infrastructure for integration and end-to-end tests: given, in Docker, or local."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flywheel.infra import Endpoints, InfraConfig, InfraError, start_infra, stop_infra
+
+KAFKA_ENV, REDIS_ENV, MLFLOW_ENV = "KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "MLFLOW_TRACKING_URI"
+
+
+def _free_ports(count: int) -> list[int]:
+    """Return distinct TCP ports nothing listens on right now."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+
+
+def _docker_answers() -> bool:
+    """Tell whether a Docker engine answers (the client binary alone proves nothing)."""
+    try:
+        import docker
+
+        return bool(docker.from_env().ping())
+    except Exception:  # no client library, no socket, no permission: all mean "no Docker"
+        return False
+
+
+def _kafka_in_docker(stack: contextlib.ExitStack) -> str:
+    """Start a KRaft Kafka container for the session; return its bootstrap address."""
+    from testcontainers.community.kafka import KafkaContainer
+
+    container = stack.enter_context(KafkaContainer().with_kraft())
+    return str(container.get_bootstrap_server())
+
+
+def _redis_in_docker(stack: contextlib.ExitStack) -> str:
+    """Start a Redis container for the session; return its URL."""
+    from testcontainers.community.redis import RedisContainer
+
+    container = stack.enter_context(RedisContainer())
+    host, port = container.get_container_host_ip(), container.get_exposed_port(container.port)
+    return f"redis://{host}:{port}/0"
+
+
+def _local_config(run_dir: Path) -> InfraConfig:
+    """Return a local-infra config on free ports, so a developer's own stack is left alone."""
+    kafka, controller, redis, mlflow = _free_ports(4)
+    return InfraConfig(run_dir, kafka, controller, redis, mlflow)
+
+
+def _from_docker(stack: contextlib.ExitStack, kafka: str, redis: str) -> tuple[str, str]:
+    """Fill in Kafka and Redis endpoints not given, with containers when Docker answers."""
+    if (kafka and redis) or not _docker_answers():
+        return kafka, redis
+    return kafka or _kafka_in_docker(stack), redis or _redis_in_docker(stack)
+
+
+def _start_local(config: InfraConfig, components: list[str]) -> None:
+    """Start the missing components as local processes, or fail the session loudly."""
+    try:
+        start_infra(config, components=components)
+    except InfraError as error:
+        pytest.fail(f"Test infrastructure did not start: {error}\n{error.detail}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoints]:
+    """Kafka, Redis and MLflow for the session: from env vars, else Docker, else local processes."""
+    config = _local_config(tmp_path_factory.mktemp("flywheel"))
+    mlflow = os.environ.get(MLFLOW_ENV, "")
+    with contextlib.ExitStack() as stack:
+        stack.callback(stop_infra, config)
+        kafka, redis = os.environ.get(KAFKA_ENV, ""), os.environ.get(REDIS_ENV, "")
+        kafka, redis = _from_docker(stack, kafka, redis)
+        missing = {"kafka": kafka, "redis": redis, "mlflow": mlflow}
+        _start_local(config, [name for name, given in missing.items() if not given])
+        yield Endpoints(
+            kafka_bootstrap=kafka or config.kafka_bootstrap,
+            redis_url=redis or config.redis_url,
+            mlflow_uri=mlflow or config.mlflow_uri,
+            run_dir=config.run_dir,
+        )
+
+
+@pytest.fixture(scope="session")
+def infra_env(infra: Endpoints) -> Iterator[Endpoints]:
+    """Export the session's endpoints as KAFKA_BOOTSTRAP_SERVERS, REDIS_URL, MLFLOW_TRACKING_URI."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(KAFKA_ENV, infra.kafka_bootstrap)
+        patch.setenv(REDIS_ENV, infra.redis_url)
+        patch.setenv(MLFLOW_ENV, infra.mlflow_uri)
+        yield infra
