@@ -1,0 +1,1 @@
+"""Gateway: serves predictions from the champion and challenger, logs them, takes feedback."""

@@ -1,0 +1,101 @@
+"""MLflow and Redis implementations of the gateway's ports."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import cast
+
+import mlflow
+import mlflow.sklearn
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from services.gateway.ports import Classifier
+from shared.events import ROUTING_STATE_KEY, ExperimentUpdated, PredictionLogged, Variant
+
+log = logging.getLogger(__name__)
+
+_MISSING_CODES = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}
+
+
+class MlflowModelRegistry:
+    """Loads sklearn models and resolves aliases from the MLflow registry (blocking)."""
+
+    def __init__(self, tracking_uri: str) -> None:
+        self._tracking_uri = tracking_uri
+
+    def load(self, name: str, version: str) -> Classifier:
+        """Load ``models:/<name>/<version>`` as the logged sklearn pipeline."""
+        mlflow.set_tracking_uri(self._tracking_uri)
+        return cast(Classifier, mlflow.sklearn.load_model(f"models:/{name}/{version}"))
+
+    def aliases(self, name: str) -> dict[Variant, str | None]:
+        """The versions behind ``champion`` and ``challenger`` (None where unset)."""
+        client = MlflowClient(tracking_uri=self._tracking_uri, registry_uri=self._tracking_uri)
+        return {
+            "champion": _alias_version(client, name, "champion"),
+            "challenger": _alias_version(client, name, "challenger"),
+        }
+
+
+def _alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException as error:
+        if error.error_code in _MISSING_CODES:
+            return None
+        raise
+
+
+class RedisRoutingState:
+    """Reads the routing table the router keeps under ``ROUTING_STATE_KEY``."""
+
+    def __init__(self, redis: Redis, key: str = ROUTING_STATE_KEY) -> None:
+        self._redis = redis
+        self._key = key
+
+    async def latest(self) -> ExperimentUpdated | None:
+        """The stored routing table; None when absent or unreadable (start-up falls back)."""
+        try:
+            raw = await self._redis.get(self._key)
+        except (RedisError, OSError) as error:
+            log.warning("routing state unreadable", extra={"error": repr(error)})
+            return None
+        return None if raw is None else ExperimentUpdated.model_validate_json(raw)
+
+
+class RedisPredictionRecords:
+    """One JSON record per request id (without features) and a once-only feedback marker."""
+
+    def __init__(self, redis: Redis, ttl_s: int, prefix: str = "flywheel:gateway:") -> None:
+        self._redis = redis
+        self._ttl_s = ttl_s
+        self._prefix = prefix
+
+    async def remember(self, events: Sequence[PredictionLogged]) -> None:
+        """Write all records in one pipelined round trip."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for event in events:
+                record = event.model_copy(update={"features": {}}).model_dump_json()
+                pipe.set(self._key("prediction", event.request_id), record, ex=self._ttl_s)
+            await pipe.execute()
+
+    async def recall(self, request_id: str) -> PredictionLogged | None:
+        """The stored record of ``request_id``, if it has not expired."""
+        raw = await self._redis.get(self._key("prediction", request_id))
+        return None if raw is None else PredictionLogged.model_validate_json(raw)
+
+    async def claim_feedback(self, request_id: str) -> bool:
+        """SET NX the feedback marker: True only for the first feedback."""
+        key = self._key("feedback", request_id)
+        return bool(await self._redis.set(key, b"1", nx=True, ex=self._ttl_s))
+
+    async def release_feedback(self, request_id: str) -> None:
+        """Delete the feedback marker so the client may retry."""
+        await self._redis.delete(self._key("feedback", request_id))
+
+    def _key(self, kind: str, request_id: str) -> str:
+        return f"{self._prefix}{kind}:{request_id}"

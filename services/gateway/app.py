@@ -1,0 +1,122 @@
+"""Composition root of the gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from fastapi import FastAPI
+
+from services.gateway.adapters import MlflowModelRegistry, RedisPredictionRecords, RedisRoutingState
+from services.gateway.deps import GatewayServices
+from services.gateway.errors import install_error_handlers
+from services.gateway.handlers import register
+from services.gateway.metrics import GatewayMetrics
+from services.gateway.pool import ModelPool
+from services.gateway.ports import ModelRegistry, PredictionRecords, RoutingStateSource
+from services.gateway.prediction_log import PredictionEventBuffer
+from services.gateway.routes import feedback, predict
+from services.gateway.service import FeedbackService, PredictionService
+from services.gateway.serving import ServingRefresher
+from services.gateway.settings import Settings
+from shared.messaging import EventPublisher
+from shared.runtime import Hook, ServiceRuntime, build_runtime, serve, service_app
+from shared.spec import load_spec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GatewayPorts:
+    """The gateway's I/O; tests pass fakes, production builds them from the runtime."""
+
+    registry: ModelRegistry
+    routing_state: RoutingStateSource
+    records: PredictionRecords
+    publisher: EventPublisher
+
+
+def default_ports(runtime: ServiceRuntime, settings: Settings) -> GatewayPorts:
+    """MLflow, Redis and Kafka implementations of the ports (nothing connects yet)."""
+    return GatewayPorts(
+        registry=MlflowModelRegistry(settings.mlflow_tracking_uri),
+        routing_state=RedisRoutingState(runtime.redis),
+        records=RedisPredictionRecords(runtime.redis, settings.feedback_ttl_s),
+        publisher=runtime.publisher,
+    )
+
+
+def create_app(settings: Settings | None = None, *, ports: GatewayPorts | None = None) -> FastAPI:
+    """Build the gateway app: model pool, refresher, event buffer, routes and handlers."""
+    settings = settings or Settings()
+    runtime = build_runtime("gateway", settings)
+    ports = ports or default_ports(runtime, settings)
+    metrics = GatewayMetrics.create(runtime.registry)
+    spec = load_spec(settings.model_spec_path)
+    pool = ModelPool()
+    refresher = ServingRefresher(
+        pool, ports.registry, ports.routing_state, settings.model_name, metrics
+    )
+    events = PredictionEventBuffer(
+        ports.publisher,
+        ports.records,
+        metrics,
+        capacity=settings.event_buffer,
+        batch_size=settings.publish_batch,
+        timeout_s=settings.publish_timeout_s,
+    )
+    register(runtime.consumer, refresher)
+    app = service_app(
+        runtime,
+        on_startup=[events.start, _initial_load(refresher, settings.startup_load_timeout_s)],
+        on_shutdown=[events.stop],
+        routers=[predict.router, feedback.router],
+        description="Serves champion and challenger predictions and takes feedback.",
+        details=lambda: _model_details(pool),
+    )
+    app.state.gateway = GatewayServices(
+        pool=pool,
+        predictions=PredictionService(
+            pool,
+            spec,
+            events,
+            metrics,
+            model_name=settings.model_name,
+            max_batch=settings.max_batch,
+        ),
+        feedback=FeedbackService(
+            ports.records,
+            ports.publisher,
+            spec,
+            metrics,
+            ttl_s=settings.feedback_ttl_s,
+            publish_timeout_s=settings.publish_timeout_s,
+        ),
+    )
+    app.state.prediction_events = events
+    install_error_handlers(app)
+    return app
+
+
+def _initial_load(refresher: ServingRefresher, timeout_s: float) -> Hook:
+    async def load() -> None:
+        # Wait a bounded time so a slow MLflow cannot hold the HTTP side hostage;
+        # the load goes on in the background and swaps models in when done.
+        task = asyncio.create_task(refresher.load_initial(), name="initial-model-load")
+        _, pending = await asyncio.wait({task}, timeout=timeout_s)
+        if pending:
+            log.warning("models still loading after start-up", extra={"timeout_s": timeout_s})
+
+    return load
+
+
+def _model_details(pool: ModelPool) -> dict[str, object]:
+    snapshot = pool.snapshot
+    return {"model_loaded": snapshot.champion is not None, "models": snapshot.describe()}
+
+
+def main() -> None:
+    """Run the gateway."""
+    settings = Settings()
+    serve(create_app(settings), settings)

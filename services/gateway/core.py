@@ -1,0 +1,134 @@
+"""The gateway's pure core: sticky routing, feature validation against the spec, scoring rows."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from shared.errors import FlywheelError, InvalidInputError
+from shared.events import Variant
+from shared.spec import FeatureSpec, ModelSpec
+
+
+class FeatureValidationError(InvalidInputError):
+    """Instances do not fit the model spec; ``problems`` name each bad field."""
+
+    def __init__(self, problems: Sequence[str], expected: Sequence[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = tuple(problems)
+        self.expected = tuple(expected)
+
+
+class BatchTooLargeError(InvalidInputError):
+    """A request carries more instances than the gateway accepts at once."""
+
+
+class ModelUnavailableError(FlywheelError):
+    """No model is loaded for the alias a request needs; it may load later."""
+
+    retryable = True
+
+
+def bucket_of(experiment_id: str, entity_id: str) -> float:
+    """Where ``entity_id`` falls in [0, 1) for this experiment: stable and uniform.
+
+    >>> bucket_of("exp-1", "alice") == bucket_of("exp-1", "alice")
+    True
+    >>> 0.0 <= bucket_of("exp-1", "bob") < 1.0
+    True
+    """
+    digest = hashlib.sha256(f"{experiment_id}:{entity_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def choose_variant(
+    share: float, experiment_id: str | None, entity_id: str | None, rng: random.Random
+) -> Variant:
+    """Champion or challenger: by the entity's bucket when known, else at random by the split.
+
+    An entity goes to the challenger iff its bucket is below ``share``, so raising the
+    share keeps everyone already on the challenger there.
+    """
+    if share <= 0.0 or experiment_id is None:
+        return "champion"
+    draw = bucket_of(experiment_id, entity_id) if entity_id is not None else rng.random()
+    return "challenger" if draw < share else "champion"
+
+
+def validate_instances(
+    instances: Sequence[Mapping[str, Any]], spec: ModelSpec, max_batch: int
+) -> pd.DataFrame:
+    """The instances as a frame in the spec's column order, or every problem at once."""
+    if len(instances) > max_batch:
+        raise BatchTooLargeError(
+            f"{len(instances)} instances in one request; at most {max_batch} are accepted"
+        )
+    if not instances:
+        raise FeatureValidationError(["instances: at least one is required"], spec.feature_names)
+    problems = [p for i, row in enumerate(instances) for p in _row_problems(i, row, spec)]
+    if problems:
+        raise FeatureValidationError(problems, spec.feature_names)
+    columns = {name: [row[name] for row in instances] for name in spec.feature_names}
+    frame = pd.DataFrame(columns, columns=list(spec.feature_names))
+    for name in spec.numeric_features:
+        frame[name] = frame[name].astype(float)
+    return frame
+
+
+def _row_problems(index: int, row: Mapping[str, Any], spec: ModelSpec) -> list[str]:
+    where = f"instances[{index}]"
+    unknown = sorted(set(row) - set(spec.feature_names))
+    problems = (
+        [f"{where}: unknown features {unknown}; expected {list(spec.feature_names)}"]
+        if unknown
+        else []
+    )
+    for feature in spec.features:
+        problem = _value_problem(feature, row[feature.name]) if feature.name in row else "missing"
+        if problem:
+            problems.append(f"{where}.{feature.name}: {problem}")
+    return problems
+
+
+def _value_problem(feature: FeatureSpec, value: Any) -> str | None:
+    if feature.type == "categorical":
+        if isinstance(value, str) and value in feature.categories:
+            return None
+        return f"expected one of {list(feature.categories)}, got {value!r}"
+    # bool is an int in Python, but true/false is no customer age.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"expected a number, got {value!r}"
+    return None if math.isfinite(value) else f"expected a finite number, got {value!r}"
+
+
+@dataclass(frozen=True)
+class RowPrediction:
+    """One answered instance."""
+
+    predicted_class: str
+    class_id: int
+    confidence: float
+    probabilities: dict[str, float]
+
+
+def rows_from_probabilities(
+    classes: Sequence[str], probabilities: np.ndarray
+) -> list[RowPrediction]:
+    """One prediction per row of ``probabilities`` (columns in the order of ``classes``)."""
+    best = probabilities.argmax(axis=1)
+    return [
+        RowPrediction(
+            predicted_class=str(classes[int(k)]),
+            class_id=int(k),
+            confidence=min(1.0, float(row[k])),
+            probabilities={str(c): float(p) for c, p in zip(classes, row, strict=True)},
+        )
+        for k, row in zip(best, probabilities, strict=True)
+    ]

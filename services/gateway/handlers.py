@@ -1,0 +1,24 @@
+"""Event handlers of the gateway: follow the routing table and the registry's aliases."""
+
+from __future__ import annotations
+
+from services.gateway.serving import ServingRefresher
+from shared.events import ExperimentUpdated, ModelPromoted, ModelRolledBack, Topic
+from shared.messaging import ConsumerContext, subscribe
+
+
+def register(ctx: ConsumerContext, refresher: ServingRefresher) -> None:
+    """Subscribe the gateway's handlers."""
+
+    async def on_experiment(event: ExperimentUpdated) -> None:
+        await refresher.apply_experiment(event)
+
+    async def on_promoted(event: ModelPromoted) -> None:
+        await refresher.follow_aliases()
+
+    async def on_rolled_back(event: ModelRolledBack) -> None:
+        await refresher.follow_aliases()
+
+    subscribe(ctx, Topic.EXPERIMENT_UPDATED, ExperimentUpdated, on_experiment)
+    subscribe(ctx, Topic.MODEL_PROMOTED, ModelPromoted, on_promoted)
+    subscribe(ctx, Topic.MODEL_ROLLED_BACK, ModelRolledBack, on_rolled_back)

@@ -1,0 +1,78 @@
+"""Prometheus collectors of the gateway."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+_CONFIDENCE_BUCKETS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+
+
+@dataclass(frozen=True)
+class GatewayMetrics:
+    """Requests, predictions, their confidence, errors and lost prediction events."""
+
+    requests: Counter
+    latency: Histogram
+    predictions: Counter
+    confidence: Histogram
+    errors: Counter
+    events_dropped: Counter
+    model_load_errors: Counter
+    feedback: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> GatewayMetrics:
+        """Register the collectors on ``registry``."""
+        return cls(
+            requests=Counter(
+                "prediction_requests_total",
+                "Predict requests by variant, model version and HTTP status.",
+                ["variant", "model_version", "status"],
+                registry=registry,
+            ),
+            latency=Histogram(
+                "prediction_latency_seconds",
+                "Time to answer one predict request (validation and scoring).",
+                ["variant"],
+                registry=registry,
+            ),
+            predictions=Counter(
+                "ml_predictions_total",
+                "Predicted rows by model, version and predicted class.",
+                ["model_name", "version", "class"],
+                registry=registry,
+            ),
+            confidence=Histogram(
+                "ml_prediction_confidence",
+                "Probability of the predicted class.",
+                ["model_name", "version"],
+                buckets=_CONFIDENCE_BUCKETS,
+                registry=registry,
+            ),
+            errors=Counter(
+                "ml_prediction_errors_total",
+                "Predict requests that failed, by error type.",
+                ["error_type"],
+                registry=registry,
+            ),
+            events_dropped=Counter(
+                "prediction_events_dropped_total",
+                "PredictionLogged events lost: buffer full or publish failed.",
+                ["reason"],
+                registry=registry,
+            ),
+            model_load_errors=Counter(
+                "model_load_errors_total",
+                "Model loads or alias look-ups that failed (the old model kept serving).",
+                ["role"],
+                registry=registry,
+            ),
+            feedback=Counter(
+                "feedback_received_total",
+                "Feedback requests by outcome (recorded, duplicate, unknown).",
+                ["outcome"],
+                registry=registry,
+            ),
+        )

@@ -1,0 +1,75 @@
+"""The models the gateway serves, as one immutable snapshot swapped whole."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from services.gateway.ports import Classifier
+from shared.events import Variant
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model version in memory, ready to score."""
+
+    name: str
+    version: str
+    model: Classifier = field(compare=False, repr=False)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """Class labels in the order of ``predict_proba``'s columns."""
+        return tuple(str(c) for c in self.model.classes_)
+
+
+@dataclass(frozen=True)
+class RoutingTable:
+    """Which experiment is running and how much traffic its challenger gets."""
+
+    experiment_id: str | None = None
+    challenger_share: float = 0.0
+
+
+@dataclass(frozen=True)
+class ServingSnapshot:
+    """Everything a request reads, captured at once so a swap never mixes two tables."""
+
+    champion: LoadedModel | None = None
+    challenger: LoadedModel | None = None
+    routing: RoutingTable = RoutingTable()
+
+    def model_for(self, variant: Variant) -> LoadedModel | None:
+        """The model serving ``variant``, if loaded."""
+        return self.champion if variant == "champion" else self.challenger
+
+    def loaded_version(self, version: str) -> LoadedModel | None:
+        """A loaded model of ``version`` in either role, to reuse it rather than reload."""
+        for model in (self.champion, self.challenger):
+            if model is not None and model.version == version:
+                return model
+        return None
+
+    def with_routing(self, routing: RoutingTable) -> ServingSnapshot:
+        """The same models under another routing table."""
+        return replace(self, routing=routing)
+
+    def describe(self) -> dict[str, dict[str, str]]:
+        """Name and version per loaded variant."""
+        loaded = {"champion": self.champion, "challenger": self.challenger}
+        return {v: {"name": m.name, "version": m.version} for v, m in loaded.items() if m}
+
+
+class ModelPool:
+    """Holds the current snapshot; readers take it once per request, writers replace it."""
+
+    def __init__(self, snapshot: ServingSnapshot | None = None) -> None:
+        self._snapshot = snapshot or ServingSnapshot()
+
+    @property
+    def snapshot(self) -> ServingSnapshot:
+        """The snapshot serving now."""
+        return self._snapshot
+
+    def swap(self, snapshot: ServingSnapshot) -> None:
+        """Serve ``snapshot`` from the next request on (one reference assignment: atomic)."""
+        self._snapshot = snapshot

@@ -1,0 +1,55 @@
+"""The gateway's I/O, as protocols."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from shared.events import ExperimentUpdated, PredictionLogged, Variant
+
+
+class Classifier(Protocol):
+    """What the gateway needs of a model: class labels and probabilities."""
+
+    classes_: Any
+
+    def predict_proba(self, frame: Any) -> np.ndarray:
+        """Class probabilities, one row per input row."""
+        ...
+
+
+class ModelRegistry(Protocol):
+    """Blocking access to registered models (called in a worker thread)."""
+
+    def load(self, name: str, version: str) -> Classifier:
+        """Load version ``version`` of model ``name``."""
+        ...
+
+    def aliases(self, name: str) -> dict[Variant, str | None]:
+        """The versions the ``champion`` and ``challenger`` aliases point at (None if unset)."""
+        ...
+
+
+class RoutingStateSource(Protocol):
+    """Where the router leaves the latest routing table."""
+
+    async def latest(self) -> ExperimentUpdated | None:
+        """The latest routing table, or None when there is none (or it cannot be read)."""
+
+
+class PredictionRecords(Protocol):
+    """What the gateway remembers of each prediction until its feedback arrives."""
+
+    async def remember(self, events: Sequence[PredictionLogged]) -> None:
+        """Keep a feedback record of each logged prediction."""
+
+    async def recall(self, request_id: str) -> PredictionLogged | None:
+        """The logged prediction of ``request_id`` (features omitted), if still kept."""
+
+    async def claim_feedback(self, request_id: str) -> bool:
+        """Mark feedback for ``request_id`` as received; False when it already was."""
+
+    async def release_feedback(self, request_id: str) -> None:
+        """Undo ``claim_feedback`` when recording the feedback failed."""

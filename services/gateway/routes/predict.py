@@ -1,0 +1,34 @@
+"""``POST /v1/predict`` and ``GET /v1/models``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from services.gateway.deps import PoolDep, PredictionsDep
+from services.gateway.schemas import LoadedModelOut, ModelsResponse, PredictRequest, PredictResponse
+
+router = APIRouter(prefix="/v1", tags=["predict"])
+
+_ERRORS: dict[int | str, dict[str, str]] = {
+    413: {"description": "More instances than GATEWAY_MAX_BATCH"},
+    422: {"description": "Unknown, missing or ill-typed features (each one named)"},
+    503: {"description": "No model loaded for the champion alias"},
+}
+
+
+@router.post("/predict", responses=_ERRORS, summary="Predict the segment of each instance")
+async def predict(body: PredictRequest, predictions: PredictionsDep) -> PredictResponse:
+    """Answer every instance from one variant (sticky per ``entity_id``)."""
+    return await predictions.predict(body.rows, body.entity_id)
+
+
+@router.get("/models", summary="The models serving now and the challenger's share")
+async def models(pool: PoolDep) -> ModelsResponse:
+    """Name and version per loaded variant."""
+    snapshot = pool.snapshot
+    return ModelsResponse(
+        model_loaded=snapshot.champion is not None,
+        models={v: LoadedModelOut(**m) for v, m in snapshot.describe().items()},
+        experiment_id=snapshot.routing.experiment_id,
+        challenger_share=snapshot.routing.challenger_share,
+    )

@@ -1,0 +1,114 @@
+"""HTTP request and response bodies of the gateway."""
+
+from __future__ import annotations
+
+from typing import Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from shared.events import Variant
+
+Instance = dict[str, Any]
+
+
+class PredictRequest(BaseModel):
+    """A batch under ``instances``, or one instance under ``features``; never both."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "features": {
+                        "age": 41,
+                        "tenure_months": 18.5,
+                        "monthly_spend": 62.3,
+                        "visits_per_month": 7,
+                        "support_tickets": 1,
+                        "discount_rate": 0.2,
+                        "days_since_last_purchase": 9.5,
+                        "plan": "plus",
+                    },
+                    "entity_id": "customer-42",
+                }
+            ]
+        },
+    )
+
+    instances: list[Instance] | None = Field(None, description="Feature rows, name → value.")
+    features: Instance | None = Field(None, description="One feature row, name → value.")
+    entity_id: str | None = Field(
+        None, min_length=1, max_length=256, description="Keeps one entity on one variant."
+    )
+
+    @model_validator(mode="after")
+    def _one_shape(self) -> Self:
+        if (self.instances is None) == (self.features is None):
+            raise ValueError("send either 'instances' (a list) or 'features' (one row)")
+        return self
+
+    @property
+    def rows(self) -> list[Instance]:
+        """The instances, whichever shape they came in."""
+        return self.instances if self.instances is not None else [self.features or {}]
+
+
+class RowPredictionOut(BaseModel):
+    """One answered instance."""
+
+    request_id: str = Field(description="Id to send feedback for this row with.")
+    predicted_class: str
+    class_id: int = Field(description="Index of the class in the model's class list.")
+    confidence: float = Field(ge=0, le=1, description="Probability of the predicted class.")
+    probabilities: dict[str, float]
+
+
+class PredictResponse(BaseModel):
+    """Predictions for every instance, and which model answered them."""
+
+    request_id: str = Field(description="Id of the request (and of its row, when only one).")
+    model_name: str
+    model_version: str
+    variant: Variant
+    predictions: list[RowPredictionOut]
+    server_time_ms: float = Field(ge=0, description="Time spent in the gateway.")
+
+
+class FeedbackRequest(BaseModel):
+    """The true outcome of an earlier prediction: a label, or a reward."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str = Field(min_length=1, max_length=300)
+    true_label: str | None = None
+    reward: float | None = Field(None, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _one_outcome(self) -> Self:
+        if (self.true_label is None) == (self.reward is None):
+            raise ValueError("send either 'true_label' or 'reward'")
+        return self
+
+
+class FeedbackResponse(BaseModel):
+    """Whether the feedback counted."""
+
+    request_id: str
+    duplicate: bool = Field(description="True when feedback for this request was already in.")
+    correct: bool | None = Field(None, description="Whether the prediction was right (labels).")
+
+
+class LoadedModelOut(BaseModel):
+    """A model version in memory."""
+
+    name: str
+    version: str
+
+
+class ModelsResponse(BaseModel):
+    """What the gateway serves now."""
+
+    model_loaded: bool
+    models: dict[str, LoadedModelOut]
+    experiment_id: str | None
+    challenger_share: float

@@ -1,0 +1,224 @@
+"""What one predict or feedback request does, between the HTTP route and the core."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Sequence
+from typing import Any, TypeVar
+
+from redis.exceptions import RedisError
+
+from services.gateway.core import (
+    ModelUnavailableError,
+    RowPrediction,
+    choose_variant,
+    rows_from_probabilities,
+    validate_instances,
+)
+from services.gateway.errors import http_status
+from services.gateway.metrics import GatewayMetrics
+from services.gateway.pool import LoadedModel, ModelPool, ServingSnapshot
+from services.gateway.ports import PredictionRecords
+from services.gateway.prediction_log import PredictionEventBuffer
+from services.gateway.schemas import FeedbackResponse, PredictResponse, RowPredictionOut
+from shared.errors import DependencyUnavailableError, InvalidInputError, NotFoundError
+from shared.events import FeedbackReceived, PredictionLogged, Variant
+from shared.messaging import EventPublisher
+from shared.spec import ModelSpec
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class PredictionService:
+    """Validates, routes, scores and logs one predict request."""
+
+    def __init__(
+        self,
+        pool: ModelPool,
+        spec: ModelSpec,
+        events: PredictionEventBuffer,
+        metrics: GatewayMetrics,
+        *,
+        model_name: str,
+        max_batch: int,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._pool = pool
+        self._spec = spec
+        self._events = events
+        self._metrics = metrics
+        self._model_name = model_name
+        self._max_batch = max_batch
+        self._rng = rng or random.Random()
+
+    async def predict(
+        self, rows: Sequence[dict[str, Any]], entity_id: str | None
+    ) -> PredictResponse:
+        """Answer ``rows`` from one variant; prediction events are logged off the request path."""
+        started = time.perf_counter()
+        try:
+            frame = validate_instances(rows, self._spec, self._max_batch)
+            variant, model = self._pick(self._pool.snapshot, entity_id)
+            probabilities = await asyncio.to_thread(model.model.predict_proba, frame)
+            answered = rows_from_probabilities(model.classes, probabilities)
+        except Exception as error:
+            self._metrics.errors.labels(error_type=type(error).__name__).inc()
+            self._metrics.requests.labels("none", "none", str(http_status(error))).inc()
+            raise
+        elapsed = time.perf_counter() - started
+        response = self._response(model, variant, answered, elapsed)
+        self._events.offer(self._events_of(response, rows, entity_id))
+        self._observe(model, variant, answered, elapsed)
+        return response
+
+    def _pick(
+        self, snapshot: ServingSnapshot, entity_id: str | None
+    ) -> tuple[Variant, LoadedModel]:
+        routing = snapshot.routing
+        variant = choose_variant(
+            routing.challenger_share, routing.experiment_id, entity_id, self._rng
+        )
+        model = snapshot.model_for(variant)
+        if model is None and variant == "challenger":
+            # The challenger failed to load: its traffic falls back to the champion.
+            variant, model = "champion", snapshot.champion
+        if model is None:
+            raise ModelUnavailableError(
+                f"no model is loaded for alias 'champion' of {self._model_name!r}; "
+                "approve a model version (or wait for it to load) and retry"
+            )
+        return variant, model
+
+    def _response(
+        self, model: LoadedModel, variant: Variant, rows: list[RowPrediction], elapsed: float
+    ) -> PredictResponse:
+        request_id = str(uuid.uuid4())
+        ids = [request_id] if len(rows) == 1 else [f"{request_id}-{i}" for i in range(len(rows))]
+        return PredictResponse(
+            request_id=request_id,
+            model_name=model.name,
+            model_version=model.version,
+            variant=variant,
+            predictions=[
+                RowPredictionOut(request_id=row_id, **vars(row))
+                for row_id, row in zip(ids, rows, strict=True)
+            ],
+            server_time_ms=elapsed * 1000,
+        )
+
+    @staticmethod
+    def _events_of(
+        response: PredictResponse, rows: Sequence[dict[str, Any]], entity_id: str | None
+    ) -> list[PredictionLogged]:
+        return [
+            PredictionLogged(
+                producer="gateway",
+                correlation_id=response.request_id,
+                request_id=row.request_id,
+                model_name=response.model_name,
+                version=response.model_version,
+                variant=response.variant,
+                entity_id=entity_id,
+                features=features,
+                predicted_class=row.predicted_class,
+                confidence=row.confidence,
+                latency_ms=response.server_time_ms,
+            )
+            for row, features in zip(response.predictions, rows, strict=True)
+        ]
+
+    def _observe(
+        self, model: LoadedModel, variant: Variant, rows: list[RowPrediction], elapsed: float
+    ) -> None:
+        self._metrics.requests.labels(variant, model.version, "200").inc()
+        self._metrics.latency.labels(variant).observe(elapsed)
+        for row in rows:
+            self._metrics.predictions.labels(model.name, model.version, row.predicted_class).inc()
+            self._metrics.confidence.labels(model.name, model.version).observe(row.confidence)
+
+
+class FeedbackService:
+    """Joins an outcome to its prediction, once, and publishes FeedbackReceived."""
+
+    def __init__(
+        self,
+        records: PredictionRecords,
+        publisher: EventPublisher,
+        spec: ModelSpec,
+        metrics: GatewayMetrics,
+        *,
+        ttl_s: int,
+        publish_timeout_s: float,
+    ) -> None:
+        self._records = records
+        self._publisher = publisher
+        self._spec = spec
+        self._metrics = metrics
+        self._ttl_s = ttl_s
+        self._publish_timeout_s = publish_timeout_s
+
+    async def record(
+        self, request_id: str, true_label: str | None, reward: float | None
+    ) -> FeedbackResponse:
+        """Publish the feedback unless it was already received; 404 for unknown ids."""
+        prediction = await self._recall(request_id)
+        if true_label is not None and true_label not in self._spec.classes:
+            raise InvalidInputError(
+                f"true_label {true_label!r} is not a class; expected one of "
+                f"{list(self._spec.classes)}"
+            )
+        correct = None if true_label is None else true_label == prediction.predicted_class
+        if not await self._guarded(self._records.claim_feedback(request_id)):
+            self._metrics.feedback.labels(outcome="duplicate").inc()
+            return FeedbackResponse(request_id=request_id, duplicate=True, correct=correct)
+        event = FeedbackReceived.caused_by(
+            prediction,
+            producer="gateway",
+            request_id=request_id,
+            model_name=prediction.model_name,
+            version=prediction.version,
+            variant=prediction.variant,
+            predicted_class=prediction.predicted_class,
+            true_label=true_label,
+            reward=reward,
+            correct=correct,
+        )
+        await self._publish(event)
+        self._metrics.feedback.labels(outcome="recorded").inc()
+        return FeedbackResponse(request_id=request_id, duplicate=False, correct=correct)
+
+    async def _recall(self, request_id: str) -> PredictionLogged:
+        prediction = await self._guarded(self._records.recall(request_id))
+        if prediction is None:
+            self._metrics.feedback.labels(outcome="unknown").inc()
+            raise NotFoundError(
+                f"no prediction with request_id {request_id!r}: it is unknown, or older than "
+                f"the {self._ttl_s // 3600} h feedback window"
+            )
+        return prediction
+
+    async def _publish(self, event: FeedbackReceived) -> None:
+        try:
+            async with asyncio.timeout(self._publish_timeout_s):
+                await self._publisher.publish(event)
+        except Exception as error:
+            # Let the client retry: the feedback did not count.
+            await self._guarded(self._records.release_feedback(event.request_id))
+            raise DependencyUnavailableError(
+                f"feedback could not be published ({type(error).__name__}); retry"
+            ) from error
+
+    @staticmethod
+    async def _guarded(call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except (RedisError, OSError) as error:
+            raise DependencyUnavailableError(
+                f"prediction records unavailable ({type(error).__name__}); retry"
+            ) from error

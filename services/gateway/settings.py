@@ -1,0 +1,29 @@
+"""Gateway settings (``GATEWAY_`` environment variables)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import SERVICE_PORTS, BaseServiceSettings
+
+
+class Settings(BaseServiceSettings):
+    """How the gateway serves, buffers prediction events and keeps feedback records."""
+
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore", frozen=True)
+
+    port: int = SERVICE_PORTS["gateway"]
+    """HTTP port of the gateway."""
+    max_batch: int = Field(1000, ge=1)
+    """Most instances one predict request may carry (more → 413)."""
+    event_buffer: int = Field(10_000, ge=1)
+    """Prediction events held for publishing; the oldest are dropped beyond this."""
+    publish_batch: int = Field(500, ge=1)
+    """Most prediction events published (and recorded) in one drain step."""
+    publish_timeout_s: float = Field(10.0, gt=0)
+    """How long one drain step may wait for Kafka and Redis before giving up on it."""
+    feedback_ttl_s: int = Field(7 * 24 * 3600, ge=1)
+    """How long a prediction can receive feedback, in seconds."""
+    startup_load_timeout_s: float = Field(60.0, gt=0)
+    """How long start-up waits for the first models; loading goes on in the background after."""

@@ -1,0 +1,1 @@
+"""Router: turns model approvals into experiments and keeps the routing table."""

@@ -1,0 +1,103 @@
+"""The router's pure core: from the current experiment and an approval to the next states.
+
+An experiment id is derived from the approval's ``event_id`` (UUID5), so handling
+the same approval twice decides the same experiment: publishing is then safe
+to repeat when persisting failed after it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from shared.events import ModelApproved
+
+ExperimentStatus = Literal["running", "promoted", "rolled_back", "superseded", "champion_only"]
+
+_EXPERIMENT_NAMESPACE = uuid.UUID("6f1d0c52-3f4e-4b7a-9a8e-2f0c1d5e7a90")
+
+
+class Experiment(BaseModel):
+    """The routing state of one model: who serves, and how much traffic the challenger gets."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    experiment_id: str
+    model_name: str
+    status: ExperimentStatus
+    champion_version: str
+    challenger_version: str | None = None
+    challenger_share: float = Field(0.0, ge=0.0, le=1.0)
+    opened_at: AwareDatetime = Field(description="When the experiment (or state) began.")
+    #: Ramp position for the canary schedule (a later issue moves it).
+    ramp_step: int = Field(0, ge=0)
+
+    @property
+    def is_running(self) -> bool:
+        """Whether a challenger is receiving traffic under this experiment."""
+        return self.status == "running"
+
+
+def experiment_id_for(approval: ModelApproved) -> str:
+    """The experiment id an approval opens: stable across redeliveries of the same event."""
+    return str(uuid.uuid5(_EXPERIMENT_NAMESPACE, approval.event_id))
+
+
+def decide_on_approval(
+    current: Experiment | None, approval: ModelApproved, initial_share: float
+) -> tuple[Experiment, ...]:
+    """The states to publish, in order, after ``approval``; empty when nothing changes."""
+    if approval.alias == "champion":
+        return _on_champion(current, approval)
+    return _on_challenger(current, approval, initial_share)
+
+
+def _on_champion(current: Experiment | None, approval: ModelApproved) -> tuple[Experiment, ...]:
+    # A running experiment owns the routing table until it is promoted or rolled back.
+    if current is not None and current.is_running:
+        return ()
+    if current is not None and current.champion_version == approval.version:
+        return ()
+    return (
+        Experiment(
+            experiment_id=experiment_id_for(approval),
+            model_name=approval.model_name,
+            status="champion_only",
+            champion_version=approval.version,
+            opened_at=approval.occurred_at,
+        ),
+    )
+
+
+def _on_challenger(
+    current: Experiment | None, approval: ModelApproved, initial_share: float
+) -> tuple[Experiment, ...]:
+    opened = Experiment(
+        experiment_id=experiment_id_for(approval),
+        model_name=approval.model_name,
+        status="running",
+        champion_version=approval.champion_version,
+        challenger_version=approval.version,
+        challenger_share=initial_share,
+        opened_at=approval.occurred_at,
+    )
+    if current is None or not current.is_running:
+        return (opened,)
+    if not is_newer(approval.version, current.challenger_version):
+        return ()
+    return (current.model_copy(update={"status": "superseded", "challenger_share": 0.0}), opened)
+
+
+def is_newer(version: str, than: str | None) -> bool:
+    """Whether registry version ``version`` comes after ``than`` (numeric when both are).
+
+    >>> is_newer("10", "9"), is_newer("3", "3"), is_newer("2", None)
+    (True, False, True)
+    """
+    if than is None:
+        return True
+    if version.isdigit() and than.isdigit():
+        return int(version) > int(than)
+    return version != than

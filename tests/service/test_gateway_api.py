@@ -1,0 +1,241 @@
+"""The gateway's HTTP API over a real small sklearn pipeline and in-memory ports."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from _gateway_fakes import (
+    SPEC,
+    FailingPublisher,
+    FakeModelRegistry,
+    FakeRoutingState,
+    InMemoryPredictionRecords,
+    trained_pipeline,
+)
+from fastapi import FastAPI
+
+from services.gateway.app import GatewayPorts, create_app
+from services.gateway.pool import LoadedModel, RoutingTable, ServingSnapshot
+from services.gateway.prediction_log import PredictionEventBuffer
+from services.gateway.settings import Settings
+from shared.datasets import generate_customers
+from shared.events import FeedbackReceived, PredictionLogged
+from shared.messaging import EventPublisher
+from shared.testing import RecordingPublisher
+
+MODEL = "customer-segment"
+
+
+@dataclass
+class Gateway:
+    app: FastAPI
+    client: httpx.AsyncClient
+    records: InMemoryPredictionRecords
+    publisher: Any
+
+    def serve(self, share: float = 0.0) -> None:
+        """Swap in a champion (v1) and, when ``share`` > 0, a challenger (v2)."""
+        challenger = LoadedModel(MODEL, "2", trained_pipeline(2)) if share else None
+        self.app.state.gateway.pool.swap(
+            ServingSnapshot(
+                champion=LoadedModel(MODEL, "1", trained_pipeline(1)),
+                challenger=challenger,
+                routing=RoutingTable("exp-1", share),
+            )
+        )
+
+    async def drain(self) -> None:
+        events: PredictionEventBuffer = self.app.state.prediction_events
+        while await events.drain_once():
+            pass
+
+    def metric(self, name: str, **labels: str) -> float:
+        value = self.app.state.runtime.registry.get_sample_value(name, labels)
+        return float(value or 0.0)
+
+
+async def _gateway(publisher: EventPublisher) -> AsyncIterator[Gateway]:
+    records = InMemoryPredictionRecords()
+    ports = GatewayPorts(FakeModelRegistry(), FakeRoutingState(), records, publisher)
+    # No lifespan runs under ASGITransport: nothing connects, the buffer is drained by hand.
+    app = create_app(Settings(max_batch=5), ports=ports)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+        yield Gateway(app, client, records, publisher)
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[Gateway]:
+    async for gw in _gateway(RecordingPublisher()):
+        yield gw
+
+
+def rows(n: int) -> list[dict[str, Any]]:
+    frame = generate_customers(n, seed=99)[list(SPEC.feature_names)]
+    return [
+        {str(k): (v if isinstance(v, str) else float(v)) for k, v in r.items()}
+        for r in frame.to_dict("records")
+    ]
+
+
+async def test_predict_answers_each_row_with_class_confidence_and_probabilities(
+    gateway: Gateway,
+) -> None:
+    gateway.serve()
+    response = await gateway.client.post("/v1/predict", json={"features": rows(1)[0]})
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["model_name"], body["model_version"], body["variant"]) == (MODEL, "1", "champion")
+    assert body["server_time_ms"] >= 0
+    (row,) = body["predictions"]
+    assert row["request_id"] == body["request_id"]
+    assert row["predicted_class"] in SPEC.classes
+    assert row["predicted_class"] == trained_pipeline(1).classes_[row["class_id"]]
+    assert set(row["probabilities"]) == set(SPEC.classes)
+    assert sum(row["probabilities"].values()) == pytest.approx(1.0)
+    assert row["confidence"] == pytest.approx(max(row["probabilities"].values()))
+
+
+async def test_batch_rows_get_their_own_ids_and_events_are_logged_after(gateway: Gateway) -> None:
+    gateway.serve()
+    response = await gateway.client.post("/v1/predict", json={"instances": rows(3)})
+    body = response.json()
+    ids = [p["request_id"] for p in body["predictions"]]
+    assert len(set(ids)) == 3
+    assert gateway.publisher.events == []  # nothing published on the request path
+    await gateway.drain()
+    logged = gateway.publisher.of_type(PredictionLogged)
+    assert [e.request_id for e in logged] == ids
+    assert {e.correlation_id for e in logged} == {body["request_id"]}
+    assert set(gateway.records.records) == set(ids)
+    assert (
+        gateway.metric(
+            "prediction_requests_total", variant="champion", model_version="1", status="200"
+        )
+        == 1
+    )
+
+
+async def test_unknown_feature_is_422_listing_the_expected_ones(gateway: Gateway) -> None:
+    gateway.serve()
+    row = {**rows(1)[0], "shoe_size": 44}
+    response = await gateway.client.post("/v1/predict", json={"instances": [row]})
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert detail["expected_features"] == list(SPEC.feature_names)
+    assert "shoe_size" in detail["errors"][0]
+
+
+async def test_wrong_type_is_422_naming_the_field(gateway: Gateway) -> None:
+    gateway.serve()
+    row = {**rows(1)[0], "monthly_spend": "lots"}
+    del row["age"]
+    response = await gateway.client.post("/v1/predict", json={"features": row})
+    assert response.status_code == 422
+    errors = response.json()["detail"]["errors"]
+    assert any(e.startswith("instances[0].monthly_spend: expected a number") for e in errors)
+    assert "instances[0].age: missing" in errors
+    assert gateway.metric("ml_prediction_errors_total", error_type="FeatureValidationError") == 1
+
+
+async def test_batch_beyond_the_limit_is_413(gateway: Gateway) -> None:
+    gateway.serve()
+    response = await gateway.client.post("/v1/predict", json={"instances": rows(6)})
+    assert response.status_code == 413
+    assert "at most 5" in response.json()["detail"]["message"]
+
+
+async def test_both_shapes_at_once_is_422(gateway: Gateway) -> None:
+    gateway.serve()
+    row = rows(1)[0]
+    response = await gateway.client.post("/v1/predict", json={"features": row, "instances": [row]})
+    assert response.status_code == 422
+
+
+async def test_without_a_model_predict_is_503_naming_the_alias(gateway: Gateway) -> None:
+    response = await gateway.client.post("/v1/predict", json={"features": rows(1)[0]})
+    assert response.status_code == 503
+    assert "alias 'champion'" in response.json()["detail"]["message"]
+    models = (await gateway.client.get("/v1/models")).json()
+    assert models["model_loaded"] is False
+    ready = (await gateway.client.get("/readyz")).json()
+    assert ready["model_loaded"] is False
+
+
+async def test_models_and_readyz_name_each_loaded_variant(gateway: Gateway) -> None:
+    gateway.serve(share=0.3)
+    models = (await gateway.client.get("/v1/models")).json()
+    assert models["models"] == {
+        "champion": {"name": MODEL, "version": "1"},
+        "challenger": {"name": MODEL, "version": "2"},
+    }
+    assert models["challenger_share"] == pytest.approx(0.3)
+    ready = (await gateway.client.get("/readyz")).json()
+    assert ready["model_loaded"] is True
+    assert ready["models"]["challenger"]["version"] == "2"
+
+
+async def test_an_entity_stays_on_its_variant(gateway: Gateway) -> None:
+    gateway.serve(share=0.5)
+    seen: dict[str, set[str]] = {}
+    for entity in [f"c-{i}" for i in range(20)]:
+        for _ in range(3):
+            body = {"features": rows(1)[0], "entity_id": entity}
+            seen.setdefault(entity, set()).add(
+                (await gateway.client.post("/v1/predict", json=body)).json()["variant"]
+            )
+    assert all(len(variants) == 1 for variants in seen.values())
+    assert {v for variants in seen.values() for v in variants} == {"champion", "challenger"}
+
+
+async def test_feedback_for_an_unknown_request_is_404(gateway: Gateway) -> None:
+    response = await gateway.client.post(
+        "/v1/feedback", json={"request_id": "nope", "true_label": "steady"}
+    )
+    assert response.status_code == 404
+    assert "unknown, or older than" in response.json()["detail"]["message"]
+
+
+async def test_duplicate_feedback_is_accepted_but_counted_once(gateway: Gateway) -> None:
+    gateway.serve()
+    predicted = (await gateway.client.post("/v1/predict", json={"features": rows(1)[0]})).json()
+    await gateway.drain()
+    row = predicted["predictions"][0]
+    body = {"request_id": row["request_id"], "true_label": row["predicted_class"]}
+    first = await gateway.client.post("/v1/feedback", json=body)
+    second = await gateway.client.post("/v1/feedback", json=body)
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert (first.json()["duplicate"], second.json()["duplicate"]) == (False, True)
+    (feedback,) = gateway.publisher.of_type(FeedbackReceived)
+    (logged,) = gateway.publisher.of_type(PredictionLogged)
+    assert feedback.correct is True
+    assert (feedback.variant, feedback.version) == ("champion", "1")
+    assert feedback.predicted_class == row["predicted_class"]
+    assert feedback.correlation_id == logged.correlation_id
+    assert feedback.causation_id == logged.event_id
+
+
+async def test_feedback_with_an_unknown_label_is_422(gateway: Gateway) -> None:
+    gateway.serve()
+    predicted = (await gateway.client.post("/v1/predict", json={"features": rows(1)[0]})).json()
+    await gateway.drain()
+    body = {"request_id": predicted["request_id"], "true_label": "platinum"}
+    response = await gateway.client.post("/v1/feedback", json=body)
+    assert response.status_code == 422
+    assert "platinum" in response.json()["detail"]["message"]
+
+
+async def test_predictions_succeed_while_kafka_is_down() -> None:
+    async for gateway in _gateway(FailingPublisher()):
+        gateway.serve()
+        response = await gateway.client.post("/v1/predict", json={"instances": rows(2)})
+        assert response.status_code == 200
+        await gateway.drain()
+        assert gateway.publisher.attempts == 2
+        assert gateway.metric("prediction_events_dropped_total", reason="publish_failed") == 2
+        # Records still went to the store, so feedback works once Kafka is back.
+        assert len(gateway.records.records) == 2

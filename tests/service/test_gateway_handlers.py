@@ -1,0 +1,187 @@
+"""The gateway follows routing tables and aliases; its event buffer stays bounded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+from _gateway_fakes import FakeModelRegistry, FakeRoutingState, InMemoryPredictionRecords
+from faststream.kafka import KafkaBroker, TestKafkaBroker
+from prometheus_client import CollectorRegistry
+
+from services.gateway.handlers import register
+from services.gateway.metrics import GatewayMetrics
+from services.gateway.pool import ModelPool
+from services.gateway.prediction_log import PredictionEventBuffer
+from services.gateway.serving import ServingRefresher
+from shared.events import Event, ExperimentUpdated, ModelPromoted, PredictionLogged
+from shared.testing import RecordingPublisher, consumer_context
+
+MODEL = "customer-segment"
+
+
+@dataclass
+class Serving:
+    registry: FakeModelRegistry = field(default_factory=FakeModelRegistry)
+    routing_state: FakeRoutingState = field(default_factory=FakeRoutingState)
+    pool: ModelPool = field(default_factory=ModelPool)
+    metrics: GatewayMetrics = field(
+        default_factory=lambda: GatewayMetrics.create(CollectorRegistry())
+    )
+
+    refresher: ServingRefresher = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.refresher = ServingRefresher(
+            self.pool, self.registry, self.routing_state, MODEL, self.metrics
+        )
+
+    async def deliver(self, *events: Event) -> None:
+        broker = KafkaBroker()
+        register(consumer_context("gateway", broker), self.refresher)
+        async with TestKafkaBroker(broker) as test_broker:
+            for event in events:
+                await test_broker.publish(event.model_dump_json().encode(), event.topic.value)
+
+    def versions(self) -> tuple[str | None, str | None]:
+        snapshot = self.pool.snapshot
+        return (
+            snapshot.champion.version if snapshot.champion else None,
+            snapshot.challenger.version if snapshot.challenger else None,
+        )
+
+
+def table(
+    status: str = "running", champion: str = "1", challenger: str | None = "2", share: float = 0.1
+) -> ExperimentUpdated:
+    return ExperimentUpdated.model_validate(
+        {
+            "producer": "router",
+            "experiment_id": f"exp-{champion}-{challenger}",
+            "model_name": MODEL,
+            "status": status,
+            "champion_version": champion,
+            "challenger_version": challenger,
+            "challenger_share": share,
+        }
+    )
+
+
+async def test_experiment_update_loads_its_versions_and_split() -> None:
+    serving = Serving()
+    update = table()
+    await serving.deliver(update)
+    assert serving.versions() == ("1", "2")
+    assert serving.pool.snapshot.routing.experiment_id == update.experiment_id
+    assert serving.pool.snapshot.routing.challenger_share == pytest.approx(0.1)
+
+
+async def test_a_failed_load_keeps_the_previous_model_serving() -> None:
+    serving = Serving()
+    serving.registry.broken.add("3")
+    await serving.deliver(table(challenger="2"), table(challenger="3", share=0.2))
+    assert serving.versions() == ("1", "2")
+    assert serving.metrics.model_load_errors.labels(role="challenger")._value.get() == 1
+
+
+async def test_promotion_reuses_the_loaded_challenger_and_stops_the_split() -> None:
+    serving = Serving()
+    await serving.deliver(
+        table(), table(status="promoted", champion="2", challenger="2", share=0.5)
+    )
+    assert serving.versions() == ("2", None)
+    assert serving.pool.snapshot.routing.challenger_share == 0.0
+    assert serving.registry.loads == ["1", "2"]
+
+
+async def test_updates_for_another_model_are_ignored() -> None:
+    serving = Serving()
+    other = table().model_copy(update={"model_name": "another-model"})
+    await serving.deliver(other)
+    assert serving.versions() == (None, None)
+
+
+async def test_promotion_event_re_resolves_aliases() -> None:
+    serving = Serving()
+    serving.registry.alias_versions = {"champion": "4", "challenger": None}
+    promoted = ModelPromoted(producer="router", model_name=MODEL, version="4", reason="won")
+    await serving.deliver(promoted)
+    assert serving.versions() == ("4", None)
+
+
+async def test_start_up_prefers_the_routing_table_over_aliases() -> None:
+    serving = Serving(registry=FakeModelRegistry({"champion": "7", "challenger": None}))
+    serving.routing_state.table = table(champion="1", challenger="2", share=0.3)
+    await serving.refresher.load_initial()
+    assert serving.versions() == ("1", "2")
+    assert serving.pool.snapshot.routing.challenger_share == pytest.approx(0.3)
+
+
+async def test_tables_older_than_the_one_serving_are_skipped() -> None:
+    serving = Serving()
+    old = table(champion="1", challenger="2")
+    serving.routing_state.table = table(champion="1", challenger="3", share=0.2)
+    await serving.refresher.load_initial()
+    await serving.deliver(old)  # a replay from the start of the topic
+    assert serving.versions() == ("1", "3")
+    assert serving.registry.loads == ["1", "3"]
+
+
+async def test_start_up_without_a_table_serves_aliases_and_gives_the_challenger_nothing() -> None:
+    serving = Serving(registry=FakeModelRegistry({"champion": "1", "challenger": "2"}))
+    await serving.refresher.load_initial()
+    assert serving.versions() == ("1", "2")
+    assert serving.pool.snapshot.routing.challenger_share == 0.0
+
+
+async def test_start_up_with_nothing_registered_serves_nothing() -> None:
+    serving = Serving()
+    await serving.refresher.load_initial()
+    assert serving.versions() == (None, None)
+
+
+def logged(n: int) -> list[PredictionLogged]:
+    return [
+        PredictionLogged(
+            producer="gateway",
+            request_id=f"r-{i}",
+            model_name=MODEL,
+            version="1",
+            variant="champion",
+            features={"age": 30.0},
+            predicted_class="steady",
+            confidence=0.6,
+            latency_ms=1.0,
+        )
+        for i in range(n)
+    ]
+
+
+async def test_full_buffer_drops_the_oldest_and_counts_them() -> None:
+    publisher = RecordingPublisher()
+    metrics = GatewayMetrics.create(CollectorRegistry())
+    buffer = PredictionEventBuffer(
+        publisher, InMemoryPredictionRecords(), metrics, capacity=3, batch_size=10, timeout_s=1
+    )
+    buffer.offer(logged(2))
+    buffer.offer(logged(5)[2:])
+    assert len(buffer) == 3
+    assert await buffer.drain_once() == 3
+    assert [e.request_id for e in publisher.events if isinstance(e, PredictionLogged)] == [
+        "r-2",
+        "r-3",
+        "r-4",
+    ]
+    assert metrics.events_dropped.labels(reason="buffer_full")._value.get() == 2
+
+
+async def test_buffer_drains_in_bounded_batches() -> None:
+    publisher = RecordingPublisher()
+    records = InMemoryPredictionRecords()
+    metrics = GatewayMetrics.create(CollectorRegistry())
+    buffer = PredictionEventBuffer(
+        publisher, records, metrics, capacity=100, batch_size=4, timeout_s=1
+    )
+    buffer.offer(logged(10))
+    assert [await buffer.drain_once() for _ in range(4)] == [4, 4, 2, 0]
+    assert len(records.records) == 10
