@@ -15,6 +15,7 @@ from typing import Self, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from pydantic import ValidationError
 
 from shared.events import DataArrived, DatasetRef, Event, Topic, dead_letter_topic, parse_event
 
@@ -72,6 +73,7 @@ class EventTap:
     bootstrap: str
     events: list[Event] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    malformed: list[bytes] = field(default_factory=list)
     _consumer: AIOKafkaConsumer | None = None
     _task: asyncio.Task[None] | None = None
 
@@ -110,7 +112,10 @@ class EventTap:
                 headers = {k: v.decode(errors="replace") for k, v in record.headers}
                 self.dead_letters.append(DeadLetter(record.topic, record.value or b"", headers))
             else:
-                self.events.append(parse_event(record.value or b""))
+                try:
+                    self.events.append(parse_event(record.value or b""))
+                except ValidationError:
+                    self.malformed.append(record.value or b"")  # the services dead-letter it
 
     async def wait_for(
         self,
