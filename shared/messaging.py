@@ -15,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol, TypeVar
 
 from faststream import AckPolicy
@@ -112,11 +113,23 @@ class ConsumerContext:
     max_attempts: int = 3
     retry_backoff_s: float = 0.5
     outage_backoff_s: float = 1.0
+    instance: str | None = None
 
     @property
     def group_id(self) -> str:
-        """One consumer group per service."""
-        return f"flywheel-{self.service}"
+        """One consumer group per service (per replica for broadcast subscriptions)."""
+        base = f"flywheel-{self.service}"
+        return f"{base}-{self.instance}" if self.instance else base
+
+
+class _NothingProcessed:
+    """Idempotency for broadcast handlers: none, they converge by nature."""
+
+    async def seen(self, event_id: str) -> bool:
+        return False
+
+    async def mark(self, event_id: str) -> None:
+        return None
 
 
 def subscribe(ctx: ConsumerContext, topic: Topic, event_type: type[E], handle: Handler[E]) -> None:
@@ -129,11 +142,26 @@ def subscribe(ctx: ConsumerContext, topic: Topic, event_type: type[E], handle: H
     ctx.broker.subscriber(
         topic.value,
         group_id=ctx.group_id,
-        auto_offset_reset="earliest",
+        # A replica's own group starts at the end: it reads current state at start-up.
+        auto_offset_reset="latest" if ctx.instance else "earliest",
         ack_policy=AckPolicy.NACK_ON_ERROR,
         title=f"{ctx.service}:{topic.value}",
         description=event_type.__doc__,
     )(on_message)
+
+
+def subscribe_broadcast(
+    ctx: ConsumerContext, topic: Topic, event_type: type[E], handle: Handler[E]
+) -> None:
+    """Like ``subscribe``, but every replica of the service receives every event.
+
+    Each replica joins a consumer group of its own, so a routing change reaches
+    all gateways, not one of them. Handlers must converge by nature (apply the
+    latest state), as a per-service idempotency marker would hide the event from
+    the other replicas.
+    """
+    replica = replace(ctx, processed=_NothingProcessed(), instance=uuid.uuid4().hex[:12])
+    subscribe(replica, topic, event_type, handle)
 
 
 async def _consume(

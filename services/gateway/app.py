@@ -67,10 +67,15 @@ def create_app(settings: Settings | None = None, *, ports: GatewayPorts | None =
         timeout_s=settings.publish_timeout_s,
     )
     register(runtime.consumer, refresher)
+    resync = PeriodicTask(refresher.load_initial, settings.routing_resync_s, "routing-resync")
     app = service_app(
         runtime,
-        on_startup=[events.start, _initial_load(refresher, settings.startup_load_timeout_s)],
-        on_shutdown=[events.stop],
+        on_startup=[
+            events.start,
+            _initial_load(refresher, settings.startup_load_timeout_s),
+            resync.start,
+        ],
+        on_shutdown=[resync.stop, events.stop],
         routers=[predict.router, feedback.router],
         description="Serves champion and challenger predictions and takes feedback.",
         details=lambda: _model_details(pool),
@@ -109,6 +114,33 @@ def _initial_load(refresher: ServingRefresher, timeout_s: float) -> Hook:
             log.warning("models still loading after start-up", extra={"timeout_s": timeout_s})
 
     return load
+
+
+class PeriodicTask:
+    """Runs a coroutine every ``period_s`` in the background; failures are logged, not fatal."""
+
+    def __init__(self, work: Hook, period_s: float, name: str) -> None:
+        self._work, self._period_s, self._name = work, period_s, name
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Start the loop."""
+        self._task = asyncio.create_task(self._loop(), name=self._name)
+
+    async def stop(self) -> None:
+        """Cancel the loop."""
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._period_s)
+            try:
+                await self._work()
+            except Exception as error:
+                log.warning(
+                    "periodic task failed", extra={"task": self._name, "error": repr(error)}
+                )
 
 
 def _model_details(pool: ModelPool) -> dict[str, object]:

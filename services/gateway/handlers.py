@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from services.gateway.serving import ServingRefresher
 from shared.events import ExperimentUpdated, ModelPromoted, ModelRolledBack, Topic
-from shared.messaging import ConsumerContext, subscribe
+from shared.messaging import ConsumerContext, subscribe_broadcast
 
 
 def register(ctx: ConsumerContext, refresher: ServingRefresher) -> None:
@@ -19,6 +19,6 @@ def register(ctx: ConsumerContext, refresher: ServingRefresher) -> None:
     async def on_rolled_back(event: ModelRolledBack) -> None:
         await refresher.follow_aliases()
 
-    subscribe(ctx, Topic.EXPERIMENT_UPDATED, ExperimentUpdated, on_experiment)
-    subscribe(ctx, Topic.MODEL_PROMOTED, ModelPromoted, on_promoted)
-    subscribe(ctx, Topic.MODEL_ROLLED_BACK, ModelRolledBack, on_rolled_back)
+    subscribe_broadcast(ctx, Topic.EXPERIMENT_UPDATED, ExperimentUpdated, on_experiment)
+    subscribe_broadcast(ctx, Topic.MODEL_PROMOTED, ModelPromoted, on_promoted)
+    subscribe_broadcast(ctx, Topic.MODEL_ROLLED_BACK, ModelRolledBack, on_rolled_back)

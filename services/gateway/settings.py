@@ -27,3 +27,5 @@ class Settings(BaseServiceSettings):
     """How long a prediction can receive feedback, in seconds."""
     startup_load_timeout_s: float = Field(60.0, gt=0)
     """How long start-up waits for the first models; loading goes on in the background after."""
+    routing_resync_s: float = 15.0
+    """Seconds between re-reads of the routing table from Redis (a missed event heals)."""

@@ -10,7 +10,7 @@ from faststream.kafka.annotations import KafkaMessage
 
 from shared.errors import InvalidInputError
 from shared.events import DataArrived, DatasetRef, Topic, dead_letter_topic
-from shared.messaging import subscribe
+from shared.messaging import subscribe, subscribe_broadcast
 from shared.testing import consumer_context
 
 
@@ -91,3 +91,23 @@ async def test_failing_handler_retries_a_bounded_number_of_times_then_dead_lette
     assert parked == ["x"]
     # Dead-lettered events count as processed: a redelivery is not retried again.
     assert await ctx.processed.seen(event.event_id)
+
+
+async def test_broadcast_subscriptions_use_a_group_per_replica_and_no_shared_marker() -> None:
+    broker = KafkaBroker()
+    ctx = consumer_context("gw", broker)
+    seen: list[str] = []
+
+    async def handle(event: DataArrived) -> None:
+        seen.append(event.event_id)
+
+    subscribe_broadcast(ctx, Topic.DATA_ARRIVED, DataArrived, handle)
+    subscribe_broadcast(ctx, Topic.DATA_ARRIVED, DataArrived, handle)
+    groups = {sub.group_id for sub in broker.subscribers}  # type: ignore[attr-defined]
+    assert len(groups) == 2
+    assert all(g.startswith("flywheel-gw-") for g in groups)
+    event = _data_arrived()
+    async with TestKafkaBroker(broker) as test_broker:
+        await test_broker.publish(event.model_dump_json().encode(), Topic.DATA_ARRIVED.value)
+    assert seen == [event.event_id, event.event_id]
+    assert not await ctx.processed.seen(event.event_id)
