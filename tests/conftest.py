@@ -99,3 +99,37 @@ def infra_env(infra: Endpoints) -> Iterator[Endpoints]:
         patch.setenv(REDIS_ENV, infra.redis_url)
         patch.setenv(MLFLOW_ENV, infra.mlflow_uri)
         yield infra
+
+
+LAYERS = ("unit", "service", "integration", "e2e")
+
+
+def _layer_of(nodeid: str) -> str:
+    """The test layer a node id belongs to (its folder under tests/), or "doctest"."""
+    parts = nodeid.split("/")
+    return parts[1] if parts[0] == "tests" and parts[1] in LAYERS else "doctest"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print passed/failed/skipped per layer, so it is plain that the real-infra layers ran."""
+    counts: dict[str, dict[str, int]] = {}
+    for outcome in ("passed", "failed", "error", "skipped"):
+        for report in terminalreporter.stats.get(outcome, []):
+            layer = counts.setdefault(_layer_of(report.nodeid), {})
+            layer[outcome] = layer.get(outcome, 0) + 1
+    terminalreporter.section("tests per layer")
+    for name in (*LAYERS, "doctest"):
+        outcomes = counts.get(name, {})
+        line = ", ".join(f"{n} {o}" for o, n in sorted(outcomes.items())) or "none collected"
+        terminalreporter.write_line(f"{name:<12} {line}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run when an integration or end-to-end test was skipped: they must run in CI."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter else []
+    real = [r.nodeid for r in skipped if _layer_of(r.nodeid) in ("integration", "e2e")]
+    if real:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if reporter:
+            reporter.write_line(f"integration/e2e tests skipped (not allowed): {real}", red=True)
