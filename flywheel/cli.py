@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -124,6 +125,8 @@ app.add_typer(data_app, name="data")
 @app.command()
 def demo() -> None:
     """Start the stack (idempotent), run one turn of the loop, leave it running."""
+    # aiokafka logs transient leader elections of freshly created topics as errors; it retries.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     config = InfraConfig.from_env()
     endpoints = start_infra(config)
     urls = start_services(endpoints, service_ports_from_env())
