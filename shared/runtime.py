@@ -50,7 +50,12 @@ class ServiceRuntime:
 
 def build_runtime(name: str, settings: BaseServiceSettings) -> ServiceRuntime:
     """Create (not connect) the broker, Redis client, metrics and messaging helpers."""
-    broker = KafkaBroker(settings.kafka_bootstrap_servers, client_id=f"flywheel-{name}")
+    broker = KafkaBroker(
+        settings.kafka_bootstrap_servers,
+        client_id=f"flywheel-{name}",
+        # Through the root handler, so FastStream's own lines are JSON like ours.
+        logger=logging.getLogger("faststream"),
+    )
     redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
     registry = CollectorRegistry()
     messaging = MessagingMetrics.create(registry)
