@@ -23,6 +23,7 @@ PUBLISHERS: dict[Topic, tuple[str, ...]] = {
     Topic.EXPERIMENT_UPDATED: ("router",),
     Topic.MODEL_PROMOTED: ("router", "registry"),
     Topic.MODEL_ROLLED_BACK: ("router", "registry"),
+    Topic.RETRAIN_MODEL: ("cli",),
 }
 CONSUMERS: dict[Topic, tuple[str, ...]] = {
     Topic.DATA_ARRIVED: ("trainer",),
@@ -35,6 +36,7 @@ CONSUMERS: dict[Topic, tuple[str, ...]] = {
     Topic.EXPERIMENT_UPDATED: ("gateway",),
     Topic.MODEL_PROMOTED: ("gateway",),
     Topic.MODEL_ROLLED_BACK: ("gateway",),
+    Topic.RETRAIN_MODEL: ("trainer",),
 }
 
 

@@ -30,6 +30,7 @@ class Topic(StrEnum):
     EXPERIMENT_UPDATED = "flywheel.experiment-updated"
     MODEL_PROMOTED = "flywheel.model-promoted"
     MODEL_ROLLED_BACK = "flywheel.model-rolled-back"
+    RETRAIN_MODEL = "flywheel.retrain-model"
 
 
 def dead_letter_topic(topic: Topic) -> str:
@@ -260,6 +261,16 @@ class ModelRolledBack(Event):
     reason: str
 
 
+class RetrainModel(Event):
+    """Command: train the model now on its recent batches (``flywheel retrain``)."""
+
+    topic: ClassVar[Topic] = Topic.RETRAIN_MODEL
+    type: Literal["retrain-model"] = "retrain-model"
+    model_name: str
+    reason: str = Field("manual", description="Why a person (or a schedule) asked for it.")
+    requested_by: str | None = None
+
+
 EVENT_TYPES: tuple[type[Event], ...] = (
     DataArrived,
     ModelTrained,
@@ -271,6 +282,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ExperimentUpdated,
     ModelPromoted,
     ModelRolledBack,
+    RetrainModel,
 )
 
 AnyEvent = Annotated[
@@ -283,7 +295,8 @@ AnyEvent = Annotated[
     | FeedbackReceived
     | ExperimentUpdated
     | ModelPromoted
-    | ModelRolledBack,
+    | ModelRolledBack
+    | RetrainModel,
     Field(discriminator="type"),
 ]
 
