@@ -17,13 +17,11 @@ from flywheel.infra.errors import InfraError, StartupError
 from flywheel.infra.processes import (
     ComponentStatus,
     ensure_port_free,
-    is_alive,
-    log_path,
+    ensure_running,
     port_open,
     require_tool,
     running_pid,
     spawn,
-    wait_until,
 )
 
 NAME = "kafka"
@@ -218,13 +216,13 @@ def _launch(config: InfraConfig) -> int:
 
 def start_kafka(config: InfraConfig, timeout: float = 90.0) -> str:
     """Start the broker unless ours already runs; wait for metadata; return the bootstrap."""
-    pid = running_pid(config.run_dir, NAME) or _launch(config)
-    wait_until(
+    ensure_running(
+        NAME,
+        config.run_dir,
+        lambda: _launch(config),
         lambda: kafka_answers(config.kafka_bootstrap),
-        timeout,
         f"Kafka on {config.kafka_bootstrap}",
-        alive=lambda: is_alive(pid),
-        log=log_path(config.run_dir, NAME),
+        timeout,
     )
     return config.kafka_bootstrap
 

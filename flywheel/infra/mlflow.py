@@ -10,11 +10,9 @@ from flywheel.infra.config import InfraConfig
 from flywheel.infra.processes import (
     ComponentStatus,
     ensure_port_free,
-    is_alive,
-    log_path,
+    ensure_running,
     running_pid,
     spawn,
-    wait_until,
 )
 
 NAME = "mlflow"
@@ -64,13 +62,13 @@ def _launch(config: InfraConfig) -> int:
 
 def start_mlflow(config: InfraConfig, timeout: float = 90.0) -> str:
     """Start the tracking server unless ours already runs; wait for /health; return its URI."""
-    pid = running_pid(config.run_dir, NAME) or _launch(config)
-    wait_until(
+    ensure_running(
+        NAME,
+        config.run_dir,
+        lambda: _launch(config),
         lambda: mlflow_answers(config.mlflow_uri),
-        timeout,
         f"MLflow on {config.mlflow_uri}",
-        alive=lambda: is_alive(pid),
-        log=log_path(config.run_dir, NAME),
+        timeout,
     )
     return config.mlflow_uri
 

@@ -188,3 +188,16 @@ def wait_until(
         where = f"; see {log}" if log is not None else ""
         detail = tail(log) if log is not None else ""
         raise StartupError(f"Waiting for {what} failed: {problem}{where}.", detail)
+
+
+def ensure_running(
+    name: str,
+    run_dir: Path,
+    launch: Callable[[], int],
+    answers: Callable[[], bool],
+    what: str,
+    timeout: float,
+) -> None:
+    """Reuse our running process ``name`` or launch it; wait until it answers."""
+    pid = running_pid(run_dir, name) or launch()
+    wait_until(answers, timeout, what, alive=lambda: is_alive(pid), log=log_path(run_dir, name))

@@ -15,11 +15,9 @@ from flywheel.infra.errors import MissingToolError
 from flywheel.infra.processes import (
     ComponentStatus,
     ensure_port_free,
-    is_alive,
-    log_path,
+    ensure_running,
     running_pid,
     spawn,
-    wait_until,
 )
 
 NAME = "redis"
@@ -84,13 +82,13 @@ def start_redis(config: InfraConfig, timeout: float = 30.0) -> str:
     """Reuse a Redis answering on the port, or start one and wait for PING; return its URL."""
     if redis_answers(config.redis_port):
         return config.redis_url
-    pid = running_pid(config.run_dir, NAME) or _launch(config)
-    wait_until(
+    ensure_running(
+        NAME,
+        config.run_dir,
+        lambda: _launch(config),
         lambda: redis_answers(config.redis_port),
-        timeout,
         f"Redis on port {config.redis_port}",
-        alive=lambda: is_alive(pid),
-        log=log_path(config.run_dir, NAME),
+        timeout,
     )
     return config.redis_url
 
