@@ -16,7 +16,7 @@ PUBLISHERS: dict[Topic, tuple[str, ...]] = {
     Topic.DATA_ARRIVED: ("cli",),
     Topic.MODEL_TRAINED: ("trainer",),
     Topic.MODEL_APPROVED: ("registry",),
-    Topic.MODEL_REJECTED: ("registry",),
+    Topic.MODEL_REJECTED: ("registry", "trainer"),
     Topic.DRIFT_DETECTED: ("monitor",),
     Topic.PREDICTION_LOGGED: ("gateway",),
     Topic.FEEDBACK_RECEIVED: ("gateway",),

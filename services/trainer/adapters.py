@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import pandas as pd
+import requests
 import sklearn
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
@@ -18,11 +20,12 @@ from mlflow.tracking import MlflowClient
 from redis.asyncio import Redis
 from redis.exceptions import LockError
 
+from services.trainer.coalesce import PendingArrival
 from services.trainer.core import TrainedModel
 from services.trainer.ports import RunContext
 from shared.datasets import load_batch
 from shared.errors import DependencyUnavailableError
-from shared.events import DatasetRef
+from shared.events import DataArrived, DatasetRef
 from shared.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -51,20 +54,68 @@ class RedisBatchHistory:
         """The Redis key of a model's batch list."""
         return f"flywheel:trainer:batches:{model_name}"
 
-    async def record(self, model_name: str, ref: DatasetRef) -> None:
-        """Append ``ref``; a redelivered batch moves to the end instead of appearing twice."""
+    async def record(self, model_name: str, ref: DatasetRef) -> bool:
+        """Append ``ref``; a batch seen before moves to the end instead of appearing twice.
+
+        Returns True when the batch is new.
+        """
         payload = ref.model_dump_json()
         key = self.key(model_name)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.lrem(key, 0, payload)
             pipe.rpush(key, payload)
             pipe.ltrim(key, -self._cap, -1)
-            await pipe.execute()
+            removed, _, _ = await pipe.execute()
+        return int(removed) == 0
 
     async def recent(self, model_name: str, count: int) -> list[DatasetRef]:
         """The ``count`` most recent batches, oldest first."""
         raw: list[bytes | str] = await self._redis.lrange(self.key(model_name), -count, -1)
         return [DatasetRef.model_validate_json(item) for item in raw]
+
+
+class RedisPendingTriggers:
+    """Pending data-arrived events in a Redis list per model, so a restart loses none."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+
+    @staticmethod
+    def key(model_name: str) -> str:
+        """The Redis key of a model's pending arrivals."""
+        return f"flywheel:trainer:pending:{model_name}"
+
+    async def add(self, model_name: str, arrival: PendingArrival) -> None:
+        """Append ``arrival``."""
+        await self._redis.rpush(self.key(model_name), _arrival_json(arrival))
+
+    async def waiting(self, model_name: str) -> list[PendingArrival]:
+        """Every pending arrival, oldest first."""
+        raw: list[bytes | str] = await self._redis.lrange(self.key(model_name), 0, -1)
+        return [_arrival(item) for item in raw]
+
+    async def remove(self, model_name: str, arrivals: list[PendingArrival]) -> None:
+        """Remove exactly these arrivals (by event id); ones added meanwhile stay."""
+        ids = {arrival.event.event_id for arrival in arrivals}
+        key = self.key(model_name)
+        raw: list[bytes | str] = await self._redis.lrange(key, 0, -1)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for item in raw:
+                if _arrival(item).event.event_id in ids:
+                    pipe.lrem(key, 1, item)  # type: ignore[arg-type]
+            await pipe.execute()
+
+
+def _arrival_json(arrival: PendingArrival) -> str:
+    return json.dumps(
+        {"received_at": arrival.received_at, "event": arrival.event.model_dump(mode="json")},
+        sort_keys=True,
+    )
+
+
+def _arrival(raw: bytes | str) -> PendingArrival:
+    data = json.loads(raw)
+    return PendingArrival(DataArrived.model_validate(data["event"]), float(data["received_at"]))
 
 
 class RedisTrainingLock:
@@ -106,6 +157,10 @@ class MlflowModelStore:
 
     def log_training(self, model: TrainedModel, context: RunContext) -> str:
         """Log params, metrics, tags, the model and its reference sample; return the run id."""
+        with mlflow_outages():
+            return self._log(model, context)
+
+    def _log(self, model: TrainedModel, context: RunContext) -> str:
         experiment_id = self._experiment_id(context.model_name)
         with mlflow.start_run(experiment_id=experiment_id, tags=run_tags(context)) as run:
             mlflow.log_params(model.params)
@@ -132,6 +187,26 @@ class MlflowModelStore:
             return str(experiment.experiment_id)
 
 
+@contextlib.contextmanager
+def mlflow_outages() -> Iterator[None]:
+    """Turn "MLflow did not answer" into DependencyUnavailableError, so the trigger is retried."""
+    try:
+        yield
+    except requests.RequestException as error:
+        raise DependencyUnavailableError(f"MLflow unreachable: {error}") from error
+    except MlflowException as error:
+        if _is_outage(error):
+            raise DependencyUnavailableError(f"MLflow unreachable: {error.message}") from error
+        raise
+
+
+def _is_outage(error: MlflowException) -> bool:
+    # The REST client wraps connection failures after its retries in a plain MlflowException.
+    text = str(error)
+    markers = ("Max retries exceeded", "Connection refused", "Read timed out", "503", "502")
+    return "API request to" in text and any(marker in text for marker in markers)
+
+
 def run_tags(context: RunContext) -> dict[str, str]:
     """The lineage tags every training run carries."""
     return {
@@ -140,6 +215,7 @@ def run_tags(context: RunContext) -> dict[str, str]:
         "flywheel.data_version": context.data_version,
         "flywheel.trigger": context.trigger,
         "flywheel.batches": str(len(context.datasets)),
+        "flywheel.trigger_ids": ",".join(context.trigger_ids or (context.event_id,)),
     }
 
 

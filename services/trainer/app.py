@@ -2,30 +2,40 @@
 
 from __future__ import annotations
 
+import os
+
 from fastapi import FastAPI
 
 from services.trainer.adapters import (
     FileBatchSource,
     MlflowModelStore,
     RedisBatchHistory,
+    RedisPendingTriggers,
     RedisTrainingLock,
 )
+from services.trainer.coalesce import CoalescePolicy
 from services.trainer.core import TrainingConfig
 from services.trainer.handlers import TrainerHandlers, TrainerPorts, register
 from services.trainer.metrics import TrainerMetrics
+from services.trainer.scheduler import PendingTrainingScheduler
 from services.trainer.settings import Settings
 from shared.runtime import build_runtime, mlflow_check, serve, service_app
 from shared.spec import load_spec
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the trainer (connects nothing until the app starts)."""
+def create_app(settings: Settings | None = None, name: str = "trainer") -> FastAPI:
+    """Build the trainer (connects nothing until the app starts).
+
+    ``name`` names its consumer group and idempotency markers (tests use their own).
+    """
     settings = settings or Settings()
-    runtime = build_runtime("trainer", settings)
+    _fail_fast_on_mlflow_outages(settings)
+    runtime = build_runtime(name, settings)
     spec = load_spec(settings.model_spec_path)
     ports = TrainerPorts(
         batches=FileBatchSource(spec),
         history=RedisBatchHistory(runtime.redis, settings.history_batches),
+        pending=RedisPendingTriggers(runtime.redis),
         lock=RedisTrainingLock(runtime.redis, settings.lock_ttl_s, settings.lock_wait_s),
         store=MlflowModelStore(settings.mlflow_tracking_uri),
         publisher=runtime.publisher,
@@ -33,22 +43,40 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     handlers = TrainerHandlers(
         ports=ports,
         spec=spec,
-        config=TrainingConfig(
-            algorithm=settings.algorithm,
-            validation_fraction=settings.validation_fraction,
-            seed=settings.seed,
-            reference_rows=settings.reference_rows,
-        ),
+        config=training_config(settings),
         model_name=settings.model_name,
         window_batches=settings.window_batches,
         metrics=TrainerMetrics.create(runtime.registry),
+        policy=CoalescePolicy(
+            settings.coalesce_window_s, settings.coalesce_max_wait_s, settings.min_new_rows
+        ),
     )
     register(runtime.consumer, handlers)
+    scheduler = PendingTrainingScheduler(handlers, tick_s=settings.scheduler_tick_s)
     return service_app(
         runtime,
         checks={"mlflow": mlflow_check(settings.mlflow_tracking_uri)},
+        on_startup=[scheduler.start],
+        on_shutdown=[scheduler.stop],
         description="Trains a candidate model when data arrives or drift is detected.",
     )
+
+
+def training_config(settings: Settings) -> TrainingConfig:
+    """The training choices from the settings."""
+    return TrainingConfig(
+        algorithm=settings.algorithm,
+        validation_fraction=settings.validation_fraction,
+        seed=settings.seed,
+        reference_rows=settings.reference_rows,
+    )
+
+
+def _fail_fast_on_mlflow_outages(settings: Settings) -> None:
+    # MLflow's defaults (7 retries, 120 s) hold a trigger for minutes before it is retried.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(settings.mlflow_max_retries))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(settings.mlflow_timeout_s))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 
 
 def main() -> None:

@@ -1,27 +1,55 @@
-"""Trainer handlers: DataArrived or DriftDetected → train on the recent window → ModelTrained."""
+"""Trainer handlers: data, drift or a request to retrain → one training → ModelTrained.
+
+Data-arrived events are only checked and remembered here; a burst of them is
+coalesced into one training by ``train_pending`` (driven by ``scheduler``).
+Drift and manual requests train at once. A training that fails for a reason
+other than an outage is published as ModelRejected with its cause.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Literal
 
 import pandas as pd
 
+from services.trainer.coalesce import CoalescePolicy, PendingArrival, newest
 from services.trainer.core import TrainingConfig, combine_batches, data_version, train
 from services.trainer.metrics import TrainerMetrics
-from services.trainer.ports import BatchHistory, BatchSource, ModelStore, RunContext, TrainingLock
-from shared.errors import InvalidInputError, NotFoundError
-from shared.events import DataArrived, DatasetRef, DriftDetected, Event, ModelTrained, Topic
-from shared.messaging import ConsumerContext, EventPublisher, subscribe
+from services.trainer.ports import (
+    BatchHistory,
+    BatchSource,
+    ModelStore,
+    PendingTriggers,
+    RunContext,
+    TrainingLock,
+)
+from shared.errors import FlywheelError, InvalidInputError, NotFoundError
+from shared.events import (
+    DataArrived,
+    DatasetRef,
+    DriftDetected,
+    Event,
+    GateResult,
+    ModelRejected,
+    ModelTrained,
+    RetrainModel,
+    Topic,
+)
+from shared.messaging import OUTAGE_ERRORS, ConsumerContext, EventPublisher, subscribe
 from shared.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
-Trigger = Literal["data", "drift"]
-Loaded = dict[str, pd.DataFrame]
+Trigger = Literal["data", "drift", "manual", "schedule"]
+Outcome = ModelTrained | ModelRejected
+
+#: Failures that are not the training's fault: the trigger is retried or dead-lettered.
+DEFERRED: tuple[type[BaseException], ...] = (*OUTAGE_ERRORS, NotFoundError)
 
 
 @dataclass(frozen=True)
@@ -30,6 +58,7 @@ class TrainerPorts:
 
     batches: BatchSource
     history: BatchHistory
+    pending: PendingTriggers
     lock: TrainingLock
     store: ModelStore
     publisher: EventPublisher
@@ -45,50 +74,117 @@ class TrainerHandlers:
     model_name: str
     window_batches: int
     metrics: TrainerMetrics
+    policy: CoalescePolicy = field(default_factory=CoalescePolicy)
+    clock: Callable[[], float] = field(default=time.time)
 
     async def on_data_arrived(self, event: DataArrived) -> None:
-        """Check and remember the new batch, then train on the recent window including it."""
-        fresh = await asyncio.to_thread(self.ports.batches.load, event.dataset)
-        async with self.ports.lock.hold(self.model_name):
-            await self.ports.history.record(self.model_name, event.dataset)
-            trained = await self._train(event, "data", {event.dataset.sha256: fresh})
-        await self.ports.publisher.publish(trained)
+        """Check the batch (a bad one is dead-lettered), remember it, leave training pending."""
+        await asyncio.to_thread(self.ports.batches.load, event.dataset)
+        if not await self.ports.history.record(self.model_name, event.dataset):
+            log.info("duplicate batch ignored", extra={"sha256": event.dataset.sha256})
+            self._count("data", "duplicate")
+            return
+        await self.ports.pending.add(self.model_name, PendingArrival(event, self.clock()))
+        self._count("data", "accepted")
 
     async def on_drift_detected(self, event: DriftDetected) -> None:
         """Retrain at once on the recent window, in the drift's turn of the loop."""
         if event.model_name != self.model_name:
             log.warning("drift of another model ignored", extra={"model": event.model_name})
+            self._count("drift", "ignored")
             return
-        async with self.ports.lock.hold(self.model_name):
-            trained = await self._train(event, "drift", {})
-        await self.ports.publisher.publish(trained)
+        await self._train_now(event, "drift")
 
-    async def _train(self, cause: Event, trigger: Trigger, loaded: Loaded) -> ModelTrained:
+    async def on_retrain_requested(self, event: RetrainModel) -> None:
+        """Retrain at once because a person (``flywheel retrain``) asked for it."""
+        if event.model_name != self.model_name:
+            log.warning("retrain of another model ignored", extra={"model": event.model_name})
+            self._count("manual", "ignored")
+            return
+        await self._train_now(event, "manual")
+
+    async def train_pending(self) -> bool:
+        """Train once on the pending arrivals if the policy says so; True when it did."""
+        waiting = await self.ports.pending.waiting(self.model_name)
+        if self.policy.decide(waiting, self.clock()) != "train":
+            return False
+        async with self.ports.lock.hold(self.model_name):
+            # Re-read under the lock: another replica may have trained on them meanwhile.
+            covered = await self.ports.pending.waiting(self.model_name)
+            if not covered:
+                return False
+            cause = newest(covered)
+            try:
+                outcome = await self._train(cause, "data", covered)
+            except FlywheelError as error:
+                if error.retryable:
+                    raise
+                outcome = self._rejected(cause, "data", error)
+            await self._finish(outcome, covered)
+        self.metrics.coalesced.inc(len(covered) - 1)
+        return True
+
+    async def _train_now(self, cause: Event, trigger: Trigger) -> None:
+        self._count(trigger, "accepted")
+        async with self.ports.lock.hold(self.model_name):
+            # Pending arrivals are in the recent window: this training covers them too.
+            covered = await self.ports.pending.waiting(self.model_name)
+            await self._finish(await self._train(cause, trigger, covered), covered)
+
+    async def _finish(self, outcome: Outcome, covered: list[PendingArrival]) -> None:
+        # Publish before forgetting: a crash in between trains twice rather than never.
+        await self.ports.publisher.publish(outcome)
+        await self.ports.pending.remove(self.model_name, covered)
+
+    async def _train(
+        self, cause: Event, trigger: Trigger, covered: list[PendingArrival]
+    ) -> Outcome:
         refs = await self.ports.history.recent(self.model_name, self.window_batches)
         if not refs:
             raise NotFoundError(f"no batches recorded for {self.model_name}; nothing to train on")
+        ids = tuple(dict.fromkeys([cause.event_id, *(p.event.event_id for p in covered)]))
         started = time.perf_counter()
         try:
-            trained = await asyncio.to_thread(self._fit_and_log, cause, trigger, refs, loaded)
-        except Exception:
-            self.metrics.trainings.labels(trigger, "failed").inc()
+            trained = await asyncio.to_thread(self._fit_and_log, cause, trigger, refs, ids)
+        except DEFERRED:
+            self.metrics.trainings.labels(trigger, "deferred").inc()
             raise
+        except Exception as error:  # NaN loss, out of memory, a class missing…
+            return self._rejected(cause, trigger, error)
         elapsed = time.perf_counter() - started
         self.metrics.trainings.labels(trigger, "succeeded").inc()
         self.metrics.training_seconds.labels(trigger).observe(elapsed)
         log.info("model trained", extra={"run_id": trained.run_id, "seconds": round(elapsed, 2)})
         return trained
 
+    def _rejected(self, cause: Event, trigger: Trigger, error: Exception) -> ModelRejected:
+        self.metrics.trainings.labels(trigger, "failed").inc()
+        log.error("training failed", extra={"error": repr(error), "trigger": trigger})
+        detail = f"{type(error).__name__}: {error}"
+        reason = GateResult(name="training", passed=False, detail=detail)
+        return ModelRejected.caused_by(
+            cause, producer="trainer", model_name=self.model_name, reasons=(reason,)
+        )
+
+    def _count(self, trigger: Trigger, outcome: str) -> None:
+        self.metrics.triggers.labels(trigger, outcome).inc()
+
     def _fit_and_log(
-        self, cause: Event, trigger: Trigger, refs: list[DatasetRef], loaded: Loaded
+        self, cause: Event, trigger: Trigger, refs: list[DatasetRef], trigger_ids: tuple[str, ...]
     ) -> ModelTrained:
         """Blocking: load the window, fit, log to the model store, describe the result."""
-        batches = self._load_window(refs, loaded)
+        batches = self._load_window(refs)
         used = tuple(ref for ref, _ in batches)
         model = train(combine_batches([frame for _, frame in batches]), self.spec, self.config)
         version = data_version(ref.sha256 for ref in used)
         context = RunContext(
-            self.model_name, version, trigger, cause.event_id, cause.correlation_id, used
+            self.model_name,
+            version,
+            trigger,
+            cause.event_id,
+            cause.correlation_id,
+            used,
+            trigger_ids,
         )
         run_id = self.ports.store.log_training(model, context)
         return ModelTrained.caused_by(
@@ -104,15 +200,10 @@ class TrainerHandlers:
             trigger=trigger,
         )
 
-    def _load_window(
-        self, refs: list[DatasetRef], loaded: Loaded
-    ) -> list[tuple[DatasetRef, pd.DataFrame]]:
+    def _load_window(self, refs: list[DatasetRef]) -> list[tuple[DatasetRef, pd.DataFrame]]:
         """The window's batches; an older batch that went missing is skipped, not fatal."""
         batches = []
         for ref in refs:
-            if ref.sha256 in loaded:
-                batches.append((ref, loaded[ref.sha256]))
-                continue
             try:
                 batches.append((ref, self.ports.batches.load(ref)))
             except (NotFoundError, InvalidInputError) as error:
@@ -126,3 +217,4 @@ def register(consumer: ConsumerContext, handlers: TrainerHandlers) -> None:
     """Subscribe the trainer's handlers (consumer group flywheel-trainer)."""
     subscribe(consumer, Topic.DATA_ARRIVED, DataArrived, handlers.on_data_arrived)
     subscribe(consumer, Topic.DRIFT_DETECTED, DriftDetected, handlers.on_drift_detected)
+    subscribe(consumer, Topic.RETRAIN_MODEL, RetrainModel, handlers.on_retrain_requested)

@@ -13,6 +13,8 @@ class TrainerMetrics:
 
     trainings: Counter
     training_seconds: Histogram
+    triggers: Counter
+    coalesced: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> TrainerMetrics:
@@ -20,7 +22,7 @@ class TrainerMetrics:
         return cls(
             trainings=Counter(
                 "flywheel_trainer_trainings_total",
-                "Trainings by trigger (data, drift) and outcome (succeeded, failed).",
+                "Trainings by trigger and outcome (succeeded, failed, deferred by an outage).",
                 ["trigger", "outcome"],
                 registry=registry,
             ),
@@ -29,6 +31,17 @@ class TrainerMetrics:
                 "Time to load batches, fit, evaluate and log one model.",
                 ["trigger"],
                 buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+                registry=registry,
+            ),
+            triggers=Counter(
+                "flywheel_trainer_triggers_total",
+                "Triggers by kind and outcome (accepted, duplicate batch, other model ignored).",
+                ["trigger", "outcome"],
+                registry=registry,
+            ),
+            coalesced=Counter(
+                "flywheel_trainer_coalesced_triggers_total",
+                "Data-arrived events folded into another event's training (burst coalescing).",
                 registry=registry,
             ),
         )

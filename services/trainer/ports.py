@@ -11,6 +11,7 @@ from shared.events import DatasetRef
 if TYPE_CHECKING:
     import pandas as pd
 
+    from services.trainer.coalesce import PendingArrival
     from services.trainer.core import TrainedModel
 
 
@@ -27,11 +28,24 @@ class BatchSource(Protocol):
 class BatchHistory(Protocol):
     """Remembers which batches arrived for each model, newest last."""
 
-    async def record(self, model_name: str, ref: DatasetRef) -> None:
-        """Append ``ref`` (moving it to the end if it was recorded already)."""
+    async def record(self, model_name: str, ref: DatasetRef) -> bool:
+        """Append ``ref`` (moving it to the end if it was recorded already); True when new."""
 
     async def recent(self, model_name: str, count: int) -> list[DatasetRef]:
         """The ``count`` most recent batches, oldest first."""
+
+
+class PendingTriggers(Protocol):
+    """Data-arrived events received but not trained on yet, kept across restarts."""
+
+    async def add(self, model_name: str, arrival: PendingArrival) -> None:
+        """Remember ``arrival`` until a training covers it."""
+
+    async def waiting(self, model_name: str) -> list[PendingArrival]:
+        """Every pending arrival of the model, oldest first."""
+
+    async def remove(self, model_name: str, arrivals: list[PendingArrival]) -> None:
+        """Forget ``arrivals`` (a training covered them)."""
 
 
 class TrainingLock(Protocol):
@@ -51,6 +65,8 @@ class RunContext:
     event_id: str
     correlation_id: str
     datasets: tuple[DatasetRef, ...]
+    trigger_ids: tuple[str, ...] = ()
+    """Every event this training answers (a coalesced burst has several)."""
 
 
 class ModelStore(Protocol):

@@ -33,3 +33,15 @@ class Settings(BaseServiceSettings):
     """Expiry of the per-model training lock, so a crashed trainer cannot hold it forever."""
     lock_wait_s: float = Field(240.0, gt=0)
     """How long a trigger waits for a busy model; below Kafka's max.poll.interval (300 s)."""
+    coalesce_window_s: float = Field(1.0, ge=0)
+    """Data-arrived events this close together (seconds of quiet) become one training."""
+    coalesce_max_wait_s: float = Field(30.0, gt=0)
+    """Longest a pending arrival waits for the burst to end before training anyway."""
+    min_new_rows: int = Field(1, ge=1)
+    """Fewest new rows (over pending batches) that start a data-triggered training."""
+    scheduler_tick_s: float = Field(0.25, gt=0)
+    """How often pending arrivals are checked."""
+    mlflow_max_retries: int = Field(2, ge=0)
+    """HTTP retries of MLflow calls, so a dead server fails in seconds and the trigger waits."""
+    mlflow_timeout_s: int = Field(30, ge=1)
+    """Timeout of one MLflow HTTP request, in seconds."""

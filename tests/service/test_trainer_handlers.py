@@ -17,18 +17,22 @@ from faststream.kafka.annotations import KafkaMessage
 from prometheus_client import CollectorRegistry
 
 from services.trainer.adapters import FileBatchSource
+from services.trainer.coalesce import CoalescePolicy, PendingArrival
 from services.trainer.core import TrainedModel, TrainingConfig, data_version
 from services.trainer.handlers import TrainerHandlers, TrainerPorts, register
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.ports import RunContext
 from shared.datasets import generate_customers, write_batch
+from shared.errors import DependencyUnavailableError
 from shared.events import (
     DataArrived,
     DatasetRef,
     DriftDetected,
     Event,
     FeatureDrift,
+    ModelRejected,
     ModelTrained,
+    RetrainModel,
     Topic,
     dead_letter_topic,
 )
@@ -36,6 +40,7 @@ from shared.spec import load_spec
 from shared.testing import RecordingPublisher, consumer_context
 
 MODEL = "customer-segment"
+WINDOW_S = 2.0
 
 
 class InMemoryHistory:
@@ -44,12 +49,42 @@ class InMemoryHistory:
     def __init__(self) -> None:
         self.refs: dict[str, list[DatasetRef]] = {}
 
-    async def record(self, model_name: str, ref: DatasetRef) -> None:
+    async def record(self, model_name: str, ref: DatasetRef) -> bool:
         refs = [r for r in self.refs.get(model_name, []) if r != ref]
+        new = len(refs) == len(self.refs.get(model_name, []))
         self.refs[model_name] = [*refs, ref]
+        return new
 
     async def recent(self, model_name: str, count: int) -> list[DatasetRef]:
         return self.refs.get(model_name, [])[-count:]
+
+
+class InMemoryPending:
+    """Pending arrivals in a dict of lists."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, list[PendingArrival]] = {}
+
+    async def add(self, model_name: str, arrival: PendingArrival) -> None:
+        self.items.setdefault(model_name, []).append(arrival)
+
+    async def waiting(self, model_name: str) -> list[PendingArrival]:
+        return list(self.items.get(model_name, []))
+
+    async def remove(self, model_name: str, arrivals: list[PendingArrival]) -> None:
+        gone = {a.event.event_id for a in arrivals}
+        kept = [a for a in self.items.get(model_name, []) if a.event.event_id not in gone]
+        self.items[model_name] = kept
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 class AsyncioLock:
@@ -69,6 +104,7 @@ class FakeModelStore:
     """Records logged trainings and how many overlapped."""
 
     delay_s: float = 0.0
+    failure: Exception | None = None
     logged: list[tuple[TrainedModel, RunContext]] = field(default_factory=list)
     active: int = 0
     max_active: int = 0
@@ -79,6 +115,10 @@ class FakeModelStore:
             self.active += 1
             self.max_active = max(self.max_active, self.active)
         time.sleep(self.delay_s)
+        if self.failure is not None:
+            with self._guard:
+                self.active -= 1
+            raise self.failure
         with self._guard:
             self.active -= 1
             self.logged.append((model, context))
@@ -90,6 +130,8 @@ class Harness:
     broker: KafkaBroker
     handlers: TrainerHandlers
     history: InMemoryHistory
+    pending: InMemoryPending
+    clock: Clock
     store: FakeModelStore
     publisher: RecordingPublisher
     metrics: TrainerMetrics
@@ -98,25 +140,36 @@ class Harness:
     def trained(self) -> list[ModelTrained]:
         return [e for e in self.publisher.events if isinstance(e, ModelTrained)]
 
+    def rejected(self) -> list[ModelRejected]:
+        return [e for e in self.publisher.events if isinstance(e, ModelRejected)]
 
-def _harness(window: int = 5, delay_s: float = 0.0) -> Harness:
+    async def after_window(self) -> bool:
+        self.clock.now += WINDOW_S
+        return await self.handlers.train_pending()
+
+
+def _harness(window: int = 5, delay_s: float = 0.0, min_rows: int = 1) -> Harness:
     broker = KafkaBroker()
     publisher, history, store = RecordingPublisher(), InMemoryHistory(), FakeModelStore(delay_s)
+    pending, clock = InMemoryPending(), Clock()
     metrics = TrainerMetrics.create(CollectorRegistry())
     spec = load_spec()
-    ports = TrainerPorts(FileBatchSource(spec), history, AsyncioLock(), store, publisher)
-    handlers = TrainerHandlers(ports, spec, TrainingConfig(), MODEL, window, metrics)
+    ports = TrainerPorts(FileBatchSource(spec), history, pending, AsyncioLock(), store, publisher)
+    policy = CoalescePolicy(window_s=WINDOW_S, max_wait_s=60, min_rows=min_rows)
+    handlers = TrainerHandlers(ports, spec, TrainingConfig(), MODEL, window, metrics, policy, clock)
     register(consumer_context("trainer", broker), handlers)
     dead: dict[str, list[dict[str, str]]] = {}
 
     @broker.subscriber(
-        dead_letter_topic(Topic.DATA_ARRIVED), dead_letter_topic(Topic.DRIFT_DETECTED)
+        dead_letter_topic(Topic.DATA_ARRIVED),
+        dead_letter_topic(Topic.DRIFT_DETECTED),
+        dead_letter_topic(Topic.RETRAIN_MODEL),
     )
     async def park(message: KafkaMessage) -> None:
         headers = dict(message.headers)
         dead.setdefault(headers["x-original-topic"], []).append(headers)
 
-    return Harness(broker, handlers, history, store, publisher, metrics, dead)
+    return Harness(broker, handlers, history, pending, clock, store, publisher, metrics, dead)
 
 
 def _batch(tmp_path: Path, seed: int, rows: int = 600) -> DatasetRef:
@@ -162,19 +215,19 @@ async def _send(broker: KafkaBroker, *events: Event) -> None:
             await test_broker.publish(event.model_dump_json().encode(), event.topic.value)
 
 
-async def test_data_arrived_trains_and_publishes_model_trained_in_the_same_turn(
-    tmp_path: Path,
-) -> None:
+async def test_data_arrival_trains_once_its_window_is_quiet(tmp_path: Path) -> None:
     h = _harness()
     arrived = DataArrived(producer="test", dataset=_batch(tmp_path, 1))
     await _send(h.broker, arrived)
+    assert h.trained() == []
+    assert not await h.handlers.train_pending()  # the window is still open
 
+    assert await h.after_window()
     [trained] = h.trained()
     assert trained.correlation_id == arrived.correlation_id
     assert trained.causation_id == arrived.event_id
     assert trained.producer == "trainer"
     assert trained.trigger == "data"
-    assert trained.run_id == "run-1"
     assert trained.model_uri == "runs:/run-1/model"
     assert trained.datasets == (arrived.dataset,)
     assert trained.data_version == data_version([arrived.dataset.sha256])
@@ -182,34 +235,121 @@ async def test_data_arrived_trains_and_publishes_model_trained_in_the_same_turn(
     assert trained.metrics.validation_rows == 120
     _, context = h.store.logged[0]
     assert (context.event_id, context.trigger) == (arrived.event_id, "data")
-    assert h.history.refs[MODEL] == [arrived.dataset]
+    assert h.pending.items[MODEL] == []
+    assert not await h.after_window()  # nothing left to train on
     assert h.metrics.trainings.labels("data", "succeeded")._value.get() == 1
+
+
+async def test_a_storm_of_twenty_arrivals_is_one_training(tmp_path: Path) -> None:
+    h = _harness(window=20)
+    storm = [DataArrived(producer="test", dataset=_batch(tmp_path, s, 100)) for s in range(20)]
+    await _send(h.broker, *storm)
+    assert await h.after_window()
+    assert not await h.after_window()
+
+    [trained] = h.trained()
+    assert trained.causation_id == storm[-1].event_id
+    assert len(trained.datasets) == 20
+    _, context = h.store.logged[0]
+    assert set(context.trigger_ids) == {e.event_id for e in storm}
+    assert h.metrics.coalesced._value.get() == 19
+    assert h.metrics.triggers.labels("data", "accepted")._value.get() == 20
+
+
+async def test_a_batch_announced_twice_is_a_counted_no_op(tmp_path: Path) -> None:
+    h = _harness()
+    ref = _batch(tmp_path, 1)
+    await _send(h.broker, DataArrived(producer="a", dataset=ref))
+    await _send(h.broker, DataArrived(producer="b", dataset=ref))
+    assert len(h.pending.items[MODEL]) == 1
+    assert h.metrics.triggers.labels("data", "duplicate")._value.get() == 1
+    assert await h.after_window()
+    assert len(h.trained()) == 1
+
+
+async def test_too_few_new_rows_keep_waiting_for_more(tmp_path: Path) -> None:
+    h = _harness(min_rows=1000)
+    await _send(h.broker, DataArrived(producer="t", dataset=_batch(tmp_path, 1, 600)))
+    assert not await h.after_window()
+    await _send(h.broker, DataArrived(producer="t", dataset=_batch(tmp_path, 2, 600)))
+    assert await h.after_window()
+    assert len(h.trained()[0].datasets) == 2
 
 
 async def test_training_uses_only_the_most_recent_window(tmp_path: Path) -> None:
     h = _harness(window=2)
     events = [DataArrived(producer="test", dataset=_batch(tmp_path, s)) for s in (1, 2, 3)]
     await _send(h.broker, *events)
+    assert await h.after_window()
 
     last = h.trained()[-1]
     assert last.datasets == (events[1].dataset, events[2].dataset)
     assert last.data_version == data_version([events[2].dataset.sha256, events[1].dataset.sha256])
     assert h.store.logged[-1][0].metrics.validation_rows == 240
-    assert len({t.data_version for t in h.trained()}) == 3
 
 
-async def test_drift_retrains_on_recent_batches_in_the_drift_turn(tmp_path: Path) -> None:
+async def test_drift_retrains_at_once_in_the_drift_turn(tmp_path: Path) -> None:
     h = _harness()
     batches = [DataArrived(producer="test", dataset=_batch(tmp_path, s)) for s in (1, 2)]
     drift = _drift()
     await _send(h.broker, *batches, drift)
 
-    retrained = h.trained()[-1]
+    [retrained] = h.trained()
     assert retrained.trigger == "drift"
     assert retrained.correlation_id == drift.correlation_id
     assert retrained.causation_id == drift.event_id
     assert retrained.datasets == tuple(b.dataset for b in batches)
+    assert h.store.logged[0][1].trigger_ids[0] == drift.event_id
+    assert not await h.after_window()  # the drift training covered the pending arrivals
     assert h.metrics.trainings.labels("drift", "succeeded")._value.get() == 1
+
+
+async def test_retrain_command_trains_with_trigger_manual(tmp_path: Path) -> None:
+    h = _harness()
+    await h.history.record(MODEL, _batch(tmp_path, 1))
+    command = RetrainModel(producer="cli", model_name=MODEL, reason="new labels")
+    await _send(h.broker, command, RetrainModel(producer="cli", model_name="other"))
+    [trained] = h.trained()
+    assert (trained.trigger, trained.causation_id) == ("manual", command.event_id)
+    assert h.metrics.triggers.labels("manual", "ignored")._value.get() == 1
+
+
+async def test_a_failed_training_is_rejected_with_its_cause(tmp_path: Path) -> None:
+    h = _harness()
+    h.store.failure = FloatingPointError("loss is NaN at epoch 3")
+    await _send(h.broker, DataArrived(producer="t", dataset=_batch(tmp_path, 1)))
+    assert await h.after_window()
+    [rejected] = h.rejected()
+    [reason] = rejected.reasons
+    assert reason.name == "training"
+    assert "NaN" in reason.detail
+    assert h.trained() == []
+    assert h.metrics.trainings.labels("data", "failed")._value.get() == 1
+
+
+async def test_an_mlflow_outage_keeps_the_arrivals_pending(tmp_path: Path) -> None:
+    h = _harness()
+    h.store.failure = DependencyUnavailableError("MLflow unreachable")
+    await _send(h.broker, DataArrived(producer="t", dataset=_batch(tmp_path, 1)))
+    with pytest.raises(DependencyUnavailableError):
+        await h.after_window()
+    assert len(h.pending.items[MODEL]) == 1
+    assert h.publisher.events == []
+    h.store.failure = None
+    assert await h.after_window()
+    assert len(h.trained()) == 1
+
+
+async def test_an_mlflow_outage_during_drift_rewinds_instead_of_dead_lettering(
+    tmp_path: Path,
+) -> None:
+    h = _harness()
+    await h.history.record(MODEL, _batch(tmp_path, 1))
+    h.store.failure = DependencyUnavailableError("MLflow unreachable")
+    with pytest.raises(DependencyUnavailableError):
+        await h.handlers.on_drift_detected(_drift())
+    assert h.publisher.events == []
+    assert h.metrics.trainings.labels("drift", "deferred")._value.get() == 1
 
 
 @pytest.mark.parametrize("damage", ["missing", "tampered", "misfit"])
@@ -220,7 +360,7 @@ async def test_bad_batch_is_dead_lettered_without_training(tmp_path: Path, damag
 
     [headers] = h.dead_letters[Topic.DATA_ARRIVED.value]
     assert headers["x-error-reason"] == "rejected"
-    assert h.trained() == []
+    assert not await h.after_window()
     assert h.store.logged == []
     assert h.history.refs == {}
 
@@ -246,9 +386,13 @@ async def test_an_older_batch_that_vanished_is_skipped(tmp_path: Path) -> None:
 async def test_two_triggers_never_train_the_same_model_at_once(tmp_path: Path) -> None:
     h = _harness(delay_s=0.3)
     await h.history.record(MODEL, _batch(tmp_path, 1))
-    arrived = DataArrived(producer="test", dataset=_batch(tmp_path, 2))
+    await h.handlers.on_data_arrived(DataArrived(producer="test", dataset=_batch(tmp_path, 2)))
+    h.clock.now += WINDOW_S
+    command = RetrainModel(producer="cli", model_name=MODEL)
     await asyncio.gather(
-        h.handlers.on_data_arrived(arrived), h.handlers.on_drift_detected(_drift())
+        h.handlers.train_pending(),
+        h.handlers.on_drift_detected(_drift()),
+        h.handlers.on_retrain_requested(command),
     )
-    assert len(h.store.logged) == 2
+    assert 2 <= len(h.store.logged) <= 3
     assert h.store.max_active == 1

@@ -1,0 +1,98 @@
+"""Trainer triggers on real Kafka, Redis and MLflow: storms coalesce, drift keeps lineage."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from flywheel.infra import Endpoints
+from flywheel.loop import EventTap, publish_raw
+from services.trainer.app import create_app
+from services.trainer.settings import Settings
+from shared.datasets import generate_customers, write_batch
+from shared.events import DataArrived, DriftDetected, Event, FeatureDrift, ModelTrained
+
+pytestmark = pytest.mark.integration
+
+WINDOW_S = 2.0
+
+
+@pytest.fixture
+async def trainer(infra_env: Endpoints, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[str]:
+    """An in-process trainer for a fresh model name, in a consumer group of its own."""
+    model = f"it-trainer-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("FLYWHEEL_MODEL_NAME", model)
+    settings = Settings(coalesce_window_s=WINDOW_S, scheduler_tick_s=0.1)
+    app = create_app(settings, name=f"trainer-it-{uuid.uuid4().hex[:8]}")
+    async with app.router.lifespan_context(app):
+        yield model
+
+
+async def _publish(bootstrap: str, *events: Event) -> None:
+    for event in events:
+        await publish_raw(bootstrap, event.topic.value, event.model_dump_json().encode())
+
+
+def _runs_answering(infra: Endpoints, model: str, event_ids: set[str]) -> list[dict[str, str]]:
+    client = MlflowClient(infra.mlflow_uri)
+    experiment = client.get_experiment_by_name(model)
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    tags = [run.data.tags for run in runs]
+    return [t for t in tags if event_ids & set(t["flywheel.trigger_ids"].split(","))]
+
+
+async def test_a_storm_of_twenty_data_arrivals_trains_exactly_once(
+    infra: Endpoints, trainer: str, tmp_path: Path
+) -> None:
+    refs = [write_batch(generate_customers(60, s), tmp_path / f"b{s}.parquet") for s in range(20)]
+    storm = [DataArrived(producer="it", dataset=ref) for ref in refs]
+    async with EventTap(infra.kafka_bootstrap) as tap:
+        await _publish(infra.kafka_bootstrap, *storm)
+        last = storm[-1].event_id
+        trained = await tap.wait_for(ModelTrained, lambda e: e.causation_id == last, 120)
+        await asyncio.sleep(3 * WINDOW_S)  # room for a second training, which must not come
+        mine = [e for e in tap.events if isinstance(e, ModelTrained) and e.model_name == trainer]
+    assert mine == [trained]
+    assert trained.trigger == "data"
+    [run] = _runs_answering(infra, trainer, {e.event_id for e in storm})
+    assert set(run["flywheel.trigger_ids"].split(",")) >= {e.event_id for e in storm}
+
+
+async def test_drift_retrains_with_the_drift_event_in_its_lineage(
+    infra: Endpoints, trainer: str, tmp_path: Path
+) -> None:
+    ref = write_batch(generate_customers(800, 1), tmp_path / "b.parquet")
+    arrived = DataArrived(producer="it", dataset=ref)
+    now = datetime.now(UTC)
+    drift = DriftDetected(
+        producer="it",
+        model_name=trainer,
+        reference_version="1",
+        window_size=300,
+        reference_size=800,
+        window_start=now,
+        window_end=now,
+        features=(
+            FeatureDrift(feature="age", statistic=0.3, p_value=1e-9, threshold=0.01, drifted=True),
+        ),
+    )
+    async with EventTap(infra.kafka_bootstrap) as tap:
+        await _publish(infra.kafka_bootstrap, arrived)
+        await tap.wait_for(ModelTrained, lambda e: e.causation_id == arrived.event_id, 120)
+        await _publish(infra.kafka_bootstrap, drift)
+        retrained = await tap.wait_for(
+            ModelTrained, lambda e: e.causation_id == drift.event_id, 120
+        )
+    assert (retrained.trigger, retrained.correlation_id) == ("drift", drift.correlation_id)
+    run = MlflowClient(infra.mlflow_uri).get_run(retrained.run_id).data.tags
+    assert run["flywheel.event_id"] == drift.event_id
+    assert run["flywheel.correlation_id"] == drift.correlation_id
+    assert run["flywheel.trigger"] == "drift"
+    assert run["flywheel.data_version"] == retrained.data_version
