@@ -165,6 +165,9 @@ class ModelRejected(Event):
     reasons: tuple[GateResult, ...]
 
 
+Variant = Literal["champion", "challenger"]
+
+
 class FeatureDrift(BaseModel):
     """Drift statistics of one feature over one window."""
 
@@ -175,6 +178,10 @@ class FeatureDrift(BaseModel):
     p_value: float
     threshold: float
     drifted: bool
+    test: Literal["ks", "chi2", "accuracy"] = Field(
+        "ks", description="KS for numeric features, χ² for categorical, accuracy for concept drift."
+    )
+    unseen: int = Field(0, ge=0, description="Window values of categories the reference lacks.")
 
 
 class DriftDetected(Event):
@@ -190,9 +197,15 @@ class DriftDetected(Event):
     window_start: AwareDatetime
     window_end: AwareDatetime
     features: tuple[FeatureDrift, ...]
-
-
-Variant = Literal["champion", "challenger"]
+    window_correlation_id: str | None = Field(
+        None, description="correlation_id of the event that closed the causing window."
+    )
+    variant: Variant | None = Field(
+        None, description="Concept drift: the variant whose accuracy dropped."
+    )
+    version: str | None = Field(
+        None, description="Concept drift: the model version that was scored."
+    )
 
 
 class PredictionLogged(Event):

@@ -101,6 +101,21 @@ class ProcessedEvents:
         """Remember that ``event_id`` was handled."""
         await self._redis.set(self._prefix + event_id, b"1", ex=self._ttl_s)
 
+    async def seen_many(self, event_ids: list[str]) -> set[str]:
+        """The ids among ``event_ids`` already handled: one round trip for a whole batch."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for event_id in event_ids:
+                pipe.exists(self._prefix + event_id)
+            found = await pipe.execute()
+        return {e for e, hit in zip(event_ids, found, strict=True) if hit}
+
+    async def mark_many(self, event_ids: list[str]) -> None:
+        """Remember a whole batch of handled ids in one round trip."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for event_id in event_ids:
+                pipe.set(self._prefix + event_id, b"1", ex=self._ttl_s)
+            await pipe.execute()
+
 
 @dataclass(frozen=True)
 class ConsumerContext:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from services.monitor.adapters import MlflowReferenceStore
+from services.monitor.adapters import MlflowReferenceStore, RedisStateStore
 from services.monitor.handlers import DriftMonitor
 from services.monitor.metrics import MonitorMetrics
 from services.monitor.settings import Settings
-from shared.events import PredictionLogged, Topic
+from shared.batch_messaging import subscribe_batch
+from shared.events import FeedbackReceived, ModelPromoted, ModelRolledBack, PredictionLogged, Topic
 from shared.messaging import subscribe
 from shared.runtime import build_runtime, mlflow_check, serve, service_app
 from shared.spec import load_spec
@@ -24,12 +25,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         references=MlflowReferenceStore(settings.mlflow_tracking_uri, spec),
         publisher=runtime.publisher,
         metrics=MonitorMetrics.create(runtime.registry),
+        states=RedisStateStore(runtime.redis, settings.idempotency_ttl_s),
     )
-    subscribe(runtime.consumer, Topic.PREDICTION_LOGGED, PredictionLogged, monitor.on_prediction)
+    subscribe_batch(
+        runtime.consumer,
+        Topic.PREDICTION_LOGGED,
+        PredictionLogged,
+        monitor.on_predictions,
+        max_records=settings.batch_size,
+        batch_timeout_ms=settings.batch_timeout_ms,
+    )
+    subscribe(runtime.consumer, Topic.FEEDBACK_RECEIVED, FeedbackReceived, monitor.on_feedback)
+    subscribe(runtime.consumer, Topic.MODEL_PROMOTED, ModelPromoted, monitor.on_champion_changed)
+    subscribe(
+        runtime.consumer, Topic.MODEL_ROLLED_BACK, ModelRolledBack, monitor.on_champion_changed
+    )
     return service_app(
         runtime,
         checks={"mlflow": mlflow_check(settings.mlflow_tracking_uri)},
-        description="KS drift of live traffic against the champion training data.",
+        description="Data drift (KS, χ²) and concept drift (accuracy CUSUM) against the champion.",
     )
 
 

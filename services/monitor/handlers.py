@@ -1,92 +1,250 @@
-"""prediction-logged → drift windows → drift-detected."""
+"""prediction-logged batches → drift windows; feedback → accuracy; both → drift-detected."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
 
-from services.monitor.core import DriftDetector
+from services.monitor.core import (
+    AccuracyCusum,
+    ConceptVerdict,
+    DriftDetector,
+    Reference,
+    WindowMark,
+    WindowVerdict,
+)
 from services.monitor.metrics import MonitorMetrics
-from services.monitor.ports import ReferenceStore
+from services.monitor.ports import ReferenceStore, StateStore
 from services.monitor.settings import Settings
-from shared.events import DriftDetected, FeatureDrift, PredictionLogged
+from shared.events import (
+    DriftDetected,
+    FeatureDrift,
+    FeedbackReceived,
+    ModelPromoted,
+    ModelRolledBack,
+    PredictionLogged,
+)
 from shared.messaging import EventPublisher
 
 log = logging.getLogger(__name__)
 
+#: Drift event ids derive from the window that caused them, so a replay after a
+#: crash republishes the same id and consumers drop it as a duplicate.
+DRIFT_ID_NAMESPACE = uuid.UUID("6f1c7a52-2f7e-4c1e-9a51-5b0f6a3c9d10")
+
 
 @dataclass
 class DriftMonitor:
-    """Keeps one detector against the current champion's reference and reports drift."""
+    """One detector against the current champion's reference, its state kept in a store."""
 
     settings: Settings
     references: ReferenceStore
     publisher: EventPublisher
     metrics: MonitorMetrics
+    states: StateStore
     detector: DriftDetector | None = None
-    _checked_at: float = field(default=float("-inf"))
-    _window_start: PredictionLogged | None = None
+    accuracy: dict[tuple[str, str], AccuracyCusum] = field(default_factory=dict)
+    _fired: set[tuple[str, str]] = field(default_factory=set)
+    _checked_at: float = float("-inf")
+    _wanted_version: str | None = None
 
-    async def on_prediction(self, event: PredictionLogged) -> None:
-        """Add a prediction's features to the window; publish drift when the window alarms."""
+    async def on_predictions(self, events: Sequence[PredictionLogged]) -> None:
+        """Count a batch of predictions into the window; publish drift when a window alarms."""
         detector = await self._current_detector()
         if detector is None:
             return
-        self._window_start = self._window_start or event
-        self.metrics.observations.inc()
-        verdict = detector.add(event.features)
-        if verdict is None:
+        name = self.settings.model_name
+        fresh_ids = await self.states.unseen(name, [e.event_id for e in events])
+        fresh = [e for e in events if e.event_id in fresh_ids]
+        try:
+            await self._count(detector, fresh)
+            await self.states.save(name, self._state(), [e.event_id for e in fresh])
+        except BaseException:
+            self.detector = None  # the store holds the truth: reload it before the retry
+            raise
+
+    async def _count(self, detector: DriftDetector, events: list[PredictionLogged]) -> None:
+        marks = [
+            WindowMark(e.occurred_at.isoformat(), e.event_id, e.correlation_id) for e in events
+        ]
+        outcome = detector.add_rows([e.features for e in events], marks)
+        for reason, count in outcome.rejected.items():
+            self.metrics.rejected_rows.labels(reason).inc(count)
+        self.metrics.observations.inc(len(events) - sum(outcome.rejected.values()))
+        self.metrics.window_fill.set(detector.filled)
+        if events:
+            newest = max(e.occurred_at for e in events)
+            self.metrics.lag_seconds.set((datetime.now(UTC) - newest).total_seconds())
+        for verdict in outcome.verdicts:
+            for result in verdict.features:
+                self.metrics.drift_score.labels(result.feature).set(result.statistic)
+                self.metrics.drift_p_value.labels(result.feature).set(result.p_value)
+            if verdict.alarm:
+                await self.publisher.publish(self._data_drift(detector, verdict))
+                self.metrics.drift_events.labels("data").inc()
+
+    async def on_feedback(self, event: FeedbackReceived) -> None:
+        """Update the variant's accuracy; publish concept drift when its drop is significant."""
+        correct = _correct(event)
+        detector = await self._current_detector()
+        if correct is None or detector is None or detector.reference.baseline_accuracy is None:
             return
-        window_start, self._window_start = self._window_start, None
-        for result in verdict.features:
-            self.metrics.drift_score.labels(result.feature).set(result.statistic)
-            self.metrics.drift_p_value.labels(result.feature).set(result.p_value)
-        if verdict.alarm:
-            await self._report(detector, verdict.features, window_start, event)
+        tracker = self._tracker(detector.reference, event.variant, event.version)
+        verdict = tracker.add(correct)
+        if (event.variant, event.version) in self._fired:
+            verdict = None  # one concept drift per variant and version
+        accuracy = tracker.rolling_accuracy
+        if accuracy is not None:
+            self.metrics.model_accuracy.labels(event.variant, event.version).set(accuracy)
+        if verdict is not None:
+            self._fired.add((event.variant, event.version))
+            await self.publisher.publish(self._concept_drift(detector, event, verdict))
+            self.metrics.drift_events.labels("concept").inc()
+            # Saved at once so a restart cannot raise it again; otherwise with the next batch.
+            await self.states.save(self.settings.model_name, self._state(), [])
+
+    async def on_champion_changed(self, event: ModelPromoted | ModelRolledBack) -> None:
+        """Switch the reference to the new champion's sample at once."""
+        if event.model_name != self.settings.model_name:
+            return
+        self._wanted_version = event.version
+        self._checked_at = float("-inf")
+        await self._current_detector()
 
     async def _current_detector(self) -> DriftDetector | None:
         now = time.monotonic()
-        if now - self._checked_at < self.settings.reference_refresh_s and self.detector:
+        if self.detector and now - self._checked_at < self.settings.reference_refresh_s:
             return self.detector
         self._checked_at = now
-        model_name = self.settings.model_name
-        reference = await asyncio.to_thread(self.references.champion_reference, model_name)
+        reference = await asyncio.to_thread(
+            self.references.reference, self.settings.model_name, self._wanted_version
+        )
+        self._wanted_version = None
         if reference is not None and (
             self.detector is None or self.detector.reference.version != reference.version
         ):
-            self.detector = DriftDetector(
-                reference,
-                window_size=self.settings.window_size,
-                alpha=self.settings.alpha,
-                persistence=self.settings.persistence,
-                cooldown_windows=self.settings.cooldown_windows,
-            )
+            await self._switch_to(reference)
         return self.detector
 
-    async def _report(
-        self,
-        detector: DriftDetector,
-        results: list[FeatureDrift],
-        first: PredictionLogged,
-        last: PredictionLogged,
-    ) -> None:
+    async def _switch_to(self, reference: Reference) -> None:
+        detector = DriftDetector(
+            reference,
+            window_size=self.settings.window_size,
+            alpha=self.settings.alpha,
+            persistence=self.settings.persistence,
+            cooldown_windows=self.settings.cooldown_windows,
+            correction=self.settings.correction,
+            strong_alpha=self.settings.strong_alpha,
+        )
+        saved = await self.states.load(self.settings.model_name)
+        self.accuracy, self._fired = {}, set()
+        if saved and saved.get("window", {}).get("version") == reference.version:
+            detector.restore(saved["window"])
+            self._restore_accuracy(reference, saved.get("accuracy", {}))
+        for feature in reference.missing:
+            log.warning(
+                "feature missing from the reference, not tested", extra={"feature": feature}
+            )
+            self.metrics.missing_features.labels(feature).set(1)
+        self.metrics.window_size.set(detector.window_size)
+        self.metrics.reference_rows.set(reference.size)
+        self.detector = detector
+        log.info("drift reference switched", extra={"version": reference.version})
+
+    def _tracker(self, reference: Reference, variant: str, version: str) -> AccuracyCusum:
+        key = (variant, version)
+        if key not in self.accuracy:
+            self.accuracy[key] = AccuracyCusum(
+                baseline=reference.baseline_accuracy or 0.0,
+                min_drop=self.settings.accuracy_min_drop,
+                arl=self.settings.accuracy_arl,
+                rolling=self.settings.accuracy_rolling,
+            )
+        return self.accuracy[key]
+
+    def _state(self) -> dict[str, Any]:
+        assert self.detector is not None
+        accuracy = {
+            f"{variant}|{version}": {**t.state(), "fired": (variant, version) in self._fired}
+            for (variant, version), t in self.accuracy.items()
+        }
+        return {"window": self.detector.state(), "accuracy": accuracy}
+
+    def _restore_accuracy(self, reference: Reference, saved: dict[str, Any]) -> None:
+        for key, state in saved.items():
+            variant, version = key.split("|", 1)
+            self._tracker(reference, variant, version).restore(state)
+            if state.get("fired"):
+                self._fired.add((variant, version))
+
+    def _data_drift(self, detector: DriftDetector, verdict: WindowVerdict) -> DriftDetected:
+        assert verdict.first is not None
+        assert verdict.last is not None
+        drifted = [r.feature for r in verdict.features if r.drifted]
+        log.warning("drift detected", extra={"features": drifted, "window_end": verdict.last.at})
         # Drift opens a new turn of the loop: a fresh correlation id, caused by the
         # prediction that closed the window.
-        event = DriftDetected(
+        return DriftDetected(
+            event_id=_drift_id("data", detector.reference.version, verdict.last.event_id),
             producer="monitor",
-            causation_id=last.event_id,
+            causation_id=verdict.last.event_id,
             kind="data",
             model_name=self.settings.model_name,
             reference_version=detector.reference.version,
             window_size=detector.window_size,
             reference_size=detector.reference.size,
-            window_start=first.occurred_at,
-            window_end=last.occurred_at,
-            features=tuple(results),
+            window_start=datetime.fromisoformat(verdict.first.at),
+            window_end=datetime.fromisoformat(verdict.last.at),
+            features=tuple(verdict.features),
+            window_correlation_id=verdict.last.correlation_id,
         )
-        await self.publisher.publish(event)
-        self.metrics.drift_events.labels("data").inc()
-        drifted = [r.feature for r in results if r.drifted]
-        log.warning("drift detected", extra={"features": drifted, "drift_event": event.event_id})
+
+    def _concept_drift(
+        self, detector: DriftDetector, event: FeedbackReceived, verdict: ConceptVerdict
+    ) -> DriftDetected:
+        log.warning(
+            "concept drift detected",
+            extra={"variant": event.variant, "accuracy": verdict.rolling_accuracy},
+        )
+        result = FeatureDrift(
+            feature="accuracy",
+            statistic=verdict.rolling_accuracy,
+            p_value=verdict.p_value,
+            threshold=verdict.baseline,
+            drifted=True,
+            test="accuracy",
+        )
+        return DriftDetected(
+            event_id=_drift_id("concept", event.version, event.event_id),
+            producer="monitor",
+            causation_id=event.event_id,
+            kind="concept",
+            model_name=self.settings.model_name,
+            reference_version=detector.reference.version,
+            window_size=min(verdict.labelled, self.settings.accuracy_rolling),
+            reference_size=max(detector.reference.size, 1),
+            window_start=event.occurred_at,
+            window_end=event.occurred_at,
+            features=(result,),
+            window_correlation_id=event.correlation_id,
+            variant=event.variant,
+            version=event.version,
+        )
+
+
+def _correct(event: FeedbackReceived) -> bool | None:
+    if event.correct is not None:
+        return event.correct
+    if event.true_label is not None:
+        return event.true_label == event.predicted_class
+    return None
+
+
+def _drift_id(kind: str, version: str, cause: str) -> str:
+    return str(uuid.uuid5(DRIFT_ID_NAMESPACE, f"{kind}:{version}:{cause}"))

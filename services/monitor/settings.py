@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import SERVICE_PORTS, BaseServiceSettings
@@ -17,10 +19,24 @@ class Settings(BaseServiceSettings):
     window_size: int = 1000
     """Predictions per tumbling window."""
     alpha: float = 0.05
-    """Family-wise false-alarm rate per window, split across features (Bonferroni)."""
-    persistence: int = 1
+    """False-alarm rate per window across all features (after the correction)."""
+    correction: Literal["bonferroni", "bh"] = "bonferroni"
+    """Multiple-testing correction across features: Bonferroni or Benjamini–Hochberg."""
+    persistence: int = 2
     """Consecutive drifted windows needed before drift is reported."""
+    strong_alpha: float = 1e-6
+    """A window this far beyond chance (across features) alarms without waiting."""
     cooldown_windows: int = 10
     """Windows to stay quiet after a report, so one shift is one alarm."""
     reference_refresh_s: float = 30.0
     """How often the champion alias is looked up again for a new reference."""
+    batch_size: int = 500
+    """Most prediction-logged events consumed in one batch."""
+    batch_timeout_ms: int = 200
+    """Longest wait to fill a batch, in milliseconds."""
+    accuracy_min_drop: float = 0.05
+    """Accuracy drop (absolute) the concept-drift CUSUM is tuned to detect."""
+    accuracy_arl: float = 10_000.0
+    """Mean labelled outcomes between false concept-drift alarms on an unchanged model."""
+    accuracy_rolling: int = 500
+    """Labelled outcomes in the rolling accuracy reported per variant."""

@@ -1,6 +1,11 @@
-"""The monitor's handler through FastStream's in-memory broker, with a fake reference store."""
+"""The monitor's handlers through the in-memory broker, with fake reference and state stores."""
 
 from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from faststream.kafka import KafkaBroker, TestKafkaBroker
@@ -10,74 +15,209 @@ from services.monitor.core import Reference
 from services.monitor.handlers import DriftMonitor
 from services.monitor.metrics import MonitorMetrics
 from services.monitor.settings import Settings
-from shared.events import DriftDetected, PredictionLogged, Topic
+from shared.batch_messaging import subscribe_batch
+from shared.events import (
+    DriftDetected,
+    Event,
+    FeedbackReceived,
+    ModelPromoted,
+    PredictionLogged,
+    Topic,
+)
 from shared.messaging import subscribe
 from shared.testing import RecordingPublisher, consumer_context
 
 FEATURES = ("a", "b")
+WINDOW = 200
 
 
 class FakeReferences:
-    def __init__(self, reference: Reference | None) -> None:
-        self.reference = reference
+    def __init__(self, *references: Reference) -> None:
+        self.by_version = {r.version: r for r in references}
+        self.champion = references[0].version if references else None
 
-    def champion_reference(self, model_name: str) -> Reference | None:
-        return self.reference
+    def reference(self, model_name: str, version: str | None = None) -> Reference | None:
+        return self.by_version.get(version or self.champion or "")
+
+
+class InMemoryStates:
+    """State and counted ids, copied through JSON as Redis would."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, Any] | None = None
+        self.counted: set[str] = set()
+
+    async def load(self, model_name: str) -> dict[str, Any] | None:
+        return None if self.state is None else json.loads(json.dumps(self.state))
+
+    async def unseen(self, model_name: str, event_ids: Sequence[str]) -> set[str]:
+        return set(event_ids) - self.counted
+
+    async def save(self, model_name: str, state: dict[str, Any], event_ids: Sequence[str]) -> None:
+        self.state = copy.deepcopy(state)
+        self.counted.update(event_ids)
+
+
+def _reference(version: str = "7", accuracy: float | None = 0.9) -> Reference:
+    rng = np.random.default_rng(100)
+    columns = {f: rng.normal(size=5000) for f in FEATURES}
+    plans = rng.choice(["basic", "pro"], size=5000)
+    return Reference.from_columns(version, columns, {"plan": plans}, (), accuracy)
 
 
 def _prediction(rng: np.random.Generator, shift: float) -> PredictionLogged:
+    plan = "basic" if rng.random() < 0.5 else "pro"
     return PredictionLogged(
         producer="gateway",
         request_id="r",
         model_name="m",
         version="1",
         variant="champion",
-        features={"a": float(rng.normal(shift)), "b": float(rng.normal()), "plan": "basic"},
+        features={"a": float(rng.normal(shift)), "b": float(rng.normal()), "plan": plan},
         predicted_class="steady",
         confidence=0.9,
         latency_ms=1.0,
     )
 
 
-async def _run(monitor: DriftMonitor, predictions: list[PredictionLogged]) -> None:
-    broker = KafkaBroker()
-    subscribe(
-        consumer_context("monitor", broker),
-        Topic.PREDICTION_LOGGED,
-        PredictionLogged,
-        monitor.on_prediction,
-    )
-    async with TestKafkaBroker(broker) as test_broker:
-        for event in predictions:
-            await test_broker.publish(
-                event.model_dump_json().encode(), Topic.PREDICTION_LOGGED.value
-            )
-
-
-def _monitor(reference: Reference | None) -> tuple[DriftMonitor, RecordingPublisher]:
+def _monitor(
+    references: FakeReferences, states: InMemoryStates | None = None
+) -> tuple[DriftMonitor, RecordingPublisher]:
     publisher = RecordingPublisher()
-    settings = Settings(window_size=200, model_name="m")
+    settings = Settings(window_size=WINDOW, cooldown_windows=3)
     metrics = MonitorMetrics.create(CollectorRegistry())
-    return DriftMonitor(settings, FakeReferences(reference), publisher, metrics), publisher
+    monitor = DriftMonitor(settings, references, publisher, metrics, states or InMemoryStates())
+    return monitor, publisher
+
+
+async def _run(monitor: DriftMonitor, events: Sequence[Event], batch: int = 50) -> None:
+    broker = KafkaBroker()
+    ctx = consumer_context("monitor", broker)
+    subscribe_batch(ctx, Topic.PREDICTION_LOGGED, PredictionLogged, monitor.on_predictions)
+    subscribe(ctx, Topic.FEEDBACK_RECEIVED, FeedbackReceived, monitor.on_feedback)
+    subscribe(ctx, Topic.MODEL_PROMOTED, ModelPromoted, monitor.on_champion_changed)
+    async with TestKafkaBroker(broker) as test_broker:
+        for start in range(0, len(events), batch):
+            chunk = events[start : start + batch]
+            if isinstance(chunk[0], PredictionLogged):
+                raws = [e.model_dump_json().encode() for e in chunk]
+                await test_broker.publish_batch(*raws, topic=Topic.PREDICTION_LOGGED.value)
+            else:
+                for event in chunk:
+                    await test_broker.publish(event.model_dump_json().encode(), event.topic.value)
+
+
+def _drifts(publisher: RecordingPublisher) -> list[DriftDetected]:
+    return [e for e in publisher.events if isinstance(e, DriftDetected)]
 
 
 async def test_shifted_traffic_publishes_one_drift_event_naming_the_feature() -> None:
     rng = np.random.default_rng(0)
-    reference = Reference.from_columns("7", {f: rng.normal(size=5000) for f in FEATURES})
-    monitor, publisher = _monitor(reference)
-    predictions = [_prediction(rng, shift=1.0) for _ in range(400)]
+    monitor, publisher = _monitor(FakeReferences(_reference()))
+    predictions = [_prediction(rng, shift=1.0) for _ in range(3 * WINDOW)]
     await _run(monitor, predictions)
-    drifts = publisher.of_type(DriftDetected)
+    drifts = _drifts(publisher)
     assert len(drifts) == 1
     drift = drifts[0]
-    assert isinstance(drift, DriftDetected)
     assert drift.reference_version == "7"
-    assert drift.causation_id == predictions[199].event_id
-    assert drift.correlation_id != predictions[199].correlation_id
+    assert drift.causation_id == predictions[WINDOW - 1].event_id
+    assert drift.window_correlation_id == predictions[WINDOW - 1].correlation_id
+    assert drift.window_start == predictions[0].occurred_at
+    assert drift.correlation_id != predictions[WINDOW - 1].correlation_id
     assert {f.feature for f in drift.features if f.drifted} == {"a"}
+    assert {f.test for f in drift.features} == {"ks", "chi2"}
+
+
+async def test_stationary_traffic_publishes_nothing() -> None:
+    rng = np.random.default_rng(1)
+    monitor, publisher = _monitor(FakeReferences(_reference()))
+    await _run(monitor, [_prediction(rng, shift=0.0) for _ in range(5 * WINDOW)])
+    assert publisher.events == []
+    assert monitor.metrics.observations._value.get() == 5 * WINDOW
 
 
 async def test_no_champion_means_no_drift_and_no_error() -> None:
-    monitor, publisher = _monitor(None)
+    monitor, publisher = _monitor(FakeReferences())
     await _run(monitor, [_prediction(np.random.default_rng(1), 5.0) for _ in range(250)])
+    assert publisher.events == []
+
+
+async def test_a_restart_mid_stream_neither_loses_nor_duplicates_the_drift() -> None:
+    rng = np.random.default_rng(2)
+    stream = [_prediction(rng, shift=0.0) for _ in range(WINDOW)]
+    stream += [_prediction(rng, shift=1.0) for _ in range(2 * WINDOW)]
+    uninterrupted, expected = _monitor(FakeReferences(_reference()))
+    await _run(uninterrupted, stream)
+    states = InMemoryStates()
+    before, published_before = _monitor(FakeReferences(_reference()), states)
+    await _run(before, stream[: WINDOW + 150])
+    after, published_after = _monitor(FakeReferences(_reference()), states)
+    # The new process sees the last 100 counted events again (offsets not yet committed).
+    await _run(after, stream[WINDOW + 50 :])
+    assert published_before.events == []
+    assert [e.event_id for e in _drifts(published_after)] == [e.event_id for e in _drifts(expected)]
+    assert len(_drifts(expected)) == 1
+
+
+async def test_bad_rows_are_counted_by_reason_and_do_not_break_the_window() -> None:
+    rng = np.random.default_rng(3)
+    good = [_prediction(rng, 0.0) for _ in range(WINDOW - 1)]
+    missing = _prediction(rng, 0.0).model_copy(update={"features": {"a": 1.0}})
+    wrong = _prediction(rng, 0.0).model_copy(update={"features": {"a": "x", "b": 1.0, "plan": "p"}})
+    monitor, _ = _monitor(FakeReferences(_reference()))
+    await _run(monitor, [missing, wrong, *good])
+    rejected = monitor.metrics.rejected_rows
+    assert rejected.labels("missing_feature")._value.get() == 1
+    assert rejected.labels("wrong_type")._value.get() == 1
+    assert monitor.detector is not None
+    assert monitor.detector.filled == WINDOW - 1
+
+
+async def test_a_feature_missing_from_the_reference_is_reported_and_the_rest_tested() -> None:
+    reference = Reference.from_columns("7", {"a": np.zeros(10)}, None, ("b",))
+    monitor, _ = _monitor(FakeReferences(reference))
+    await _run(monitor, [_prediction(np.random.default_rng(4), 0.0)])
+    assert monitor.metrics.missing_features.labels("b")._value.get() == 1
+    assert monitor.metrics.missing_features.labels("a")._value.get() == 0
+
+
+async def test_promotion_switches_the_reference_to_the_new_champion() -> None:
+    monitor, _ = _monitor(FakeReferences(_reference("7"), _reference("8")))
+    promoted = ModelPromoted(
+        producer="router", model_name=monitor.settings.model_name, version="8", reason="won"
+    )
+    await _run(monitor, [_prediction(np.random.default_rng(5), 0.0), promoted], batch=1)
+    assert monitor.detector is not None
+    assert monitor.detector.reference.version == "8"
+
+
+def _feedback(correct: bool) -> FeedbackReceived:
+    return FeedbackReceived(
+        producer="gateway",
+        request_id="r",
+        model_name="m",
+        version="3",
+        variant="challenger",
+        predicted_class="steady",
+        correct=correct,
+    )
+
+
+async def test_an_accuracy_drop_publishes_one_concept_drift_for_the_variant() -> None:
+    rng = np.random.default_rng(6)
+    monitor, publisher = _monitor(FakeReferences(_reference(accuracy=0.9)))
+    healthy = [_feedback(bool(c)) for c in rng.random(300) < 0.9]
+    degraded = [_feedback(bool(c)) for c in rng.random(1500) < 0.6]
+    await _run(monitor, [*healthy, *degraded], batch=100)
+    drifts = _drifts(publisher)
+    assert [(d.kind, d.variant, d.version) for d in drifts] == [("concept", "challenger", "3")]
+    assert drifts[0].features[0].statistic < 0.9
+    accuracy = monitor.metrics.model_accuracy.labels("challenger", "3")._value.get()
+    assert 0.5 < accuracy < 0.7
+
+
+async def test_accuracy_at_the_baseline_publishes_nothing() -> None:
+    rng = np.random.default_rng(7)
+    monitor, publisher = _monitor(FakeReferences(_reference(accuracy=0.9)))
+    await _run(monitor, [_feedback(bool(c)) for c in rng.random(1500) < 0.9], batch=100)
     assert publisher.events == []

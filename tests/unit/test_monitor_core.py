@@ -1,17 +1,23 @@
-"""The monitor's KS scoring and alarm policy."""
+"""The monitor's statistics and alarm policy."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.stats import ks_2samp
+from scipy.stats import chisquare, ks_2samp
 
 from services.monitor.core import (
+    AccuracyCusum,
+    CategoricalReference,
     DriftDetector,
     Reference,
+    WindowMark,
     ks_critical_value,
     ks_p_value,
+    ks_p_values,
     ks_statistic,
+    ks_statistics,
+    rejections,
 )
 
 
@@ -27,39 +33,132 @@ def test_ks_statistic_equals_scipy_exactly_with_and_without_ties(seed: int, deci
     assert ks_p_value(statistic, reference.size, window.size) == pytest.approx(expected.pvalue)
 
 
+def test_all_features_at_once_equal_scipy_on_a_corpus_with_ties() -> None:
+    rng = np.random.default_rng(42)
+    mismatches = 0
+    for case in range(60):
+        decimals = case % 4  # 0 decimals: heavy ties
+        reference = rng.normal(size=(int(rng.integers(30, 3000)), 4)).round(decimals)
+        window = rng.normal(rng.normal(0, 0.3), 1, size=(int(rng.integers(5, 600)), 4))
+        window = window.round(decimals)
+        sorted_refs = [np.sort(reference[:, j]) for j in range(4)]
+        ours = ks_statistics(sorted_refs, window)
+        for j in range(4):
+            theirs = ks_2samp(reference[:, j], window[:, j], method="asymp")
+            mismatches += ours[j] != theirs.statistic
+        p = ks_p_values(ours, [r.size for r in sorted_refs], window.shape[0])
+        assert p[0] == pytest.approx(ks_2samp(reference[:, 0], window[:, 0], method="asymp").pvalue)
+    assert mismatches == 0
+
+
 def test_critical_value_is_the_statistic_where_the_p_value_equals_alpha() -> None:
     critical = ks_critical_value(0.01, 10_000, 1000)
     assert ks_p_value(critical, 10_000, 1000) == pytest.approx(0.01)
+
+
+def test_chi2_matches_scipy_and_counts_unseen_categories() -> None:
+    reference = CategoricalReference.from_values(["a"] * 60 + ["b"] * 40)
+    window = ["a"] * 30 + ["b"] * 25 + ["zzz"] * 5
+    statistic, p_value, unseen = reference.chi2(window)
+    expected = chisquare([30, 25, 5], reference.probabilities * 60)
+    assert statistic == pytest.approx(expected.statistic)
+    assert p_value == pytest.approx(expected.pvalue)
+    assert unseen == 5
+
+
+def test_benjamini_hochberg_rejects_at_least_what_bonferroni_does() -> None:
+    p = np.array([0.0001, 0.004, 0.019, 0.03, 0.6])
+    assert rejections(p, 0.05, "bonferroni").tolist() == [True, True, False, False, False]
+    assert rejections(p, 0.05, "bh").tolist() == [True, True, True, True, False]
 
 
 def _reference(rng: np.random.Generator, features: int = 5) -> Reference:
     return Reference.from_columns("1", {f"f{i}": rng.normal(size=10_000) for i in range(features)})
 
 
-def _feed(detector: DriftDetector, rows: np.ndarray) -> list[bool]:
-    verdicts = [detector.add({f"f{i}": v for i, v in enumerate(row)}) for row in rows]
-    return [v.alarm for v in verdicts if v is not None]
+def _rows(matrix: np.ndarray) -> list[dict[str, object]]:
+    return [{f"f{i}": float(v) for i, v in enumerate(row)} for row in matrix]
 
 
-def test_stationary_stream_rarely_alarms() -> None:
+def _alarms(detector: DriftDetector, matrix: np.ndarray) -> list[bool]:
+    return [v.alarm for v in detector.add_rows(_rows(matrix)).verdicts]
+
+
+def test_stationary_stream_raises_no_drift_with_the_default_hysteresis() -> None:
     rng = np.random.default_rng(1)
-    detector = DriftDetector(_reference(rng), window_size=500, alpha=0.05, cooldown_windows=0)
-    alarms = _feed(detector, rng.normal(size=(500 * 100, 5)))
-    assert len(alarms) == 100
-    assert sum(alarms) <= 15  # design rate 5 % per window; far fewer than a broken test would give
+    detector = DriftDetector(_reference(rng, 20), window_size=1000)
+    alarms = _alarms(detector, rng.normal(size=(1000 * 60, 20)))
+    assert len(alarms) == 60
+    assert not any(alarms)
 
 
-def test_a_shifted_feature_alarms_once_then_cools_down() -> None:
+def test_a_half_sigma_shift_alarms_once_within_one_window_naming_the_feature() -> None:
     rng = np.random.default_rng(2)
-    detector = DriftDetector(_reference(rng), window_size=500, cooldown_windows=3)
-    shifted = rng.normal(size=(500 * 4, 5))
+    detector = DriftDetector(_reference(rng, 20), window_size=1000, cooldown_windows=5)
+    shifted = rng.normal(size=(1000 * 6, 20))
     shifted[:, 2] += 0.5
-    assert _feed(detector, shifted) == [True, False, False, False]
+    verdicts = detector.add_rows(_rows(shifted)).verdicts
+    assert [v.alarm for v in verdicts] == [True, False, False, False, False, False]
+    features = verdicts[0].features
+    assert "f2" in [f.feature for f in features if f.drifted]
+    # Only the shifted feature is beyond the strong threshold that let it alarm at once.
+    strong = [
+        f.feature
+        for f, t in zip(features, detector.strong_thresholds, strict=True)
+        if f.statistic > t
+    ]
+    assert strong == ["f2"]
 
 
-def test_persistence_needs_consecutive_drifted_windows() -> None:
+def test_a_modest_shift_needs_two_consecutive_drifted_windows() -> None:
     rng = np.random.default_rng(3)
-    detector = DriftDetector(_reference(rng), window_size=500, persistence=2)
-    shifted = rng.normal(size=(1000, 5))
-    shifted[:, 0] *= 2.0
-    assert _feed(detector, shifted) == [False, True]
+    detector = DriftDetector(_reference(rng), window_size=1000, strong_alpha=1e-300)
+    shifted = rng.normal(size=(2000, 5))
+    shifted[:, 0] *= 1.5
+    assert _alarms(detector, shifted) == [False, True]
+
+
+def test_bad_rows_are_counted_by_reason_and_left_out() -> None:
+    rng = np.random.default_rng(4)
+    detector = DriftDetector(_reference(rng, 2), window_size=3)
+    rows: list[dict[str, object]] = [
+        {"f0": 1.0, "f1": 2.0},
+        {"f0": 1.0},
+        {"f0": float("nan"), "f1": 0.0},
+        {"f0": float("inf"), "f1": 0.0},
+        {"f0": "x", "f1": 0.0},
+        {"f0": 0.5, "f1": 1, "extra": "ignored"},
+    ]
+    outcome = detector.add_rows(rows)
+    assert outcome.rejected == {"missing_feature": 1, "non_finite": 2, "wrong_type": 1}
+    assert detector.filled == 2
+    assert outcome.verdicts == []
+
+
+def test_state_round_trip_continues_the_same_window() -> None:
+    rng = np.random.default_rng(5)
+    reference = _reference(rng, 3)
+    data = rng.normal(size=(1500, 3))
+    marks = [WindowMark(f"t{i}", f"e{i}", f"c{i}") for i in range(1500)]
+    whole = DriftDetector(reference, window_size=1000)
+    expected = whole.add_rows(_rows(data), marks).verdicts
+    first = DriftDetector(reference, window_size=1000)
+    first.add_rows(_rows(data[:700]), marks[:700])
+    second = DriftDetector(reference, window_size=1000)
+    second.restore(first.state())
+    got = second.add_rows(_rows(data[700:]), marks[700:]).verdicts
+    assert [v.features for v in got] == [v.features for v in expected]
+    assert got[0].first == marks[0]
+    assert got[0].last == marks[999]
+
+
+def test_accuracy_cusum_is_quiet_at_baseline_and_catches_a_drop() -> None:
+    rng = np.random.default_rng(6)
+    quiet = AccuracyCusum(baseline=0.85, min_drop=0.05, arl=10_000)
+    assert all(quiet.add(bool(c)) is None for c in rng.random(3000) < 0.85)
+    dropped = AccuracyCusum(baseline=0.85, min_drop=0.05, arl=10_000)
+    verdicts = [dropped.add(bool(c)) for c in rng.random(3000) < 0.7]
+    found = [v for v in verdicts if v is not None]
+    assert found
+    assert found[0].rolling_accuracy < 0.8
+    assert found[0].p_value <= 1e-4

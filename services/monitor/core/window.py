@@ -1,0 +1,240 @@
+"""Tumbling windows of live feature values, tested against a reference, with alarm hysteresis."""
+
+from __future__ import annotations
+
+import base64
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+from scipy.stats import chi2
+
+from services.monitor.core.correction import Correction, rejections
+from services.monitor.core.ks import ks_critical_value, ks_p_values, ks_statistics
+from services.monitor.core.reference import Reference
+from shared.events import FeatureDrift
+
+Row = Mapping[str, object]
+
+
+class WindowMark(NamedTuple):
+    """Where a window starts or ends in the stream: time, event and correlation ids."""
+
+    at: str
+    event_id: str
+    correlation_id: str
+
+
+@dataclass(frozen=True)
+class WindowVerdict:
+    """One closed window: every feature's result, and whether it raises an alarm."""
+
+    features: list[FeatureDrift]
+    alarm: bool
+    first: WindowMark | None = None
+    last: WindowMark | None = None
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """What a batch of rows did: windows it closed, and rows rejected by reason."""
+
+    verdicts: list[WindowVerdict]
+    rejected: Mapping[str, int]
+
+
+@dataclass
+class DriftDetector:
+    """Tumbling windows of live rows tested feature by feature against a reference.
+
+    Numeric features use KS with a critical value precomputed for the window
+    size; categorical features use Pearson χ² with unseen categories in a
+    bucket of their own. Rows with a missing feature, a non-finite number or a
+    value of the wrong type are counted by reason and left out. Drift must
+    persist for ``persistence`` consecutive windows before it is reported, unless
+    one window alone is beyond the far stricter ``strong_alpha`` level; after a
+    report the detector ignores ``cooldown_windows`` windows, so one shift
+    yields one alarm per reference version.
+    """
+
+    reference: Reference
+    window_size: int = 1000
+    alpha: float = 0.05
+    persistence: int = 2
+    cooldown_windows: int = 10
+    correction: Correction = "bonferroni"
+    strong_alpha: float = 1e-6
+    rejected: Counter[str] = field(default_factory=Counter)
+    _filled: int = 0
+    _streak: int = 0
+    _quiet_for: int = 0
+    _first: WindowMark | None = None
+
+    def __post_init__(self) -> None:
+        self._numeric = list(self.reference.sorted_values)
+        self._categorical = list(self.reference.categorical)
+        self._sorted = [self.reference.sorted_values[n] for n in self._numeric]
+        self._sizes = [s.size for s in self._sorted]
+        self._numbers = np.empty((self.window_size, len(self._numeric)))
+        self._labels: list[list[str]] = []
+        features = max(self.reference.feature_count, 1)
+        self.thresholds = self._critical_values(self.alpha / features)
+        self.strong_thresholds = self._critical_values(self.strong_alpha / features)
+
+    def add(self, row: Row, mark: WindowMark | None = None) -> WindowVerdict | None:
+        """Add one row; return the verdict when it closes a window, else None."""
+        verdicts = self.add_rows([row], None if mark is None else [mark]).verdicts
+        return verdicts[0] if verdicts else None
+
+    def add_rows(
+        self, rows: Sequence[Row], marks: Sequence[WindowMark] | None = None
+    ) -> BatchOutcome:
+        """Add a batch of rows; return the windows it closed and the rows it rejected."""
+        numbers, labels, kept, rejected = self._validate(rows)
+        self.rejected.update(rejected)
+        verdicts = []
+        start = 0
+        while start < len(kept):
+            take = min(self.window_size - self._filled, len(kept) - start)
+            chunk = slice(start, start + take)
+            if self._filled == 0 and marks is not None:
+                self._first = marks[kept[start]]
+            self._numbers[self._filled : self._filled + take] = numbers[chunk]
+            self._labels.extend(labels[chunk])
+            self._filled += take
+            start += take
+            if self._filled == self.window_size:
+                last = marks[kept[start - 1]] if marks is not None else None
+                verdicts.append(self._close(last))
+        return BatchOutcome(verdicts, dict(rejected))
+
+    def _validate(
+        self, rows: Sequence[Row]
+    ) -> tuple[np.ndarray, list[list[str]], list[int], Counter[str]]:
+        rejected: Counter[str] = Counter()
+        numbers: list[list[Any]] = []
+        labels: list[list[str]] = []
+        kept: list[int] = []
+        for i, row in enumerate(rows):
+            try:
+                values = [row[n] for n in self._numeric]
+                cats = [row[c] for c in self._categorical]
+            except KeyError:
+                rejected["missing_feature"] += 1
+                continue
+            if not all(type(v) is float or type(v) is int for v in values) or not all(
+                type(c) is str for c in cats
+            ):
+                rejected["wrong_type"] += 1
+                continue
+            numbers.append(values)
+            labels.append(cats)  # type: ignore[arg-type]
+            kept.append(i)
+        matrix = np.array(numbers, dtype=float).reshape(len(numbers), len(self._numeric))
+        finite = np.isfinite(matrix).all(axis=1)
+        if not finite.all():
+            rejected["non_finite"] += int((~finite).sum())
+            labels = [c for c, ok in zip(labels, finite, strict=True) if ok]
+            kept = [i for i, ok in zip(kept, finite, strict=True) if ok]
+            matrix = matrix[finite]
+        return matrix, labels, kept, rejected
+
+    def _close(self, last: WindowMark | None) -> WindowVerdict:
+        features = self._score()
+        first, self._first = self._first, None
+        self._filled = 0
+        self._labels = []
+        return WindowVerdict(features, self._should_alarm(features), first, last)
+
+    def _score(self) -> list[FeatureDrift]:
+        m = self.window_size
+        statistics = ks_statistics(self._sorted, self._numbers)
+        p_values = ks_p_values(statistics, self._sizes, m)
+        unseen = [0] * len(self._numeric)
+        for j, name in enumerate(self._categorical):
+            statistic, p_value, unseen_count = self.reference.categorical[name].chi2(
+                [row[j] for row in self._labels]
+            )
+            statistics = np.r_[statistics, statistic]
+            p_values = np.r_[p_values, p_value]
+            unseen.append(unseen_count)
+        drifted, thresholds = self._decide(statistics, p_values)
+        names = self._numeric + self._categorical
+        return [
+            FeatureDrift(
+                feature=name,
+                statistic=float(statistics[j]),
+                p_value=float(p_values[j]),
+                threshold=float(thresholds[j]),
+                drifted=bool(drifted[j]),
+                test="ks" if j < len(self._numeric) else "chi2",
+                unseen=unseen[j],
+            )
+            for j, name in enumerate(names)
+        ]
+
+    def _decide(
+        self, statistics: np.ndarray, p_values: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if self.correction == "bonferroni":
+            # The hot path: compare with critical values computed once per reference.
+            return statistics > self.thresholds, self.thresholds
+        drifted = rejections(p_values, self.alpha, "bh")
+        level = self.alpha * max(int(drifted.sum()), 1) / drifted.size
+        return drifted, self._critical_values(level)
+
+    def _critical_values(self, level: float) -> np.ndarray:
+        ks = [ks_critical_value(level, n, self.window_size) for n in self._sizes]
+        cat = [
+            chi2.isf(level, self.reference.categorical[name].degrees_of_freedom)
+            for name in self._categorical
+        ]
+        return np.asarray(ks + cat, dtype=float)
+
+    def _should_alarm(self, features: list[FeatureDrift]) -> bool:
+        if self._quiet_for > 0:
+            self._quiet_for -= 1
+            return False
+        drifted = any(f.drifted for f in features)
+        strong = any(f.statistic > t for f, t in zip(features, self.strong_thresholds, strict=True))
+        self._streak = self._streak + 1 if drifted else 0
+        if self._streak >= self.persistence or strong:
+            self._streak = 0
+            self._quiet_for = self.cooldown_windows
+            return True
+        return False
+
+    @property
+    def filled(self) -> int:
+        """Rows in the open window."""
+        return self._filled
+
+    def state(self) -> dict[str, Any]:
+        """The open window and alarm state, as JSON-ready data (exact, floats as bytes)."""
+        numbers = np.ascontiguousarray(self._numbers[: self._filled])
+        return {
+            "version": self.reference.version,
+            "filled": self._filled,
+            "numbers": base64.b64encode(numbers.tobytes()).decode(),
+            "labels": self._labels,
+            "streak": self._streak,
+            "quiet_for": self._quiet_for,
+            "first": list(self._first) if self._first else None,
+            "rejected": dict(self.rejected),
+        }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Continue from ``state()`` of a detector on the same reference version."""
+        if state["version"] != self.reference.version:
+            raise ValueError("state belongs to another reference version")
+        filled = int(state["filled"])
+        numbers = np.frombuffer(base64.b64decode(state["numbers"]), dtype=float)
+        self._numbers[:filled] = numbers.reshape(filled, len(self._numeric))
+        self._filled = filled
+        self._labels = [list(row) for row in state["labels"]]
+        self._streak = int(state["streak"])
+        self._quiet_for = int(state["quiet_for"])
+        self._first = WindowMark(*state["first"]) if state["first"] else None
+        self.rejected = Counter(state["rejected"])
