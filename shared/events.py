@@ -222,6 +222,10 @@ class PredictionLogged(Event):
     predicted_class: str
     confidence: float = Field(ge=0, le=1)
     latency_ms: float = Field(ge=0)
+    experiment_id: str | None = Field(None, description="Experiment whose split routed this.")
+    challenger_share: float | None = Field(
+        None, ge=0, le=1, description="The challenger's share in force when this was routed."
+    )
 
 
 class FeedbackReceived(Event):
@@ -237,6 +241,10 @@ class FeedbackReceived(Event):
     true_label: str | None = None
     reward: float | None = None
     correct: bool | None = None
+    experiment_id: str | None = Field(None, description="Experiment that routed the prediction.")
+    challenger_share: float | None = Field(
+        None, ge=0, le=1, description="The challenger's share when the prediction was routed."
+    )
 
 
 class ExperimentUpdated(Event):
@@ -250,6 +258,11 @@ class ExperimentUpdated(Event):
     champion_version: str
     challenger_version: str | None = None
     challenger_share: float = Field(ge=0, le=1)
+    stage: int | None = Field(None, ge=0, description="Position on the ramp schedule.")
+    decision: Literal["hold", "rollback", "promote", "continue", "inconclusive"] | None = Field(
+        None, description="What the latest look decided (None before any look)."
+    )
+    reason: str | None = Field(None, description="Why the state changed, as reason codes.")
 
 
 class ModelPromoted(Event):

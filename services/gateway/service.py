@@ -21,7 +21,7 @@ from services.gateway.core import (
 )
 from services.gateway.errors import http_status
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.pool import LoadedModel, ModelPool, ServingSnapshot
+from services.gateway.pool import LoadedModel, ModelPool, RoutingTable, ServingSnapshot
 from services.gateway.ports import PredictionRecords
 from services.gateway.prediction_log import PredictionEventBuffer
 from services.gateway.schemas import FeedbackResponse, PredictResponse, RowPredictionOut
@@ -64,7 +64,8 @@ class PredictionService:
         started = time.perf_counter()
         try:
             frame = validate_instances(rows, self._spec, self._max_batch)
-            variant, model = self._pick(self._pool.snapshot, entity_id)
+            snapshot = self._pool.snapshot
+            variant, model = self._pick(snapshot, entity_id)
             probabilities = await asyncio.to_thread(model.model.predict_proba, frame)
             answered = rows_from_probabilities(model.classes, probabilities)
         except Exception as error:
@@ -73,7 +74,7 @@ class PredictionService:
             raise
         elapsed = time.perf_counter() - started
         response = self._response(model, variant, answered, elapsed)
-        self._events.offer(self._events_of(response, rows, entity_id))
+        self._events.offer(self._events_of(response, rows, entity_id, snapshot.routing))
         self._observe(model, variant, answered, elapsed)
         return response
 
@@ -114,7 +115,10 @@ class PredictionService:
 
     @staticmethod
     def _events_of(
-        response: PredictResponse, rows: Sequence[dict[str, Any]], entity_id: str | None
+        response: PredictResponse,
+        rows: Sequence[dict[str, Any]],
+        entity_id: str | None,
+        routing: RoutingTable,
     ) -> list[PredictionLogged]:
         return [
             PredictionLogged(
@@ -129,6 +133,8 @@ class PredictionService:
                 predicted_class=row.predicted_class,
                 confidence=row.confidence,
                 latency_ms=response.server_time_ms,
+                experiment_id=routing.experiment_id,
+                challenger_share=routing.challenger_share,
             )
             for row, features in zip(response.predictions, rows, strict=True)
         ]
@@ -188,6 +194,8 @@ class FeedbackService:
             true_label=true_label,
             reward=reward,
             correct=correct,
+            experiment_id=prediction.experiment_id,
+            challenger_share=prediction.challenger_share,
         )
         await self._publish(event)
         self._metrics.feedback.labels(outcome="recorded").inc()

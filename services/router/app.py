@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from services.router.adapters import RedisExperimentStore
-from services.router.handlers import ApprovalHandler, register
+from services.router.adapters import MlflowModelAliases, RedisExperimentStore, RedisOutcomeTally
+from services.router.handlers import ApprovalHandler, OutcomeHandler, register
 from services.router.metrics import RouterMetrics
 from services.router.routes import experiments_router
 from services.router.settings import Settings
@@ -13,17 +13,21 @@ from shared.runtime import build_runtime, serve, service_app
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the router app: Redis-backed experiment store, approval handler, routes."""
+    """Build the router app: Redis-backed experiments and tallies, MLflow aliases, routes."""
     settings = settings or Settings()
     runtime = build_runtime("router", settings)
     store = RedisExperimentStore(runtime.redis)
+    tally = RedisOutcomeTally(runtime.redis)
     metrics = RouterMetrics.create(runtime.registry)
-    approvals = ApprovalHandler(store, runtime.publisher, metrics, settings.initial_share)
-    register(runtime.consumer, approvals)
+    approvals = ApprovalHandler(store, runtime.publisher, metrics, settings.plan())
+    outcomes = OutcomeHandler(
+        store, tally, MlflowModelAliases(settings.mlflow_tracking_uri), runtime.publisher, metrics
+    )
+    register(runtime.consumer, approvals, outcomes)
     return service_app(
         runtime,
-        routers=[experiments_router(store)],
-        description="Opens experiments from approvals and publishes the routing table.",
+        routers=[experiments_router(store, tally)],
+        description="Runs champion/challenger experiments: ramp, always-valid looks, verdicts.",
     )
 
 

@@ -1,16 +1,41 @@
-"""Event handlers of the router: approval → next routing state → ExperimentUpdated."""
+"""Event handlers of the router: approvals open experiments, outcomes drive their looks."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
 
 from services.router.core import Experiment, decide_on_approval
+from services.router.core.experiment import ExperimentPlan
+from services.router.core.lifecycle import look, look_due, state_changed
+from services.router.core.report import look_point
+from services.router.core.tally import feedback_increments, prediction_increments
 from services.router.metrics import RouterMetrics
-from services.router.ports import ExperimentStore
-from shared.events import ExperimentUpdated, ModelApproved, Topic
+from services.router.ports import ExperimentStore, ModelAliases, OutcomeTally
+from shared.errors import DependencyUnavailableError
+from shared.events import (
+    Event,
+    ExperimentUpdated,
+    FeedbackReceived,
+    ModelApproved,
+    ModelPromoted,
+    ModelRolledBack,
+    PredictionLogged,
+    Topic,
+)
 from shared.messaging import ConsumerContext, EventPublisher, subscribe
 
 log = logging.getLogger(__name__)
+
+_EVENT_NAMESPACE = uuid.UUID("0b7f6c1e-2a8d-4c55-8f0e-5d1c9e3a7b42")
+Clock = Callable[[], datetime]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 class ApprovalHandler:
@@ -21,17 +46,17 @@ class ApprovalHandler:
         store: ExperimentStore,
         publisher: EventPublisher,
         metrics: RouterMetrics,
-        initial_share: float,
+        plan: ExperimentPlan,
     ) -> None:
         self._store = store
         self._publisher = publisher
         self._metrics = metrics
-        self._initial_share = initial_share
+        self._plan = plan
 
     async def __call__(self, approval: ModelApproved) -> None:
         """Decide the next states and publish each, then persist the last."""
         current = await self._store.current(approval.model_name)
-        states = decide_on_approval(current, approval, self._initial_share)
+        states = decide_on_approval(current, approval, self._plan)
         if not states:
             log.info("approval changes no routing", extra={"version": approval.version})
         for state in states:
@@ -39,32 +64,161 @@ class ApprovalHandler:
             # Publish before persisting: the decision is deterministic, so a retry after a
             # failed save republishes the same experiment instead of losing the event.
             await self._publisher.publish(update)
-            await self._store.save(state, update)
-            self._record(state)
-
-    def _record(self, state: Experiment) -> None:
-        labels = {"model_name": state.model_name}
-        self._metrics.experiment_updates.labels(status=state.status, **labels).inc()
-        self._metrics.challenger_share.labels(**labels).set(state.challenger_share)
-        if state.status == "running":
-            self._metrics.experiments_opened.labels(**labels).inc()
-        log.info("routing updated", extra=state.model_dump(mode="json"))
+            await self._store.save(
+                state.model_copy(update={"last_event_id": update.event_id}), update
+            )
+            self._metrics.record(state)
 
 
-def to_update(state: Experiment, cause: ModelApproved) -> ExperimentUpdated:
+def to_update(state: Experiment, cause: Event) -> ExperimentUpdated:
     """The ExperimentUpdated announcing ``state``, in the same turn of the loop as ``cause``."""
-    return ExperimentUpdated.caused_by(
-        cause,
-        producer="router",
-        experiment_id=state.experiment_id,
-        model_name=state.model_name,
-        status=state.status,
-        champion_version=state.champion_version,
-        challenger_version=state.challenger_version,
-        challenger_share=state.challenger_share,
-    )
+    return ExperimentUpdated.caused_by(cause, producer="router", **_update_fields(state))
 
 
-def register(ctx: ConsumerContext, approvals: ApprovalHandler) -> None:
+def _update_fields(state: Experiment) -> dict[str, object]:
+    promoted = state.status == "promoted" and state.challenger_version is not None
+    return {
+        "experiment_id": state.experiment_id,
+        "model_name": state.model_name,
+        "status": state.status,
+        "champion_version": state.challenger_version if promoted else state.champion_version,
+        "challenger_version": None if promoted else state.challenger_version,
+        "challenger_share": state.challenger_share,
+        "stage": state.ramp_step,
+        "decision": state.decision,
+        "reason": ",".join(state.reasons) or None,
+    }
+
+
+def _event_id(state: Experiment, kind: str) -> str:
+    # Deterministic, so a retry after a crash republishes the same event (consumers dedupe).
+    key = f"{state.experiment_id}:{state.looks}:{state.status}:{state.ramp_step}:{kind}"
+    return str(uuid.uuid5(_EVENT_NAMESPACE, key))
+
+
+def _in_turn(state: Experiment) -> dict[str, object]:
+    correlation = {"correlation_id": state.correlation_id} if state.correlation_id else {}
+    return {"producer": "router", "causation_id": state.last_event_id, **correlation}
+
+
+class OutcomeHandler:
+    """Counts routed predictions and outcomes per experiment and looks after each batch."""
+
+    def __init__(
+        self,
+        store: ExperimentStore,
+        tally: OutcomeTally,
+        aliases: ModelAliases,
+        publisher: EventPublisher,
+        metrics: RouterMetrics,
+        clock: Clock = _utc_now,
+    ) -> None:
+        self._store, self._tally, self._aliases = store, tally, aliases
+        self._publisher, self._metrics, self._clock = publisher, metrics, clock
+        self._lock = asyncio.Lock()
+
+    async def on_prediction(self, event: PredictionLogged) -> None:
+        """Count the assignment and latency of one routed prediction."""
+        if event.experiment_id is None or not event.challenger_share:
+            return  # served outside any experiment
+        await self._tally.add(event.event_id, event.experiment_id, prediction_increments(event))
+
+    async def on_feedback(self, event: FeedbackReceived) -> None:
+        """Count one outcome, then look at the experiment when a batch of outcomes is in."""
+        if event.experiment_id is None or not event.challenger_share:
+            self._metrics.outcomes.labels(counted="no").inc()
+            return
+        counted = await self._tally.add(
+            event.event_id, event.experiment_id, feedback_increments(event)
+        )
+        self._metrics.outcomes.labels(counted="yes" if counted else "duplicate").inc()
+        await self.look_at(event.experiment_id)
+
+    async def look_at(self, experiment_id: str) -> None:
+        """Finish a pending verdict, or look when enough new outcomes arrived."""
+        async with self._lock:
+            experiment = await self._store.get(experiment_id)
+            if experiment is None:
+                return
+            if experiment.actions_pending:
+                await self._carry_out(experiment)
+                return
+            stats = await self._tally.stats(experiment_id)
+            if not look_due(experiment, stats):
+                return
+            after = look(experiment, stats, self._clock())
+            point = look_point(after, stats, self._clock())
+            if point is not None:
+                await self._tally.append_look(experiment_id, point)
+            await self._apply(experiment, after)
+
+    async def _apply(self, before: Experiment, after: Experiment) -> None:
+        self._metrics.looks.labels(model_name=after.model_name, decision=after.decision).inc()
+        if after.actions_pending:
+            # Persist the verdict first: a restart then finishes it instead of deciding anew.
+            await self._store.save(after, None)
+            await self._carry_out(after)
+            return
+        if not state_changed(before, after):
+            await self._store.save(after, None)
+            return
+        update = ExperimentUpdated(
+            event_id=_event_id(after, "update"), **_in_turn(after), **_update_fields(after)
+        )
+        await self._publisher.publish(update)
+        await self._store.save(after.model_copy(update={"last_event_id": update.event_id}), update)
+        self._metrics.record(after)
+        log.info(
+            "experiment updated",
+            extra={"decision": after.decision, "share": after.challenger_share},
+        )
+
+    async def _carry_out(self, state: Experiment) -> None:
+        """Move aliases and announce the verdict; every step is safe to repeat."""
+        challenger = state.challenger_version or ""
+        try:
+            if state.status == "promoted":
+                await asyncio.to_thread(
+                    self._aliases.promote, state.model_name, challenger, state.champion_version
+                )
+            else:
+                await asyncio.to_thread(self._aliases.drop_challenger, state.model_name, challenger)
+        except Exception as error:
+            # The verdict stays pending in Redis; the event is retried, not dead-lettered.
+            raise DependencyUnavailableError(f"aliases not moved: {error!r}") from error
+        update = ExperimentUpdated(
+            event_id=_event_id(state, "update"), **_in_turn(state), **_update_fields(state)
+        )
+        await self._publisher.publish(update)
+        verdict = _verdict(state, update)
+        if verdict is not None:
+            await self._publisher.publish(verdict)
+        done = state.model_copy(update={"actions_pending": False, "last_event_id": update.event_id})
+        await self._store.save(done, update)
+        self._metrics.record(done)
+        log.info("experiment concluded", extra={"status": state.status, "reasons": state.reasons})
+
+
+def _verdict(state: Experiment, update: ExperimentUpdated) -> Event | None:
+    reason = ",".join(state.reasons)
+    common = {
+        "event_id": _event_id(state, "verdict"),
+        "producer": "router",
+        "correlation_id": update.correlation_id,
+        "causation_id": update.event_id,
+        "model_name": state.model_name,
+        "reason": reason,
+    }
+    challenger = state.challenger_version or ""
+    if state.status == "promoted":
+        return ModelPromoted(version=challenger, previous_champion=state.champion_version, **common)
+    if state.decision == "inconclusive":
+        return None  # the champion simply stays; nothing was rolled back
+    return ModelRolledBack(version=state.champion_version, rolled_back_version=challenger, **common)
+
+
+def register(ctx: ConsumerContext, approvals: ApprovalHandler, outcomes: OutcomeHandler) -> None:
     """Subscribe the router's handlers."""
     subscribe(ctx, Topic.MODEL_APPROVED, ModelApproved, approvals)
+    subscribe(ctx, Topic.PREDICTION_LOGGED, PredictionLogged, outcomes.on_prediction)
+    subscribe(ctx, Topic.FEEDBACK_RECEIVED, FeedbackReceived, outcomes.on_feedback)

@@ -6,14 +6,18 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from services.router.core import Experiment
+
 
 @dataclass(frozen=True)
 class RouterMetrics:
-    """Experiments opened and the challenger's current share."""
+    """Experiments opened, state changes, looks, outcomes and the challenger's share."""
 
     experiments_opened: Counter
     experiment_updates: Counter
     challenger_share: Gauge
+    looks: Counter
+    outcomes: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> RouterMetrics:
@@ -37,4 +41,24 @@ class RouterMetrics:
                 ["model_name"],
                 registry=registry,
             ),
+            looks=Counter(
+                "experiment_looks_total",
+                "Looks at running experiments, by the decision they reached.",
+                ["model_name", "decision"],
+                registry=registry,
+            ),
+            outcomes=Counter(
+                "experiment_outcomes_total",
+                "Feedback events: counted for an experiment, duplicate, or outside any.",
+                ["counted"],
+                registry=registry,
+            ),
         )
+
+    def record(self, state: Experiment) -> None:
+        """Count one published state and set the share gauge."""
+        labels = {"model_name": state.model_name}
+        self.experiment_updates.labels(status=state.status, **labels).inc()
+        self.challenger_share.labels(**labels).set(state.challenger_share)
+        if state.status == "running" and state.looks == 0:
+            self.experiments_opened.labels(**labels).inc()

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Protocol
 
 from services.router.core import Experiment
+from services.router.core.decision import ExperimentStats
+from services.router.core.report import LookPoint
 from shared.events import ExperimentUpdated
 
 
@@ -14,8 +16,40 @@ class ExperimentStore(Protocol):
     async def current(self, model_name: str) -> Experiment | None:
         """The experiment (or champion-only state) of ``model_name``, if any."""
 
-    async def save(self, experiment: Experiment, update: ExperimentUpdated) -> None:
-        """Store ``experiment`` and make ``update`` the routing table, together."""
+    async def get(self, experiment_id: str) -> Experiment | None:
+        """The experiment with this id, whatever its status."""
+
+    async def all(self) -> list[Experiment]:
+        """Every experiment, newest first."""
+
+    async def save(self, experiment: Experiment, update: ExperimentUpdated | None) -> None:
+        """Store ``experiment`` and, when given, make ``update`` the routing table, together."""
 
     async def routing_table(self) -> ExperimentUpdated | None:
         """The latest published routing table, if any."""
+
+
+class OutcomeTally(Protocol):
+    """Per-experiment sufficient statistics, counted once per event."""
+
+    async def add(self, event_id: str, experiment_id: str, increments: dict[str, float]) -> bool:
+        """Add ``increments`` unless ``event_id`` was counted before; True when counted now."""
+
+    async def stats(self, experiment_id: str) -> ExperimentStats:
+        """The experiment's statistics so far."""
+
+    async def append_look(self, experiment_id: str, point: LookPoint) -> None:
+        """Keep one look's summary for the report's plot."""
+
+    async def history(self, experiment_id: str) -> list[LookPoint]:
+        """Every kept look, oldest first."""
+
+
+class ModelAliases(Protocol):
+    """Blocking alias moves in the model registry (called in a worker thread); idempotent."""
+
+    def promote(self, model_name: str, version: str, previous: str) -> None:
+        """Point ``champion`` at ``version``, keep ``previous`` loadable, drop ``challenger``."""
+
+    def drop_challenger(self, model_name: str, version: str) -> None:
+        """Remove the ``challenger`` alias if it still points at ``version``."""

@@ -1,26 +1,56 @@
-"""HTTP routes of the router: the current routing table."""
+"""HTTP routes of the router: the routing table, the experiments and their reports."""
 
 from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from fastapi import APIRouter, HTTPException
 from redis.exceptions import RedisError
 
-from services.router.ports import ExperimentStore
+from services.router.core import Experiment
+from services.router.core.report import ExperimentReport, build_report
+from services.router.ports import ExperimentStore, OutcomeTally
 from shared.events import ExperimentUpdated
 
+T = TypeVar("T")
 
-def experiments_router(store: ExperimentStore) -> APIRouter:
-    """Routes reading the experiment store."""
+
+async def _read(call: Awaitable[T]) -> T:
+    try:
+        return await call
+    except (RedisError, OSError) as error:
+        raise HTTPException(503, f"experiment state unavailable: {error}") from error
+
+
+def experiments_router(store: ExperimentStore, tally: OutcomeTally) -> APIRouter:
+    """Routes reading the experiment store and the outcome tallies."""
     router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
+
+    @router.get("", summary="Every experiment, newest first")
+    async def experiments() -> list[Experiment]:
+        return await _read(store.all())
 
     @router.get("/current", summary="The routing table the gateway follows")
     async def current() -> ExperimentUpdated:
-        try:
-            table = await store.routing_table()
-        except (RedisError, OSError) as error:
-            raise HTTPException(503, f"routing state unavailable: {error}") from error
+        table = await _read(store.routing_table())
         if table is None:
             raise HTTPException(404, "no routing table yet: no model has been approved")
         return table
+
+    @router.get(
+        "/{experiment_id}/report",
+        summary="The A/B report: estimates, always-valid intervals, guardrails, SRM, decision",
+        responses={404: {"description": "No experiment with this id"}},
+    )
+    async def report(experiment_id: str) -> ExperimentReport:
+        experiment = await _read(store.get(experiment_id))
+        if experiment is None:
+            raise HTTPException(
+                404, f"no experiment {experiment_id!r}; GET /v1/experiments lists them"
+            )
+        stats = await _read(tally.stats(experiment_id))
+        history = await _read(tally.history(experiment_id))
+        return build_report(experiment, stats, history)
 
     return router

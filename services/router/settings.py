@@ -2,18 +2,73 @@
 
 from __future__ import annotations
 
+import math
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from services.router.core.decision import DecisionConfig
+from services.router.core.experiment import DEFAULT_RAMP, ExperimentPlan
 from shared.settings import SERVICE_PORTS, BaseServiceSettings
 
 
 class Settings(BaseServiceSettings):
-    """How the router opens experiments."""
+    """How the router ramps experiments and decides them."""
 
     model_config = SettingsConfigDict(env_prefix="ROUTER_", extra="ignore", frozen=True)
 
     port: int = SERVICE_PORTS["router"]
-    """HTTP port of the router (health, readiness, metrics, routing table)."""
-    initial_share: float = Field(0.1, ge=0.0, le=1.0)
-    """Share of traffic a freshly approved challenger receives."""
+    """HTTP port of the router (health, readiness, metrics, experiments and reports)."""
+    ramp_shares: tuple[float, ...] = DEFAULT_RAMP
+    """The challenger's share at each canary stage, as a JSON list (e.g. ``[0.05, 0.5]``)."""
+    stage_min_labelled: int = Field(100, ge=0)
+    """Challenger outcomes needed in a stage before the ramp advances."""
+    look_every: int = Field(50, ge=1)
+    """Labelled outcomes (both arms) between two looks."""
+    max_duration_s: float = Field(7 * 24 * 3600.0, gt=0)
+    """After this long without a verdict the experiment ends inconclusive."""
+    metric: str = "accuracy"
+    """Primary metric: ``accuracy`` (from labels) or ``reward`` (numeric feedback)."""
+    alpha: float = Field(0.05, gt=0, lt=1)
+    """Error rate of the always-valid tests."""
+    n_star: float = Field(2000.0, gt=0)
+    """Units (both arms) at which the confidence sequence is tightest."""
+    practical_minimum: float = 0.0
+    """Smallest absolute lift worth promoting."""
+    min_labelled_per_arm: int = Field(100, ge=2)
+    """Labelled outcomes per arm before any verdict."""
+    min_correct_per_arm: int = Field(25, ge=0)
+    """Correct outcomes per arm before any verdict."""
+    min_wrong_per_arm: int = Field(25, ge=0)
+    """Wrong outcomes per arm before any verdict."""
+    max_labelled_per_arm: int = Field(20_000, ge=2)
+    """At this many outcomes per arm without a verdict: inconclusive, keep the champion."""
+    error_rate_margin: float = 0.01
+    """Tolerated increase of the error rate (absolute)."""
+    latency_slowdown: float = Field(1.2, gt=1)
+    """Tolerated ratio of geometric-mean latencies (challenger / champion)."""
+    label_rate_margin: float = 0.05
+    """Tolerated drop of the share of predictions that receive feedback."""
+
+    def plan(self) -> ExperimentPlan:
+        """The plan every new experiment follows."""
+        decision = DecisionConfig(
+            metric="reward" if self.metric == "reward" else "accuracy",
+            alpha=self.alpha,
+            n_star=self.n_star,
+            practical_minimum=self.practical_minimum,
+            min_labelled_per_arm=self.min_labelled_per_arm,
+            min_correct_per_arm=self.min_correct_per_arm,
+            min_wrong_per_arm=self.min_wrong_per_arm,
+            max_labelled_per_arm=self.max_labelled_per_arm,
+            error_rate_margin=self.error_rate_margin,
+            log_latency_margin=math.log(self.latency_slowdown),
+            label_rate_margin=self.label_rate_margin,
+        )
+        return ExperimentPlan(
+            shares=self.ramp_shares,
+            stage_min_labelled=self.stage_min_labelled,
+            look_every=self.look_every,
+            max_duration_s=self.max_duration_s,
+            decision=decision,
+        )

@@ -239,3 +239,18 @@ async def test_predictions_succeed_while_kafka_is_down() -> None:
         assert gateway.metric("prediction_events_dropped_total", reason="publish_failed") == 2
         # Records still went to the store, so feedback works once Kafka is back.
         assert len(gateway.records.records) == 2
+
+
+async def test_events_carry_the_experiment_and_split_that_routed_them(gateway: Gateway) -> None:
+    gateway.serve(share=0.25)
+    body = (await gateway.client.post("/v1/predict", json={"features": rows(1)[0]})).json()
+    await gateway.drain()
+    (logged,) = [e for e in gateway.publisher.events if isinstance(e, PredictionLogged)]
+    assert (logged.experiment_id, logged.challenger_share) == ("exp-1", 0.25)
+    # Feedback hours later still names the split of the moment the prediction was routed.
+    gateway.serve(share=0.5)
+    feedback = {"request_id": body["request_id"], "true_label": "steady"}
+    assert (await gateway.client.post("/v1/feedback", json=feedback)).status_code == 200
+    (received,) = [e for e in gateway.publisher.events if isinstance(e, FeedbackReceived)]
+    assert (received.experiment_id, received.challenger_share) == ("exp-1", 0.25)
+    assert received.variant == body["variant"]

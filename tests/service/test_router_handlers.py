@@ -1,6 +1,8 @@
-"""Router handlers through FastStream's in-memory broker, with an in-memory experiment store."""
+"""Router handlers through FastStream's in-memory broker, with in-memory stores and aliases."""
 
 from __future__ import annotations
+
+import random
 
 import httpx
 import pytest
@@ -8,42 +10,124 @@ from fastapi import FastAPI
 from faststream.kafka import KafkaBroker, TestKafkaBroker
 from prometheus_client import CollectorRegistry
 
-from services.router.core import Experiment
-from services.router.handlers import ApprovalHandler, register
+from services.router.core import Experiment, experiment_id_for
+from services.router.core.decision import DecisionConfig, ExperimentStats
+from services.router.core.experiment import ExperimentPlan
+from services.router.core.report import LookPoint
+from services.router.core.tally import stats_from_counters
+from services.router.handlers import ApprovalHandler, OutcomeHandler, register
 from services.router.metrics import RouterMetrics
 from services.router.routes import experiments_router
-from shared.events import ExperimentUpdated, ModelApproved, ModelMetrics, Role, Topic
+from shared.events import (
+    ExperimentUpdated,
+    FeedbackReceived,
+    ModelApproved,
+    ModelMetrics,
+    ModelPromoted,
+    ModelRolledBack,
+    PredictionLogged,
+    Role,
+    Topic,
+    Variant,
+)
 from shared.testing import RecordingPublisher, consumer_context
+
+MODEL = "customer-segment"
+PLAN = ExperimentPlan(
+    shares=(0.1, 0.5),
+    stage_min_labelled=20,
+    look_every=20,
+    decision=DecisionConfig(min_labelled_per_arm=100),
+)
 
 
 class InMemoryExperimentStore:
-    """Experiments per model and the routing table, in dicts."""
+    """Experiments per model and per id, and the routing table, in dicts."""
 
     def __init__(self) -> None:
         self.experiments: dict[str, Experiment] = {}
+        self.by_id: dict[str, Experiment] = {}
         self.table: ExperimentUpdated | None = None
 
     async def current(self, model_name: str) -> Experiment | None:
         return self.experiments.get(model_name)
 
-    async def save(self, experiment: Experiment, update: ExperimentUpdated) -> None:
+    async def get(self, experiment_id: str) -> Experiment | None:
+        return self.by_id.get(experiment_id)
+
+    async def all(self) -> list[Experiment]:
+        return sorted(self.by_id.values(), key=lambda e: e.opened_at, reverse=True)
+
+    async def save(self, experiment: Experiment, update: ExperimentUpdated | None) -> None:
         self.experiments[experiment.model_name] = experiment
-        self.table = update
+        self.by_id[experiment.experiment_id] = experiment
+        if update is not None:
+            self.table = update
 
     async def routing_table(self) -> ExperimentUpdated | None:
         return self.table
 
 
-class Router:
-    """The router's handler wired to fakes."""
+class InMemoryTally:
+    """Counters per experiment with once-only markers, like the Redis script."""
 
     def __init__(self) -> None:
+        self.counters: dict[str, dict[str, float]] = {}
+        self.counted: set[str] = set()
+        self.looks: dict[str, list[LookPoint]] = {}
+
+    async def add(self, event_id: str, experiment_id: str, increments: dict[str, float]) -> bool:
+        if event_id in self.counted:
+            return False
+        self.counted.add(event_id)
+        counters = self.counters.setdefault(experiment_id, {})
+        for key, amount in increments.items():
+            counters[key] = counters.get(key, 0.0) + amount
+        return True
+
+    async def stats(self, experiment_id: str) -> ExperimentStats:
+        return stats_from_counters(self.counters.get(experiment_id, {}))
+
+    async def append_look(self, experiment_id: str, point: LookPoint) -> None:
+        self.looks.setdefault(experiment_id, []).append(point)
+
+    async def history(self, experiment_id: str) -> list[LookPoint]:
+        return list(self.looks.get(experiment_id, []))
+
+
+class FakeAliases:
+    """Alias moves recorded; can fail like an MLflow outage."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, ...]] = []
+        self.failing = False
+
+    def promote(self, model_name: str, version: str, previous: str) -> None:
+        if self.failing:
+            raise ConnectionError("mlflow is down")
+        self.calls.append(("promote", version, previous))
+
+    def drop_challenger(self, model_name: str, version: str) -> None:
+        if self.failing:
+            raise ConnectionError("mlflow is down")
+        self.calls.append(("drop_challenger", version))
+
+
+class Router:
+    """The router's handlers wired to fakes."""
+
+    def __init__(self, store: InMemoryExperimentStore | None = None) -> None:
         self.broker = KafkaBroker()
-        self.store = InMemoryExperimentStore()
+        self.store = store or InMemoryExperimentStore()
+        self.tally = InMemoryTally()
+        self.aliases = FakeAliases()
         self.publisher = RecordingPublisher()
         self.metrics = RouterMetrics.create(CollectorRegistry())
-        handler = ApprovalHandler(self.store, self.publisher, self.metrics, initial_share=0.1)
-        register(consumer_context("router", self.broker), handler)
+        self.approvals = ApprovalHandler(self.store, self.publisher, self.metrics, PLAN)
+        self.outcomes = OutcomeHandler(
+            self.store, self.tally, self.aliases, self.publisher, self.metrics
+        )
+        register(consumer_context("router", self.broker), self.approvals, self.outcomes)
 
     async def deliver(self, *events: ModelApproved) -> None:
         async with TestKafkaBroker(self.broker) as test_broker:
@@ -57,13 +141,64 @@ class Router:
 def approval(alias: Role, version: str, champion: str = "1") -> ModelApproved:
     return ModelApproved(
         producer="registry",
-        model_name="customer-segment",
+        model_name=MODEL,
         version=version,
         run_id=f"run-{version}",
         alias=alias,
         champion_version=champion,
         metrics=ModelMetrics(accuracy=0.8, macro_f1=0.7, validation_rows=50),
     )
+
+
+def outcome_pair(
+    experiment_id: str, variant: Variant, share: float, correct: bool
+) -> tuple[PredictionLogged, FeedbackReceived]:
+    version = "2" if variant == "challenger" else "1"
+    common = {"model_name": MODEL, "version": version, "variant": variant}
+    routed = {"experiment_id": experiment_id, "challenger_share": share}
+    prediction = PredictionLogged(
+        producer="gateway",
+        request_id=f"r-{random.random()}",
+        features={},
+        predicted_class="steady",
+        confidence=0.9,
+        latency_ms=3.0,
+        **common,
+        **routed,
+    )
+    feedback = FeedbackReceived(
+        producer="gateway",
+        request_id=prediction.request_id,
+        predicted_class="steady",
+        true_label="steady" if correct else "churn_risk",
+        correct=correct,
+        **common,
+        **routed,
+    )
+    return prediction, feedback
+
+
+async def drive(
+    router: Router, experiment_id: str, acc_a: float, acc_b: float, max_events: int = 6000
+) -> Experiment:
+    """Send routed predictions and their outcomes by the current split until a verdict."""
+    rng = random.Random(3)
+    for _ in range(max_events // 20):
+        state = await router.store.get(experiment_id)
+        assert state is not None
+        if not state.is_running or state.decision == "hold":
+            return state
+        for _ in range(20):
+            variant: Variant = "challenger" if rng.random() < state.challenger_share else "champion"
+            accuracy = acc_b if variant == "challenger" else acc_a
+            prediction, feedback = outcome_pair(
+                experiment_id, variant, state.challenger_share, rng.random() < accuracy
+            )
+            await router.outcomes.on_prediction(prediction)
+            await router.outcomes.on_feedback(feedback)
+    final = await router.store.get(experiment_id)
+    assert final is not None
+    return final
 
 
 @pytest.fixture
@@ -78,7 +213,7 @@ async def test_approved_champion_serves_alone(router: Router) -> None:
     assert (update.champion_version, update.challenger_version) == ("1", None)
     assert update.challenger_share == 0.0
     assert router.store.table == update
-    assert router.store.experiments["customer-segment"].status == "champion_only"
+    assert router.store.experiments[MODEL].status == "champion_only"
 
 
 async def test_approved_challenger_opens_an_experiment_in_the_same_turn(router: Router) -> None:
@@ -88,15 +223,13 @@ async def test_approved_challenger_opens_an_experiment_in_the_same_turn(router: 
     assert update.status == "running"
     assert (update.champion_version, update.challenger_version) == ("1", "2")
     assert update.challenger_share == pytest.approx(0.1)
+    assert update.stage == 0
     assert update.producer == "router"
     assert update.correlation_id == cause.correlation_id
     assert update.causation_id == cause.event_id
     assert router.store.table == update
-    opened = router.metrics.experiments_opened.labels(model_name="customer-segment")
+    opened = router.metrics.experiments_opened.labels(model_name=MODEL)
     assert opened._value.get() == 1
-    assert router.metrics.challenger_share.labels(model_name="customer-segment")._value.get() == (
-        pytest.approx(0.1)
-    )
 
 
 async def test_newer_challenger_publishes_superseded_then_running(router: Router) -> None:
@@ -115,18 +248,118 @@ async def test_redelivered_approval_is_handled_once(router: Router) -> None:
     assert len(router.updates()) == 1
 
 
-async def test_current_route_returns_the_routing_table_or_404() -> None:
-    store = InMemoryExperimentStore()
+async def test_a_better_challenger_ramps_then_is_promoted(router: Router) -> None:
+    cause = approval("challenger", "2")
+    await router.approvals(cause)
+    experiment_id = experiment_id_for(cause)
+    final = await drive(router, experiment_id, acc_a=0.70, acc_b=0.90)
+    assert final.status == "promoted"
+    assert not final.actions_pending
+    steps = [(u.status, u.challenger_share) for u in router.updates()]
+    assert steps == [("running", 0.1), ("running", 0.5), ("promoted", 0.0)]
+    assert router.aliases.calls == [("promote", "2", "1")]
+    (promoted,) = router.publisher.of_type(ModelPromoted)
+    assert isinstance(promoted, ModelPromoted)
+    last_update = router.updates()[-1]
+    assert (last_update.champion_version, last_update.challenger_version) == ("2", None)
+    assert last_update.decision == "promote"
+    # One turn of the loop: approval → updates → promotion, each caused by the one before.
+    assert {u.correlation_id for u in router.updates()} == {cause.correlation_id}
+    assert promoted.correlation_id == cause.correlation_id
+    assert promoted.causation_id == last_update.event_id
+    assert router.updates()[1].causation_id == router.updates()[0].event_id
+    assert router.store.table == last_update
+
+
+async def test_a_worse_challenger_is_rolled_back(router: Router) -> None:
+    cause = approval("challenger", "2")
+    await router.approvals(cause)
+    final = await drive(router, experiment_id_for(cause), acc_a=0.90, acc_b=0.60)
+    assert (final.status, final.decision) == ("rolled_back", "rollback")
+    assert router.aliases.calls == [("drop_challenger", "2")]
+    (rolled_back,) = router.publisher.of_type(ModelRolledBack)
+    assert isinstance(rolled_back, ModelRolledBack)
+    assert (rolled_back.version, rolled_back.rolled_back_version) == ("1", "2")
+    assert "primary_worse" in rolled_back.reason
+    assert router.store.table is not None
+    assert router.store.table.status == "rolled_back"
+
+
+async def test_redelivered_feedback_is_counted_once(router: Router) -> None:
+    cause = approval("challenger", "2")
+    await router.approvals(cause)
+    experiment_id = experiment_id_for(cause)
+    _, feedback = outcome_pair(experiment_id, "challenger", 0.1, True)
+    await router.outcomes.on_feedback(feedback)
+    await router.outcomes.on_feedback(feedback)
+    stats = await router.tally.stats(experiment_id)
+    assert stats.challenger.labelled == 1
+
+
+async def test_feedback_outside_any_experiment_is_not_counted(router: Router) -> None:
+    _, feedback = outcome_pair("exp-x", "champion", 0.0, True)
+    await router.outcomes.on_feedback(feedback)
+    assert router.tally.counters == {}
+
+
+async def test_a_verdict_interrupted_by_an_outage_is_finished_after_a_restart() -> None:
+    first = Router()
+    cause = approval("challenger", "2")
+    await first.approvals(cause)
+    experiment_id = experiment_id_for(cause)
+    first.aliases.failing = True
+    with pytest.raises(Exception, match="aliases not moved"):
+        await drive(first, experiment_id, acc_a=0.70, acc_b=0.90)
+    pending = await first.store.get(experiment_id)
+    assert pending is not None
+    assert (pending.status, pending.actions_pending) == ("promoted", True)
+    assert first.publisher.of_type(ModelPromoted) == []
+    # A new router process on the same store: the next outcome finishes the verdict once.
+    second = Router(store=first.store)
+    second.tally = first.tally
+    second.outcomes = OutcomeHandler(
+        second.store, second.tally, second.aliases, second.publisher, second.metrics
+    )
+    _, late = outcome_pair(experiment_id, "champion", 0.5, True)
+    await second.outcomes.on_feedback(late)
+    await second.outcomes.on_feedback(outcome_pair(experiment_id, "champion", 0.5, True)[1])
+    assert second.aliases.calls == [("promote", "2", "1")]
+    assert len(second.publisher.of_type(ModelPromoted)) == 1
+    done = await second.store.get(experiment_id)
+    assert done is not None
+    assert not done.actions_pending
+
+
+async def test_feedback_through_the_broker_reaches_the_tally(router: Router) -> None:
+    cause = approval("challenger", "2")
+    await router.approvals(cause)
+    prediction, feedback = outcome_pair(experiment_id_for(cause), "challenger", 0.1, True)
+    async with TestKafkaBroker(router.broker) as broker:
+        await broker.publish(prediction.model_dump_json().encode(), Topic.PREDICTION_LOGGED)
+        await broker.publish(feedback.model_dump_json().encode(), Topic.FEEDBACK_RECEIVED)
+    stats = await router.tally.stats(experiment_id_for(cause))
+    assert (stats.challenger.assigned, stats.challenger.labelled) == (1, 1)
+
+
+async def test_routes_list_experiments_and_report_them(router: Router) -> None:
     app = FastAPI()
-    app.include_router(experiments_router(store))
+    app.include_router(experiments_router(router.store, router.tally))
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://router") as client:
         assert (await client.get("/v1/experiments/current")).status_code == 404
-        handler = ApprovalHandler(
-            store, RecordingPublisher(), RouterMetrics.create(CollectorRegistry()), 0.1
-        )
-        await handler(approval("challenger", "2"))
-        body = (await client.get("/v1/experiments/current")).json()
-    assert body["status"] == "running"
-    assert body["challenger_version"] == "2"
-    assert body["challenger_share"] == pytest.approx(0.1)
+        assert (await client.get("/v1/experiments/nope/report")).status_code == 404
+        cause = approval("challenger", "2")
+        await router.approvals(cause)
+        await drive(router, experiment_id_for(cause), acc_a=0.70, acc_b=0.90)
+        listed = (await client.get("/v1/experiments")).json()
+        report = (await client.get(f"/v1/experiments/{experiment_id_for(cause)}/report")).json()
+        current = (await client.get("/v1/experiments/current")).json()
+    assert [e["experiment_id"] for e in listed] == [experiment_id_for(cause)]
+    assert current["status"] == "promoted"
+    assert report["decision"] == "promote"
+    assert report["primary"]["always_valid_ci"][0] > 0
+    assert report["primary"]["fixed_horizon_note"].startswith("not valid")
+    assert report["srm"]["mismatch"] is False
+    assert {g["name"] for g in report["guardrails"]} == {"error_rate", "log_latency", "label_rate"}
+    assert report["sufficient_statistics"]["challenger"]["labelled"] >= 100
+    assert len(report["history"]) >= 2

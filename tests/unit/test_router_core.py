@@ -7,9 +7,11 @@ from datetime import UTC, datetime
 import pytest
 
 from services.router.core import Experiment, decide_on_approval, experiment_id_for, is_newer
+from services.router.core.experiment import ExperimentPlan
 from shared.events import ModelApproved, ModelMetrics, Role
 
 METRICS = ModelMetrics(accuracy=0.8, macro_f1=0.75, validation_rows=100)
+PLAN = ExperimentPlan(shares=(0.1, 0.5))
 
 
 def approval(alias: Role, version: str, champion: str = "1") -> ModelApproved:
@@ -38,7 +40,7 @@ def running(challenger: str = "2", champion: str = "1") -> Experiment:
 
 def test_first_champion_serves_alone() -> None:
     event = approval("champion", "1")
-    (state,) = decide_on_approval(None, event, initial_share=0.1)
+    (state,) = decide_on_approval(None, event, PLAN)
     assert state.status == "champion_only"
     assert state.champion_version == "1"
     assert state.challenger_version is None
@@ -47,17 +49,17 @@ def test_first_champion_serves_alone() -> None:
 
 
 def test_champion_approval_does_not_disturb_a_running_experiment() -> None:
-    assert decide_on_approval(running(), approval("champion", "5"), initial_share=0.1) == ()
+    assert decide_on_approval(running(), approval("champion", "5"), PLAN) == ()
 
 
 def test_same_champion_again_changes_nothing() -> None:
-    (state,) = decide_on_approval(None, approval("champion", "1"), initial_share=0.1)
-    assert decide_on_approval(state, approval("champion", "1"), initial_share=0.1) == ()
+    (state,) = decide_on_approval(None, approval("champion", "1"), PLAN)
+    assert decide_on_approval(state, approval("champion", "1"), PLAN) == ()
 
 
 def test_challenger_opens_an_experiment_at_the_initial_share() -> None:
     event = approval("challenger", "2", champion="1")
-    (state,) = decide_on_approval(None, event, initial_share=0.1)
+    (state,) = decide_on_approval(None, event, PLAN)
     assert state.status == "running"
     assert (state.champion_version, state.challenger_version) == ("1", "2")
     assert state.challenger_share == pytest.approx(0.1)
@@ -67,7 +69,7 @@ def test_challenger_opens_an_experiment_at_the_initial_share() -> None:
 
 def test_newer_challenger_supersedes_the_open_experiment_first() -> None:
     current = running(challenger="2")
-    old, new = decide_on_approval(current, approval("challenger", "3"), initial_share=0.1)
+    old, new = decide_on_approval(current, approval("challenger", "3"), PLAN)
     assert old.experiment_id == "exp-old"
     assert old.status == "superseded"
     assert old.challenger_version == "2"
@@ -78,14 +80,14 @@ def test_newer_challenger_supersedes_the_open_experiment_first() -> None:
 
 @pytest.mark.parametrize("version", ["2", "1"])
 def test_same_or_older_challenger_changes_nothing(version: str) -> None:
-    assert decide_on_approval(running(challenger="2"), approval("challenger", version), 0.1) == ()
+    assert decide_on_approval(running(challenger="2"), approval("challenger", version), PLAN) == ()
 
 
 def test_experiment_id_is_stable_per_approval_and_differs_between_approvals() -> None:
     event = approval("challenger", "2")
-    first = decide_on_approval(None, event, 0.1)
-    again = decide_on_approval(None, event, 0.1)
-    other = decide_on_approval(None, approval("challenger", "2"), 0.1)
+    first = decide_on_approval(None, event, PLAN)
+    again = decide_on_approval(None, event, PLAN)
+    other = decide_on_approval(None, approval("challenger", "2"), PLAN)
     assert first[0].experiment_id == again[0].experiment_id
     assert first[0].experiment_id != other[0].experiment_id
 

@@ -12,11 +12,27 @@ from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from services.router.core.decision import Action, Decision, DecisionConfig, RunningBounds
 from shared.events import ModelApproved
 
 ExperimentStatus = Literal["running", "promoted", "rolled_back", "superseded", "champion_only"]
 
 _EXPERIMENT_NAMESPACE = uuid.UUID("6f1d0c52-3f4e-4b7a-9a8e-2f0c1d5e7a90")
+
+#: The canary schedule: the challenger's share at each stage.
+DEFAULT_RAMP: tuple[float, ...] = (0.05, 0.10, 0.25, 0.50)
+
+
+class ExperimentPlan(BaseModel):
+    """How every new experiment ramps and decides (from the router's settings)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    shares: tuple[float, ...] = DEFAULT_RAMP
+    stage_min_labelled: int = Field(100, ge=0, description="Challenger outcomes per stage.")
+    look_every: int = Field(50, ge=1, description="Labelled outcomes between looks.")
+    max_duration_s: float = Field(7 * 24 * 3600.0, gt=0)
+    decision: DecisionConfig = DecisionConfig()
 
 
 class Experiment(BaseModel):
@@ -31,13 +47,30 @@ class Experiment(BaseModel):
     challenger_version: str | None = None
     challenger_share: float = Field(0.0, ge=0.0, le=1.0)
     opened_at: AwareDatetime = Field(description="When the experiment (or state) began.")
-    #: Ramp position for the canary schedule (a later issue moves it).
+    #: Position on the ramp schedule ``plan.shares``.
     ramp_step: int = Field(0, ge=0)
+    plan: ExperimentPlan = ExperimentPlan()
+    correlation_id: str | None = Field(None, description="The approval's turn of the loop.")
+    last_event_id: str | None = Field(None, description="The last event this experiment caused.")
+    decision: Action | None = None
+    reasons: tuple[str, ...] = ()
+    bounds: dict[str, RunningBounds] = Field(default_factory=dict)
+    last_look: Decision | None = None
+    looks: int = 0
+    looked_at_labelled: int = 0
+    stage_base_labelled: int = Field(0, description="Challenger outcomes when the stage began.")
+    concluded_at: AwareDatetime | None = None
+    actions_pending: bool = Field(False, description="Aliases and events of the verdict not done.")
 
     @property
     def is_running(self) -> bool:
         """Whether a challenger is receiving traffic under this experiment."""
         return self.status == "running"
+
+    @property
+    def is_final_stage(self) -> bool:
+        """Whether the ramp has reached its last share."""
+        return self.ramp_step >= len(self.plan.shares) - 1
 
 
 def experiment_id_for(approval: ModelApproved) -> str:
@@ -46,12 +79,12 @@ def experiment_id_for(approval: ModelApproved) -> str:
 
 
 def decide_on_approval(
-    current: Experiment | None, approval: ModelApproved, initial_share: float
+    current: Experiment | None, approval: ModelApproved, plan: ExperimentPlan
 ) -> tuple[Experiment, ...]:
     """The states to publish, in order, after ``approval``; empty when nothing changes."""
     if approval.alias == "champion":
         return _on_champion(current, approval)
-    return _on_challenger(current, approval, initial_share)
+    return _on_challenger(current, approval, plan)
 
 
 def _on_champion(current: Experiment | None, approval: ModelApproved) -> tuple[Experiment, ...]:
@@ -67,12 +100,13 @@ def _on_champion(current: Experiment | None, approval: ModelApproved) -> tuple[E
             status="champion_only",
             champion_version=approval.version,
             opened_at=approval.occurred_at,
+            correlation_id=approval.correlation_id,
         ),
     )
 
 
 def _on_challenger(
-    current: Experiment | None, approval: ModelApproved, initial_share: float
+    current: Experiment | None, approval: ModelApproved, plan: ExperimentPlan
 ) -> tuple[Experiment, ...]:
     opened = Experiment(
         experiment_id=experiment_id_for(approval),
@@ -80,14 +114,19 @@ def _on_challenger(
         status="running",
         champion_version=approval.champion_version,
         challenger_version=approval.version,
-        challenger_share=initial_share,
+        challenger_share=plan.shares[0],
         opened_at=approval.occurred_at,
+        plan=plan,
+        correlation_id=approval.correlation_id,
     )
     if current is None or not current.is_running:
         return (opened,)
     if not is_newer(approval.version, current.challenger_version):
         return ()
-    return (current.model_copy(update={"status": "superseded", "challenger_share": 0.0}), opened)
+    superseded = current.model_copy(
+        update={"status": "superseded", "challenger_share": 0.0, "reasons": ("superseded",)}
+    )
+    return (superseded, opened)
 
 
 def is_newer(version: str, than: str | None) -> bool:

@@ -1,0 +1,149 @@
+"""The A/B report of one experiment: everything a reader needs to check the decision."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict
+
+from services.router.core.decision import (
+    ArmStats,
+    Decision,
+    ExperimentStats,
+    GuardrailResult,
+    MetricResult,
+    SrmResult,
+    evaluate,
+    p95_ms,
+)
+from services.router.core.experiment import Experiment
+
+
+class LookPoint(BaseModel):
+    """One look, as the report's plot of the lift over time needs it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    at: AwareDatetime
+    look: int
+    challenger_share: float
+    n_champion: int
+    n_challenger: int
+    diff: float
+    ci_low: float
+    ci_high: float
+    fixed_ci_low: float
+    fixed_ci_high: float
+    relative_lift: float | None
+    always_valid_p: float
+    action: str
+
+
+def look_point(experiment: Experiment, s: ExperimentStats, at: AwareDatetime) -> LookPoint | None:
+    """The summary of ``experiment``'s latest look, or None before the primary metric exists."""
+    decision = experiment.last_look
+    if decision is None or decision.primary is None:
+        return None
+    primary = decision.primary
+    return LookPoint(
+        at=at,
+        look=experiment.looks,
+        challenger_share=experiment.challenger_share,
+        n_champion=_outcomes(s.champion),
+        n_challenger=_outcomes(s.challenger),
+        diff=primary.diff,
+        ci_low=primary.always_valid_ci[0],
+        ci_high=primary.always_valid_ci[1],
+        fixed_ci_low=primary.fixed_horizon_ci[0],
+        fixed_ci_high=primary.fixed_horizon_ci[1],
+        relative_lift=primary.relative_lift,
+        always_valid_p=primary.always_valid_p,
+        action=decision.action,
+    )
+
+
+def _outcomes(arm: ArmStats) -> int:
+    return arm.labelled + arm.reward_n
+
+
+class ArmHealth(BaseModel):
+    """What one arm served and how it did."""
+
+    version: str | None
+    assigned: int
+    errors: int
+    labelled: int
+    label_rate: float
+    accuracy: float | None
+    mean_reward: float | None
+    p95_latency_ms: float
+
+
+class ExperimentReport(BaseModel):
+    """The JSON report of ``GET /v1/experiments/{id}/report``."""
+
+    experiment_id: str
+    model_name: str
+    status: str
+    champion_version: str
+    challenger_version: str | None
+    challenger_share: float
+    stage: int
+    opened_at: AwareDatetime
+    concluded_at: AwareDatetime | None
+    looks: int
+    decision: str | None
+    reasons: tuple[str, ...]
+    config: dict[str, Any]
+    arms: dict[str, ArmHealth]
+    srm: SrmResult
+    primary: MetricResult | None
+    guardrails: tuple[GuardrailResult, ...]
+    sufficient_statistics: ExperimentStats
+    history: list[LookPoint]
+
+
+def _health(arm: ArmStats, version: str | None) -> ArmHealth:
+    return ArmHealth(
+        version=version,
+        assigned=arm.assigned,
+        errors=arm.errors,
+        labelled=arm.labelled,
+        label_rate=arm.labelled / arm.assigned if arm.assigned else 0.0,
+        accuracy=arm.accuracy if arm.labelled else None,
+        mean_reward=arm.reward_sum / arm.reward_n if arm.reward_n else None,
+        p95_latency_ms=p95_ms(arm),
+    )
+
+
+def build_report(
+    experiment: Experiment, s: ExperimentStats, history: list[LookPoint]
+) -> ExperimentReport:
+    """The report: the last look's numbers (or a fresh look before the first one)."""
+    decision: Decision = experiment.last_look or evaluate(
+        s, experiment.plan.decision, experiment.bounds
+    )
+    return ExperimentReport(
+        experiment_id=experiment.experiment_id,
+        model_name=experiment.model_name,
+        status=experiment.status,
+        champion_version=experiment.champion_version,
+        challenger_version=experiment.challenger_version,
+        challenger_share=experiment.challenger_share,
+        stage=experiment.ramp_step,
+        opened_at=experiment.opened_at,
+        concluded_at=experiment.concluded_at,
+        looks=experiment.looks,
+        decision=experiment.decision,
+        reasons=experiment.reasons,
+        config=experiment.plan.model_dump(mode="json"),
+        arms={
+            "champion": _health(s.champion, experiment.champion_version),
+            "challenger": _health(s.challenger, experiment.challenger_version),
+        },
+        srm=decision.srm,
+        primary=decision.primary,
+        guardrails=decision.guardrails,
+        sufficient_statistics=s,
+        history=history,
+    )
