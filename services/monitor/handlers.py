@@ -60,8 +60,9 @@ class DriftMonitor:
         if detector is None:
             return
         name = self.settings.model_name
-        fresh_ids = await self.states.unseen(name, [e.event_id for e in events])
-        fresh = [e for e in events if e.event_id in fresh_ids]
+        ours = [e for e in events if e.model_name == name]
+        fresh_ids = await self.states.unseen(name, [e.event_id for e in ours])
+        fresh = [e for e in ours if e.event_id in fresh_ids]
         try:
             await self._count(detector, fresh)
             await self.states.save(name, self._state(), [e.event_id for e in fresh])
@@ -91,7 +92,7 @@ class DriftMonitor:
 
     async def on_feedback(self, event: FeedbackReceived) -> None:
         """Update the variant's accuracy; publish concept drift when its drop is significant."""
-        correct = _correct(event)
+        correct = _correct(event) if event.model_name == self.settings.model_name else None
         detector = await self._current_detector()
         if correct is None or detector is None or detector.reference.baseline_accuracy is None:
             return

@@ -70,7 +70,7 @@ def _prediction(rng: np.random.Generator, shift: float) -> PredictionLogged:
     return PredictionLogged(
         producer="gateway",
         request_id="r",
-        model_name="m",
+        model_name=Settings().model_name,
         version="1",
         variant="champion",
         features={"a": float(rng.normal(shift)), "b": float(rng.normal()), "plan": plan},
@@ -195,7 +195,7 @@ def _feedback(correct: bool) -> FeedbackReceived:
     return FeedbackReceived(
         producer="gateway",
         request_id="r",
-        model_name="m",
+        model_name=Settings().model_name,
         version="3",
         variant="challenger",
         predicted_class="steady",

@@ -1,0 +1,159 @@
+"""A real Prometheus scrapes a running gateway and monitor; its query counts the predictions."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import mlflow
+import mlflow.sklearn
+import pytest
+from mlflow.tracking import MlflowClient
+from sklearn.compose import ColumnTransformer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from flywheel.infra import Endpoints
+from flywheel.infra.stack import start_services, stop_services
+from shared.datasets import generate_customers
+from shared.spec import load_spec
+from tests.unit.test_observability import ensure_promtool
+
+pytestmark = pytest.mark.integration
+
+SPEC = load_spec()
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
+REQUESTS = 37
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _register_champion(infra: Endpoints, name: str) -> None:
+    """A small model with its reference sample, as the trainer logs them, made champion."""
+    frame = generate_customers(400, seed=11)
+    features = ColumnTransformer(
+        [
+            ("numeric", StandardScaler(), list(SPEC.numeric_features)),
+            (
+                "categorical",
+                OneHotEncoder(handle_unknown="ignore"),
+                list(SPEC.categorical_features),
+            ),
+        ]
+    )
+    pipeline = Pipeline([("features", features), ("classifier", LogisticRegression())])
+    pipeline.fit(frame[list(SPEC.feature_names)], frame[SPEC.label])
+    mlflow.set_tracking_uri(infra.mlflow_uri)
+    mlflow.set_experiment(name)
+    with mlflow.start_run() as run:
+        mlflow.sklearn.log_model(pipeline, name="model", pip_requirements=["scikit-learn"])
+        mlflow.log_metric("accuracy", 0.9)
+        folder = infra.run_dir / name
+        folder.mkdir()
+        frame[list(SPEC.feature_names)].to_parquet(folder / "features.parquet")
+        mlflow.log_artifact(str(folder / "features.parquet"), artifact_path="reference")
+    client = MlflowClient(infra.mlflow_uri)
+    version = mlflow.register_model(f"runs:/{run.info.run_id}/model", name).version
+    client.set_registered_model_alias(name, "champion", version)
+
+
+@pytest.fixture(scope="module")
+def services(
+    infra: Endpoints, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, str]]:
+    name = f"prom-{uuid.uuid4().hex[:8]}"
+    _register_champion(infra, name)
+    run_dir = tmp_path_factory.mktemp("prom-services")
+    endpoints = dataclasses.replace(infra, run_dir=run_dir)
+    ports = {"gateway": _free_port(), "monitor": _free_port()}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FLYWHEEL_MODEL_NAME", name)
+        patch.setenv("MONITOR_REFERENCE_REFRESH_S", "1")
+        try:
+            yield start_services(endpoints, ports=ports, names=ports, timeout=120)
+        finally:
+            stop_services(run_dir, names=list(ports))
+
+
+@pytest.fixture(scope="module")
+def prometheus(services: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    binary = shutil.which("prometheus") or (ensure_promtool() and shutil.which("prometheus"))
+    assert binary, "the prometheus package provides no prometheus binary"
+    home = tmp_path_factory.mktemp("prometheus")
+    shutil.copy(DEPLOY / "prometheus.local.yml", home / "prometheus.yml")
+    shutil.copytree(DEPLOY / "rules", home / "rules")
+    (home / "targets").mkdir()
+    targets = [
+        {"targets": [url.removeprefix("http://")], "labels": {"job": job, "service": job}}
+        for job, url in services.items()
+    ]
+    (home / "targets" / "flywheel.json").write_text(json.dumps(targets))
+    port = _free_port()
+    argv = [
+        binary,
+        f"--config.file={home / 'prometheus.yml'}",
+        f"--storage.tsdb.path={home / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
+    with (home / "prometheus.log").open("w") as log:
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _query(prometheus: str, expr: str) -> list[dict[str, object]]:
+    try:
+        answer = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=5)
+    except httpx.HTTPError:
+        return []
+    result: list[dict[str, object]] = answer.json()["data"]["result"]
+    return result
+
+
+def _eventually(check: Callable[[], object], timeout: float = 60.0) -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.5)
+
+
+def _value(prometheus: str, expr: str) -> float | None:
+    result = _query(prometheus, expr)
+    return float(result[0]["value"][1]) if result else None  # type: ignore[index]
+
+
+def test_prometheus_counts_the_predictions_the_gateway_answered(
+    services: dict[str, str], prometheus: str
+) -> None:
+    rows = generate_customers(REQUESTS, seed=12)[list(SPEC.feature_names)].to_dict("records")
+    answered = 0
+    for row in rows:
+        response = httpx.post(
+            f"{services['gateway']}/v1/predict", json={"features": row}, timeout=30
+        )
+        answered += response.status_code == 200
+    assert answered == REQUESTS
+    expr = 'sum(prediction_requests_total{job="gateway",status="200"})'
+    assert _eventually(lambda: _value(prometheus, expr) == REQUESTS)
+    assert _value(prometheus, 'up{job="monitor"}') == 1
+    # The monitor consumed the same predictions from Kafka, in batches.
+    counted = "sum(monitor_observations_total)"
+    assert _eventually(lambda: _value(prometheus, counted) == REQUESTS)
