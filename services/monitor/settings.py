@@ -24,7 +24,7 @@ class Settings(BaseServiceSettings):
     """Multiple-testing correction across features: Bonferroni or Benjamini–Hochberg."""
     persistence: int = 2
     """Consecutive drifted windows needed before drift is reported."""
-    strong_alpha: float = 1e-6
+    strong_alpha: float = 1e-4
     """A window this far beyond chance (across features) alarms without waiting."""
     cooldown_windows: int = 10
     """Windows to stay quiet after a report, so one shift is one alarm."""

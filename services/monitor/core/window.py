@@ -65,7 +65,7 @@ class DriftDetector:
     persistence: int = 2
     cooldown_windows: int = 10
     correction: Correction = "bonferroni"
-    strong_alpha: float = 1e-6
+    strong_alpha: float = 1e-4
     rejected: Counter[str] = field(default_factory=Counter)
     _filled: int = 0
     _streak: int = 0
@@ -94,6 +94,22 @@ class DriftDetector:
         """Add a batch of rows; return the windows it closed and the rows it rejected."""
         numbers, labels, kept, rejected = self._validate(rows)
         self.rejected.update(rejected)
+        return BatchOutcome(self._append(numbers, labels, kept, marks), dict(rejected))
+
+    def add_numeric(self, numbers: np.ndarray) -> list[WindowVerdict]:
+        """Add already validated rows of a numeric-only reference (n × features, in order)."""
+        if self._categorical:
+            raise ValueError("add_numeric needs a reference without categorical features")
+        rows = numbers.shape[0]
+        return self._append(numbers, [[] for _ in range(rows)], list(range(rows)), None)
+
+    def _append(
+        self,
+        numbers: np.ndarray,
+        labels: list[list[str]],
+        kept: list[int],
+        marks: Sequence[WindowMark] | None,
+    ) -> list[WindowVerdict]:
         verdicts = []
         start = 0
         while start < len(kept):
@@ -108,7 +124,7 @@ class DriftDetector:
             if self._filled == self.window_size:
                 last = marks[kept[start - 1]] if marks is not None else None
                 verdicts.append(self._close(last))
-        return BatchOutcome(verdicts, dict(rejected))
+        return verdicts
 
     def _validate(
         self, rows: Sequence[Row]
