@@ -2,18 +2,54 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
-from typing import Any
+import tempfile
+from collections.abc import Callable, Iterator
+from typing import Any, ParamSpec, TypeVar
 
 import mlflow
+import pandas as pd
+import requests
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 
 from services.registry.ports import VersionInfo
-from shared.errors import InvalidInputError, NotFoundError
+from shared.errors import DependencyUnavailableError, InvalidInputError, NotFoundError
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def mlflow_outages() -> Iterator[None]:
+    """Turn "MLflow did not answer" into DependencyUnavailableError, so the event is retried."""
+    try:
+        yield
+    except requests.RequestException as error:
+        raise DependencyUnavailableError(f"MLflow unreachable: {error}") from error
+    except MlflowException as error:
+        text = str(error)
+        markers = ("Max retries exceeded", "Connection refused", "Read timed out", "503", "502")
+        if "API request to" in text and any(marker in text for marker in markers):
+            raise DependencyUnavailableError(f"MLflow unreachable: {error.message}") from error
+        raise
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _outages_retried(method: Callable[P, R]) -> Callable[P, R]:
+    """Decorator form of ``mlflow_outages``."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        with mlflow_outages():
+            return method(*args, **kwargs)
+
+    return wrapper
 
 
 class MlflowModelRegistry:
@@ -23,6 +59,7 @@ class MlflowModelRegistry:
         mlflow.set_tracking_uri(tracking_uri)
         self._client = MlflowClient(tracking_uri=tracking_uri)
 
+    @_outages_retried
     def register(self, name: str, model_uri: str, run_id: str) -> str:
         """Register ``model_uri`` as a version of ``name``, or return the run's existing version."""
         # A redelivery after a crash between register and publish must not add a twin version.
@@ -38,11 +75,13 @@ class MlflowModelRegistry:
         log.info("version registered", extra={"model": name, "version": version.version})
         return str(version.version)
 
+    @_outages_retried
     def set_tags(self, name: str, version: str, tags: dict[str, str]) -> None:
         """Set tags on one version."""
         for key, value in tags.items():
             self._client.set_model_version_tag(name, version, key, value)
 
+    @_outages_retried
     def alias_version(self, name: str, alias: str) -> str | None:
         """The version ``alias`` points to, or None."""
         try:
@@ -56,8 +95,30 @@ class MlflowModelRegistry:
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
         """Point ``alias`` at ``version``."""
-        self._client.set_registered_model_alias(name, alias, version)
+        with mlflow_outages():
+            self._client.set_registered_model_alias(name, alias, version)
 
+    def delete_alias(self, name: str, alias: str) -> None:
+        """Remove ``alias``; one that does not exist is fine."""
+        try:
+            with mlflow_outages():
+                self._client.delete_registered_model_alias(name, alias)
+        except MlflowException as error:
+            if not _missing(error):
+                raise
+
+    def all_aliases(self, name: str) -> dict[str, str]:
+        """Every alias of ``name`` and its version (empty when the model is unknown)."""
+        try:
+            with mlflow_outages():
+                found: dict[str, Any] = self._client.get_registered_model(name).aliases
+        except MlflowException as error:
+            if _missing(error):
+                return {}
+            raise
+        return {alias: str(version) for alias, version in found.items()}
+
+    @_outages_retried
     def list_versions(self, name: str) -> list[VersionInfo]:
         """Every version of ``name``, newest first (NotFoundError when the model is unknown)."""
         try:
@@ -74,8 +135,61 @@ class MlflowModelRegistry:
         versions = [_info(v, by_version.get(str(v.version), [])) for v in found]
         return sorted(versions, key=lambda v: int(v.version), reverse=True)
 
+    @_outages_retried
+    def run_tags(self, run_id: str) -> dict[str, str]:
+        """The training run's tags."""
+        try:
+            return dict(self._client.get_run(run_id).data.tags)
+        except MlflowException as error:
+            if _missing(error):
+                raise NotFoundError(f"no run {run_id}") from error
+            raise
+
     def _search(self, filter_string: str) -> list[Any]:
         return list(self._client.search_model_versions(filter_string))
+
+
+class MlflowCandidateLoader:
+    """Loads logged sklearn pipelines and the holdout their run logged."""
+
+    def __init__(self, tracking_uri: str) -> None:
+        mlflow.set_tracking_uri(tracking_uri)
+        self._tracking_uri = tracking_uri
+
+    def load(self, model_uri: str) -> Any:
+        """The pipeline at ``model_uri`` (NotFoundError when there is none)."""
+        try:
+            with mlflow_outages():
+                return mlflow.sklearn.load_model(model_uri)
+        except MlflowException as error:
+            if _missing(error):
+                raise NotFoundError(f"no model at {model_uri}: {error.message}") from error
+            raise
+
+    def input_names(self, model_uri: str) -> list[str] | None:
+        """Input column names of the logged signature."""
+        with mlflow_outages():
+            signature = mlflow.models.get_model_info(model_uri).signature
+        if signature is None or signature.inputs is None:
+            return None
+        return [str(name) for name in signature.inputs.input_names()]
+
+    def holdout(self, run_id: str) -> pd.DataFrame:
+        """The run's ``holdout/validation.parquet``."""
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                with mlflow_outages():
+                    path = mlflow.artifacts.download_artifacts(
+                        run_id=run_id,
+                        artifact_path="holdout/validation.parquet",
+                        dst_path=tmp,
+                        tracking_uri=self._tracking_uri,
+                    )
+            except (MlflowException, OSError) as error:
+                if isinstance(error, MlflowException) and not _missing(error):
+                    raise
+                raise NotFoundError(f"run {run_id} logged no holdout: {error}") from error
+            return pd.read_parquet(path)
 
 
 def _quoted(value: str) -> str:

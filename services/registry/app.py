@@ -1,34 +1,53 @@
-"""Composition root of the registry: settings, adapter, handler, routes, the app."""
+"""Composition root of the registry: settings, adapters, handler, routes, the app."""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
 
-from services.registry.adapters import MlflowModelRegistry
-from services.registry.handlers import RegistryHandlers, register
+from services.registry.adapters import MlflowCandidateLoader, MlflowModelRegistry
+from services.registry.admin import RegistryAdmin
+from services.registry.handlers import GatePolicy, RegistryHandlers, register
 from services.registry.metrics import RegistryMetrics
-from services.registry.routes import versions_router
+from services.registry.routes import admin_router, versions_router
 from services.registry.settings import Settings
 from shared.runtime import build_runtime, mlflow_check, serve, service_app
+from shared.spec import load_spec
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the registry (connects nothing until the app starts)."""
+def create_app(settings: Settings | None = None, name: str = "registry") -> FastAPI:
+    """Build the registry (connects nothing until the app starts).
+
+    ``name`` names its consumer group and idempotency markers (tests use their own).
+    """
     settings = settings or Settings()
-    runtime = build_runtime("registry", settings)
+    runtime = build_runtime(name, settings)
     models = MlflowModelRegistry(settings.mlflow_tracking_uri)
     handlers = RegistryHandlers(
         models=models,
+        loader=MlflowCandidateLoader(settings.mlflow_tracking_uri),
+        spec=load_spec(settings.model_spec_path),
         publisher=runtime.publisher,
         metrics=RegistryMetrics.create(runtime.registry),
-        min_accuracy=settings.min_accuracy,
+        policy=gate_policy(settings),
     )
     register(runtime.consumer, handlers)
+    admin = RegistryAdmin(models, runtime.publisher)
+    token = settings.admin_token.get_secret_value() if settings.admin_token else None
     return service_app(
         runtime,
         checks={"mlflow": mlflow_check(settings.mlflow_tracking_uri)},
-        routers=[versions_router(models)],
+        routers=[versions_router(models), admin_router(admin, token)],
         description="Registers trained models, gates them and assigns champion/challenger.",
+    )
+
+
+def gate_policy(settings: Settings) -> GatePolicy:
+    """The gate thresholds from the settings."""
+    return GatePolicy(
+        min_accuracy=settings.min_accuracy,
+        non_inferiority_margin=settings.non_inferiority_margin,
+        latency_budget_ms=settings.latency_budget_ms,
+        latency_samples=settings.latency_samples,
     )
 
 

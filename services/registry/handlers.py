@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
 
 from services.registry.core import (
     CHAMPION,
@@ -14,12 +19,39 @@ from services.registry.core import (
     gate_tags,
     lineage_tags,
 )
+from services.registry.gates import (
+    determinism_gate,
+    finite_output_gate,
+    latency_gate,
+    no_champion_gate,
+    non_inferiority_gate,
+    schema_gate,
+)
 from services.registry.metrics import RegistryMetrics
-from services.registry.ports import ModelRegistry
-from shared.events import Event, ModelApproved, ModelRejected, ModelTrained, Topic
+from services.registry.ports import CandidateLoader, ModelRegistry
+from shared.errors import NotFoundError
+from shared.events import (
+    Event,
+    GateResult,
+    ModelApproved,
+    ModelRejected,
+    ModelTrained,
+    Topic,
+)
 from shared.messaging import ConsumerContext, EventPublisher, subscribe
+from shared.spec import ModelSpec
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    """The thresholds a candidate is held to."""
+
+    min_accuracy: float = 0.6
+    non_inferiority_margin: float = 0.05
+    latency_budget_ms: float = 5.0
+    latency_samples: int = 200
 
 
 @dataclass(frozen=True)
@@ -27,9 +59,11 @@ class RegistryHandlers:
     """The registry's event handler and the blocking registry work behind it."""
 
     models: ModelRegistry
+    loader: CandidateLoader
+    spec: ModelSpec
     publisher: EventPublisher
     metrics: RegistryMetrics
-    min_accuracy: float
+    policy: GatePolicy
 
     async def on_model_trained(self, event: ModelTrained) -> None:
         """Register the candidate, run the gates, give it an alias or reject it."""
@@ -43,7 +77,7 @@ class RegistryHandlers:
         """Blocking: register, tag with gates and lineage, then alias or reject."""
         name = event.model_name
         version = self.models.register(name, event.model_uri, event.run_id)
-        gates = evaluate_gates(event.metrics, self.min_accuracy)
+        gates = self.gates(event, version)
         self.models.set_tags(name, version, {**gate_tags(gates), **lineage_tags(event)})
         for gate in gates:
             self.metrics.gate_passed.labels(gate.name).set(1 if gate.passed else 0)
@@ -57,6 +91,52 @@ class RegistryHandlers:
                 reasons=failed(gates),
             )
         return self._approve(event, version)
+
+    def gates(self, event: ModelTrained, version: str) -> tuple[GateResult, ...]:
+        """Every gate's result for the candidate, in a fixed order."""
+        reported = evaluate_gates(event.metrics, self.policy.min_accuracy)
+        candidate = self.loader.load(event.model_uri)
+        try:
+            holdout = self.loader.holdout(event.run_id)
+        except NotFoundError as error:
+            missing = GateResult(name="holdout", passed=False, detail=str(error))
+            return (*reported, missing)
+        x, truth = holdout[list(self.spec.feature_names)], holdout[self.spec.label].astype(str)
+        first, second = candidate.predict_proba(x), candidate.predict_proba(x)
+        classes = [str(c) for c in candidate.classes_]
+        return (
+            *reported,
+            schema_gate(self.loader.input_names(event.model_uri), classes, self.spec),
+            finite_output_gate(first),
+            determinism_gate(first, second),
+            latency_gate(self._latencies_ms(candidate, x), self.policy.latency_budget_ms),
+            self._non_inferiority(event.model_name, version, candidate, x, truth),
+        )
+
+    def _non_inferiority(
+        self, name: str, version: str, candidate: Any, x: pd.DataFrame, truth: pd.Series
+    ) -> GateResult:
+        champion_version = self.models.alias_version(name, CHAMPION)
+        if champion_version is None or champion_version == version:
+            return no_champion_gate()
+        champion = self.loader.load(f"models:/{name}/{champion_version}")
+        return non_inferiority_gate(
+            _correct(candidate, x, truth),
+            _correct(champion, x, truth),
+            champion_version,
+            self.policy.non_inferiority_margin,
+        )
+
+    def _latencies_ms(self, candidate: Any, x: pd.DataFrame) -> list[float]:
+        rows = [x.iloc[[i % len(x)]] for i in range(self.policy.latency_samples)]
+        for row in rows[:20]:  # warm caches and lazy imports first
+            candidate.predict_proba(row)
+        samples = []
+        for row in rows:
+            started = time.perf_counter()
+            candidate.predict_proba(row)
+            samples.append((time.perf_counter() - started) * 1000)
+        return samples
 
     def _approve(self, event: ModelTrained, version: str) -> ModelApproved:
         name = event.model_name
@@ -73,6 +153,13 @@ class RegistryHandlers:
             champion_version=version if alias == CHAMPION else champion,
             metrics=event.metrics,
         )
+
+
+def _correct(model: Any, x: pd.DataFrame, truth: pd.Series) -> Any:
+    """Which holdout rows ``model`` classifies correctly."""
+    classes = np.asarray(model.classes_).astype(str)
+    predicted = classes[np.argmax(model.predict_proba(x), axis=1)]
+    return predicted == truth.to_numpy()
 
 
 def register(consumer: ConsumerContext, handlers: RegistryHandlers) -> None:

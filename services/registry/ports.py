@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -32,5 +35,27 @@ class ModelRegistry(Protocol):
     def set_alias(self, name: str, alias: str, version: str) -> None:
         """Point ``alias`` at ``version``."""
 
+    def delete_alias(self, name: str, alias: str) -> None:
+        """Remove ``alias`` (no error when it does not exist)."""
+
+    def all_aliases(self, name: str) -> dict[str, str]:
+        """Every alias of ``name`` and the version it points to (empty when unknown)."""
+
     def list_versions(self, name: str) -> list[VersionInfo]:
         """Every version of ``name``, newest first (NotFoundError when the model is unknown)."""
+
+    def run_tags(self, run_id: str) -> dict[str, str]:
+        """The tags of the training run (NotFoundError when it does not exist)."""
+
+
+class CandidateLoader(Protocol):
+    """Loads logged models and their fresh holdouts (blocking calls)."""
+
+    def load(self, model_uri: str) -> Any:
+        """The model at ``model_uri``: a classifier with predict_proba and classes_."""
+
+    def input_names(self, model_uri: str) -> list[str] | None:
+        """Column names of the model's logged input signature, or None without one."""
+
+    def holdout(self, run_id: str) -> pd.DataFrame:
+        """The run's held-out rows with labels (NotFoundError when it logged none)."""

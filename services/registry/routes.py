@@ -1,14 +1,18 @@
-"""HTTP: read-only views of registered model versions."""
+"""HTTP: versions with their gates, lineage of a version, and token-protected promote/rollback."""
 
 from __future__ import annotations
 
 import asyncio
+import hmac
+from typing import Annotated
 
-from fastapi import APIRouter, HTTPException
-from pydantic import BaseModel, ConfigDict
+from fastapi import APIRouter, Depends, Header, HTTPException
+from pydantic import BaseModel, ConfigDict, Field
 
-from services.registry.ports import ModelRegistry
+from services.registry.admin import RegistryAdmin
+from services.registry.ports import ModelRegistry, VersionInfo
 from shared.errors import InvalidInputError, NotFoundError
+from shared.events import ModelPromoted, ModelRolledBack
 
 
 class VersionView(BaseModel):
@@ -31,31 +35,127 @@ class VersionsView(BaseModel):
     versions: list[VersionView]
 
 
+class LineageView(BaseModel):
+    """Where a version came from: run, data, code and the events that triggered it."""
+
+    model_name: str
+    version: str
+    run_id: str | None
+    data_version: str | None
+    code_version: str | None
+    trigger: str | None
+    trigger_event_id: str | None
+    trigger_event_ids: list[str]
+    correlation_id: str | None
+    algorithm: str | None
+    device: str | None
+    gates: dict[str, str]
+
+
+class PromoteRequest(BaseModel):
+    """Which version to promote (default: the challenger) and why."""
+
+    version: str | None = None
+    reason: str = Field("manual promotion", min_length=1)
+
+
+class RollbackRequest(BaseModel):
+    """Why the champion is rolled back."""
+
+    reason: str = Field("manual rollback", min_length=1)
+
+
+def _view(v: VersionInfo) -> VersionView:
+    gates = {k: t for k, t in v.tags.items() if k.startswith("gate.")}
+    return VersionView(
+        version=v.version,
+        run_id=v.run_id,
+        aliases=list(v.aliases),
+        gates=gates,
+        tags=v.tags,
+        created_at_ms=v.created_at_ms,
+    )
+
+
+def _http_error(error: Exception) -> HTTPException:
+    status = 404 if isinstance(error, NotFoundError) else 422
+    return HTTPException(status_code=status, detail=str(error))
+
+
 def versions_router(models: ModelRegistry) -> APIRouter:
-    """Routes under ``/v1/models``."""
+    """Read-only routes under ``/v1/models``."""
     router = APIRouter(prefix="/v1/models", tags=["models"])
 
     @router.get("/{name}/versions", summary="Versions with aliases and gate results")
     async def list_versions(name: str) -> VersionsView:
         try:
             versions = await asyncio.to_thread(models.list_versions, name)
-        except NotFoundError as error:
-            raise HTTPException(status_code=404, detail=str(error)) from error
-        except InvalidInputError as error:
-            raise HTTPException(status_code=422, detail=str(error)) from error
-        return VersionsView(
-            model_name=name,
-            versions=[
-                VersionView(
-                    version=v.version,
-                    run_id=v.run_id,
-                    aliases=list(v.aliases),
-                    gates={k: t for k, t in v.tags.items() if k.startswith("gate.")},
-                    tags=v.tags,
-                    created_at_ms=v.created_at_ms,
-                )
-                for v in versions
-            ],
-        )
+        except (NotFoundError, InvalidInputError) as error:
+            raise _http_error(error) from error
+        return VersionsView(model_name=name, versions=[_view(v) for v in versions])
+
+    @router.get("/{name}/versions/{version}/lineage", summary="Run, data, code and trigger chain")
+    async def lineage(name: str, version: str) -> LineageView:
+        try:
+            return await asyncio.to_thread(_lineage, models, name, version)
+        except (NotFoundError, InvalidInputError) as error:
+            raise _http_error(error) from error
+
+    return router
+
+
+def _lineage(models: ModelRegistry, name: str, version: str) -> LineageView:
+    found = [v for v in models.list_versions(name) if v.version == version]
+    if not found:
+        raise NotFoundError(f"{name} has no version {version}")
+    info = found[0]
+    run = models.run_tags(info.run_id) if info.run_id else {}
+    ids = [i for i in run.get("flywheel.trigger_ids", "").split(",") if i]
+    return LineageView(
+        model_name=name,
+        version=version,
+        run_id=info.run_id,
+        data_version=run.get("flywheel.data_version"),
+        code_version=run.get("flywheel.code_version"),
+        trigger=run.get("flywheel.trigger"),
+        trigger_event_id=run.get("flywheel.event_id"),
+        trigger_event_ids=ids,
+        correlation_id=run.get("flywheel.correlation_id"),
+        algorithm=info.tags.get("flywheel.algorithm"),
+        device=run.get("flywheel.device"),
+        gates={k: t for k, t in info.tags.items() if k.startswith("gate.")},
+    )
+
+
+def admin_router(admin: RegistryAdmin, token: str | None) -> APIRouter:
+    """Promote and rollback, each requiring ``Authorization: Bearer <token>``."""
+
+    def authorised(authorization: Annotated[str | None, Header()] = None) -> None:
+        given = (authorization or "").removeprefix("Bearer ").strip()
+        if token is None or not hmac.compare_digest(given.encode(), token.encode()):
+            detail = (
+                "the registry has no admin token configured (REGISTRY_ADMIN_TOKEN)"
+                if token is None
+                else "missing or wrong bearer token"
+            )
+            raise HTTPException(
+                status_code=401, detail=detail, headers={"WWW-Authenticate": "Bearer"}
+            )
+
+    router = APIRouter(prefix="/v1/models", tags=["admin"], dependencies=[Depends(authorised)])
+
+    @router.post("/{name}/promote", summary="Make a version (default: challenger) champion")
+    async def promote(name: str, request: PromoteRequest) -> ModelPromoted:
+        try:
+            return await admin.promote(name, request.version, request.reason)
+        except (NotFoundError, InvalidInputError) as error:
+            raise _http_error(error) from error
+
+    @router.post("/{name}/rollback", summary="Give champion back to the previous champion")
+    async def rollback(name: str, request: RollbackRequest) -> ModelRolledBack:
+        try:
+            return await admin.rollback(name, request.reason)
+        except (NotFoundError, InvalidInputError) as error:
+            raise _http_error(error) from error
 
     return router

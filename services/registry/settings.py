@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import SERVICE_PORTS, BaseServiceSettings
@@ -17,3 +17,11 @@ class Settings(BaseServiceSettings):
     """HTTP port of the registry (versions, health, readiness, metrics)."""
     min_accuracy: float = Field(0.6, ge=0, le=1)
     """Lowest validation accuracy a candidate may have to be approved."""
+    non_inferiority_margin: float = Field(0.05, ge=0, le=1)
+    """How much lower than the champion's accuracy (CI lower bound) a candidate may be."""
+    latency_budget_ms: float = Field(5.0, gt=0)
+    """Budget for the p95 of single-row prediction time, in milliseconds."""
+    latency_samples: int = Field(200, ge=20)
+    """Single-row predictions timed for the latency gate."""
+    admin_token: SecretStr | None = None
+    """Bearer token for promote and rollback; without one they always answer 401."""

@@ -8,7 +8,6 @@ import logging
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import mlflow
 import pandas as pd
@@ -23,10 +22,18 @@ from redis.exceptions import LockError
 from services.trainer.coalesce import PendingArrival
 from services.trainer.core import TrainedModel
 from services.trainer.ports import RunContext
+from services.trainer.tracking import (
+    code_version,
+    log_confusion_matrix,
+    log_datasets,
+    log_holdout,
+    run_metrics,
+)
 from shared.datasets import load_batch
 from shared.errors import DependencyUnavailableError
 from shared.events import DataArrived, DatasetRef
 from shared.spec import ModelSpec
+from shared.torch_mlp import TRUSTED_TYPES
 
 log = logging.getLogger(__name__)
 
@@ -151,9 +158,11 @@ class RedisTrainingLock:
 class MlflowModelStore:
     """Logs each training as an MLflow run in an experiment named after the model."""
 
-    def __init__(self, tracking_uri: str) -> None:
+    def __init__(self, tracking_uri: str, label: str = "segment") -> None:
         mlflow.set_tracking_uri(tracking_uri)
         self._client = MlflowClient(tracking_uri)
+        self._label = label
+        self._code_version = code_version()
 
     def log_training(self, model: TrainedModel, context: RunContext) -> str:
         """Log params, metrics, tags, the model and its reference sample; return the run id."""
@@ -162,14 +171,22 @@ class MlflowModelStore:
 
     def _log(self, model: TrainedModel, context: RunContext) -> str:
         experiment_id = self._experiment_id(context.model_name)
-        with mlflow.start_run(experiment_id=experiment_id, tags=run_tags(context)) as run:
+        tags = {
+            **run_tags(context),
+            "flywheel.code_version": self._code_version,
+            "flywheel.device": model.device,
+        }
+        with mlflow.start_run(experiment_id=experiment_id, tags=tags) as run:
             mlflow.log_params(model.params)
-            mlflow.log_metrics(_metric_values(model))
+            mlflow.log_metrics(run_metrics(model))
             mlflow.log_dict(
                 {"datasets": [ref.model_dump() for ref in context.datasets]}, "datasets.json"
             )
+            log_datasets(model, context, self._label)
+            log_confusion_matrix(model)
             _log_model(model)
             _log_reference(model.reference)
+            log_holdout(model.holdout)
             run_id: str = run.info.run_id
         return run_id
 
@@ -219,12 +236,6 @@ def run_tags(context: RunContext) -> dict[str, str]:
     }
 
 
-def _metric_values(model: TrainedModel) -> dict[str, float]:
-    values: dict[str, Any] = model.metrics.model_dump()
-    values["train_rows"] = model.train_rows
-    return {k: float(v) for k, v in values.items() if isinstance(v, int | float)}
-
-
 def _log_model(model: TrainedModel) -> None:
     sample = model.reference.head(5)
     mlflow.sklearn.log_model(
@@ -234,6 +245,7 @@ def _log_model(model: TrainedModel) -> None:
         input_example=sample,
         # Explicit requirements: inferring them means loading the model again, slowly.
         pip_requirements=[f"scikit-learn=={sklearn.__version__}", "pandas", "numpy"],
+        skops_trusted_types=TRUSTED_TYPES,
     )
 
 

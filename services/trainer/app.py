@@ -37,7 +37,7 @@ def create_app(settings: Settings | None = None, name: str = "trainer") -> FastA
         history=RedisBatchHistory(runtime.redis, settings.history_batches),
         pending=RedisPendingTriggers(runtime.redis),
         lock=RedisTrainingLock(runtime.redis, settings.lock_ttl_s, settings.lock_wait_s),
-        store=MlflowModelStore(settings.mlflow_tracking_uri),
+        store=MlflowModelStore(settings.mlflow_tracking_uri, spec.label),
         publisher=runtime.publisher,
     )
     handlers = TrainerHandlers(
@@ -65,7 +65,9 @@ def create_app(settings: Settings | None = None, name: str = "trainer") -> FastA
 def training_config(settings: Settings) -> TrainingConfig:
     """The training choices from the settings."""
     return TrainingConfig(
-        algorithm=settings.algorithm,
+        candidates=settings.candidates,
+        selection_metric=settings.selection_metric,
+        device=settings.device,
         validation_fraction=settings.validation_fraction,
         seed=settings.seed,
         reference_rows=settings.reference_rows,

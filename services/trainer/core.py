@@ -6,46 +6,60 @@ Pure: frames in, fitted pipeline and numbers out. No broker, MLflow, Redis or fi
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
-from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, f1_score, log_loss
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, log_loss, roc_auc_score
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from shared.errors import InvalidInputError
 from shared.events import ModelMetrics
 from shared.spec import ModelSpec
+from shared.tabular import TabularEncoder
+from shared.torch_mlp import TorchMLPClassifier
 
 #: Fewest rows worth training on: below this the held-out metrics mean nothing.
 MIN_TRAINING_ROWS = 20
 
-ClassifierFactory = Callable[[int], Any]
+ClassifierFactory = Callable[[int, str], Any]
 
-#: Classifier factories by algorithm name, each taking the seed. More candidates come later.
+#: Classifier factories by algorithm name, each taking the seed and the torch device.
 CLASSIFIERS: dict[str, ClassifierFactory] = {
-    "logistic_regression": lambda seed: LogisticRegression(max_iter=1000, random_state=seed),
+    "logistic_regression": lambda seed, _: LogisticRegression(max_iter=1000, random_state=seed),
+    "hist_gradient_boosting": lambda seed, _: HistGradientBoostingClassifier(
+        max_iter=200, early_stopping=True, random_state=seed
+    ),
+    "torch_mlp": lambda seed, device: TorchMLPClassifier(seed=seed, device=device),
 }
+
+SelectionMetric = Literal["accuracy", "macro_f1", "roc_auc", "log_loss"]
+
+#: Metrics where lower is better; the rest are maximised.
+LOWER_IS_BETTER = frozenset({"log_loss"})
 
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    """How to split and what to fit."""
+    """How to split, which candidates to fit and how to pick the one published."""
 
-    algorithm: str = "logistic_regression"
+    candidates: tuple[str, ...] = ("logistic_regression",)
+    selection_metric: SelectionMetric = "macro_f1"
     validation_fraction: float = 0.2
     seed: int = 42
     reference_rows: int = 10_000
+    device: str = "auto"
 
 
 @dataclass(frozen=True)
 class TrainedModel:
-    """A fitted pipeline with its validation metrics and what MLflow should record about it."""
+    """The chosen fitted pipeline, its validation metrics and what MLflow should record."""
 
     pipeline: Pipeline
     algorithm: str
@@ -53,6 +67,11 @@ class TrainedModel:
     train_rows: int
     reference: pd.DataFrame = field(repr=False)
     params: dict[str, str | int | float] = field(default_factory=dict)
+    candidates: dict[str, ModelMetrics] = field(default_factory=dict)
+    holdout: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)
+    confusion: list[list[int]] = field(default_factory=list)
+    fit_seconds: float = 0.0
+    device: str = "cpu"
 
 
 def data_version(hashes: Iterable[str]) -> str:
@@ -72,10 +91,10 @@ def combine_batches(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def make_classifier(algorithm: str, seed: int) -> Any:
+def make_classifier(algorithm: str, seed: int, device: str = "auto") -> Any:
     """A fresh, unfitted classifier for ``algorithm``."""
     try:
-        return CLASSIFIERS[algorithm](seed)
+        return CLASSIFIERS[algorithm](seed, device)
     except KeyError:
         raise InvalidInputError(
             f"unknown algorithm {algorithm!r}; known: {sorted(CLASSIFIERS)}"
@@ -84,16 +103,7 @@ def make_classifier(algorithm: str, seed: int) -> Any:
 
 def build_pipeline(spec: ModelSpec, classifier: Any) -> Pipeline:
     """Scale numeric features, one-hot the categorical ones, then classify."""
-    features = ColumnTransformer(
-        [
-            ("numeric", StandardScaler(), list(spec.numeric_features)),
-            (
-                "categorical",
-                OneHotEncoder(handle_unknown="ignore"),
-                list(spec.categorical_features),
-            ),
-        ]
-    )
+    features = TabularEncoder(spec.numeric_features, spec.categorical_features)
     return Pipeline([("features", features), ("classifier", classifier)])
 
 
@@ -119,40 +129,135 @@ def split(
 
 
 def evaluate(pipeline: Pipeline, x_val: pd.DataFrame, y_val: pd.Series) -> ModelMetrics:
-    """Accuracy, macro F1 and log loss of ``pipeline`` on held-out rows."""
-    predicted = pipeline.predict(x_val)
+    """Accuracy, macro F1, ROC AUC, log loss and calibration error on held-out rows."""
     probabilities = pipeline.predict_proba(x_val)
+    classes = np.asarray(pipeline.classes_).astype(str)
+    predicted = classes[np.argmax(probabilities, axis=1)]
+    truth = np.asarray(y_val).astype(str)
     return ModelMetrics(
-        accuracy=float(accuracy_score(y_val, predicted)),
-        macro_f1=float(f1_score(y_val, predicted, average="macro", zero_division=0)),
-        log_loss=float(log_loss(y_val, probabilities, labels=pipeline.classes_)),
-        validation_rows=len(y_val),
+        accuracy=float(accuracy_score(truth, predicted)),
+        macro_f1=float(f1_score(truth, predicted, average="macro", zero_division=0)),
+        log_loss=float(log_loss(truth, probabilities, labels=classes)),
+        validation_rows=len(truth),
+        roc_auc=_roc_auc(truth, probabilities, classes),
+        calibration_error=calibration_error(truth, probabilities, classes),
     )
 
 
+def calibration_error(truth: Any, probabilities: Any, classes: Any, bins: int = 10) -> float:
+    """Expected calibration error of the top-class confidence, over equal-width bins.
+
+    >>> import numpy as np
+    >>> p = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.4, 0.6]])
+    >>> round(calibration_error(np.array(["a", "a", "b", "a"]), p, np.array(["a", "b"])), 3)
+    0.3
+    """
+    confidence = probabilities.max(axis=1)
+    correct = classes[np.argmax(probabilities, axis=1)] == truth
+    edges = np.minimum((confidence * bins).astype(int), bins - 1)
+    error = 0.0
+    for b in np.unique(edges):
+        in_bin = edges == b
+        error += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+    return float(error)
+
+
+def _roc_auc(truth: Any, probabilities: Any, classes: Any) -> float:
+    """One-vs-rest macro ROC AUC (NaN when a class is absent from the held-out rows)."""
+    if len(set(truth)) < len(classes):
+        return float("nan")
+    if len(classes) == 2:
+        return float(roc_auc_score(truth == classes[1], probabilities[:, 1]))
+    return float(roc_auc_score(truth, probabilities, labels=classes, multi_class="ovr"))
+
+
+def is_better(metric: str, candidate: ModelMetrics, best: ModelMetrics) -> bool:
+    """Whether ``candidate`` beats ``best`` on ``metric`` (direction-aware)."""
+    new, old = float(getattr(candidate, metric)), float(getattr(best, metric))
+    return new < old if metric in LOWER_IS_BETTER else new > old
+
+
 def train(frame: pd.DataFrame, spec: ModelSpec, config: TrainingConfig) -> TrainedModel:
-    """Fit the spec's pipeline on a stratified share of ``frame``; measure it on the rest."""
+    """Fit every candidate on a stratified share of ``frame``; keep the best on the rest."""
     x_train, x_val, y_train, y_val = split(frame, spec, config.validation_fraction, config.seed)
-    pipeline = build_pipeline(spec, make_classifier(config.algorithm, config.seed))
+    fitted = [
+        _fit_candidate(name, spec, config, x_train, y_train, x_val, y_val)
+        for name in config.candidates
+    ]
+    if not fitted:
+        raise InvalidInputError("no candidate algorithms configured")
+    best = fitted[0]
+    for candidate in fitted[1:]:
+        if is_better(config.selection_metric, candidate.metrics, best.metrics):
+            best = candidate
+    return _trained(best, fitted, config, x_train, x_val, y_val)
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    name: str
+    pipeline: Pipeline
+    metrics: ModelMetrics
+    seconds: float
+
+
+def _fit_candidate(
+    name: str,
+    spec: ModelSpec,
+    config: TrainingConfig,
+    x_train: pd.DataFrame,
+    y_train: pd.Series,
+    x_val: pd.DataFrame,
+    y_val: pd.Series,
+) -> _Candidate:
+    pipeline = build_pipeline(spec, make_classifier(name, config.seed, config.device))
+    started = time.perf_counter()
     pipeline.fit(x_train, y_train)
+    seconds = time.perf_counter() - started
+    return _Candidate(name, pipeline, evaluate(pipeline, x_val, y_val), seconds)
+
+
+def _trained(
+    best: _Candidate,
+    fitted: list[_Candidate],
+    config: TrainingConfig,
+    x_train: pd.DataFrame,
+    x_val: pd.DataFrame,
+    y_val: pd.Series,
+) -> TrainedModel:
     reference = x_train.sample(
         n=min(config.reference_rows, len(x_train)), random_state=config.seed
     ).reset_index(drop=True)
+    classes = [str(c) for c in best.pipeline.classes_]
+    predicted = best.pipeline.predict(x_val)
+    confusion = confusion_matrix(
+        np.asarray(y_val).astype(str), predicted.astype(str), labels=classes
+    )
+    report = getattr(best.pipeline[-1], "fit_report_", None)
     return TrainedModel(
-        pipeline=pipeline,
-        algorithm=config.algorithm,
-        metrics=evaluate(pipeline, x_val, y_val),
+        pipeline=best.pipeline,
+        algorithm=best.name,
+        metrics=best.metrics,
         train_rows=len(x_train),
         reference=reference,
-        params=_params(config, len(x_train), len(x_val)),
+        params=_params(config, best.name, len(x_train), len(x_val)),
+        candidates={c.name: c.metrics for c in fitted},
+        holdout=x_val.assign(**{str(y_val.name): np.asarray(y_val).astype(str)}).reset_index(
+            drop=True
+        ),
+        confusion=confusion.tolist(),
+        fit_seconds=best.seconds,
+        device=str(report["device"]) if report is not None else "cpu",
     )
 
 
 def _params(
-    config: TrainingConfig, train_rows: int, validation_rows: int
+    config: TrainingConfig, algorithm: str, train_rows: int, validation_rows: int
 ) -> dict[str, str | int | float]:
     return {
-        "algorithm": config.algorithm,
+        "algorithm": algorithm,
+        "candidates": ",".join(config.candidates),
+        "selection_metric": config.selection_metric,
         "validation_fraction": config.validation_fraction,
         "seed": config.seed,
         "train_rows": train_rows,

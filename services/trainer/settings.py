@@ -9,6 +9,8 @@ from pydantic_settings import SettingsConfigDict
 
 from shared.settings import SERVICE_PORTS, BaseServiceSettings
 
+Algorithm = Literal["logistic_regression", "hist_gradient_boosting", "torch_mlp"]
+
 
 class Settings(BaseServiceSettings):
     """How the trainer trains and how long it waits for a busy model."""
@@ -25,8 +27,16 @@ class Settings(BaseServiceSettings):
     """Share of rows held out (stratified) to compute validation metrics."""
     seed: int = 42
     """Seed of the train/validation split and of the classifier."""
-    algorithm: Literal["logistic_regression"] = "logistic_regression"
-    """Classifier at the end of the pipeline."""
+    candidates: tuple[Algorithm, ...] = (
+        "logistic_regression",
+        "hist_gradient_boosting",
+        "torch_mlp",
+    )
+    """Classifiers tried at the end of the pipeline (env: JSON list); the best one is published."""
+    selection_metric: Literal["accuracy", "macro_f1", "roc_auc", "log_loss"] = "macro_f1"
+    """Validation metric that picks the published candidate (log loss: lower is better)."""
+    device: str = "auto"
+    """Torch device of the MLP: auto (CUDA when present), cpu or cuda[:n]."""
     reference_rows: int = Field(10_000, ge=1)
     """Most training rows logged as the monitor's drift reference."""
     lock_ttl_s: float = Field(600.0, gt=0)

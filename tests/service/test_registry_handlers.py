@@ -3,29 +3,87 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
 
 import httpx
+import numpy as np
+import pandas as pd
 from fastapi import FastAPI
 from faststream.kafka import KafkaBroker, TestKafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from prometheus_client import CollectorRegistry
 
-from services.registry.handlers import RegistryHandlers, register
+from services.registry.admin import RegistryAdmin
+from services.registry.handlers import GatePolicy, RegistryHandlers, register
 from services.registry.metrics import RegistryMetrics
 from services.registry.ports import VersionInfo
-from services.registry.routes import versions_router
+from services.registry.routes import admin_router, versions_router
+from services.trainer.core import TrainingConfig, train
+from shared.datasets import generate_customers
 from shared.errors import NotFoundError
 from shared.events import (
     ModelApproved,
     ModelMetrics,
+    ModelPromoted,
     ModelRejected,
+    ModelRolledBack,
     ModelTrained,
     Topic,
     dead_letter_topic,
 )
+from shared.spec import load_spec
 from shared.testing import RecordingPublisher, consumer_context
 
 MODEL = "customer-segment"
+SPEC = load_spec()
+TOKEN = "s3cret"
+
+
+@cache
+def _pipeline(kind: str) -> Any:
+    """A real fitted pipeline: "good", or "bad" (trained on shuffled labels)."""
+    frame = generate_customers(2000, 3)
+    if kind == "bad":
+        frame = frame.assign(segment=frame["segment"].sample(frac=1, random_state=1).to_numpy())
+    return train(frame, SPEC, TrainingConfig()).pipeline
+
+
+@cache
+def _holdout() -> pd.DataFrame:
+    return generate_customers(600, 99)[[*SPEC.feature_names, SPEC.label]]
+
+
+class NaNModel:
+    """A model whose probabilities are NaN."""
+
+    classes_ = np.array(SPEC.classes)
+
+    def predict_proba(self, x: pd.DataFrame) -> Any:
+        return np.full((len(x), len(self.classes_)), np.nan)
+
+
+@dataclass
+class FakeLoader:
+    """Models by run id; ``models:/name/version`` resolves through the fake registry."""
+
+    registry: FakeModelRegistry
+    models: dict[str, Any] = field(default_factory=dict)
+    inputs: list[str] | None = field(default_factory=lambda: list(SPEC.feature_names))
+
+    def load(self, model_uri: str) -> Any:
+        if model_uri.startswith("models:/"):
+            name, version = model_uri.removeprefix("models:/").split("/")
+            run_id = self.registry._version(name, version).run_id
+            assert run_id is not None
+            return self.models[run_id]
+        return self.models[model_uri.removeprefix("runs:/").removesuffix("/model")]
+
+    def input_names(self, model_uri: str) -> list[str] | None:
+        return self.inputs
+
+    def holdout(self, run_id: str) -> pd.DataFrame:
+        return _holdout()
 
 
 @dataclass
@@ -52,6 +110,9 @@ class FakeModelRegistry:
     def alias_version(self, name: str, alias: str) -> str | None:
         return self.aliases.get(name, {}).get(alias)
 
+    def all_aliases(self, name: str) -> dict[str, str]:
+        return dict(self.aliases.get(name, {}))
+
     def set_alias(self, name: str, alias: str, version: str) -> None:
         self.aliases.setdefault(name, {})[alias] = version
 
@@ -66,6 +127,12 @@ class FakeModelRegistry:
             for v in reversed(self.versions[name])
         ]
 
+    def delete_alias(self, name: str, alias: str) -> None:
+        self.aliases.get(name, {}).pop(alias, None)
+
+    def run_tags(self, run_id: str) -> dict[str, str]:
+        return {"flywheel.trigger": "drift", "flywheel.trigger_ids": "e1,e2"}
+
     def _version(self, name: str, version: str) -> VersionInfo:
         return next(v for v in self.versions[name] if v.version == version)
 
@@ -74,6 +141,8 @@ class FakeModelRegistry:
 class Harness:
     broker: KafkaBroker
     models: FakeModelRegistry
+    loader: FakeLoader
+    handlers: RegistryHandlers
     publisher: RecordingPublisher
     metrics: RegistryMetrics
     dead_letters: list[dict[str, str]]
@@ -82,21 +151,23 @@ class Harness:
 def _harness() -> Harness:
     broker = KafkaBroker()
     models, publisher = FakeModelRegistry(), RecordingPublisher()
+    loader = FakeLoader(models)
     metrics = RegistryMetrics.create(CollectorRegistry())
-    register(
-        consumer_context("registry", broker), RegistryHandlers(models, publisher, metrics, 0.6)
-    )
+    policy = GatePolicy(min_accuracy=0.6, latency_budget_ms=1000.0, latency_samples=20)
+    handlers = RegistryHandlers(models, loader, SPEC, publisher, metrics, policy)
+    register(consumer_context("registry", broker), handlers)
     dead: list[dict[str, str]] = []
 
     @broker.subscriber(dead_letter_topic(Topic.MODEL_TRAINED))
     async def park(message: KafkaMessage) -> None:
         dead.append(dict(message.headers))
 
-    return Harness(broker, models, publisher, metrics, dead)
+    return Harness(broker, models, loader, handlers, publisher, metrics, dead)
 
 
-def _trained(h: Harness, run_id: str, accuracy: float = 0.8) -> ModelTrained:
+def _trained(h: Harness, run_id: str, accuracy: float = 0.8, model: Any = None) -> ModelTrained:
     h.models.runs.add(run_id)
+    h.loader.models[run_id] = model if model is not None else _pipeline("good")
     metrics = ModelMetrics(accuracy=accuracy, macro_f1=0.7, log_loss=0.5, validation_rows=400)
     return ModelTrained(
         producer="trainer",
@@ -151,7 +222,7 @@ async def test_candidate_below_the_accuracy_gate_is_registered_tagged_and_reject
     assert (rejected.version, rejected.run_id) == ("1", "r1")
     assert rejected.correlation_id == weak.correlation_id
     assert rejected.causation_id == weak.event_id
-    assert [(g.name, g.passed) for g in rejected.reasons] == [("accuracy", False)]
+    assert [g.name for g in rejected.reasons] == ["accuracy"]
     assert "0.4100 < 0.6000" in rejected.reasons[0].detail
     assert h.models.versions[MODEL][0].tags["gate.accuracy"].startswith("failed: ")
     assert h.models.aliases == {}
@@ -163,7 +234,7 @@ async def test_candidate_below_the_accuracy_gate_is_registered_tagged_and_reject
 async def test_redelivery_after_a_crash_reuses_the_version_and_keeps_champion() -> None:
     h = _harness()
     event = _trained(h, "r1")
-    handlers = RegistryHandlers(h.models, h.publisher, h.metrics, 0.6)
+    handlers = h.handlers
     # Calling the handler twice stands in for a crash before the done-marker was written.
     await handlers.on_model_trained(event)
     await handlers.on_model_trained(event)
@@ -198,3 +269,86 @@ async def test_versions_route_lists_aliases_and_gates() -> None:
     assert body["versions"][0]["gates"]["gate.accuracy"].startswith("failed: ")
     assert missing.status_code == 404
     assert "unknown" in missing.json()["detail"]
+
+
+async def test_a_worse_candidate_fails_non_inferiority_with_its_numbers() -> None:
+    h = _harness()
+    await _send(h, _trained(h, "r1"), _trained(h, "r2", model=_pipeline("bad")))
+
+    [rejected] = h.publisher.of_type(ModelRejected)
+    assert isinstance(rejected, ModelRejected)
+    [gate] = [g for g in rejected.reasons if g.name == "non_inferiority"]
+    assert "vs champion v1" in gate.detail
+    assert "95% CI [" in gate.detail
+    assert "margin 0.0500" in gate.detail
+    assert "on 600 fresh holdout rows" in gate.detail
+    tags = h.models.versions[MODEL][1].tags
+    assert tags["gate.non_inferiority"].startswith("failed: ")
+    assert h.models.aliases[MODEL] == {"champion": "1"}
+
+
+async def test_every_behaviour_gate_is_recorded_on_an_approved_version() -> None:
+    h = _harness()
+    await _send(h, _trained(h, "r1"), _trained(h, "r2"))
+    tags = h.models.versions[MODEL][1].tags
+    for gate in ("accuracy", "schema", "finite_output", "determinism", "latency"):
+        assert tags[f"gate.{gate}"].startswith("passed: "), gate
+    assert "Δ +0.0000" in tags["gate.non_inferiority"]
+    assert "p95" in tags["gate.latency"]
+
+
+async def test_nan_output_a_wrong_schema_and_a_blown_latency_budget_are_each_named() -> None:
+    h = _harness()
+    h.loader.inputs = ["age", "plan"]
+    strict = GatePolicy(latency_budget_ms=1e-6, latency_samples=20)
+    h = Harness(
+        **{
+            **h.__dict__,
+            "handlers": RegistryHandlers(h.models, h.loader, SPEC, h.publisher, h.metrics, strict),
+        }
+    )
+    await h.handlers.on_model_trained(_trained(h, "r1", model=NaNModel()))
+
+    [rejected] = h.publisher.of_type(ModelRejected)
+    assert isinstance(rejected, ModelRejected)
+    names = {g.name for g in rejected.reasons}
+    assert {"schema", "finite_output", "latency"} <= names
+    detail = {g.name: g.detail for g in rejected.reasons}
+    assert "inputs ['age', 'plan']" in detail["schema"]
+    assert "NaN/inf" in detail["finite_output"]
+
+
+def _admin_app(h: Harness) -> FastAPI:
+    app = FastAPI()
+    app.include_router(versions_router(h.models))
+    app.include_router(admin_router(RegistryAdmin(h.models, h.publisher), TOKEN))
+    return app
+
+
+async def test_promote_and_rollback_move_aliases_and_need_the_token() -> None:
+    h = _harness()
+    await _send(h, _trained(h, "r1"), _trained(h, "r2"), _trained(h, "r3"))
+    transport = httpx.ASGITransport(app=_admin_app(h))
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient(transport=transport, base_url="http://registry") as client:
+        refused = await client.post(f"/v1/models/{MODEL}/promote", json={})
+        wrong = await client.post(
+            f"/v1/models/{MODEL}/rollback", json={}, headers={"Authorization": "Bearer x"}
+        )
+        first = await client.post(f"/v1/models/{MODEL}/promote", json={}, headers=auth)
+        second = await client.post(
+            f"/v1/models/{MODEL}/promote", json={"version": "2"}, headers=auth
+        )
+        back = await client.post(f"/v1/models/{MODEL}/rollback", json={}, headers=auth)
+        lineage = await client.get(f"/v1/models/{MODEL}/versions/2/lineage")
+    assert (refused.status_code, wrong.status_code) == (401, 401)
+    assert first.json()["version"] == "3"  # the challenger, by default
+    assert first.json()["previous_champion"] == "1"
+    assert second.json()["previous_champion"] == "3"
+    assert back.status_code == 200, back.text
+    assert (back.json()["version"], back.json()["rolled_back_version"]) == ("3", "2")
+    assert h.models.aliases[MODEL] == {"champion": "3", "champion-1": "1"}
+    kinds = [type(e).__name__ for e in h.publisher.events[-3:]]
+    assert kinds == [ModelPromoted.__name__, ModelPromoted.__name__, ModelRolledBack.__name__]
+    assert lineage.json()["trigger_event_ids"] == ["e1", "e2"]
+    assert lineage.json()["gates"]["gate.schema"].startswith("passed")

@@ -1,0 +1,57 @@
+"""A lean feature encoder for the saved pipeline: standard scaling plus one-hot, in numpy.
+
+Same arithmetic as sklearn's ``StandardScaler`` and ``OneHotEncoder(handle_unknown="ignore")``
+in a ``ColumnTransformer``, without their per-call validation: one row encodes in
+tens of microseconds instead of milliseconds, which is what single-row serving
+pays on every request. Lives in ``shared`` because saved pipelines refer to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from numpy.typing import NDArray
+from sklearn.base import BaseEstimator, TransformerMixin
+
+
+class TabularEncoder(TransformerMixin, BaseEstimator):  # type: ignore[misc]
+    """Scale ``numeric`` columns to zero mean and unit variance; one-hot ``categorical`` ones.
+
+    Unknown categories encode as all zeros, so serving never fails on a new plan name.
+
+    >>> frame = pd.DataFrame({"x": [1.0, 3.0], "plan": ["basic", "plus"]})
+    >>> encoder = TabularEncoder(numeric=("x",), categorical=("plan",)).fit(frame)
+    >>> encoder.transform(pd.DataFrame({"x": [2.0], "plan": ["gold"]})).tolist()
+    [[0.0, 0.0, 0.0]]
+    """
+
+    def __init__(self, numeric: Sequence[str] = (), categorical: Sequence[str] = ()) -> None:
+        self.numeric = numeric
+        self.categorical = categorical
+
+    def fit(self, frame: pd.DataFrame, y: Any = None) -> TabularEncoder:
+        """Learn means, scales and the categories seen."""
+        values = frame[list(self.numeric)].to_numpy(dtype=np.float64)
+        self.mean_ = values.mean(axis=0)
+        scale = values.std(axis=0)
+        self.scale_ = np.where(scale > 0, scale, 1.0)
+        self.categories_ = [sorted(frame[c].astype(str).unique()) for c in self.categorical]
+        self.n_features_out_ = len(self.numeric) + sum(len(c) for c in self.categories_)
+        return self
+
+    def transform(self, frame: pd.DataFrame) -> NDArray[np.float32]:
+        """The encoded matrix (rows × scaled numerics then one-hot blocks), float32."""
+        out = np.zeros((len(frame), self.n_features_out_), dtype=np.float32)
+        for i, column in enumerate(self.numeric):
+            raw = np.asarray(frame[column], dtype=np.float64)
+            out[:, i] = (raw - self.mean_[i]) / self.scale_[i]
+        offset = len(self.numeric)
+        for column, categories in zip(self.categorical, self.categories_, strict=True):
+            raw = np.asarray(frame[column]).astype(str)
+            for j, category in enumerate(categories):
+                out[:, offset + j] = raw == category
+            offset += len(categories)
+        return out
