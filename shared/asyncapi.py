@@ -32,10 +32,10 @@ CONSUMERS: dict[Topic, tuple[str, ...]] = {
     Topic.MODEL_REJECTED: (),
     Topic.DRIFT_DETECTED: ("trainer",),
     Topic.PREDICTION_LOGGED: ("monitor", "router"),
-    Topic.FEEDBACK_RECEIVED: ("router",),
+    Topic.FEEDBACK_RECEIVED: ("router", "monitor"),
     Topic.EXPERIMENT_UPDATED: ("gateway",),
-    Topic.MODEL_PROMOTED: ("gateway",),
-    Topic.MODEL_ROLLED_BACK: ("gateway",),
+    Topic.MODEL_PROMOTED: ("gateway", "monitor"),
+    Topic.MODEL_ROLLED_BACK: ("gateway", "monitor"),
     Topic.RETRAIN_MODEL: ("trainer",),
 }
 
