@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 
+from flywheel import gpu, models_cli
 from flywheel.demo import DemoConfig, run_demo
 from flywheel.infra import (
     SERVICES,
@@ -173,6 +174,10 @@ def data_push(
     typer.echo(
         f"data-arrived {event.event_id} for {ref.rows} rows (correlation {event.correlation_id})"
     )
+
+
+gpu.register(app)
+models_cli.register(app)
 
 
 def main() -> None:
