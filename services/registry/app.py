@@ -29,6 +29,7 @@ def create_app(settings: Settings | None = None, name: str = "registry") -> Fast
         publisher=runtime.publisher,
         metrics=RegistryMetrics.create(runtime.registry),
         policy=gate_policy(settings),
+        model_name=settings.model_name,
     )
     register(runtime.consumer, handlers)
     admin = RegistryAdmin(models, runtime.publisher)

@@ -50,7 +50,7 @@ class GatePolicy:
 
     min_accuracy: float = 0.6
     non_inferiority_margin: float = 0.05
-    latency_budget_ms: float = 5.0
+    latency_budget_ms: float = 10.0
     latency_samples: int = 200
 
 
@@ -64,9 +64,14 @@ class RegistryHandlers:
     publisher: EventPublisher
     metrics: RegistryMetrics
     policy: GatePolicy
+    model_name: str | None = None
+    """The one model this registry gates; None gates every model it hears of."""
 
     async def on_model_trained(self, event: ModelTrained) -> None:
         """Register the candidate, run the gates, give it an alias or reject it."""
+        if self.model_name is not None and event.model_name != self.model_name:
+            log.info("candidate of another model ignored", extra={"model": event.model_name})
+            return
         outcome = await asyncio.to_thread(self._register_and_decide, event)
         await self.publisher.publish(outcome)
         label = "approved" if isinstance(outcome, ModelApproved) else "rejected"

@@ -1,68 +1,156 @@
-"""The registry's handler and MLflow adapter against a real MLflow registry."""
+"""The registry's gates, aliases and rollback against real MLflow and Kafka."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import socket
 import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
 
-import mlflow
 import pytest
+import uvicorn
 from mlflow.tracking import MlflowClient
 from prometheus_client import CollectorRegistry
 from sklearn.linear_model import LogisticRegression
+from typer.testing import CliRunner
 
+from flywheel.cli import app as cli
 from flywheel.infra import Endpoints
-from services.registry.adapters import MlflowModelRegistry
-from services.registry.handlers import RegistryHandlers
+from flywheel.loop import EventTap
+from services.registry.adapters import MlflowCandidateLoader, MlflowModelRegistry
+from services.registry.app import create_app
+from services.registry.handlers import GatePolicy, RegistryHandlers
 from services.registry.metrics import RegistryMetrics
-from shared.events import ModelApproved, ModelMetrics, ModelRejected, ModelTrained
+from services.registry.settings import Settings
+from services.trainer.adapters import MlflowModelStore
+from services.trainer.core import TrainingConfig, build_pipeline, data_version, train
+from services.trainer.ports import RunContext
+from shared.datasets import generate_customers, write_batch
+from shared.events import ModelRejected, ModelRolledBack, ModelTrained
+from shared.spec import load_spec
 from shared.testing import RecordingPublisher
 
 pytestmark = pytest.mark.integration
 
-
-def _logged_run(uri: str, experiment: str) -> str:
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(experiment)
-    with mlflow.start_run() as run:
-        model = LogisticRegression().fit([[0.0], [1.0], [2.0], [3.0]], ["a", "a", "b", "b"])
-        mlflow.sklearn.log_model(model, name="model", pip_requirements=["scikit-learn"])
-        return str(run.info.run_id)
+SPEC = load_spec()
+TOKEN = "it-token"
 
 
-def _trained(name: str, run_id: str, accuracy: float) -> ModelTrained:
+def _logged(infra: Endpoints, name: str, tmp_path: Path, seed: int, worse: bool) -> ModelTrained:
+    """Train and log a real candidate; a ``worse`` one is refitted on shuffled labels."""
+    frame = generate_customers(2500, seed)
+    ref = write_batch(frame, tmp_path / f"b{seed}.parquet")
+    model = train(frame, SPEC, TrainingConfig())
+    if worse:  # same clean holdout, a model that learned nothing
+        shuffled = frame["segment"].sample(frac=1, random_state=seed).to_numpy()
+        features = frame[list(SPEC.feature_names)]
+        bad = build_pipeline(SPEC, LogisticRegression()).fit(features, shuffled)
+        model = dataclasses.replace(model, pipeline=bad)
+    context = RunContext(name, data_version([ref.sha256]), "data", "e", "c", (ref,))
+    run_id = MlflowModelStore(infra.mlflow_uri).log_training(model, context)
     return ModelTrained(
         producer="test",
         model_name=name,
         run_id=run_id,
         model_uri=f"runs:/{run_id}/model",
-        algorithm="logistic_regression",
-        metrics=ModelMetrics(accuracy=accuracy, macro_f1=0.7, log_loss=0.5, validation_rows=10),
-        data_version="d" * 64,
+        algorithm=model.algorithm,
+        metrics=model.metrics.model_copy(update={"accuracy": max(model.metrics.accuracy, 0.7)}),
+        data_version=context.data_version,
     )
 
 
-async def test_versions_are_registered_gated_tagged_and_aliased(infra: Endpoints) -> None:
-    name = f"test-registry-{uuid.uuid4().hex[:8]}"
-    models, publisher = MlflowModelRegistry(infra.mlflow_uri), RecordingPublisher()
-    handlers = RegistryHandlers(models, publisher, RegistryMetrics.create(CollectorRegistry()), 0.6)
-    runs = [_logged_run(infra.mlflow_uri, name) for _ in range(3)]
-    first = _trained(name, runs[0], 0.8)
+def _handlers(infra: Endpoints, publisher: RecordingPublisher) -> RegistryHandlers:
+    return RegistryHandlers(
+        models=MlflowModelRegistry(infra.mlflow_uri),
+        loader=MlflowCandidateLoader(infra.mlflow_uri),
+        spec=SPEC,
+        publisher=publisher,
+        metrics=RegistryMetrics.create(CollectorRegistry()),
+        policy=GatePolicy(latency_budget_ms=250.0),
+    )
+
+
+async def test_gates_aliases_and_a_worse_model_rejected_with_its_numbers(
+    infra: Endpoints, tmp_path: Path
+) -> None:
+    name = f"it-registry-{uuid.uuid4().hex[:8]}"
+    publisher = RecordingPublisher()
+    handlers = _handlers(infra, publisher)
+    first, second = (_logged(infra, name, tmp_path, s, worse=False) for s in (1, 2))
+    worse = _logged(infra, name, tmp_path, 3, worse=True)
 
     await handlers.on_model_trained(first)
     await handlers.on_model_trained(first)  # redelivery: same version, still champion
-    await handlers.on_model_trained(_trained(name, runs[1], 0.9))
-    await handlers.on_model_trained(_trained(name, runs[2], 0.2))
+    await handlers.on_model_trained(second)
+    await handlers.on_model_trained(worse)
 
     client = MlflowClient(infra.mlflow_uri)
     assert client.get_model_version_by_alias(name, "champion").version == "1"
     assert client.get_model_version_by_alias(name, "challenger").version == "2"
-    assert [type(e) for e in publisher.events] == [ModelApproved] * 3 + [ModelRejected]
-    rejected = client.get_model_version(name, "3")
-    assert rejected.tags["gate.accuracy"] == "failed: accuracy 0.2000 < 0.6000"
-    assert rejected.tags["flywheel.run_id"] == runs[2]
-    listed = models.list_versions(name)
-    assert [(v.version, v.aliases) for v in listed] == [
-        ("3", ()),
-        ("2", ("challenger",)),
-        ("1", ("champion",)),
-    ]
+    assert [type(e).__name__ for e in publisher.events] == ["ModelApproved"] * 3 + ["ModelRejected"]
+    rejected = publisher.events[-1]
+    assert isinstance(rejected, ModelRejected)
+    [gate] = [g for g in rejected.reasons if g.name == "non_inferiority"]
+    assert "vs champion v1" in gate.detail
+    assert "95% CI [" in gate.detail
+    tags = client.get_model_version(name, "3").tags
+    assert tags["gate.non_inferiority"].startswith("failed: accuracy ")
+    assert tags["flywheel.run_id"] == worse.run_id
+    approved = client.get_model_version(name, "2").tags
+    for check in ("schema", "finite_output", "determinism", "latency", "non_inferiority"):
+        assert approved[f"gate.{check}"].startswith("passed: "), check
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+async def registry_url(
+    infra_env: Endpoints, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[str, str]]:
+    """The registry app on a free port for a fresh model name; yields (url, model name)."""
+    name = f"it-rollback-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("FLYWHEEL_MODEL_NAME", name)
+    monkeypatch.setenv("REGISTRY_ADMIN_TOKEN", TOKEN)
+    port = _free_port()
+    app = create_app(Settings(port=port), name=f"registry-it-{uuid.uuid4().hex[:8]}")
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
+        await asyncio.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}", name
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def test_flywheel_rollback_restores_the_previous_champion(
+    infra: Endpoints, registry_url: tuple[str, str], tmp_path: Path
+) -> None:
+    url, name = registry_url
+    handlers = _handlers(infra, RecordingPublisher())
+    for seed in (1, 2):
+        await handlers.on_model_trained(_logged(infra, name, tmp_path, seed, worse=False))
+    runner = CliRunner()
+    args = ["--model", name, "--registry-url", url]
+
+    refused = await asyncio.to_thread(runner.invoke, cli, ["rollback", *args, "--token", "no"])
+    promoted = await asyncio.to_thread(runner.invoke, cli, ["promote", *args])
+    async with EventTap(infra.kafka_bootstrap) as tap:
+        rolled = await asyncio.to_thread(runner.invoke, cli, ["rollback", *args])
+        event = await tap.wait_for(ModelRolledBack, lambda e: e.model_name == name, 60)
+
+    assert refused.exit_code == 1
+    assert "401" in refused.output
+    assert promoted.exit_code == 0, promoted.output
+    assert rolled.exit_code == 0, rolled.output
+    assert (event.version, event.rolled_back_version) == ("1", "2")
+    client = MlflowClient(infra.mlflow_uri)
+    assert client.get_model_version_by_alias(name, "champion").version == "1"
+    assert isinstance(event, ModelRolledBack)
