@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
@@ -66,37 +65,61 @@ def reference_from_frame(
 
 
 class RedisStateStore:
-    """Window state in one Redis key, saved together with the ids it counted (MULTI/EXEC)."""
+    """Window state in Redis: a small JSON document and a list of row chunks, saved per batch.
 
-    def __init__(self, redis: Redis, ttl_s: int) -> None:
+    Each batch appends only its own rows, so a save costs O(batch), not O(window);
+    the state and the chunk are written in one MULTI/EXEC transaction.
+    """
+
+    def __init__(self, redis: Redis) -> None:
         self._redis = redis
-        self._ttl_s = ttl_s
 
-    async def load(self, model_name: str) -> dict[str, Any] | None:
-        """The last saved state, or None."""
-        raw = await self._redis.get(_state_key(model_name))
-        return None if raw is None else dict(json.loads(raw))
-
-    async def unseen(self, model_name: str, event_ids: Sequence[str]) -> set[str]:
-        """The ids among ``event_ids`` not yet counted: one round trip for the batch."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for event_id in event_ids:
-                pipe.exists(_counted_key(model_name, event_id))
-            found = await pipe.execute()
-        return {e for e, hit in zip(event_ids, found, strict=True) if not hit}
-
-    async def save(self, model_name: str, state: dict[str, Any], event_ids: Sequence[str]) -> None:
-        """Save ``state`` and mark ``event_ids`` counted in one transaction."""
+    async def load(self, model_name: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+        """The last saved state and the row chunks of the open window, or None."""
         async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.get(_state_key(model_name))
+            pipe.lrange(_rows_key(model_name), 0, -1)
+            raw, chunks = await pipe.execute()
+        if raw is None:
+            return None
+        return dict(json.loads(raw)), [dict(json.loads(c)) for c in chunks]
+
+    async def save(
+        self,
+        model_name: str,
+        state: dict[str, Any],
+        rows: dict[str, Any] | None,
+        restart_rows: bool,
+    ) -> None:
+        """Save ``state`` and append ``rows`` (after dropping saved rows if asked), atomically."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            if restart_rows:
+                pipe.delete(_rows_key(model_name))
+            if rows is not None:
+                pipe.rpush(_rows_key(model_name), json.dumps(rows))
             pipe.set(_state_key(model_name), json.dumps(state))
-            for event_id in event_ids:
-                pipe.set(_counted_key(model_name, event_id), b"1", ex=self._ttl_s)
             await pipe.execute()
+
+
+class NoMarkers:
+    """Idempotency for prediction-logged without a Redis key per event.
+
+    The monitor's own state remembers the ids of the last batches it counted,
+    which is all a redelivery after a crash can repeat (offsets are committed
+    after every batch), so memory stays bounded at any event rate.
+    """
+
+    async def seen(self, event_id: str) -> bool:
+        """Never: the window state filters repeats."""
+        return False
+
+    async def mark(self, event_id: str) -> None:
+        """Nothing to remember here."""
 
 
 def _state_key(model_name: str) -> str:
     return f"flywheel:monitor:state:{model_name}"
 
 
-def _counted_key(model_name: str, event_id: str) -> str:
-    return f"flywheel:monitor:counted:{model_name}:{event_id}"
+def _rows_key(model_name: str) -> str:
+    return f"flywheel:monitor:rows:{model_name}"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from fastapi import FastAPI
 
-from services.monitor.adapters import MlflowReferenceStore, RedisStateStore
+from services.monitor.adapters import MlflowReferenceStore, NoMarkers, RedisStateStore
 from services.monitor.handlers import DriftMonitor
 from services.monitor.metrics import MonitorMetrics
 from services.monitor.settings import Settings
@@ -25,10 +27,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         references=MlflowReferenceStore(settings.mlflow_tracking_uri, spec),
         publisher=runtime.publisher,
         metrics=MonitorMetrics.create(runtime.registry),
-        states=RedisStateStore(runtime.redis, settings.idempotency_ttl_s),
+        states=RedisStateStore(runtime.redis),
     )
     subscribe_batch(
-        runtime.consumer,
+        replace(runtime.consumer, processed=NoMarkers()),
         Topic.PREDICTION_LOGGED,
         PredictionLogged,
         monitor.on_predictions,

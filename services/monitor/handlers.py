@@ -51,6 +51,8 @@ class DriftMonitor:
     detector: DriftDetector | None = None
     accuracy: dict[tuple[str, str], AccuracyCusum] = field(default_factory=dict)
     _fired: set[tuple[str, str]] = field(default_factory=set)
+    _recent: dict[str, None] = field(default_factory=dict)
+    _unsaved_window: bool = True
     _checked_at: float = float("-inf")
     _wanted_version: str | None = None
 
@@ -60,17 +62,30 @@ class DriftMonitor:
         if detector is None:
             return
         name = self.settings.model_name
-        ours = [e for e in events if e.model_name == name]
-        fresh_ids = await self.states.unseen(name, [e.event_id for e in ours])
-        fresh = [e for e in ours if e.event_id in fresh_ids]
+        fresh = [e for e in events if e.model_name == name and e.event_id not in self._recent]
         try:
-            await self._count(detector, fresh)
-            await self.states.save(name, self._state(), [e.event_id for e in fresh])
+            added, closed = await self._count(detector, fresh)
+            restart = closed or self._unsaved_window
+            count = detector.filled if restart else added
+            rows = detector.rows(last=count) if count else None
+            self._remember(fresh)
+            await self.states.save(name, self._state(), rows, restart_rows=restart)
+            self._unsaved_window = False
         except BaseException:
             self.detector = None  # the store holds the truth: reload it before the retry
             raise
 
-    async def _count(self, detector: DriftDetector, events: list[PredictionLogged]) -> None:
+    def _remember(self, events: list[PredictionLogged]) -> None:
+        # Ids of the last batches: all that a redelivery after a crash can repeat.
+        for event in events:
+            self._recent[event.event_id] = None
+        while len(self._recent) > 2 * self.settings.batch_size:
+            del self._recent[next(iter(self._recent))]
+
+    async def _count(
+        self, detector: DriftDetector, events: list[PredictionLogged]
+    ) -> tuple[int, bool]:
+        """Add the rows; return how many were kept and whether a window closed."""
         marks = [
             WindowMark(e.occurred_at.isoformat(), e.event_id, e.correlation_id) for e in events
         ]
@@ -89,6 +104,7 @@ class DriftMonitor:
             if verdict.alarm:
                 await self.publisher.publish(self._data_drift(detector, verdict))
                 self.metrics.drift_events.labels("data").inc()
+        return len(events) - sum(outcome.rejected.values()), bool(outcome.verdicts)
 
     async def on_feedback(self, event: FeedbackReceived) -> None:
         """Update the variant's accuracy; publish concept drift when its drop is significant."""
@@ -108,7 +124,7 @@ class DriftMonitor:
             await self.publisher.publish(self._concept_drift(detector, event, verdict))
             self.metrics.drift_events.labels("concept").inc()
             # Saved at once so a restart cannot raise it again; otherwise with the next batch.
-            await self.states.save(self.settings.model_name, self._state(), [])
+            await self.states.save(self.settings.model_name, self._state(), None, False)
 
     async def on_champion_changed(self, event: ModelPromoted | ModelRolledBack) -> None:
         """Switch the reference to the new champion's sample at once."""
@@ -144,10 +160,14 @@ class DriftMonitor:
             strong_alpha=self.settings.strong_alpha,
         )
         saved = await self.states.load(self.settings.model_name)
-        self.accuracy, self._fired = {}, set()
-        if saved and saved.get("window", {}).get("version") == reference.version:
-            detector.restore(saved["window"])
-            self._restore_accuracy(reference, saved.get("accuracy", {}))
+        self.accuracy, self._fired, self._recent = {}, set(), {}
+        self._unsaved_window = True
+        if saved and saved[0]["window"]["version"] == reference.version:
+            state, rows = saved
+            detector.restore(state["window"], rows)
+            self._restore_accuracy(reference, state["accuracy"])
+            self._recent = dict.fromkeys(state["recent"])
+            self._unsaved_window = False
         for feature in reference.missing:
             log.warning(
                 "feature missing from the reference, not tested", extra={"feature": feature}
@@ -175,7 +195,7 @@ class DriftMonitor:
             f"{variant}|{version}": {**t.state(), "fired": (variant, version) in self._fired}
             for (variant, version), t in self.accuracy.items()
         }
-        return {"window": self.detector.state(), "accuracy": accuracy}
+        return {"window": self.detector.state(), "accuracy": accuracy, "recent": list(self._recent)}
 
     def _restore_accuracy(self, reference: Reference, saved: dict[str, Any]) -> None:
         for key, state in saved.items():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, Protocol
 
 from services.monitor.core import Reference
@@ -18,11 +17,14 @@ class ReferenceStore(Protocol):
 class StateStore(Protocol):
     """Keeps the monitor's window state, so a restart neither loses nor repeats a window."""
 
-    async def load(self, model_name: str) -> dict[str, Any] | None:
-        """The last saved state, or None."""
+    async def load(self, model_name: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+        """The last saved state and the row chunks of the open window, or None."""
 
-    async def unseen(self, model_name: str, event_ids: Sequence[str]) -> set[str]:
-        """The ids among ``event_ids`` not yet counted in a saved state."""
-
-    async def save(self, model_name: str, state: dict[str, Any], event_ids: Sequence[str]) -> None:
-        """Save ``state`` and mark ``event_ids`` counted, atomically."""
+    async def save(
+        self,
+        model_name: str,
+        state: dict[str, Any],
+        rows: dict[str, Any] | None,
+        restart_rows: bool,
+    ) -> None:
+        """Save ``state`` and append ``rows`` (after dropping saved rows if asked), atomically."""

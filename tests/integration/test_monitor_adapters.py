@@ -22,18 +22,21 @@ async def redis(infra: Endpoints) -> AsyncIterator[Redis]:
     await client.aclose()
 
 
-async def test_state_and_counted_ids_are_saved_together_and_survive_a_new_client(
-    redis: Redis, infra: Endpoints
-) -> None:
+async def test_state_and_row_chunks_survive_a_new_client(redis: Redis, infra: Endpoints) -> None:
     model = f"test-monitor-{uuid.uuid4().hex[:8]}"
-    store = RedisStateStore(redis, ttl_s=60)
+    store = RedisStateStore(redis)
     assert await store.load(model) is None
-    await store.save(model, {"window": {"filled": 3}}, ["a", "b"])
+    await store.save(model, {"filled": 1}, {"numbers": "AA", "labels": [["a"]]}, restart_rows=False)
+    await store.save(model, {"filled": 2}, {"numbers": "BB", "labels": [["b"]]}, restart_rows=False)
     fresh_client = Redis.from_url(infra.redis_url)
     try:
-        reopened = RedisStateStore(fresh_client, ttl_s=60)
-        assert await reopened.load(model) == {"window": {"filled": 3}}
-        assert await reopened.unseen(model, ["a", "b", "c"]) == {"c"}
+        state, rows = await RedisStateStore(fresh_client).load(model) or ({}, [])
+        assert state == {"filled": 2}
+        assert [r["numbers"] for r in rows] == ["AA", "BB"]
+        # A closed window starts the row list over.
+        await store.save(model, {"filled": 1}, {"numbers": "CC", "labels": []}, restart_rows=True)
+        state, rows = await RedisStateStore(fresh_client).load(model) or ({}, [])
+        assert [r["numbers"] for r in rows] == ["CC"]
     finally:
         await fresh_client.aclose()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -41,21 +40,29 @@ class FakeReferences:
 
 
 class InMemoryStates:
-    """State and counted ids, copied through JSON as Redis would."""
+    """State and row chunks, copied through JSON as Redis would."""
 
     def __init__(self) -> None:
-        self.state: dict[str, Any] | None = None
-        self.counted: set[str] = set()
+        self.state: str | None = None
+        self.rows: list[str] = []
 
-    async def load(self, model_name: str) -> dict[str, Any] | None:
-        return None if self.state is None else json.loads(json.dumps(self.state))
+    async def load(self, model_name: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+        if self.state is None:
+            return None
+        return json.loads(self.state), [json.loads(r) for r in self.rows]
 
-    async def unseen(self, model_name: str, event_ids: Sequence[str]) -> set[str]:
-        return set(event_ids) - self.counted
-
-    async def save(self, model_name: str, state: dict[str, Any], event_ids: Sequence[str]) -> None:
-        self.state = copy.deepcopy(state)
-        self.counted.update(event_ids)
+    async def save(
+        self,
+        model_name: str,
+        state: dict[str, Any],
+        rows: dict[str, Any] | None,
+        restart_rows: bool,
+    ) -> None:
+        if restart_rows:
+            self.rows = []
+        if rows is not None:
+            self.rows.append(json.dumps(rows))
+        self.state = json.dumps(state)
 
 
 def _reference(version: str = "7", accuracy: float | None = 0.9) -> Reference:

@@ -143,9 +143,12 @@ def test_state_round_trip_continues_the_same_window() -> None:
     whole = DriftDetector(reference, window_size=1000)
     expected = whole.add_rows(_rows(data), marks).verdicts
     first = DriftDetector(reference, window_size=1000)
-    first.add_rows(_rows(data[:700]), marks[:700])
+    first.add_rows(_rows(data[:500]), marks[:500])
+    chunks = [first.rows()]
+    first.add_rows(_rows(data[500:700]), marks[500:700])
+    chunks.append(first.rows(last=200))
     second = DriftDetector(reference, window_size=1000)
-    second.restore(first.state())
+    second.restore(first.state(), chunks)
     got = second.add_rows(_rows(data[700:]), marks[700:]).verdicts
     assert [v.features for v in got] == [v.features for v in expected]
     assert got[0].first == marks[0]

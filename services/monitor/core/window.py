@@ -228,28 +228,38 @@ class DriftDetector:
         return self._filled
 
     def state(self) -> dict[str, Any]:
-        """The open window and alarm state, as JSON-ready data (exact, floats as bytes)."""
-        numbers = np.ascontiguousarray(self._numbers[: self._filled])
+        """Alarm state and the open window's size, as JSON-ready data (rows: ``rows()``)."""
         return {
             "version": self.reference.version,
             "filled": self._filled,
-            "numbers": base64.b64encode(numbers.tobytes()).decode(),
-            "labels": self._labels,
             "streak": self._streak,
             "quiet_for": self._quiet_for,
             "first": list(self._first) if self._first else None,
             "rejected": dict(self.rejected),
         }
 
-    def restore(self, state: Mapping[str, Any]) -> None:
-        """Continue from ``state()`` of a detector on the same reference version."""
+    def rows(self, last: int | None = None) -> dict[str, Any]:
+        """The open window's last ``last`` rows (all by default), exact: floats as bytes."""
+        count = self._filled if last is None else min(last, self._filled)
+        numbers = np.ascontiguousarray(self._numbers[self._filled - count : self._filled])
+        return {
+            "numbers": base64.b64encode(numbers.tobytes()).decode(),
+            "labels": self._labels[len(self._labels) - count :],
+        }
+
+    def restore(self, state: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> None:
+        """Continue from ``state()`` and the ``rows()`` chunks saved since the window opened."""
         if state["version"] != self.reference.version:
             raise ValueError("state belongs to another reference version")
+        width = len(self._numeric)
+        chunks = [np.frombuffer(base64.b64decode(c["numbers"]), dtype=float) for c in rows]
+        numbers = np.concatenate(chunks).reshape(-1, width) if chunks else np.empty((0, width))
         filled = int(state["filled"])
-        numbers = np.frombuffer(base64.b64decode(state["numbers"]), dtype=float)
-        self._numbers[:filled] = numbers.reshape(filled, len(self._numeric))
+        if numbers.shape[0] != filled:
+            raise ValueError(f"saved rows ({numbers.shape[0]}) do not fill the window ({filled})")
+        self._numbers[:filled] = numbers
         self._filled = filled
-        self._labels = [list(row) for row in state["labels"]]
+        self._labels = [list(row) for chunk in rows for row in chunk["labels"]]
         self._streak = int(state["streak"])
         self._quiet_for = int(state["quiet_for"])
         self._first = WindowMark(*state["first"]) if state["first"] else None
