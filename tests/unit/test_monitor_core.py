@@ -165,3 +165,21 @@ def test_accuracy_cusum_is_quiet_at_baseline_and_catches_a_drop() -> None:
     assert found
     assert found[0].rolling_accuracy < 0.8
     assert found[0].p_value <= 1e-4
+
+
+def test_benjamini_hochberg_detector_flags_a_feature_bonferroni_misses() -> None:
+    rng = np.random.default_rng(8)
+    reference = _reference(rng, 20)
+    window = rng.normal(size=(1000, 20))
+    window[:, :6] += 0.09  # six modest shifts: BH gains power when several features move
+    bonferroni = DriftDetector(reference, window_size=1000, persistence=1)
+    bh = DriftDetector(reference, window_size=1000, persistence=1, correction="bh")
+    flagged_bonferroni = {
+        f.feature for f in bonferroni.add_numeric(window)[0].features if f.drifted
+    }
+    verdict = bh.add_numeric(window)[0]
+    flagged_bh = {f.feature for f in verdict.features if f.drifted}
+    assert flagged_bonferroni < flagged_bh
+    assert flagged_bh <= {f"f{i}" for i in range(6)}
+    # The reported threshold is the critical value at the BH cut-off level.
+    assert all(f.statistic > f.threshold for f in verdict.features if f.drifted)
