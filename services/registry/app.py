@@ -8,6 +8,7 @@ from services.registry.adapters import MlflowCandidateLoader, MlflowModelRegistr
 from services.registry.admin import RegistryAdmin
 from services.registry.handlers import GatePolicy, RegistryHandlers, register
 from services.registry.metrics import RegistryMetrics
+from services.registry.packaging import BentoModelStore
 from services.registry.routes import admin_router, versions_router
 from services.registry.settings import Settings
 from shared.runtime import build_runtime, mlflow_check, serve, service_app
@@ -30,6 +31,7 @@ def create_app(settings: Settings | None = None, name: str = "registry") -> Fast
         metrics=RegistryMetrics.create(runtime.registry),
         policy=gate_policy(settings),
         model_name=settings.model_name,
+        packager=_packager(settings),
     )
     register(runtime.consumer, handlers)
     admin = RegistryAdmin(models, runtime.publisher)
@@ -50,6 +52,12 @@ def gate_policy(settings: Settings) -> GatePolicy:
         latency_budget_ms=settings.latency_budget_ms,
         latency_samples=settings.latency_samples,
     )
+
+
+def _packager(settings: Settings) -> BentoModelStore | None:
+    if not settings.bento_export:
+        return None
+    return BentoModelStore(settings.bento_home or settings.data_dir.resolve() / "bentoml")
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ from services.registry.gates import (
     schema_gate,
 )
 from services.registry.metrics import RegistryMetrics
-from services.registry.ports import CandidateLoader, ModelRegistry
+from services.registry.ports import CandidateLoader, ModelPackager, ModelRegistry
 from shared.errors import NotFoundError
 from shared.events import (
     Event,
@@ -66,6 +66,8 @@ class RegistryHandlers:
     policy: GatePolicy
     model_name: str | None = None
     """The one model this registry gates; None gates every model it hears of."""
+    packager: ModelPackager | None = None
+    """Where approved versions are also packaged (the BentoML store), if anywhere."""
 
     async def on_model_trained(self, event: ModelTrained) -> None:
         """Register the candidate, run the gates, give it an alias or reject it."""
@@ -148,6 +150,7 @@ class RegistryHandlers:
         champion = self.models.alias_version(name, CHAMPION)
         alias = choose_alias(champion, version)
         self.models.set_alias(name, alias, version)
+        self._package(event, version)
         return ModelApproved.caused_by(
             event,
             producer="registry",
@@ -158,6 +161,18 @@ class RegistryHandlers:
             champion_version=version if alias == CHAMPION else champion,
             metrics=event.metrics,
         )
+
+    def _package(self, event: ModelTrained, version: str) -> None:
+        if self.packager is None:
+            return
+        metadata = {
+            **lineage_tags(event),
+            "registered_version": version,
+            "metrics": event.metrics.model_dump(),
+        }
+        model = self.loader.load(event.model_uri)
+        tag = self.packager.package(event.model_name, version, model, metadata)
+        self.models.set_tags(event.model_name, version, {"flywheel.bento_tag": tag})
 
 
 def _correct(model: Any, x: pd.DataFrame, truth: pd.Series) -> Any:

@@ -59,3 +59,10 @@ class CandidateLoader(Protocol):
 
     def holdout(self, run_id: str) -> pd.DataFrame:
         """The run's held-out rows with labels (NotFoundError when it logged none)."""
+
+
+class ModelPackager(Protocol):
+    """Packages approved versions for another serving stack (BentoML; blocking)."""
+
+    def package(self, name: str, version: str, model: Any, metadata: dict[str, Any]) -> str:
+        """Store ``model`` for ``name`` version ``version``; return its tag there."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
@@ -23,5 +25,9 @@ class Settings(BaseServiceSettings):
     """Budget for the p95 of single-row prediction time, in milliseconds."""
     latency_samples: int = Field(200, ge=20)
     """Single-row predictions timed for the latency gate."""
+    bento_export: bool = True
+    """Import every approved version into the BentoML model store."""
+    bento_home: Path | None = None
+    """BentoML store directory (BENTOML_HOME); ``<FLYWHEEL_DATA_DIR>/bentoml`` when unset."""
     admin_token: SecretStr | None = None
     """Bearer token for promote and rollback; without one they always answer 401."""
