@@ -12,10 +12,13 @@ from services.router.settings import Settings
 from shared.runtime import build_runtime, serve, service_app
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the router app: Redis-backed experiments and tallies, MLflow aliases, routes."""
+def create_app(settings: Settings | None = None, name: str = "router") -> FastAPI:
+    """Build the router app: Redis-backed experiments and tallies, MLflow aliases, routes.
+
+    ``name`` names its consumer group and idempotency markers (tests use their own).
+    """
     settings = settings or Settings()
-    runtime = build_runtime("router", settings)
+    runtime = build_runtime(name, settings)
     store = RedisExperimentStore(runtime.redis)
     tally = RedisOutcomeTally(runtime.redis)
     metrics = RouterMetrics.create(runtime.registry)

@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 
 from flywheel.infra import Endpoints
 from services.gateway.adapters import RedisRoutingState
-from services.router.adapters import RedisExperimentStore
+from services.router.adapters import RedisExperimentStore, RedisOutcomeTally
 from services.router.core import Experiment
 from shared.events import ExperimentUpdated
 
@@ -56,3 +56,16 @@ async def test_save_writes_the_experiment_and_the_shared_routing_table(redis: Re
     assert ExperimentUpdated.model_validate_json(raw) == update
     # What the gateway reads at start-up is what the router wrote.
     assert await RedisRoutingState(redis, key=prefix + "routing").latest() == update
+
+
+async def test_tally_counts_each_event_once_and_reads_back_as_statistics(redis: Redis) -> None:
+    prefix = f"test:router:{uuid.uuid4().hex}:"
+    tally = RedisOutcomeTally(redis, prefix=prefix)
+    increments = {"challenger:labelled": 1.0, "challenger:correct": 1.0, "split:labelled:0.1": 1.0}
+    assert await tally.add("event-1", "exp-1", increments)
+    assert not await tally.add("event-1", "exp-1", increments)  # a redelivery
+    assert await tally.add("event-2", "exp-1", {"challenger:labelled": 1.0})
+    stats = await tally.stats("exp-1")
+    assert (stats.challenger.labelled, stats.challenger.correct) == (2, 1)
+    assert stats.split.labelled == {"0.1": 1}
+    assert (await tally.stats("exp-other")).challenger.labelled == 0

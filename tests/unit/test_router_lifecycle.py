@@ -7,7 +7,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from services.router.core import Experiment
-from services.router.core.decision import ArmStats, DecisionConfig, ExperimentStats, SplitTotals
+from services.router.core.decision import (
+    ArmStats,
+    DecisionConfig,
+    ExperimentStats,
+    SplitTotals,
+    guardrail_results,
+)
 from services.router.core.experiment import ExperimentPlan
 from services.router.core.lifecycle import look, look_due, state_changed
 from services.router.core.report import build_report, look_point
@@ -188,3 +194,32 @@ def test_report_carries_the_decision_and_the_numbers_behind_it() -> None:
     assert report.arms["challenger"].accuracy == pytest.approx(0.88)
     assert report.sufficient_statistics == data
     assert report.history[0].diff == pytest.approx(0.08)
+
+
+def _ramped(challenger_labelled_late: int) -> ExperimentStats:
+    """Share 0.1 fully labelled; share 0.5 recent, so only half its feedback is in yet."""
+    split = SplitTotals(
+        assigned={"0.1": 1000, "0.5": 1000},
+        labelled={"0.1": 1000, "0.5": 250 + challenger_labelled_late},
+        challenger_assigned={"0.1": 100, "0.5": 500},
+        challenger_labelled={"0.1": 100, "0.5": challenger_labelled_late},
+    )
+    return ExperimentStats(
+        champion=ArmStats(assigned=1400, labelled=1150, correct=900),
+        challenger=ArmStats(assigned=600, labelled=100 + challenger_labelled_late, correct=400),
+        split=split,
+    )
+
+
+def test_label_rate_is_compared_within_each_split_so_a_ramp_with_late_feedback_is_no_harm() -> None:
+    # Pooled, the challenger looks far less labelled (350/600 vs 1150/1400): that is the ramp.
+    (rate,) = [
+        g for g in guardrail_results(_ramped(250), PLAN.decision, {}) if g.name == "label_rate"
+    ]
+    assert rate.deterioration == pytest.approx(0.0)
+    assert not rate.harmed
+    (lost,) = [
+        g for g in guardrail_results(_ramped(50), PLAN.decision, {}) if g.name == "label_rate"
+    ]
+    assert lost.deterioration == pytest.approx(0.5 * (0.5 - 0.1))
+    assert lost.harmed

@@ -51,6 +51,8 @@ class SplitTotals(_Frozen):
 
     assigned: dict[str, int] = Field(default_factory=dict)
     labelled: dict[str, int] = Field(default_factory=dict)
+    challenger_assigned: dict[str, int] = Field(default_factory=dict)
+    challenger_labelled: dict[str, int] = Field(default_factory=dict)
 
 
 class ExperimentStats(_Frozen):
@@ -320,20 +322,42 @@ def guardrail_results(
         )
     if a.latency_n >= 2 and b.latency_n >= 2:
         results.append(_latency_guardrail(s, cfg, bounds))
-    if a.assigned > 0 and b.assigned > 0:
-        labels = (a.labelled, b.labelled)
-        results.append(
-            _rate_guardrail(
-                "label_rate",
-                labels,
-                (a.assigned, b.assigned),
-                cfg.label_rate_margin,
-                False,
-                cfg,
-                bounds,
-            )
-        )
+    label_rate = _label_rate_guardrail(s, cfg, bounds)
+    if label_rate is not None:
+        results.append(label_rate)
     return tuple(results)
+
+
+def _label_rate_guardrail(
+    s: ExperimentStats, cfg: DecisionConfig, bounds: dict[str, RunningBounds]
+) -> GuardrailResult | None:
+    """Label rate compared within each split, where both arms' predictions are equally old.
+
+    A ramp gives the challenger more recent predictions, whose feedback has had less
+    time to arrive; comparing pooled rates would count that delay as harm.
+    """
+    split = s.split
+    strata = []
+    for share, total in split.assigned.items():
+        nb = split.challenger_assigned.get(share, 0)
+        na = total - nb
+        if na > 0 and nb > 0:
+            lb = split.challenger_labelled.get(share, 0)
+            la = split.labelled.get(share, 0) - lb
+            strata.append((total, min(1.0, la / na), na, min(1.0, lb / nb), nb))
+    if not strata:
+        return None
+    weight = sum(t for t, *_ in strata)
+    worse = sum(t * (ra - rb) for t, ra, _, rb, _ in strata) / weight
+    var = sum(
+        (t / weight) ** 2 * (ra * (1 - ra) / na + rb * (1 - rb) / nb)
+        for t, ra, na, rb, nb in strata
+    )
+    n_total = sum(na + nb for _, _, na, _, nb in strata)
+    result = _guardrail("label_rate", worse, var**0.5, n_total, cfg.label_rate_margin, cfg, bounds)
+    pooled_a = s.champion.labelled / s.champion.assigned if s.champion.assigned else 0.0
+    pooled_b = s.challenger.labelled / s.challenger.assigned if s.challenger.assigned else 0.0
+    return result.model_copy(update={"detail": {"champion": pooled_a, "challenger": pooled_b}})
 
 
 def expected_challenger_share(totals: dict[str, int]) -> float:

@@ -39,6 +39,7 @@ def prediction_increments(event: PredictionLogged) -> dict[str, float]:
         f"{arm}:log_latency_sumsq": log_ms * log_ms,
         f"{arm}:latency_bin:{latency_bin(event.latency_ms)}": 1,
         f"split:assigned:{_share_key(share)}": 1,
+        f"split:{arm}_assigned:{_share_key(share)}": 1,
     }
 
 
@@ -49,6 +50,7 @@ def feedback_increments(event: FeedbackReceived) -> dict[str, float]:
     if event.correct is not None:
         counts |= {f"{arm}:labelled": 1, f"{arm}:correct": int(event.correct)}
         counts[f"split:labelled:{_share_key(share)}"] = 1
+        counts[f"split:{arm}_labelled:{_share_key(share)}"] = 1
     if event.reward is not None:
         counts |= {
             f"{arm}:reward_n": 1,
@@ -71,6 +73,8 @@ def stats_from_counters(counters: dict[str, float]) -> ExperimentStats:
         split=SplitTotals(
             assigned=_prefixed(counters, "split:assigned:"),
             labelled=_prefixed(counters, "split:labelled:"),
+            challenger_assigned=_prefixed(counters, "split:challenger_assigned:"),
+            challenger_labelled=_prefixed(counters, "split:challenger_labelled:"),
         ),
     )
 
