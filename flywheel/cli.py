@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from flywheel import gpu, models_cli
+from flywheel import gpu, models_cli, report
 from flywheel.demo import DemoConfig, run_demo
 from flywheel.infra import (
     SERVICES,
@@ -178,6 +178,7 @@ def data_push(
 
 gpu.register(app)
 models_cli.register(app)
+report.register(app)
 
 
 def main() -> None:
