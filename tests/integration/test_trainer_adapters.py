@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 import uuid
 from pathlib import Path
@@ -14,11 +15,18 @@ from mlflow.tracking import MlflowClient
 from redis.asyncio import Redis
 
 from flywheel.infra import Endpoints
-from services.trainer.adapters import MlflowModelStore, RedisBatchHistory, RedisTrainingLock
+from services.trainer.adapters import (
+    MlflowModelStore,
+    RedisBatchHistory,
+    RedisPendingTriggers,
+    RedisTrainingLock,
+)
+from services.trainer.coalesce import PendingArrival
 from services.trainer.core import TrainingConfig, combine_batches, data_version, train
 from services.trainer.ports import RunContext
 from shared.datasets import generate_customers, write_batch
 from shared.errors import DependencyUnavailableError
+from shared.events import DataArrived
 from shared.spec import load_spec
 
 pytestmark = pytest.mark.integration
@@ -89,4 +97,39 @@ async def test_training_lock_serialises_and_gives_up_after_its_wait(infra: Endpo
         await asyncio.gather(train_for("a"), train_for("b"))
         assert order in (["a-in", "a-out", "b-in", "b-out"], ["b-in", "b-out", "a-in", "a-out"])
     finally:
+        await redis.aclose()
+
+
+def test_an_unreachable_mlflow_is_a_dependency_outage_not_a_bad_event(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    spec = load_spec()
+    ref = write_batch(generate_customers(200, 1), tmp_path / "b.parquet")
+    model = train(generate_customers(200, 1), spec, TrainingConfig())
+    context = RunContext("m", data_version([ref.sha256]), "data", "e", "c", (ref,))
+    with pytest.raises(DependencyUnavailableError, match="MLflow unreachable"):
+        MlflowModelStore(dead).log_training(model, context)
+
+
+async def test_pending_arrivals_survive_in_redis_until_removed(
+    infra: Endpoints, tmp_path: Path
+) -> None:
+    redis, model = Redis.from_url(infra.redis_url), f"test-{uuid.uuid4().hex[:8]}"
+    pending = RedisPendingTriggers(redis)
+    refs = [write_batch(generate_customers(30, s), tmp_path / f"b{s}.parquet") for s in range(3)]
+    arrivals = [
+        PendingArrival(DataArrived(producer="t", dataset=r), 100.0 + i) for i, r in enumerate(refs)
+    ]
+    try:
+        for arrival in arrivals:
+            await pending.add(model, arrival)
+        assert await pending.waiting(model) == arrivals
+        await pending.remove(model, arrivals[:2])
+        assert await pending.waiting(model) == arrivals[2:]
+    finally:
+        await redis.delete(RedisPendingTriggers.key(model))
         await redis.aclose()

@@ -10,13 +10,22 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
 
+from flywheel.cli import app as cli
 from flywheel.infra import Endpoints
 from flywheel.loop import EventTap, publish_raw
 from services.trainer.app import create_app
 from services.trainer.settings import Settings
 from shared.datasets import generate_customers, write_batch
-from shared.events import DataArrived, DriftDetected, Event, FeatureDrift, ModelTrained
+from shared.events import (
+    DataArrived,
+    DriftDetected,
+    Event,
+    FeatureDrift,
+    ModelTrained,
+    RetrainModel,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -96,3 +105,23 @@ async def test_drift_retrains_with_the_drift_event_in_its_lineage(
     assert run["flywheel.correlation_id"] == drift.correlation_id
     assert run["flywheel.trigger"] == "drift"
     assert run["flywheel.data_version"] == retrained.data_version
+
+
+async def test_flywheel_retrain_trains_with_trigger_manual(
+    infra: Endpoints, trainer: str, tmp_path: Path
+) -> None:
+    ref = write_batch(generate_customers(600, 5), tmp_path / "b.parquet")
+    arrived = DataArrived(producer="it", dataset=ref)
+    async with EventTap(infra.kafka_bootstrap) as tap:
+        await _publish(infra.kafka_bootstrap, arrived)
+        await tap.wait_for(ModelTrained, lambda e: e.causation_id == arrived.event_id, 120)
+        result = await asyncio.to_thread(
+            CliRunner().invoke, cli, ["retrain", "--model", trainer, "--reason", "it"]
+        )
+        assert result.exit_code == 0, result.output
+        command = await tap.wait_for(RetrainModel, lambda e: e.model_name == trainer, 60)
+        retrained = await tap.wait_for(
+            ModelTrained, lambda e: e.causation_id == command.event_id, 120
+        )
+    assert retrained.trigger == "manual"
+    assert command.reason == "it"
