@@ -90,7 +90,7 @@ def served(approved: tuple[str, str, Path]) -> Iterator[str]:
         "BENTOML_DO_NOT_TRACK": "True",
         "FLYWHEEL_BENTO_MODEL": tag,
     }
-    argv = [sys.executable, "-m", "bentoml", "serve", "flywheel.bento_service:FlywheelModel"]
+    argv = [sys.executable, "-m", "bentoml", "serve", "bento_service:FlywheelModel"]
     process = subprocess.Popen(
         [*argv, "--host", "127.0.0.1", "--port", str(port)],
         cwd=ROOT,

@@ -3,7 +3,7 @@
 The registry imports every approved version into the BentoML store as
 ``<model>:v<version>``; ``FLYWHEEL_BENTO_MODEL`` picks the one to serve::
 
-    FLYWHEEL_BENTO_MODEL=customer-segment:v3 bentoml serve flywheel.bento_service:FlywheelModel
+    FLYWHEEL_BENTO_MODEL=customer-segment:v3 bentoml serve bento_service:FlywheelModel
     FLYWHEEL_BENTO_MODEL=customer-segment:v3 bentoml build   # uses bentofile.yaml
 
 The pipeline is the one MLflow holds (preprocessing included), so answers match
