@@ -136,6 +136,11 @@ class MlflowModelRegistry:
         return sorted(versions, key=lambda v: int(v.version), reverse=True)
 
     @_outages_retried
+    def list_models(self) -> list[str]:
+        """Names of every registered model, sorted."""
+        return sorted(str(m.name) for m in self._client.search_registered_models())
+
+    @_outages_retried
     def run_tags(self, run_id: str) -> dict[str, str]:
         """The training run's tags."""
         try:

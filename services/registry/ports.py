@@ -44,6 +44,9 @@ class ModelRegistry(Protocol):
     def list_versions(self, name: str) -> list[VersionInfo]:
         """Every version of ``name``, newest first (NotFoundError when the model is unknown)."""
 
+    def list_models(self) -> list[str]:
+        """Names of every registered model, sorted."""
+
     def run_tags(self, run_id: str) -> dict[str, str]:
         """The tags of the training run (NotFoundError when it does not exist)."""
 

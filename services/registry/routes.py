@@ -35,6 +35,12 @@ class VersionsView(BaseModel):
     versions: list[VersionView]
 
 
+class ModelsView(BaseModel):
+    """Registered model names."""
+
+    models: list[str]
+
+
 class LineageView(BaseModel):
     """Where a version came from: run, data, code and the events that triggered it."""
 
@@ -85,6 +91,10 @@ def _http_error(error: Exception) -> HTTPException:
 def versions_router(models: ModelRegistry) -> APIRouter:
     """Read-only routes under ``/v1/models``."""
     router = APIRouter(prefix="/v1/models", tags=["models"])
+
+    @router.get("", summary="Registered models")
+    async def list_models() -> ModelsView:
+        return ModelsView(models=await asyncio.to_thread(models.list_models))
 
     @router.get("/{name}/versions", summary="Versions with aliases and gate results")
     async def list_versions(name: str) -> VersionsView:

@@ -98,6 +98,7 @@ async def test_gates_aliases_and_a_worse_model_rejected_with_its_numbers(
     tags = client.get_model_version(name, "3").tags
     assert tags["gate.non_inferiority"].startswith("failed: accuracy ")
     assert tags["flywheel.run_id"] == worse.run_id
+    assert name in MlflowModelRegistry(infra.mlflow_uri).list_models()
     approved = client.get_model_version(name, "2").tags
     for check in ("schema", "finite_output", "determinism", "latency", "non_inferiority"):
         assert approved[f"gate.{check}"].startswith("passed: "), check

@@ -130,6 +130,9 @@ class FakeModelRegistry:
     def delete_alias(self, name: str, alias: str) -> None:
         self.aliases.get(name, {}).pop(alias, None)
 
+    def list_models(self) -> list[str]:
+        return sorted(self.versions)
+
     def run_tags(self, run_id: str) -> dict[str, str]:
         return {"flywheel.trigger": "drift", "flywheel.trigger_ids": "e1,e2"}
 
@@ -341,6 +344,7 @@ async def test_promote_and_rollback_move_aliases_and_need_the_token() -> None:
         )
         back = await client.post(f"/v1/models/{MODEL}/rollback", json={}, headers=auth)
         lineage = await client.get(f"/v1/models/{MODEL}/versions/2/lineage")
+        listed = await client.get("/v1/models")
     assert (refused.status_code, wrong.status_code) == (401, 401)
     assert first.json()["version"] == "3"  # the challenger, by default
     assert first.json()["previous_champion"] == "1"
@@ -351,4 +355,5 @@ async def test_promote_and_rollback_move_aliases_and_need_the_token() -> None:
     kinds = [type(e).__name__ for e in h.publisher.events[-3:]]
     assert kinds == [ModelPromoted.__name__, ModelPromoted.__name__, ModelRolledBack.__name__]
     assert lineage.json()["trigger_event_ids"] == ["e1", "e2"]
+    assert listed.json() == {"models": [MODEL]}
     assert lineage.json()["gates"]["gate.schema"].startswith("passed")
