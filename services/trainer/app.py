@@ -52,7 +52,9 @@ def create_app(settings: Settings | None = None, name: str = "trainer") -> FastA
         ),
     )
     register(runtime.consumer, handlers)
-    scheduler = PendingTrainingScheduler(handlers, tick_s=settings.scheduler_tick_s)
+    scheduler = PendingTrainingScheduler(
+        handlers, tick_s=settings.scheduler_tick_s, every_s=settings.retrain_every_s
+    )
     return service_app(
         runtime,
         checks={"mlflow": mlflow_check(settings.mlflow_tracking_uri)},

@@ -103,6 +103,12 @@ class TrainerHandlers:
             return
         await self._train_now(event, "manual")
 
+    async def on_schedule(self) -> RetrainModel:
+        """Retrain on the recent window because the schedule says so (trigger "schedule")."""
+        tick = RetrainModel(producer="trainer", model_name=self.model_name, reason="schedule")
+        await self._train_now(tick, "schedule")
+        return tick
+
     async def train_pending(self) -> bool:
         """Train once on the pending arrivals if the policy says so; True when it did."""
         waiting = await self.ports.pending.waiting(self.model_name)

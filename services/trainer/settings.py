@@ -49,6 +49,8 @@ class Settings(BaseServiceSettings):
     """Longest a pending arrival waits for the burst to end before training anyway."""
     min_new_rows: int = Field(1, ge=1)
     """Fewest new rows (over pending batches) that start a data-triggered training."""
+    retrain_every_s: float | None = Field(None, gt=0)
+    """Also retrain on this period (trigger "schedule"); unset: no schedule."""
     scheduler_tick_s: float = Field(0.25, gt=0)
     """How often pending arrivals are checked."""
     mlflow_max_retries: int = Field(2, ge=0)

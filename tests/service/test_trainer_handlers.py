@@ -22,6 +22,7 @@ from services.trainer.core import TrainedModel, TrainingConfig, data_version
 from services.trainer.handlers import TrainerHandlers, TrainerPorts, register
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.ports import RunContext
+from services.trainer.scheduler import PendingTrainingScheduler
 from shared.datasets import generate_customers, write_batch
 from shared.errors import DependencyUnavailableError
 from shared.events import (
@@ -396,3 +397,25 @@ async def test_two_triggers_never_train_the_same_model_at_once(tmp_path: Path) -
     )
     assert 2 <= len(h.store.logged) <= 3
     assert h.store.max_active == 1
+
+
+async def test_the_schedule_retrains_with_trigger_schedule(tmp_path: Path) -> None:
+    h = _harness()
+    await h.history.record(MODEL, _batch(tmp_path, 1))
+    tick = await h.handlers.on_schedule()
+    [trained] = h.trained()
+    assert (trained.trigger, trained.causation_id) == ("schedule", tick.event_id)
+
+
+async def test_the_scheduler_runs_pending_and_scheduled_trainings(tmp_path: Path) -> None:
+    h = _harness()
+    await h.handlers.on_data_arrived(DataArrived(producer="t", dataset=_batch(tmp_path, 1)))
+    h.clock.now += WINDOW_S
+    scheduler = PendingTrainingScheduler(h.handlers, tick_s=0.01, every_s=0.05)
+    await scheduler.start()
+    for _ in range(500):
+        if {t.trigger for t in h.trained()} >= {"data", "schedule"}:
+            break
+        await asyncio.sleep(0.01)
+    await scheduler.stop()
+    assert {t.trigger for t in h.trained()} >= {"data", "schedule"}
