@@ -182,6 +182,10 @@ class FeatureDrift(BaseModel):
         "ks", description="KS for numeric features, χ² for categorical, accuracy for concept drift."
     )
     unseen: int = Field(0, ge=0, description="Window values of categories the reference lacks.")
+    pooled_statistic: float | None = Field(
+        None, description="KS statistic of the last few windows pooled (pooled_size rows)."
+    )
+    pooled_threshold: float | None = Field(None, description="Critical value of the pooled test.")
 
 
 class DriftDetected(Event):
@@ -197,6 +201,9 @@ class DriftDetected(Event):
     window_start: AwareDatetime
     window_end: AwareDatetime
     features: tuple[FeatureDrift, ...]
+    pooled_size: int | None = Field(
+        None, description="Rows pooled for the features' pooled statistics (recent windows)."
+    )
     window_correlation_id: str | None = Field(
         None, description="correlation_id of the event that closed the causing window."
     )

@@ -13,6 +13,7 @@ from mlflow.exceptions import MlflowException
 from redis.asyncio import Redis
 
 from services.monitor.core import Reference
+from services.monitor.ports import SavedState
 from shared.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -74,15 +75,20 @@ class RedisStateStore:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
 
-    async def load(self, model_name: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
-        """The last saved state and the row chunks of the open window, or None."""
+    async def load(self, model_name: str) -> SavedState | None:
+        """The last saved state, the open window's row chunks and the pooled windows, or None."""
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.get(_state_key(model_name))
-            pipe.lrange(_rows_key(model_name), 0, -1)
-            raw, chunks = await pipe.execute()
+            pipe.get(_key("state", model_name))
+            pipe.lrange(_key("rows", model_name), 0, -1)
+            pipe.lrange(_key("pooled", model_name), 0, -1)
+            raw, rows, pooled = await pipe.execute()
         if raw is None:
             return None
-        return dict(json.loads(raw)), [dict(json.loads(c)) for c in chunks]
+        return (
+            dict(json.loads(raw)),
+            [dict(json.loads(c)) for c in rows],
+            [dict(json.loads(c)) for c in pooled],
+        )
 
     async def save(
         self,
@@ -90,14 +96,19 @@ class RedisStateStore:
         state: dict[str, Any],
         rows: dict[str, Any] | None,
         restart_rows: bool,
+        pooled: list[dict[str, Any]],
+        keep_pooled: int,
     ) -> None:
-        """Save ``state`` and append ``rows`` (after dropping saved rows if asked), atomically."""
+        """Save ``state``, append ``rows`` and ``pooled`` (keeping ``keep_pooled``), atomically."""
         async with self._redis.pipeline(transaction=True) as pipe:
             if restart_rows:
-                pipe.delete(_rows_key(model_name))
+                pipe.delete(_key("rows", model_name))
             if rows is not None:
-                pipe.rpush(_rows_key(model_name), json.dumps(rows))
-            pipe.set(_state_key(model_name), json.dumps(state))
+                pipe.rpush(_key("rows", model_name), json.dumps(rows))
+            if pooled:
+                pipe.rpush(_key("pooled", model_name), *(json.dumps(c) for c in pooled))
+                pipe.ltrim(_key("pooled", model_name), -keep_pooled, -1)
+            pipe.set(_key("state", model_name), json.dumps(state))
             await pipe.execute()
 
 
@@ -117,9 +128,5 @@ class NoMarkers:
         """Nothing to remember here."""
 
 
-def _state_key(model_name: str) -> str:
-    return f"flywheel:monitor:state:{model_name}"
-
-
-def _rows_key(model_name: str) -> str:
-    return f"flywheel:monitor:rows:{model_name}"
+def _key(kind: str, model_name: str) -> str:
+    return f"flywheel:monitor:{kind}:{model_name}"

@@ -65,11 +65,14 @@ class DriftMonitor:
         fresh = [e for e in events if e.model_name == name and e.event_id not in self._recent]
         try:
             added, closed = await self._count(detector, fresh)
-            restart = closed or self._unsaved_window
+            restart = bool(closed) or self._unsaved_window
             count = detector.filled if restart else added
             rows = detector.rows(last=count) if count else None
             self._remember(fresh)
-            await self.states.save(name, self._state(), rows, restart_rows=restart)
+            pooled = detector.pooled_chunks(closed)
+            await self.states.save(
+                name, self._state(), rows, restart, pooled, detector.pooled_windows
+            )
             self._unsaved_window = False
         except BaseException:
             self.detector = None  # the store holds the truth: reload it before the retry
@@ -84,8 +87,8 @@ class DriftMonitor:
 
     async def _count(
         self, detector: DriftDetector, events: list[PredictionLogged]
-    ) -> tuple[int, bool]:
-        """Add the rows; return how many were kept and whether a window closed."""
+    ) -> tuple[int, int]:
+        """Add the rows; return how many were kept and how many windows closed."""
         marks = [
             WindowMark(e.occurred_at.isoformat(), e.event_id, e.correlation_id) for e in events
         ]
@@ -104,7 +107,7 @@ class DriftMonitor:
             if verdict.alarm:
                 await self.publisher.publish(self._data_drift(detector, verdict))
                 self.metrics.drift_events.labels("data").inc()
-        return len(events) - sum(outcome.rejected.values()), bool(outcome.verdicts)
+        return len(events) - sum(outcome.rejected.values()), len(outcome.verdicts)
 
     async def on_feedback(self, event: FeedbackReceived) -> None:
         """Update the variant's accuracy; publish concept drift when its drop is significant."""
@@ -124,7 +127,7 @@ class DriftMonitor:
             await self.publisher.publish(self._concept_drift(detector, event, verdict))
             self.metrics.drift_events.labels("concept").inc()
             # Saved at once so a restart cannot raise it again; otherwise with the next batch.
-            await self.states.save(self.settings.model_name, self._state(), None, False)
+            await self.states.save(self.settings.model_name, self._state(), None, False, [], 0)
 
     async def on_champion_changed(self, event: ModelPromoted | ModelRolledBack) -> None:
         """Switch the reference to the new champion's sample at once."""
@@ -158,13 +161,15 @@ class DriftMonitor:
             cooldown_windows=self.settings.cooldown_windows,
             correction=self.settings.correction,
             strong_alpha=self.settings.strong_alpha,
+            pooled_windows=self.settings.pooled_windows,
+            pooled_alpha=self.settings.pooled_alpha,
         )
         saved = await self.states.load(self.settings.model_name)
         self.accuracy, self._fired, self._recent = {}, set(), {}
         self._unsaved_window = True
         if saved and saved[0]["window"]["version"] == reference.version:
-            state, rows = saved
-            detector.restore(state["window"], rows)
+            state, rows, pooled = saved
+            detector.restore(state["window"], rows, pooled)
             self._restore_accuracy(reference, state["accuracy"])
             self._recent = dict.fromkeys(state["recent"])
             self._unsaved_window = False
@@ -223,6 +228,7 @@ class DriftMonitor:
             window_start=datetime.fromisoformat(verdict.first.at),
             window_end=datetime.fromisoformat(verdict.last.at),
             features=tuple(verdict.features),
+            pooled_size=detector.pooled.size if detector.pooled else None,
             window_correlation_id=verdict.last.correlation_id,
         )
 

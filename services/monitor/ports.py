@@ -14,11 +14,15 @@ class ReferenceStore(Protocol):
         """The sample of ``version`` (the champion when None), or None when there is none."""
 
 
+#: State document, row chunks of the open window, closed windows kept for the pooled test.
+SavedState = tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]
+
+
 class StateStore(Protocol):
     """Keeps the monitor's window state, so a restart neither loses nor repeats a window."""
 
-    async def load(self, model_name: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
-        """The last saved state and the row chunks of the open window, or None."""
+    async def load(self, model_name: str) -> SavedState | None:
+        """The last saved state, the open window's row chunks and the pooled windows, or None."""
 
     async def save(
         self,
@@ -26,5 +30,7 @@ class StateStore(Protocol):
         state: dict[str, Any],
         rows: dict[str, Any] | None,
         restart_rows: bool,
+        pooled: list[dict[str, Any]],
+        keep_pooled: int,
     ) -> None:
-        """Save ``state`` and append ``rows`` (after dropping saved rows if asked), atomically."""
+        """Save ``state``, append ``rows`` and ``pooled`` (keeping ``keep_pooled``), atomically."""

@@ -26,6 +26,10 @@ class Settings(BaseServiceSettings):
     """Consecutive drifted windows needed before drift is reported."""
     strong_alpha: float = 1e-4
     """A window this far beyond chance (across features) alarms without waiting."""
+    pooled_windows: int = 8
+    """Windows pooled for the slow test that finds small lasting shifts (0 turns it off)."""
+    pooled_alpha: float = 2e-3
+    """Level of the pooled test per look, across features."""
     cooldown_windows: int = 10
     """Windows to stay quiet after a report, so one shift is one alarm."""
     reference_refresh_s: float = 30.0

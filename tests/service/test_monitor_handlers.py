@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from services.monitor.core import Reference
 from services.monitor.handlers import DriftMonitor
 from services.monitor.metrics import MonitorMetrics
+from services.monitor.ports import SavedState
 from services.monitor.settings import Settings
 from shared.batch_messaging import subscribe_batch
 from shared.events import (
@@ -40,16 +41,18 @@ class FakeReferences:
 
 
 class InMemoryStates:
-    """State and row chunks, copied through JSON as Redis would."""
+    """State, row chunks and pooled windows, copied through JSON as Redis would."""
 
     def __init__(self) -> None:
         self.state: str | None = None
         self.rows: list[str] = []
+        self.pooled: list[str] = []
 
-    async def load(self, model_name: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    async def load(self, model_name: str) -> SavedState | None:
         if self.state is None:
             return None
-        return json.loads(self.state), [json.loads(r) for r in self.rows]
+        rows = [json.loads(r) for r in self.rows]
+        return json.loads(self.state), rows, [json.loads(c) for c in self.pooled]
 
     async def save(
         self,
@@ -57,11 +60,18 @@ class InMemoryStates:
         state: dict[str, Any],
         rows: dict[str, Any] | None,
         restart_rows: bool,
+        pooled: list[dict[str, Any]],
+        keep_pooled: int,
     ) -> None:
         if restart_rows:
             self.rows = []
         if rows is not None:
             self.rows.append(json.dumps(rows))
+        self.pooled = (
+            (self.pooled + [json.dumps(c) for c in pooled])[-keep_pooled:]
+            if pooled
+            else self.pooled
+        )
         self.state = json.dumps(state)
 
 

@@ -183,3 +183,23 @@ def test_benjamini_hochberg_detector_flags_a_feature_bonferroni_misses() -> None
     assert flagged_bh <= {f"f{i}" for i in range(6)}
     # The reported threshold is the critical value at the BH cut-off level.
     assert all(f.statistic > f.threshold for f in verdict.features if f.drifted)
+
+
+def test_a_small_lasting_shift_is_found_by_the_pooled_windows_and_survives_a_restart() -> None:
+    rng = np.random.default_rng(9)
+    reference = _reference(rng, 20)
+    stream = rng.normal(size=(10_000, 20))
+    stream[:, 3] += 0.15
+    quiet = {"persistence": 99, "strong_alpha": 1e-300}  # only the pooled test may alarm
+    without = DriftDetector(reference, window_size=1000, pooled_windows=0, **quiet)  # type: ignore[arg-type]
+    assert not any(v.alarm for v in without.add_numeric(stream))
+    first = DriftDetector(reference, window_size=1000, **quiet)  # type: ignore[arg-type]
+    assert not any(v.alarm for v in first.add_numeric(stream[:5000]))
+    second = DriftDetector(reference, window_size=1000, **quiet)  # type: ignore[arg-type]
+    second.restore(first.state(), [], first.pooled_chunks(8))
+    verdicts = second.add_numeric(stream[5000:])
+    alarmed = [i for i, v in enumerate(verdicts) if v.alarm]
+    assert alarmed == [2]  # the eighth window overall: the first full pooled look
+    pooled = [f.feature for f in verdicts[2].features if f.pooled_statistic and f.pooled_threshold
+              and f.pooled_statistic > f.pooled_threshold]  # fmt: skip
+    assert pooled == ["f3"]

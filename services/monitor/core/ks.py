@@ -34,6 +34,13 @@ def ks_statistics(sorted_references: Sequence[np.ndarray], window: np.ndarray) -
     >>> [bool(d[j] == ks_2samp(ref[:, j], win[:, j], method="asymp").statistic) for j in (0, 1)]
     [True, True]
     """
+    return ks_statistics_and_ranks(sorted_references, window)[0]
+
+
+def ks_statistics_and_ranks(
+    sorted_references: Sequence[np.ndarray], window: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``ks_statistics``, and each window value's count of reference values ≤ it (m × k)."""
     w = np.sort(window, axis=0)
     m, k = w.shape
     left = np.empty((m, k))
@@ -47,8 +54,7 @@ def ks_statistics(sorted_references: Sequence[np.ndarray], window: np.ndarray) -
     # Same divisions and subtractions as scipy, so the results agree bit for bit.
     above = (left / sizes - index / m).max(axis=0)
     below = ((index + 1) / m - right / sizes).max(axis=0)
-    result: np.ndarray = np.maximum(above, below)
-    return result
+    return np.maximum(above, below), right.astype(np.int64)
 
 
 def ks_statistic(sorted_reference: np.ndarray, window: np.ndarray) -> float:

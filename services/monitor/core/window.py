@@ -12,7 +12,8 @@ import numpy as np
 from scipy.stats import chi2
 
 from services.monitor.core.correction import Correction, rejections
-from services.monitor.core.ks import ks_critical_value, ks_p_values, ks_statistics
+from services.monitor.core.ks import ks_critical_value, ks_p_values, ks_statistics_and_ranks
+from services.monitor.core.pooled import PooledKS
 from services.monitor.core.reference import Reference
 from shared.events import FeatureDrift
 
@@ -54,9 +55,11 @@ class DriftDetector:
     bucket of their own. Rows with a missing feature, a non-finite number or a
     value of the wrong type are counted by reason and left out. Drift must
     persist for ``persistence`` consecutive windows before it is reported, unless
-    one window alone is beyond the far stricter ``strong_alpha`` level; after a
-    report the detector ignores ``cooldown_windows`` windows, so one shift
-    yields one alarm per reference version.
+    one window alone is beyond the far stricter ``strong_alpha`` level, or the
+    last ``pooled_windows`` windows pooled drift at level ``pooled_alpha`` (small
+    shifts that no single window shows); after a report the detector ignores
+    ``cooldown_windows`` windows, so one shift yields one alarm per reference
+    version.
     """
 
     reference: Reference
@@ -66,6 +69,8 @@ class DriftDetector:
     cooldown_windows: int = 10
     correction: Correction = "bonferroni"
     strong_alpha: float = 1e-4
+    pooled_windows: int = 8
+    pooled_alpha: float = 2e-3
     rejected: Counter[str] = field(default_factory=Counter)
     _filled: int = 0
     _streak: int = 0
@@ -82,6 +87,11 @@ class DriftDetector:
         features = max(self.reference.feature_count, 1)
         self.thresholds = self._critical_values(self.alpha / features)
         self.strong_thresholds = self._critical_values(self.strong_alpha / features)
+        self.pooled = (
+            PooledKS(self._sorted, self.pooled_windows, self.window_size, self.pooled_alpha)
+            if self.pooled_windows > 1 and self._numeric
+            else None
+        )
 
     def add(self, row: Row, mark: WindowMark | None = None) -> WindowVerdict | None:
         """Add one row; return the verdict when it closes a window, else None."""
@@ -158,15 +168,17 @@ class DriftDetector:
         return matrix, labels, kept, rejected
 
     def _close(self, last: WindowMark | None) -> WindowVerdict:
-        features = self._score()
+        features, window_drift, pooled_drift = self._score()
         first, self._first = self._first, None
         self._filled = 0
         self._labels = []
-        return WindowVerdict(features, self._should_alarm(features), first, last)
+        alarm = self._should_alarm(features, window_drift, pooled_drift)
+        return WindowVerdict(features, alarm, first, last)
 
-    def _score(self) -> list[FeatureDrift]:
+    def _score(self) -> tuple[list[FeatureDrift], bool, bool]:
+        """Every feature's result, whether the window drifted, whether the pooled test did."""
         m = self.window_size
-        statistics = ks_statistics(self._sorted, self._numbers)
+        statistics, ranks = ks_statistics_and_ranks(self._sorted, self._numbers)
         p_values = ks_p_values(statistics, self._sizes, m)
         unseen = [0] * len(self._numeric)
         for j, name in enumerate(self._categorical):
@@ -177,19 +189,37 @@ class DriftDetector:
             p_values = np.r_[p_values, p_value]
             unseen.append(unseen_count)
         drifted, thresholds = self._decide(statistics, p_values)
+        pooled = self.pooled.add(self._numbers, ranks) if self.pooled else None
+        pooled_drift = [self._pooled_drift(pooled, j) for j in range(drifted.size)]
         names = self._numeric + self._categorical
-        return [
+        features = [
             FeatureDrift(
                 feature=name,
                 statistic=float(statistics[j]),
                 p_value=float(p_values[j]),
                 threshold=float(thresholds[j]),
-                drifted=bool(drifted[j]),
+                drifted=bool(drifted[j]) or pooled_drift[j],
                 test="ks" if j < len(self._numeric) else "chi2",
                 unseen=unseen[j],
+                **self._pooled_fields(pooled, j),
             )
             for j, name in enumerate(names)
         ]
+        return features, bool(drifted.any()), any(pooled_drift)
+
+    def _pooled_drift(self, pooled: np.ndarray | None, j: int) -> bool:
+        return bool(
+            self.pooled and pooled is not None and j < pooled.size
+            and pooled[j] > self.pooled.thresholds[j]
+        )  # fmt: skip
+
+    def _pooled_fields(self, pooled: np.ndarray | None, j: int) -> dict[str, float]:
+        if self.pooled is None or pooled is None or j >= pooled.size:
+            return {}
+        return {
+            "pooled_statistic": float(pooled[j]),
+            "pooled_threshold": float(self.pooled.thresholds[j]),
+        }
 
     def _decide(
         self, statistics: np.ndarray, p_values: np.ndarray
@@ -209,14 +239,13 @@ class DriftDetector:
         ]
         return np.asarray(ks + cat, dtype=float)
 
-    def _should_alarm(self, features: list[FeatureDrift]) -> bool:
+    def _should_alarm(self, features: list[FeatureDrift], window_drift: bool, pooled: bool) -> bool:
         if self._quiet_for > 0:
             self._quiet_for -= 1
             return False
-        drifted = any(f.drifted for f in features)
         strong = any(f.statistic > t for f, t in zip(features, self.strong_thresholds, strict=True))
-        self._streak = self._streak + 1 if drifted else 0
-        if self._streak >= self.persistence or strong:
+        self._streak = self._streak + 1 if window_drift else 0
+        if self._streak >= self.persistence or strong or pooled:
             self._streak = 0
             self._quiet_for = self.cooldown_windows
             return True
@@ -247,8 +276,19 @@ class DriftDetector:
             "labels": self._labels[len(self._labels) - count :],
         }
 
-    def restore(self, state: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> None:
-        """Continue from ``state()`` and the ``rows()`` chunks saved since the window opened."""
+    def pooled_chunks(self, last: int) -> list[dict[str, Any]]:
+        """The last ``last`` closed windows the pooled test holds, JSON-ready."""
+        return self.pooled.chunks(last) if self.pooled else []
+
+    def restore(
+        self,
+        state: Mapping[str, Any],
+        rows: Sequence[Mapping[str, Any]],
+        pooled: Sequence[Mapping[str, Any]] = (),
+    ) -> None:
+        """Continue from ``state()``, the open window's ``rows()`` and ``pooled_chunks()``."""
+        if self.pooled:
+            self.pooled.restore(pooled)
         if state["version"] != self.reference.version:
             raise ValueError("state belongs to another reference version")
         width = len(self._numeric)
