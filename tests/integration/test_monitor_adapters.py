@@ -22,20 +22,24 @@ async def redis(infra: Endpoints) -> AsyncIterator[Redis]:
     await client.aclose()
 
 
-async def test_state_and_row_chunks_survive_a_new_client(redis: Redis, infra: Endpoints) -> None:
+async def test_state_rows_and_pooled_windows_survive_a_new_client(
+    redis: Redis, infra: Endpoints
+) -> None:
     model = f"test-monitor-{uuid.uuid4().hex[:8]}"
     store = RedisStateStore(redis)
     assert await store.load(model) is None
-    await store.save(model, {"filled": 1}, {"numbers": "AA", "labels": [["a"]]}, restart_rows=False)
-    await store.save(model, {"filled": 2}, {"numbers": "BB", "labels": [["b"]]}, restart_rows=False)
+    await store.save(model, {"filled": 1}, {"numbers": "AA", "labels": [["a"]]}, False, [], 2)
+    pooled = [{"numbers": "P1"}, {"numbers": "P2"}, {"numbers": "P3"}]
+    await store.save(model, {"filled": 2}, {"numbers": "BB", "labels": [["b"]]}, False, pooled, 2)
     fresh_client = Redis.from_url(infra.redis_url)
     try:
-        state, rows = await RedisStateStore(fresh_client).load(model) or ({}, [])
+        state, rows, kept = await RedisStateStore(fresh_client).load(model) or ({}, [], [])
         assert state == {"filled": 2}
         assert [r["numbers"] for r in rows] == ["AA", "BB"]
+        assert [c["numbers"] for c in kept] == ["P2", "P3"]  # only the last two are kept
         # A closed window starts the row list over.
-        await store.save(model, {"filled": 1}, {"numbers": "CC", "labels": []}, restart_rows=True)
-        state, rows = await RedisStateStore(fresh_client).load(model) or ({}, [])
+        await store.save(model, {"filled": 1}, {"numbers": "CC", "labels": []}, True, [], 2)
+        state, rows, kept = await RedisStateStore(fresh_client).load(model) or ({}, [], [])
         assert [r["numbers"] for r in rows] == ["CC"]
     finally:
         await fresh_client.aclose()
