@@ -180,7 +180,11 @@ class MlflowModelStore:
             mlflow.log_params(model.params)
             mlflow.log_metrics(run_metrics(model))
             mlflow.log_dict(
-                {"datasets": [ref.model_dump() for ref in context.datasets]}, "datasets.json"
+                {
+                    "datasets": [ref.model_dump() for ref in context.datasets],
+                    "older_sample": [ref.model_dump() for ref in context.sampled],
+                },
+                "datasets.json",
             )
             log_datasets(model, context, self._label)
             log_confusion_matrix(model)

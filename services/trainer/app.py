@@ -46,6 +46,7 @@ def create_app(settings: Settings | None = None, name: str = "trainer") -> FastA
         config=training_config(settings),
         model_name=settings.model_name,
         window_batches=settings.window_batches,
+        older_batches=settings.older_batches,
         metrics=TrainerMetrics.create(runtime.registry),
         policy=CoalescePolicy(
             settings.coalesce_window_s, settings.coalesce_max_wait_s, settings.min_new_rows
@@ -70,6 +71,7 @@ def training_config(settings: Settings) -> TrainingConfig:
         candidates=settings.candidates,
         selection_metric=settings.selection_metric,
         device=settings.device,
+        older_fraction=settings.older_fraction,
         validation_fraction=settings.validation_fraction,
         seed=settings.seed,
         reference_rows=settings.reference_rows,

@@ -55,6 +55,8 @@ class TrainingConfig:
     seed: int = 42
     reference_rows: int = 10_000
     device: str = "auto"
+    older_fraction: float = 0.0
+    """Share of the rows of batches older than the window sampled into the training set."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,22 @@ def combine_batches(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
     if not frames:
         raise InvalidInputError("no batches to train on")
     return pd.concat(frames, ignore_index=True)
+
+
+def training_frame(
+    recent: Sequence[pd.DataFrame], older: Sequence[pd.DataFrame], fraction: float, seed: int
+) -> pd.DataFrame:
+    """The recent batches whole, plus a seeded ``fraction`` of the older batches' rows.
+
+    >>> new, old = pd.DataFrame({"x": range(10)}), pd.DataFrame({"x": range(100, 200)})
+    >>> len(training_frame([new], [old], 0.2, seed=1))
+    30
+    """
+    frame = combine_batches(recent)
+    if not older or fraction <= 0:
+        return frame
+    sample = pd.concat(older, ignore_index=True).sample(frac=fraction, random_state=seed)
+    return pd.concat([frame, sample], ignore_index=True)
 
 
 def make_classifier(algorithm: str, seed: int, device: str = "auto") -> Any:
@@ -259,6 +277,7 @@ def _params(
         "candidates": ",".join(config.candidates),
         "selection_metric": config.selection_metric,
         "validation_fraction": config.validation_fraction,
+        "older_fraction": config.older_fraction,
         "seed": config.seed,
         "train_rows": train_rows,
         "validation_rows": validation_rows,

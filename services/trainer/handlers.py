@@ -18,7 +18,7 @@ from typing import Literal
 import pandas as pd
 
 from services.trainer.coalesce import CoalescePolicy, PendingArrival, newest
-from services.trainer.core import TrainingConfig, combine_batches, data_version, train
+from services.trainer.core import TrainingConfig, data_version, train, training_frame
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.ports import (
     BatchHistory,
@@ -76,6 +76,8 @@ class TrainerHandlers:
     metrics: TrainerMetrics
     policy: CoalescePolicy = field(default_factory=CoalescePolicy)
     clock: Callable[[], float] = field(default=time.time)
+    older_batches: int = 0
+    """Batches before the window whose rows are sampled in (``config.older_fraction``)."""
 
     async def on_data_arrived(self, event: DataArrived) -> None:
         """Check the batch (a bad one is dead-lettered), remember it, leave training pending."""
@@ -145,7 +147,8 @@ class TrainerHandlers:
     async def _train(
         self, cause: Event, trigger: Trigger, covered: list[PendingArrival]
     ) -> Outcome:
-        refs = await self.ports.history.recent(self.model_name, self.window_batches)
+        count = self.window_batches + self.older_batches
+        refs = await self.ports.history.recent(self.model_name, count)
         if not refs:
             raise NotFoundError(f"no batches recorded for {self.model_name}; nothing to train on")
         ids = tuple(dict.fromkeys([cause.event_id, *(p.event.event_id for p in covered)]))
@@ -178,11 +181,22 @@ class TrainerHandlers:
     def _fit_and_log(
         self, cause: Event, trigger: Trigger, refs: list[DatasetRef], trigger_ids: tuple[str, ...]
     ) -> ModelTrained:
-        """Blocking: load the window, fit, log to the model store, describe the result."""
-        batches = self._load_window(refs)
+        """Blocking: load the window (and older sample), fit, log, describe the result."""
+        batches = self._load_window(refs[-self.window_batches :])
+        older = self._load_older(refs[: -self.window_batches])
+        frame = training_frame(
+            [f for _, f in batches],
+            [f for _, f in older],
+            self.config.older_fraction,
+            self.config.seed,
+        )
+        model = train(frame, self.spec, self.config)
         used = tuple(ref for ref, _ in batches)
-        model = train(combine_batches([frame for _, frame in batches]), self.spec, self.config)
-        version = data_version(ref.sha256 for ref in used)
+        sampled = tuple(ref for ref, _ in older)
+        policy = (
+            [f"older-sample:{self.config.older_fraction}:{self.config.seed}"] if sampled else []
+        )
+        version = data_version([*(ref.sha256 for ref in (*sampled, *used)), *policy])
         context = RunContext(
             self.model_name,
             version,
@@ -191,6 +205,7 @@ class TrainerHandlers:
             cause.correlation_id,
             used,
             trigger_ids,
+            sampled,
         )
         run_id = self.ports.store.log_training(model, context)
         return ModelTrained.caused_by(
@@ -202,7 +217,7 @@ class TrainerHandlers:
             algorithm=model.algorithm,
             metrics=model.metrics,
             data_version=version,
-            datasets=used,
+            datasets=(*sampled, *used),
             trigger=trigger,
         )
 
@@ -217,6 +232,18 @@ class TrainerHandlers:
         if not batches:
             raise NotFoundError(f"none of the {len(refs)} recent batches can be read")
         return batches
+
+    def _load_older(self, refs: list[DatasetRef]) -> list[tuple[DatasetRef, pd.DataFrame]]:
+        """Older batches to sample from; unreadable ones are skipped."""
+        if not refs or self.config.older_fraction <= 0:
+            return []
+        older = []
+        for ref in refs:
+            try:
+                older.append((ref, self.ports.batches.load(ref)))
+            except (NotFoundError, InvalidInputError) as error:
+                log.warning("older batch skipped", extra={"uri": ref.uri, "error": str(error)})
+        return older
 
 
 def register(consumer: ConsumerContext, handlers: TrainerHandlers) -> None:

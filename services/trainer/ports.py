@@ -67,6 +67,8 @@ class RunContext:
     datasets: tuple[DatasetRef, ...]
     trigger_ids: tuple[str, ...] = ()
     """Every event this training answers (a coalesced burst has several)."""
+    sampled: tuple[DatasetRef, ...] = ()
+    """Older batches a share of whose rows joined the recent window."""
 
 
 class ModelStore(Protocol):

@@ -21,6 +21,10 @@ class Settings(BaseServiceSettings):
     """HTTP port of the trainer (health, readiness, metrics)."""
     window_batches: int = Field(5, ge=1)
     """How many of the most recent batches (the new one included) a model is trained on."""
+    older_batches: int = Field(20, ge=0)
+    """Batches before the window whose rows are sampled into the training set."""
+    older_fraction: float = Field(0.2, ge=0, le=1)
+    """Share of those older batches' rows that joins the window (seeded sample)."""
     history_batches: int = Field(50, ge=1)
     """How many batch references are remembered per model."""
     validation_fraction: float = Field(0.2, gt=0, lt=1)

@@ -149,7 +149,7 @@ class Harness:
         return await self.handlers.train_pending()
 
 
-def _harness(window: int = 5, delay_s: float = 0.0, min_rows: int = 1) -> Harness:
+def _harness(window: int = 5, delay_s: float = 0.0, min_rows: int = 1, older: int = 0) -> Harness:
     broker = KafkaBroker()
     publisher, history, store = RecordingPublisher(), InMemoryHistory(), FakeModelStore(delay_s)
     pending, clock = InMemoryPending(), Clock()
@@ -157,7 +157,8 @@ def _harness(window: int = 5, delay_s: float = 0.0, min_rows: int = 1) -> Harnes
     spec = load_spec()
     ports = TrainerPorts(FileBatchSource(spec), history, pending, AsyncioLock(), store, publisher)
     policy = CoalescePolicy(window_s=WINDOW_S, max_wait_s=60, min_rows=min_rows)
-    handlers = TrainerHandlers(ports, spec, TrainingConfig(), MODEL, window, metrics, policy, clock)
+    config = TrainingConfig(older_fraction=0.5)
+    handlers = TrainerHandlers(ports, spec, config, MODEL, window, metrics, policy, clock, older)
     register(consumer_context("trainer", broker), handlers)
     dead: dict[str, list[dict[str, str]]] = {}
 
@@ -419,3 +420,18 @@ async def test_the_scheduler_runs_pending_and_scheduled_trainings(tmp_path: Path
         await asyncio.sleep(0.01)
     await scheduler.stop()
     assert {t.trigger for t in h.trained()} >= {"data", "schedule"}
+
+
+async def test_older_batches_join_the_window_as_a_recorded_sample(tmp_path: Path) -> None:
+    h = _harness(window=2, older=3)
+    events = [DataArrived(producer="t", dataset=_batch(tmp_path, s)) for s in (1, 2, 3, 4)]
+    await _send(h.broker, *events)
+    assert await h.after_window()
+
+    [trained] = h.trained()
+    model, context = h.store.logged[0]
+    assert context.datasets == (events[2].dataset, events[3].dataset)
+    assert context.sampled == (events[0].dataset, events[1].dataset)
+    assert trained.datasets == tuple(e.dataset for e in events)
+    assert model.metrics.validation_rows == 360  # (2 × 600 + 50 % of 2 × 600) × 20 %
+    assert trained.data_version != data_version(e.dataset.sha256 for e in events)
