@@ -90,6 +90,10 @@ class RedisStateStore:
             [dict(json.loads(c)) for c in pooled],
         )
 
+    async def clear(self, model_name: str) -> None:
+        """Forget the saved state (a new reference starts from nothing)."""
+        await self._redis.delete(*(_key(k, model_name) for k in ("state", "rows", "pooled")))
+
     async def save(
         self,
         model_name: str,

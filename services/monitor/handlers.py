@@ -173,6 +173,8 @@ class DriftMonitor:
             self._restore_accuracy(reference, state["accuracy"])
             self._recent = dict.fromkeys(state["recent"])
             self._unsaved_window = False
+        elif saved:
+            await self.states.clear(self.settings.model_name)  # another version's windows
         for feature in reference.missing:
             log.warning(
                 "feature missing from the reference, not tested", extra={"feature": feature}

@@ -24,6 +24,9 @@ class StateStore(Protocol):
     async def load(self, model_name: str) -> SavedState | None:
         """The last saved state, the open window's row chunks and the pooled windows, or None."""
 
+    async def clear(self, model_name: str) -> None:
+        """Forget the saved state (a new reference starts from nothing)."""
+
     async def save(
         self,
         model_name: str,

@@ -54,6 +54,9 @@ class InMemoryStates:
         rows = [json.loads(r) for r in self.rows]
         return json.loads(self.state), rows, [json.loads(c) for c in self.pooled]
 
+    async def clear(self, model_name: str) -> None:
+        self.state, self.rows, self.pooled = None, [], []
+
     async def save(
         self,
         model_name: str,
@@ -199,13 +202,20 @@ async def test_a_feature_missing_from_the_reference_is_reported_and_the_rest_tes
 
 
 async def test_promotion_switches_the_reference_to_the_new_champion() -> None:
-    monitor, _ = _monitor(FakeReferences(_reference("7"), _reference("8")))
+    states = InMemoryStates()
+    monitor, _ = _monitor(FakeReferences(_reference("7"), _reference("8")), states)
     promoted = ModelPromoted(
         producer="router", model_name=monitor.settings.model_name, version="8", reason="won"
     )
-    await _run(monitor, [_prediction(np.random.default_rng(5), 0.0), promoted], batch=1)
+    rng = np.random.default_rng(5)
+    await _run(monitor, [_prediction(rng, 0.0), promoted, _prediction(rng, 0.0)], batch=1)
     assert monitor.detector is not None
     assert monitor.detector.reference.version == "8"
+    # The saved window now belongs to the new reference; version 7's is gone.
+    assert states.state is not None
+    window = json.loads(states.state)["window"]
+    assert (window["version"], window["filled"]) == ("8", 1)
+    assert len(states.rows) == 1
 
 
 def _feedback(correct: bool) -> FeedbackReceived:
