@@ -223,3 +223,13 @@ def test_label_rate_is_compared_within_each_split_so_a_ramp_with_late_feedback_i
     ]
     assert lost.deterioration == pytest.approx(0.5 * (0.5 - 0.1))
     assert lost.harmed
+
+
+def test_a_degenerate_early_look_does_not_stay_in_the_running_interval() -> None:
+    # Two outcomes per arm, all right vs all wrong: the Wald interval collapses to a point.
+    early = look(running(1), stats(2, 1.0, 2, 0.0), NOW)
+    assert "accuracy" not in early.bounds
+    later = look(early, stats(1000, 0.80, 1000, 0.80), NOW)
+    low, high = later.bounds["accuracy"].low, later.bounds["accuracy"].high
+    assert low < 0 < high
+    assert later.decision == "continue"

@@ -166,11 +166,21 @@ def _interval(
     n_total: int,
     cfg: DecisionConfig,
     bounds: dict[str, RunningBounds],
+    ready: bool,
 ) -> RunningBounds:
-    """Tighten ``name``'s running bounds with this look's confidence sequence and p-value."""
+    """Tighten ``name``'s running bounds with this look's confidence sequence and p-value.
+
+    Before the minimum sample (``ready``) the look's own interval is shown but not
+    kept: the normal approximation behind it is not yet trustworthy, and one
+    degenerate early interval would otherwise stay in the intersection for good.
+    """
     half = stats.cs_half_width(se, n_total, cfg.alpha, cfg.n_star)
     p = stats.always_valid_p(diff, se, n_total, cfg.alpha, cfg.n_star)
-    return bounds.get(name, RunningBounds()).tighten(p, diff - half, diff + half)
+    if not ready:
+        return RunningBounds(p_value=p, low=diff - half, high=diff + half)
+    running = bounds.get(name, RunningBounds()).tighten(p, diff - half, diff + half)
+    bounds[name] = running
+    return running
 
 
 def primary_result(
@@ -195,12 +205,14 @@ def primary_result(
         na, nb = a.reward_n, b.reward_n
         test = stats.welch(ma, va, na, mb, vb, nb, cfg.alpha)
         effect, kind = stats.cohens_d(ma, va, na, mb, vb, nb), "cohens_d"
-    return _metric(cfg, bounds, test, (ma, va, na), (mb, vb, nb), effect, kind)
+    ready = minimum_sample_met(s, cfg)
+    return _metric(cfg, bounds, ready, test, (ma, va, na), (mb, vb, nb), effect, kind)
 
 
 def _metric(
     cfg: DecisionConfig,
     bounds: dict[str, RunningBounds],
+    ready: bool,
     test: stats.TwoSample,
     arm_a: tuple[float, float, int],
     arm_b: tuple[float, float, int],
@@ -209,8 +221,7 @@ def _metric(
 ) -> MetricResult:
     (ma, va, na), (mb, vb, nb) = arm_a, arm_b
     n_total = na + nb
-    running = _interval(cfg.metric, test.diff, test.se, n_total, cfg, bounds)
-    bounds[cfg.metric] = running
+    running = _interval(cfg.metric, test.diff, test.se, n_total, cfg, bounds, ready)
     lift = stats.relative_lift(ma, va, na, mb, vb, nb, cfg.alpha) if ma != 0 else None
     return MetricResult(
         name=cfg.metric,
@@ -241,17 +252,17 @@ def _guardrail(
     margin: float,
     cfg: DecisionConfig,
     bounds: dict[str, RunningBounds],
+    ready: bool,
 ) -> GuardrailResult:
-    running = _interval(name, worse, se, n_total, cfg, bounds)
-    bounds[name] = running
+    running = _interval(name, worse, se, n_total, cfg, bounds, ready)
     return GuardrailResult(
         name=name,
         deterioration=worse,
         lower=running.low,
         upper=running.high,
         margin=margin,
-        harmed=running.low > margin,
-        non_inferior=running.high < margin,
+        harmed=ready and running.low > margin,
+        non_inferior=ready and running.high < margin,
     )
 
 
@@ -266,10 +277,21 @@ def _rate_guardrail(
 ) -> GuardrailResult:
     (xa, xb), (na, nb) = events, units
     ra, rb = min(1.0, xa / na), min(1.0, xb / nb)
-    se = math.sqrt(ra * (1 - ra) / na + rb * (1 - rb) / nb)
+    se = math.sqrt(_rate_var(xa, na) + _rate_var(xb, nb))
     worse = rb - ra if higher_is_worse else ra - rb
-    result = _guardrail(name, worse, se, na + nb, margin, cfg, bounds)
+    ready = min(na, nb) >= cfg.min_labelled_per_arm
+    result = _guardrail(name, worse, se, na + nb, margin, cfg, bounds, ready)
     return result.model_copy(update={"detail": {"champion": ra, "challenger": rb}})
+
+
+def _rate_var(events: float, units: float) -> float:
+    """Variance of a rate's estimate, smoothed so that 0 or all events is not certainty.
+
+    >>> _rate_var(0, 100) > 0
+    True
+    """
+    smoothed = min(1.0, (events + 0.5) / (units + 1))
+    return smoothed * (1 - smoothed) / units if smoothed < 1 else 0.25 / (units + 1) ** 2
 
 
 def p95_ms(arm: ArmStats) -> float:
@@ -296,13 +318,15 @@ def _latency_guardrail(
     ma, va = _mean_var(a.latency_n, a.log_latency_sum, a.log_latency_sumsq)
     mb, vb = _mean_var(b.latency_n, b.log_latency_sum, b.log_latency_sumsq)
     se = math.sqrt(va / a.latency_n + vb / b.latency_n)
+    ready = min(a.latency_n, b.latency_n) >= cfg.min_labelled_per_arm
+    n_total = a.latency_n + b.latency_n
     result = _guardrail(
-        "log_latency", mb - ma, se, a.latency_n + b.latency_n, cfg.log_latency_margin, cfg, bounds
+        "log_latency", mb - ma, se, n_total, cfg.log_latency_margin, cfg, bounds, ready
     )
     pa, pb = p95_ms(a), p95_ms(b)
     ratio = pb / pa if pa > 0 else 1.0
     # A p95 far above the champion's harms only when the slow-down is also significant.
-    harmed = result.harmed or (ratio > cfg.p95_ratio_limit and result.lower > 0)
+    harmed = result.harmed or (ready and ratio > cfg.p95_ratio_limit and result.lower > 0)
     detail = {"champion_p95_ms": pa, "challenger_p95_ms": pb, "p95_ratio": ratio}
     return result.model_copy(update={"harmed": harmed, "detail": detail})
 
@@ -341,20 +365,23 @@ def _label_rate_guardrail(
     for share, total in split.assigned.items():
         nb = split.challenger_assigned.get(share, 0)
         na = total - nb
-        if na > 0 and nb > 0:
+        # A split with a handful of units per arm says nothing yet (and a 0/1 rate is no fact).
+        if min(na, nb) >= cfg.srm_min_per_arm:
             lb = split.challenger_labelled.get(share, 0)
             la = split.labelled.get(share, 0) - lb
-            strata.append((total, min(1.0, la / na), na, min(1.0, lb / nb), nb))
+            strata.append((total, la, na, lb, nb))
     if not strata:
         return None
     weight = sum(t for t, *_ in strata)
-    worse = sum(t * (ra - rb) for t, ra, _, rb, _ in strata) / weight
+    worse = sum(t * (min(1.0, la / na) - min(1.0, lb / nb)) for t, la, na, lb, nb in strata)
     var = sum(
-        (t / weight) ** 2 * (ra * (1 - ra) / na + rb * (1 - rb) / nb)
-        for t, ra, na, rb, nb in strata
+        (t / weight) ** 2 * (_rate_var(la, na) + _rate_var(lb, nb)) for t, la, na, lb, nb in strata
     )
-    n_total = sum(na + nb for _, _, na, _, nb in strata)
-    result = _guardrail("label_rate", worse, var**0.5, n_total, cfg.label_rate_margin, cfg, bounds)
+    n_a, n_b = sum(na for _, _, na, _, _ in strata), sum(nb for _, _, _, _, nb in strata)
+    ready = min(n_a, n_b) >= cfg.min_labelled_per_arm
+    result = _guardrail(
+        "label_rate", worse / weight, var**0.5, n_a + n_b, cfg.label_rate_margin, cfg, bounds, ready
+    )
     pooled_a = s.champion.labelled / s.champion.assigned if s.champion.assigned else 0.0
     pooled_b = s.challenger.labelled / s.challenger.assigned if s.challenger.assigned else 0.0
     return result.model_copy(update={"detail": {"champion": pooled_a, "challenger": pooled_b}})
