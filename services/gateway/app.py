@@ -97,6 +97,7 @@ def create_app(settings: Settings | None = None, *, ports: GatewayPorts | None =
             metrics,
             ttl_s=settings.feedback_ttl_s,
             publish_timeout_s=settings.publish_timeout_s,
+            pending=events.find,
         ),
     )
     app.state.prediction_events = events

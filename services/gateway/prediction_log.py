@@ -47,6 +47,13 @@ class PredictionEventBuffer:
     def __len__(self) -> int:
         return len(self._pending)
 
+    def find(self, request_id: str) -> PredictionLogged | None:
+        """A queued event of ``request_id`` (its record is not stored yet), if any."""
+        for event in reversed(self._pending):
+            if event.request_id == request_id:
+                return event
+        return None
+
     def offer(self, events: Sequence[PredictionLogged]) -> None:
         """Queue ``events`` without waiting; drop the oldest beyond capacity."""
         overflow = len(self._pending) + len(events) - self._capacity

@@ -7,7 +7,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
@@ -161,6 +161,7 @@ class FeedbackService:
         *,
         ttl_s: int,
         publish_timeout_s: float,
+        pending: Callable[[str], PredictionLogged | None] = lambda _: None,
     ) -> None:
         self._records = records
         self._publisher = publisher
@@ -168,6 +169,7 @@ class FeedbackService:
         self._metrics = metrics
         self._ttl_s = ttl_s
         self._publish_timeout_s = publish_timeout_s
+        self._pending = pending
 
     async def record(
         self, request_id: str, true_label: str | None, reward: float | None
@@ -202,7 +204,10 @@ class FeedbackService:
         return FeedbackResponse(request_id=request_id, duplicate=False, correct=correct)
 
     async def _recall(self, request_id: str) -> PredictionLogged:
-        prediction = await self._guarded(self._records.recall(request_id))
+        # Feedback can overtake the prediction's record, still queued in this process.
+        prediction = self._pending(request_id) or await self._guarded(
+            self._records.recall(request_id)
+        )
         if prediction is None:
             self._metrics.feedback.labels(outcome="unknown").inc()
             raise NotFoundError(

@@ -254,3 +254,16 @@ async def test_events_carry_the_experiment_and_split_that_routed_them(gateway: G
     (received,) = [e for e in gateway.publisher.events if isinstance(e, FeedbackReceived)]
     assert (received.experiment_id, received.challenger_share) == ("exp-1", 0.25)
     assert received.variant == body["variant"]
+
+
+async def test_feedback_overtaking_its_queued_prediction_record_still_counts(
+    gateway: Gateway,
+) -> None:
+    gateway.serve()
+    body = (await gateway.client.post("/v1/predict", json={"features": rows(1)[0]})).json()
+    # Not drained: the prediction's record is still queued, not yet stored.
+    assert body["request_id"] not in gateway.records.records
+    feedback = {"request_id": body["request_id"], "true_label": "steady"}
+    response = await gateway.client.post("/v1/feedback", json=feedback)
+    assert response.status_code == 200, response.text
+    assert response.json()["duplicate"] is False
