@@ -153,7 +153,7 @@ def test_prometheus_counts_the_predictions_the_gateway_answered(
     assert answered == REQUESTS
     expr = 'sum(prediction_requests_total{job="gateway",status="200"})'
     assert _eventually(lambda: _value(prometheus, expr) == REQUESTS)
-    assert _value(prometheus, 'up{job="monitor"}') == 1
+    assert _eventually(lambda: _value(prometheus, 'up{job="monitor"}') == 1)
     # The monitor consumed the same predictions from Kafka, in batches.
     counted = "sum(monitor_observations_total)"
     assert _eventually(lambda: _value(prometheus, counted) == REQUESTS)
