@@ -84,7 +84,7 @@ def latency_gate(samples_ms: Sequence[float], budget_ms: float) -> GateResult:
     passed = p95 <= budget_ms
     detail = (
         f"p95 {p95:.3f} ms {'≤' if passed else '>'} budget {budget_ms:.3f} ms "
-        f"(p50 {p50:.3f} ms over {len(samples_ms)} single-row calls)"
+        f"(p50 {p50:.3f} ms over {len(samples_ms)} single-row calls, best of 3 each)"
     )
     return GateResult(name="latency", passed=passed, detail=detail)
 
