@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -133,3 +135,18 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if reporter:
             reporter.write_line(f"integration/e2e tests skipped (not allowed): {real}", red=True)
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    """promtool (and prometheus) from Debian's prometheus package, installed when missing."""
+    found = shutil.which("promtool")
+    if found:
+        return found
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run([*sudo, "apt-get", "install", "-y", "-qq", "prometheus"], check=True, env=env)
+    found = shutil.which("promtool")
+    assert found, "promtool still missing after installing the prometheus package"
+    return found

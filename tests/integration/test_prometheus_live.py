@@ -26,7 +26,6 @@ from flywheel.infra import Endpoints
 from flywheel.infra.stack import start_services, stop_services
 from shared.datasets import generate_customers
 from shared.spec import load_spec
-from tests.unit.test_observability import ensure_promtool
 
 pytestmark = pytest.mark.integration
 
@@ -89,8 +88,10 @@ def services(
 
 
 @pytest.fixture(scope="module")
-def prometheus(services: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    binary = shutil.which("prometheus") or (ensure_promtool() and shutil.which("prometheus"))
+def prometheus(
+    services: dict[str, str], tmp_path_factory: pytest.TempPathFactory, promtool: str
+) -> Iterator[str]:
+    binary = shutil.which("prometheus")
     assert binary, "the prometheus package provides no prometheus binary"
     home = tmp_path_factory.mktemp("prometheus")
     shutil.copy(DEPLOY / "prometheus.local.yml", home / "prometheus.yml")

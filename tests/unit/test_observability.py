@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
@@ -25,24 +22,6 @@ PROMQL_WORDS = {
     "by", "without", "on", "ignoring", "group_left", "group_right", "offset", "bool",
     "and", "or", "unless", "inf", "nan",
 }  # fmt: skip
-
-
-def ensure_promtool() -> str:
-    """The promtool binary; installs Debian's prometheus package when it is missing."""
-    found = shutil.which("promtool")
-    if found:
-        return found
-    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run([*sudo, "apt-get", "install", "-y", "prometheus"], check=True, env=env)
-    found = shutil.which("promtool")
-    assert found, "promtool still missing after installing the prometheus package"
-    return found
-
-
-@pytest.fixture(scope="session")
-def promtool() -> str:
-    return ensure_promtool()
 
 
 def _promtool(promtool: str, *args: str) -> subprocess.CompletedProcess[str]:
