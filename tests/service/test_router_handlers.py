@@ -360,6 +360,6 @@ async def test_routes_list_experiments_and_report_them(router: Router) -> None:
     assert report["primary"]["always_valid_ci"][0] > 0
     assert report["primary"]["fixed_horizon_note"].startswith("not valid")
     assert report["srm"]["mismatch"] is False
-    assert {g["name"] for g in report["guardrails"]} == {"error_rate", "log_latency", "label_rate"}
+    assert {g["name"] for g in report["guardrails"]} == {"log_latency", "label_rate"}
     assert report["sufficient_statistics"]["challenger"]["labelled"] >= 100
     assert len(report["history"]) >= 2

@@ -233,3 +233,13 @@ def test_a_degenerate_early_look_does_not_stay_in_the_running_interval() -> None
     low, high = later.bounds["accuracy"].low, later.bounds["accuracy"].high
     assert low < 0 < high
     assert later.decision == "continue"
+
+
+def test_error_rate_guards_once_errors_are_counted() -> None:
+    base = stats(500, 0.8, 500, 0.8)
+    assert "error_rate" not in {g.name for g in guardrail_results(base, PLAN.decision, {})}
+    failing = base.model_copy(
+        update={"challenger": base.challenger.model_copy(update={"errors": 60})}
+    )
+    (errors,) = [g for g in guardrail_results(failing, PLAN.decision, {}) if g.name == "error_rate"]
+    assert errors.harmed

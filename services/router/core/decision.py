@@ -337,7 +337,9 @@ def guardrail_results(
     """The one-sided guardrails that have data: error rate, latency, label rate."""
     a, b = s.champion, s.challenger
     results = []
-    if a.assigned + a.errors > 0 and b.assigned + b.errors > 0:
+    # Errors are counted only where a producer reports them per variant (the gateway does
+    # not yet); with none counted the guardrail would stall every promotion on no evidence.
+    if (a.errors or b.errors) and a.assigned + a.errors > 0 and b.assigned + b.errors > 0:
         units = (a.assigned + a.errors, b.assigned + b.errors)
         results.append(
             _rate_guardrail(
