@@ -135,6 +135,7 @@ def demo() -> None:
         kafka_bootstrap=endpoints.kafka_bootstrap,
         gateway_url=urls["gateway"],
         data_dir=endpoints.run_dir / "data",
+        router_url=urls["router"],
     )
     run_sync(run_demo(demo_config, say=typer.echo))
     typer.echo("\nThe stack keeps running (flywheel down stops it):")

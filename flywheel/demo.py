@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pandas as pd
 
+from flywheel.demo_experiment import ExperimentRun, drive_to_verdict, open_experiment, render_report
 from flywheel.loop import EventTap, announce
 from shared.datasets import generate_customers, write_batch
 from shared.events import (
@@ -44,6 +45,11 @@ class DemoConfig:
     seed: int = 7
     step_timeout_s: float = 180.0
     max_shift_rounds: int = 12
+    #: Router base URL: when set, the demo goes on to an experiment's verdict and its report.
+    router_url: str | None = None
+    concept_rows: int = 3000
+    customers_per_round: int = 200
+    max_experiment_rounds: int = 60
 
 
 @dataclass
@@ -59,6 +65,7 @@ class LoopRun:
     retrained: ModelTrained | None = None
     challenger: ModelApproved | None = None
     experiment: ExperimentUpdated | None = None
+    verdict: ExperimentRun | None = None
 
 
 class Steps:
@@ -117,7 +124,37 @@ async def run_demo(config: DemoConfig, say: Say = print) -> LoopRun:
     ):
         await _first_model(config, tap, client, steps, run)
         await _drift_and_retrain(config, tap, client, steps, run)
+        if config.router_url is not None:
+            run.verdict = await _experiment_to_verdict(config, tap, client, steps)
     return run
+
+
+async def _experiment_to_verdict(
+    config: DemoConfig, tap: EventTap, client: httpx.AsyncClient, steps: Steps
+) -> ExperimentRun:
+    """New labels under a changed concept, a better challenger, its ramp and verdict."""
+    assert config.router_url is not None
+    experiment = await open_experiment(
+        tap,
+        config.kafka_bootstrap,
+        config.data_dir,
+        config.concept_rows,
+        config.seed + 50,
+        config.step_timeout_s,
+        steps.done,
+    )
+    await drive_to_verdict(
+        experiment,
+        tap,
+        client,
+        seed=config.seed + 100,
+        round_size=config.customers_per_round,
+        max_rounds=config.max_experiment_rounds,
+        done=steps.done,
+    )
+    reports = config.data_dir.parent / "reports"
+    await asyncio.to_thread(render_report, experiment, config.router_url, reports, steps.done)
+    return experiment
 
 
 async def _first_model(

@@ -14,11 +14,20 @@ from flywheel.demo import DemoConfig, LoopRun, run_demo
 from flywheel.infra import Endpoints
 from flywheel.infra.stack import SERVICES, start_services, stop_services
 from flywheel.loop import EventTap, publish_raw
-from shared.events import FeedbackReceived, Topic, dead_letter_topic
+from shared.events import FeedbackReceived, ModelPromoted, Topic, dead_letter_topic
 
 pytestmark = pytest.mark.e2e
 
 WINDOW = 300
+ROUTER_ENV = {
+    "ROUTER_RAMP_SHARES": "[0.05, 0.25, 0.5]",
+    "ROUTER_STAGE_MIN_LABELLED": "30",
+    "ROUTER_LOOK_EVERY": "25",
+    "ROUTER_MIN_LABELLED_PER_ARM": "60",
+    "ROUTER_MIN_CORRECT_PER_ARM": "10",
+    "ROUTER_MIN_WRONG_PER_ARM": "10",
+    "ROUTER_N_STAR": "600",
+}
 
 
 def _free_ports() -> dict[str, int]:
@@ -37,6 +46,9 @@ def stack(infra: Endpoints) -> Iterator[dict[str, str]]:
         patch.setenv("FLYWHEEL_MODEL_NAME", f"e2e-{uuid.uuid4().hex[:8]}")
         patch.setenv("MONITOR_WINDOW_SIZE", str(WINDOW))
         patch.setenv("MONITOR_REFERENCE_REFRESH_S", "1")
+        # Small samples so the experiment decides in a few hundred customers.
+        for name, value in ROUTER_ENV.items():
+            patch.setenv(name, value)
         try:
             yield start_services(infra, ports=_free_ports(), timeout=180)
         finally:
@@ -52,6 +64,10 @@ async def loop_run(infra: Endpoints, stack: dict[str, str]) -> LoopRun:
         training_rows=3000,
         normal_requests=100,
         shifted_requests=2 * WINDOW,
+        router_url=stack["router"],
+        concept_rows=2000,
+        customers_per_round=150,
+        max_experiment_rounds=30,
     )
     return await run_demo(config, say=print)
 
@@ -128,3 +144,24 @@ def test_every_service_reports_ready_with_its_dependencies(stack: dict[str, str]
         body = httpx.get(f"{url}/readyz").json()
         assert body["ready"] is True, (name, body)
         assert body["checks"]["broker"] is True
+
+
+async def test_a_better_challenger_ramps_up_and_is_promoted_with_a_report(
+    loop_run: LoopRun,
+) -> None:
+    verdict = loop_run.verdict
+    assert verdict is not None
+    assert isinstance(verdict.verdict, ModelPromoted)
+    assert verdict.challenger is not None
+    promoted_version = verdict.verdict.version
+    shares = [u.challenger_share for u in verdict.updates if u.status == "running"]
+    assert shares == sorted(shares)
+    assert shares[-1] == 0.5  # the ramp reached its last stage before the verdict
+    final = verdict.updates[-1]
+    assert (final.status, final.decision) == ("promoted", "promote")
+    assert final.champion_version == promoted_version
+    assert verdict.verdict.causation_id == final.event_id
+    assert verdict.report_path is not None
+    text = verdict.report_path.read_text()
+    assert "decision **promote**" in text
+    assert verdict.report_path.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
