@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,13 +18,16 @@ from _gateway_fakes import (
     trained_pipeline,
 )
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 
 from services.gateway.app import GatewayPorts, create_app
+from services.gateway.metrics import GatewayMetrics
 from services.gateway.pool import LoadedModel, RoutingTable, ServingSnapshot
 from services.gateway.prediction_log import PredictionEventBuffer
+from services.gateway.serving import ServingRefresher
 from services.gateway.settings import Settings
 from shared.datasets import generate_customers
-from shared.events import FeedbackReceived, PredictionLogged
+from shared.events import ExperimentUpdated, FeedbackReceived, PredictionLogged
 from shared.messaging import EventPublisher
 from shared.testing import RecordingPublisher
 
@@ -267,3 +271,42 @@ async def test_feedback_overtaking_its_queued_prediction_record_still_counts(
     response = await gateway.client.post("/v1/feedback", json=feedback)
     assert response.status_code == 200, response.text
     assert response.json()["duplicate"] is False
+
+
+async def test_no_request_fails_while_models_are_swapped_under_load(gateway: Gateway) -> None:
+    gateway.serve()
+    pool = gateway.app.state.gateway.pool
+    metrics = GatewayMetrics.create(CollectorRegistry())
+    refresher = ServingRefresher(pool, FakeModelRegistry(), FakeRoutingState(), MODEL, metrics)
+
+    async def swap_repeatedly() -> list[str]:
+        served = []
+        for i in range(12):
+            champion, challenger = ("1", "2") if i % 2 else ("3", "4")
+            await refresher.apply_experiment(
+                ExperimentUpdated(
+                    producer="test",
+                    experiment_id=f"exp-{i}",
+                    model_name=MODEL,
+                    status="running",
+                    champion_version=champion,
+                    challenger_version=challenger,
+                    challenger_share=0.5,
+                )
+            )
+            champion_now = pool.snapshot.champion
+            served.append(champion_now.version if champion_now else "none")
+            await asyncio.sleep(0)
+        return served
+
+    async def one(i: int) -> httpx.Response:
+        body = {"features": rows(1)[0], "entity_id": f"c-{i}"}
+        return await gateway.client.post("/v1/predict", json=body)
+
+    swapping = asyncio.create_task(swap_repeatedly())
+    answers = await asyncio.gather(*(one(i) for i in range(300)))
+    swaps = await swapping
+    assert swaps[-2:] == ["3", "1"]
+    assert [r.status_code for r in answers] == [200] * 300
+    versions = {r.json()["model_version"] for r in answers}
+    assert len(versions) > 1  # requests really were answered across swaps
