@@ -153,12 +153,24 @@ def _jvm_prefix(config: InfraConfig, java: str, libs: Path) -> list[str]:
     return [java, logging_flag, f"-Dkafka.logs.dir={kafka_dir / 'logs'}", "-cp", f"{libs}/*"]
 
 
+def new_cluster_id() -> str:
+    """A random KRaft cluster id: 16 bytes, URL-safe base64 without padding.
+
+    Like Kafka's own ``Uuid.randomUuid()``, never one starting with "-", which
+    the storage tool's argument parser would take for an option.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def format_storage(config: InfraConfig, java: str, libs: Path, server: Path) -> None:
     """Format the KRaft log directory once (skipped when already formatted)."""
     if (config.run_dir / "kafka" / "data" / "meta.properties").exists():
         return
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
     argv = [*_jvm_prefix(config, java, libs), "kafka.tools.StorageTool", "format"]
+    cluster_id = new_cluster_id()
     argv += ["-t", cluster_id, "-c", str(server), "--ignore-formatted"]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     if result.returncode != 0:

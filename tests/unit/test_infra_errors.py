@@ -87,3 +87,11 @@ def test_config_reads_ports_and_mlflow_stores_from_env(tmp_path: Path) -> None:
     assert config.run_dir == tmp_path.resolve()
     assert config.mlflow_backend_store_uri == "postgresql://db/mlflow"
     assert config.mlflow_artifacts_destination == "s3://bucket/mlflow"
+
+
+def test_cluster_ids_never_start_with_a_dash_the_storage_tool_would_read_as_an_option() -> None:
+    from flywheel.infra.kafka import new_cluster_id
+
+    ids = [new_cluster_id() for _ in range(5000)]  # ~1 in 64 raw ids starts with "-"
+    assert all(len(i) == 22 and not i.startswith("-") for i in ids)
+    assert len(set(ids)) == len(ids)
