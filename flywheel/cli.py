@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from flywheel import gpu, models_cli, report
+from flywheel import features_cli, gpu, models_cli, report
 from flywheel.demo import DemoConfig, run_demo
 from flywheel.infra import (
     SERVICES,
@@ -180,6 +180,7 @@ def data_push(
 gpu.register(app)
 models_cli.register(app)
 report.register(app)
+features_cli.register(app)
 
 
 def main() -> None:

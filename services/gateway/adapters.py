@@ -99,3 +99,27 @@ class RedisPredictionRecords:
 
     def _key(self, kind: str, request_id: str) -> str:
         return f"{self._prefix}{kind}:{request_id}"
+
+
+class RedisFeatureStore:
+    """Features in one hash per entity; the predicted segment beside them in another."""
+
+    def __init__(self, redis: Redis, prefix: str = "flywheel:features:") -> None:
+        self._redis = redis
+        self._prefix = prefix
+
+    async def features(self, entity_id: str) -> dict[str, str] | None:
+        """The entity's feature hash, or None when it has none."""
+        raw = await self._redis.hgetall(self._prefix + entity_id)
+        if not raw:
+            return None
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    async def write_segment(self, entity_id: str, segment: str, version: str) -> None:
+        """Write the predicted segment and the version that predicted it."""
+        items: list[str] = ["segment", segment, "version", version]
+        await self._redis.hset(f"{self._prefix}{entity_id}:segment", items=items)
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

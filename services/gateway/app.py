@@ -8,13 +8,23 @@ from dataclasses import dataclass
 
 from fastapi import FastAPI
 
-from services.gateway.adapters import MlflowModelRegistry, RedisPredictionRecords, RedisRoutingState
+from services.gateway.adapters import (
+    MlflowModelRegistry,
+    RedisFeatureStore,
+    RedisPredictionRecords,
+    RedisRoutingState,
+)
 from services.gateway.deps import GatewayServices
 from services.gateway.errors import install_error_handlers
 from services.gateway.handlers import register
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.pool import ModelPool
-from services.gateway.ports import ModelRegistry, PredictionRecords, RoutingStateSource
+from services.gateway.ports import (
+    FeatureStore,
+    ModelRegistry,
+    PredictionRecords,
+    RoutingStateSource,
+)
 from services.gateway.prediction_log import PredictionEventBuffer
 from services.gateway.routes import feedback, predict
 from services.gateway.service import FeedbackService, PredictionService
@@ -35,6 +45,7 @@ class GatewayPorts:
     routing_state: RoutingStateSource
     records: PredictionRecords
     publisher: EventPublisher
+    features: FeatureStore | None = None
 
 
 def default_ports(runtime: ServiceRuntime, settings: Settings) -> GatewayPorts:
@@ -44,6 +55,7 @@ def default_ports(runtime: ServiceRuntime, settings: Settings) -> GatewayPorts:
         routing_state=RedisRoutingState(runtime.redis),
         records=RedisPredictionRecords(runtime.redis, settings.feedback_ttl_s),
         publisher=runtime.publisher,
+        features=RedisFeatureStore(runtime.redis),
     )
 
 
@@ -89,6 +101,7 @@ def create_app(settings: Settings | None = None, *, ports: GatewayPorts | None =
             metrics,
             model_name=settings.model_name,
             max_batch=settings.max_batch,
+            feature_store=ports.features,
         ),
         feedback=FeedbackService(
             ports.records,

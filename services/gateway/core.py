@@ -132,3 +132,21 @@ def rows_from_probabilities(
         )
         for k, row in zip(best, probabilities, strict=True)
     ]
+
+
+def row_from_store(stored: Mapping[str, str], spec: ModelSpec) -> dict[str, Any]:
+    """A feature row from the store's strings: numbers parsed, the rest left for validation.
+
+    >>> from shared.spec import load_spec
+    >>> row = row_from_store({"age": "41", "plan": "plus"}, load_spec())
+    >>> row["age"], row["plan"]
+    (41.0, 'plus')
+    """
+    numeric = set(spec.numeric_features)
+    row: dict[str, Any] = {}
+    for name, value in stored.items():
+        try:
+            row[name] = float(value) if name in numeric else value
+        except ValueError:
+            row[name] = value  # validation names the bad field
+    return row

@@ -21,6 +21,7 @@ class GatewayMetrics:
     events_dropped: Counter
     model_load_errors: Counter
     feedback: Counter
+    crm_updates: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> GatewayMetrics:
@@ -72,6 +73,12 @@ class GatewayMetrics:
             feedback=Counter(
                 "feedback_received_total",
                 "Feedback requests by outcome (recorded, duplicate, unknown).",
+                ["outcome"],
+                registry=registry,
+            ),
+            crm_updates=Counter(
+                "crm_segment_updates_total",
+                "Predicted segments written back to the feature store (written, failed).",
                 ["outcome"],
                 registry=registry,
             ),

@@ -53,3 +53,13 @@ class PredictionRecords(Protocol):
 
     async def release_feedback(self, request_id: str) -> None:
         """Undo ``claim_feedback`` when recording the feedback failed."""
+
+
+class FeatureStore(Protocol):
+    """The online feature store: each entity's features, and its latest predicted segment."""
+
+    async def features(self, entity_id: str) -> dict[str, str] | None:
+        """The stored features of ``entity_id`` (as strings), or None when unknown."""
+
+    async def write_segment(self, entity_id: str, segment: str, version: str) -> None:
+        """Record the segment a model version predicted for ``entity_id``."""

@@ -30,7 +30,22 @@ class PredictRequest(BaseModel):
                         "plan": "plus",
                     },
                     "entity_id": "customer-42",
-                }
+                },
+                {"entity_id": "customer-42"},
+                {
+                    "instances": [
+                        {
+                            "age": 29,
+                            "tenure_months": 3.0,
+                            "monthly_spend": 18.9,
+                            "visits_per_month": 2,
+                            "support_tickets": 0,
+                            "discount_rate": 0.05,
+                            "days_since_last_purchase": 40.0,
+                            "plan": "basic",
+                        }
+                    ]
+                },
             ]
         },
     )
@@ -43,14 +58,20 @@ class PredictRequest(BaseModel):
 
     @model_validator(mode="after")
     def _one_shape(self) -> Self:
-        if (self.instances is None) == (self.features is None):
+        if self.instances is not None and self.features is not None:
             raise ValueError("send either 'instances' (a list) or 'features' (one row)")
+        if self.instances is None and self.features is None and self.entity_id is None:
+            raise ValueError(
+                "send 'instances', 'features', or only 'entity_id' to use the feature store"
+            )
         return self
 
     @property
-    def rows(self) -> list[Instance]:
-        """The instances, whichever shape they came in."""
-        return self.instances if self.instances is not None else [self.features or {}]
+    def rows(self) -> list[Instance] | None:
+        """The instances, whichever shape they came in; None for a feature-store lookup."""
+        if self.instances is not None:
+            return self.instances
+        return None if self.features is None else [self.features]
 
 
 class RowPredictionOut(BaseModel):

@@ -16,13 +16,14 @@ from services.gateway.core import (
     ModelUnavailableError,
     RowPrediction,
     choose_variant,
+    row_from_store,
     rows_from_probabilities,
     validate_instances,
 )
 from services.gateway.errors import http_status
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.pool import LoadedModel, ModelPool, RoutingTable, ServingSnapshot
-from services.gateway.ports import PredictionRecords
+from services.gateway.ports import FeatureStore, PredictionRecords
 from services.gateway.prediction_log import PredictionEventBuffer
 from services.gateway.schemas import FeedbackResponse, PredictResponse, RowPredictionOut
 from shared.errors import DependencyUnavailableError, InvalidInputError, NotFoundError
@@ -48,7 +49,9 @@ class PredictionService:
         model_name: str,
         max_batch: int,
         rng: random.Random | None = None,
+        feature_store: FeatureStore | None = None,
     ) -> None:
+        self._feature_store = feature_store
         self._pool = pool
         self._spec = spec
         self._events = events
@@ -58,9 +61,50 @@ class PredictionService:
         self._rng = rng or random.Random()
 
     async def predict(
+        self, rows: Sequence[dict[str, Any]] | None, entity_id: str | None
+    ) -> PredictResponse:
+        """Answer ``rows`` (or the entity's stored features) from one variant.
+
+        Prediction events are logged off the request path; a feature-store lookup
+        writes the predicted segment back to the store.
+        """
+        if rows is None:
+            if entity_id is None:
+                raise InvalidInputError("send instances, features, or an entity_id")
+            rows = [await self._stored_row(entity_id)]
+            response = await self._answer(rows, entity_id)
+            await self._write_back(entity_id, response)
+            return response
+        return await self._answer(rows, entity_id)
+
+    async def _stored_row(self, entity_id: str) -> dict[str, Any]:
+        if self._feature_store is None:
+            raise InvalidInputError("no feature store is configured: send the features")
+        try:
+            stored = await self._feature_store.features(entity_id)
+        except (RedisError, OSError) as error:
+            raise DependencyUnavailableError(f"feature store unavailable: {error}") from error
+        if stored is None:
+            raise NotFoundError(
+                f"no stored features for entity {entity_id!r}: load them with "
+                "`flywheel features load FILE`, or send the features"
+            )
+        return row_from_store(stored, self._spec)
+
+    async def _write_back(self, entity_id: str, response: PredictResponse) -> None:
+        assert self._feature_store is not None
+        segment = response.predictions[0].predicted_class
+        try:
+            await self._feature_store.write_segment(entity_id, segment, response.model_version)
+        except (RedisError, OSError) as error:
+            log.warning("segment not written back", extra={"error": repr(error)})
+            self._metrics.crm_updates.labels(outcome="failed").inc()
+            return
+        self._metrics.crm_updates.labels(outcome="written").inc()
+
+    async def _answer(
         self, rows: Sequence[dict[str, Any]], entity_id: str | None
     ) -> PredictResponse:
-        """Answer ``rows`` from one variant; prediction events are logged off the request path."""
         started = time.perf_counter()
         try:
             frame = validate_instances(rows, self._spec, self._max_batch)

@@ -15,8 +15,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from flywheel.features_cli import feature_hashes, load_into
 from flywheel.infra import Endpoints
-from services.gateway.adapters import MlflowModelRegistry, RedisPredictionRecords
+from services.gateway.adapters import MlflowModelRegistry, RedisFeatureStore, RedisPredictionRecords
+from services.gateway.core import row_from_store
 from shared.datasets import generate_customers
 from shared.events import PredictionLogged
 from shared.spec import load_spec
@@ -96,3 +98,32 @@ def test_aliases_resolve_and_versions_load(infra: Endpoints) -> None:
     model = registry.load(name, str(version))
     assert tuple(model.classes_) == tuple(pipeline.classes_)
     assert set(model.classes_) == set(SPEC.classes)
+
+
+async def test_features_loaded_by_the_cli_are_read_back_by_the_gateway(
+    infra: Endpoints, redis: Redis
+) -> None:
+    import redis as sync_redis
+
+    spec = load_spec()
+    frame = generate_customers(20, seed=3)
+    frame["customer_id"] = [f"it-{uuid.uuid4().hex[:6]}-{i}" for i in range(20)]
+    hashes = feature_hashes(frame, spec, "customer_id")
+    client = sync_redis.Redis.from_url(infra.redis_url)
+    try:
+        assert load_into(client, hashes) == 20
+    finally:
+        client.close()
+    store = RedisFeatureStore(redis)
+    entity = frame["customer_id"][4]
+    stored = await store.features(entity)
+    assert stored is not None
+    row = row_from_store(stored, spec)
+    assert row["monthly_spend"] == pytest.approx(float(frame["monthly_spend"][4]))
+    assert row["plan"] == frame["plan"][4]
+    await store.write_segment(entity, "loyal", "7")
+    assert await redis.hgetall(f"flywheel:features:{entity}:segment") == {
+        b"segment": b"loyal",
+        b"version": b"7",
+    }
+    assert await store.features("nobody-" + uuid.uuid4().hex) is None

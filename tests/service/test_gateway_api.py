@@ -40,6 +40,7 @@ class Gateway:
     client: httpx.AsyncClient
     records: InMemoryPredictionRecords
     publisher: Any
+    store: InMemoryFeatureStore
 
     def serve(self, share: float = 0.0) -> None:
         """Swap in a champion (v1) and, when ``share`` > 0, a challenger (v2)."""
@@ -62,14 +63,28 @@ class Gateway:
         return float(value or 0.0)
 
 
+class InMemoryFeatureStore:
+    """Entity features and written-back segments in dicts."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict[str, str]] = {}
+        self.segments: dict[str, tuple[str, str]] = {}
+
+    async def features(self, entity_id: str) -> dict[str, str] | None:
+        return self.rows.get(entity_id)
+
+    async def write_segment(self, entity_id: str, segment: str, version: str) -> None:
+        self.segments[entity_id] = (segment, version)
+
+
 async def _gateway(publisher: EventPublisher) -> AsyncIterator[Gateway]:
-    records = InMemoryPredictionRecords()
-    ports = GatewayPorts(FakeModelRegistry(), FakeRoutingState(), records, publisher)
+    records, store = InMemoryPredictionRecords(), InMemoryFeatureStore()
+    ports = GatewayPorts(FakeModelRegistry(), FakeRoutingState(), records, publisher, store)
     # No lifespan runs under ASGITransport: nothing connects, the buffer is drained by hand.
     app = create_app(Settings(max_batch=5), ports=ports)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
-        yield Gateway(app, client, records, publisher)
+        yield Gateway(app, client, records, publisher, store)
 
 
 @pytest.fixture
@@ -310,3 +325,31 @@ async def test_no_request_fails_while_models_are_swapped_under_load(gateway: Gat
     assert [r.status_code for r in answers] == [200] * 300
     versions = {r.json()["model_version"] for r in answers}
     assert len(versions) > 1  # requests really were answered across swaps
+
+
+async def test_an_entity_alone_is_scored_from_the_feature_store_and_its_segment_written_back(
+    gateway: Gateway,
+) -> None:
+    gateway.serve()
+    row = rows(1)[0]
+    gateway.store.rows["customer-7"] = {k: str(v) for k, v in row.items()}
+    response = await gateway.client.post("/v1/predict", json={"entity_id": "customer-7"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    direct = await gateway.client.post("/v1/predict", json={"features": row})
+    assert body["predictions"][0]["probabilities"] == pytest.approx(
+        direct.json()["predictions"][0]["probabilities"]
+    )
+    assert gateway.store.segments["customer-7"] == (body["predictions"][0]["predicted_class"], "1")
+    assert gateway.metric("crm_segment_updates_total", outcome="written") == 1
+
+
+async def test_an_unknown_entity_without_features_is_a_404_that_says_what_to_do(
+    gateway: Gateway,
+) -> None:
+    gateway.serve()
+    response = await gateway.client.post("/v1/predict", json={"entity_id": "nobody"})
+    assert response.status_code == 404
+    assert "flywheel features load" in response.json()["detail"]["message"]
+    empty = await gateway.client.post("/v1/predict", json={})
+    assert empty.status_code == 422
