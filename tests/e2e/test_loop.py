@@ -154,10 +154,16 @@ async def test_a_better_challenger_ramps_up_and_is_promoted_with_a_report(
     assert isinstance(verdict.verdict, ModelPromoted)
     assert verdict.challenger is not None
     promoted_version = verdict.verdict.version
-    shares = [u.challenger_share for u in verdict.updates if u.status == "running"]
+    final = verdict.updates[-1]
+    # Only the promoted experiment's ramp: a newer challenger may have superseded an
+    # earlier experiment (whose own ramp started over) while feedback was flowing.
+    shares = [
+        u.challenger_share
+        for u in verdict.updates
+        if u.status == "running" and u.experiment_id == final.experiment_id
+    ]
     assert shares == sorted(shares)
     assert shares[-1] == 0.5  # the ramp reached its last stage before the verdict
-    final = verdict.updates[-1]
     assert (final.status, final.decision) == ("promoted", "promote")
     assert final.champion_version == promoted_version
     assert verdict.verdict.causation_id == final.event_id
