@@ -111,8 +111,16 @@ def test_an_unreachable_mlflow_is_a_dependency_outage_not_a_bad_event(
     ref = write_batch(generate_customers(200, 1), tmp_path / "b.parquet")
     model = train(generate_customers(200, 1), spec, TrainingConfig())
     context = RunContext("m", data_version([ref.sha256]), "data", "e", "c", (ref,))
-    with pytest.raises(DependencyUnavailableError, match="MLflow unreachable"):
-        MlflowModelStore(dead).log_training(model, context)
+    # The store points MLflow's process-wide tracking URI (and, in MLflow 3, the
+    # MLFLOW_TRACKING_URI variable) at the dead server: put both back afterwards, or
+    # every later test in this process talks to nothing.
+    original = mlflow.get_tracking_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", original)
+    try:
+        with pytest.raises(DependencyUnavailableError, match="MLflow unreachable"):
+            MlflowModelStore(dead).log_training(model, context)
+    finally:
+        mlflow.set_tracking_uri(original)
 
 
 async def test_pending_arrivals_survive_in_redis_until_removed(
