@@ -117,8 +117,12 @@ class DriftMonitor:
             return
         tracker = self._tracker(detector.reference, event.variant, event.version)
         verdict = tracker.add(correct)
-        if (event.variant, event.version) in self._fired:
-            verdict = None  # one concept drift per variant and version
+        if (event.variant, event.version) in self._fired or event.variant != "champion":
+            # One concept drift per champion version. A challenger is measured against the
+            # champion's validation accuracy, not its own, and judged by the router's
+            # experiment: alarming on it retrained a new challenger that superseded the
+            # experiment, again and again, so no experiment ever finished.
+            verdict = None
         accuracy = tracker.rolling_accuracy
         if accuracy is not None:
             self.metrics.model_accuracy.labels(event.variant, event.version).set(accuracy)
