@@ -102,6 +102,7 @@ def create_app(settings: Settings | None = None, *, ports: GatewayPorts | None =
             model_name=settings.model_name,
             max_batch=settings.max_batch,
             feature_store=ports.features,
+            log_predictions=settings.log_predictions,
         ),
         feedback=FeedbackService(
             ports.records,

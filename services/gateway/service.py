@@ -50,6 +50,7 @@ class PredictionService:
         max_batch: int,
         rng: random.Random | None = None,
         feature_store: FeatureStore | None = None,
+        log_predictions: bool = True,
     ) -> None:
         self._feature_store = feature_store
         self._pool = pool
@@ -58,6 +59,7 @@ class PredictionService:
         self._metrics = metrics
         self._model_name = model_name
         self._max_batch = max_batch
+        self._log_predictions = log_predictions
         self._rng = rng or random.Random()
 
     async def predict(
@@ -118,7 +120,8 @@ class PredictionService:
             raise
         elapsed = time.perf_counter() - started
         response = self._response(model, variant, answered, elapsed)
-        self._events.offer(self._events_of(response, rows, entity_id, snapshot.routing))
+        if self._log_predictions:
+            self._events.offer(self._events_of(response, rows, entity_id, snapshot.routing))
         self._observe(model, variant, answered, elapsed)
         return response
 

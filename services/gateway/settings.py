@@ -29,3 +29,5 @@ class Settings(BaseServiceSettings):
     """How long start-up waits for the first models; loading goes on in the background after."""
     routing_resync_s: float = 15.0
     """Seconds between re-reads of the routing table from Redis (a missed event heals)."""
+    log_predictions: bool = True
+    """Offer every prediction to the event buffer (off only to measure what logging costs)."""
