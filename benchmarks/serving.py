@@ -1,0 +1,363 @@
+"""Serving: the Flywheel gateway against ``bentoml serve`` and a bare FastAPI endpoint.
+
+Run: ``.venv/bin/python benchmarks/serving.py [--seconds 10] [--connections 4,16,64]``.
+
+One model (the trainer's torch MLP pipeline, trained on CPU, registered, gated,
+approved and packaged into a BentoML store exactly as the registry does) is
+served three ways, one server at a time, each one process with one worker
+pinned with ``taskset`` to ``--server-cpus`` (default CPU 0), while the load
+generator is pinned to ``--client-cpus`` (default CPU 1):
+
+* the gateway, ``POST /v1/predict`` one row under ``features``, with routing and
+  prediction logging on (events go to Kafka and Redis), then again with
+  ``GATEWAY_LOG_PREDICTIONS=false``;
+* ``bentoml serve bento_service:FlywheelModel`` (one worker, access log off, as
+  the gateway has none), ``POST /predict`` the same row under ``rows``;
+* ``benchmarks/bare_endpoint.py``, uvicorn like the gateway, a constant answer.
+
+Each server gets a wrk sweep over the connection counts (one wrk thread); the
+best req/s is its peak, reported with that run's p50/p99. Then the gateway
+(logging on) is held at 70 % of its peak by a fixed-rate open-loop generator
+(``benchmarks/loadgen.py``; the same run against the bare endpoint shows the
+generator's own floor), and 256-row batches are timed by the gateway's own
+``server_time_ms``. Kafka, Redis and MLflow are started unless they answer
+(``FLYWHEEL_*`` variables of ``flywheel infra``); those started here are stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from loadgen import OpenLoopResult, WrkResult, run_open_loop, run_wrk
+from prometheus_client import CollectorRegistry
+
+from flywheel.infra import INFRA, Endpoints, InfraConfig, infra_status, start_infra
+from flywheel.infra.processes import stop
+from services.registry.adapters import MlflowCandidateLoader, MlflowModelRegistry
+from services.registry.handlers import GatePolicy, RegistryHandlers
+from services.registry.metrics import RegistryMetrics
+from services.registry.packaging import BentoModelStore
+from services.trainer.adapters import MlflowModelStore
+from services.trainer.core import TrainingConfig, data_version, train
+from services.trainer.ports import RunContext
+from shared.datasets import generate_customers, write_batch
+from shared.events import ModelTrained
+from shared.spec import load_spec
+from shared.testing import RecordingPublisher
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = load_spec()
+
+
+@dataclass(frozen=True)
+class Approved:
+    """The benchmark's model: registered name, BentoML tag and BentoML home."""
+
+    name: str
+    tag: str
+    home: Path
+
+
+def ensure_infra() -> tuple[Endpoints, list[str]]:
+    """Start Kafka, Redis and MLflow unless they run; return endpoints and what was started."""
+    config = InfraConfig.from_env()
+    before = {s.name: s.state for s in infra_status(config)}
+    endpoints = start_infra(config)
+    return endpoints, [name for name in INFRA if not before[name].startswith("running")]
+
+
+def approve_model(infra: Endpoints, workdir: Path) -> Approved:
+    """Train, log, register, gate and package one torch-MLP version (it becomes champion)."""
+    name = f"bench-serving-{uuid.uuid4().hex[:8]}"
+    home = workdir / "bentoml"
+    frame = generate_customers(2000, 4)
+    ref = write_batch(frame, workdir / "batch.parquet")
+    model = train(frame, SPEC, TrainingConfig(candidates=("torch_mlp",), device="cpu"))
+    context = RunContext(name, data_version([ref.sha256]), "data", "e", "c", (ref,))
+    run_id = MlflowModelStore(infra.mlflow_uri).log_training(model, context)
+    handlers = RegistryHandlers(
+        models=MlflowModelRegistry(infra.mlflow_uri),
+        loader=MlflowCandidateLoader(infra.mlflow_uri),
+        spec=SPEC,
+        publisher=RecordingPublisher(),
+        metrics=RegistryMetrics.create(CollectorRegistry()),
+        policy=GatePolicy(latency_budget_ms=250.0),
+        packager=BentoModelStore(home),
+    )
+    handlers._register_and_decide(
+        ModelTrained(
+            producer="benchmark",
+            model_name=name,
+            run_id=run_id,
+            model_uri=f"runs:/{run_id}/model",
+            algorithm=model.algorithm,
+            metrics=model.metrics,
+            data_version=context.data_version,
+        )
+    )
+    tags = MlflowModelRegistry(infra.mlflow_uri).list_versions(name)[0].tags
+    return Approved(name, tags["flywheel.bento_tag"], home)
+
+
+@contextlib.contextmanager
+def server(
+    argv: list[str], env: dict[str, str], ready: Callable[[], bool], cpus: str
+) -> Iterator[None]:
+    """Run ``argv`` pinned to ``cpus`` in its own session until ``ready``; stop it after."""
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(
+            ["taskset", "-c", cpus, *argv],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 180
+            while not _answers(ready):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    tail = log.read().decode(errors="replace")[-3000:]
+                    raise RuntimeError(f"{argv[:4]} did not become ready:\n{tail}")
+                time.sleep(0.5)
+            yield
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def _answers(ready: Callable[[], bool]) -> bool:
+    try:
+        return ready()
+    except httpx.HTTPError:
+        return False
+
+
+def gateway_ready(url: str) -> Callable[[], bool]:
+    """Ready once ``/readyz`` reports the champion loaded."""
+    return lambda: bool(httpx.get(f"{url}/readyz", timeout=2).json().get("model_loaded"))
+
+
+def http_ok(url: str) -> Callable[[], bool]:
+    """Ready once ``url`` answers 200."""
+    return lambda: httpx.get(url, timeout=2).status_code == 200
+
+
+def sweep(url: str, body: Path, args: argparse.Namespace) -> list[WrkResult]:
+    """A short warm-up, then one wrk run per connection count."""
+    run_wrk(url, body, args.connections[0], 3, args.client_cpus)
+    return [run_wrk(url, body, c, args.seconds, args.client_cpus) for c in args.connections]
+
+
+def batch_times(
+    url: str, rows: list[dict[str, Any]], count: int
+) -> tuple[list[float], list[float]]:
+    """Server times (``server_time_ms``) and round trips (ms) of ``count`` batch requests."""
+    server, client = [], []
+    with httpx.Client(timeout=30) as http:
+        for i in range(count + 10):
+            started = time.perf_counter()
+            response = http.post(url, json={"instances": rows})
+            elapsed = (time.perf_counter() - started) * 1000
+            response.raise_for_status()
+            if i >= 10:  # the first ten warm up
+                server.append(float(response.json()["server_time_ms"]))
+                client.append(elapsed)
+    return server, client
+
+
+@dataclass
+class Results:
+    """Everything measured, for the report."""
+
+    sweeps: dict[str, list[WrkResult]]
+    open_loop: OpenLoopResult | None = None
+    open_loop_bare: OpenLoopResult | None = None
+    batch_server_ms: list[float] | None = None
+    batch_client_ms: list[float] | None = None
+
+    def peak(self, name: str) -> WrkResult:
+        """The run with the most req/s."""
+        return max(self.sweeps[name], key=lambda r: r.rps)
+
+
+def measure(approved: Approved, infra: Endpoints, args: argparse.Namespace) -> Results:
+    """Serve the model each way, one server at a time, and load each one."""
+    row = _json_row(generate_customers(1, 11)[list(SPEC.feature_names)].iloc[0].to_dict())
+    batch = [
+        _json_row(r)
+        for r in generate_customers(256, 12)[list(SPEC.feature_names)].to_dict("records")
+    ]
+    tmp = Path(tempfile.mkdtemp(prefix="bench-bodies-"))
+    bodies = {"gateway": {"features": row}, "bentoml": {"rows": [row]}, "bare": {"features": row}}
+    files = {k: tmp / f"{k}.json" for k in bodies}
+    for key, body in bodies.items():
+        files[key].write_text(json.dumps(body))
+    base, results = f"http://127.0.0.1:{args.port}", Results({})
+    gateway_env = {
+        "FLYWHEEL_MODEL_NAME": approved.name,
+        "KAFKA_BOOTSTRAP_SERVERS": infra.kafka_bootstrap,
+        "REDIS_URL": infra.redis_url,
+        "MLFLOW_TRACKING_URI": infra.mlflow_uri,
+        "GATEWAY_PORT": str(args.port),
+    }
+    gateway = [sys.executable, "-m", "flywheel", "service", "gateway"]
+    bare = [sys.executable, str(ROOT / "benchmarks" / "bare_endpoint.py"), "--port", str(args.port)]
+    with server(bare, {}, http_ok(f"{base}/readyz"), args.server_cpus):
+        results.sweeps["bare FastAPI"] = sweep(f"{base}/v1/predict", files["bare"], args)
+    with server(
+        _bento_argv(args.port), _bento_env(approved), http_ok(f"{base}/readyz"), args.server_cpus
+    ):
+        results.sweeps["bentoml serve"] = sweep(f"{base}/predict", files["bentoml"], args)
+    off_env = {**gateway_env, "GATEWAY_LOG_PREDICTIONS": "false"}
+    with server(gateway, off_env, gateway_ready(base), args.server_cpus):
+        results.sweeps["gateway, logging off"] = sweep(f"{base}/v1/predict", files["gateway"], args)
+    with server(gateway, gateway_env, gateway_ready(base), args.server_cpus):
+        results.sweeps["gateway"] = sweep(f"{base}/v1/predict", files["gateway"], args)
+        rate = 0.7 * results.peak("gateway").rps
+        body = files["gateway"].read_bytes()
+        results.open_loop = run_open_loop(f"{base}/v1/predict", body, rate, args.seconds * 2)
+        results.batch_server_ms, results.batch_client_ms = batch_times(
+            f"{base}/v1/predict", batch, args.batches
+        )
+    with server(bare, {}, http_ok(f"{base}/readyz"), args.server_cpus):
+        body = files["bare"].read_bytes()
+        results.open_loop_bare = run_open_loop(f"{base}/v1/predict", body, rate, args.seconds * 2)
+    return results
+
+
+def _json_row(row: Mapping[Any, Any]) -> dict[str, Any]:
+    return {str(k): (v if isinstance(v, str) else float(v)) for k, v in row.items()}
+
+
+def _bento_argv(port: int) -> list[str]:
+    argv = [sys.executable, "-m", "bentoml", "serve", "bento_service:FlywheelModel"]
+    return [*argv, "--host", "127.0.0.1", "--port", str(port)]
+
+
+def _bento_env(approved: Approved) -> dict[str, str]:
+    service = 'services."flywheel-model"'
+    return {
+        "BENTOML_HOME": str(approved.home),
+        "BENTOML_DO_NOT_TRACK": "True",
+        "FLYWHEEL_BENTO_MODEL": approved.tag,
+        "BENTOML_CONFIG_OPTIONS": f"{service}.workers=1 {service}.logging.access.enabled=false",
+    }
+
+
+def _pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+def report(results: Results) -> None:
+    """Print every run, the comparison table, and each target met or not."""
+    print("\nwrk runs (1 thread, closed loop):")
+    print(f"{'server':<22} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'failed':>6}")
+    for name, runs in results.sweeps.items():
+        for r in runs:
+            line = f"{r.connections:>5} {r.rps:>9.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f}"
+            print(f"{name:<22} {line} {r.failures:>6}")
+    bento, bare = results.peak("bentoml serve").rps, results.peak("bare FastAPI").rps
+    print("\nPeak per server:")
+    print(f"{'server':<22} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'×BentoML':>9} {'×bare':>7}")
+    for name in results.sweeps:
+        p = results.peak(name)
+        ratios = f"{p.rps / bento:>9.2f} {p.rps / bare:>7.2f}"
+        print(f"{name:<22} {p.rps:>9.0f} {p.p50_ms:>8.2f} {p.p99_ms:>8.2f} {ratios}")
+    _report_rest(results)
+
+
+def _report_rest(results: Results) -> None:
+    assert results.open_loop is not None
+    assert results.open_loop_bare is not None
+    assert results.batch_server_ms is not None
+    assert results.batch_client_ms is not None
+    for label, ol in (("gateway", results.open_loop), ("bare FastAPI", results.open_loop_bare)):
+        print(
+            f"\nOpen loop at {ol.target_rps:.0f} req/s (70 % of the gateway's peak), {label}: "
+            f"got {ol.achieved_rps:.0f} req/s, p50 {ol.p50_ms:.2f} ms, p99 {ol.p99_ms:.2f} ms, "
+            f"{ol.failures} failed"
+        )
+    server, client = results.batch_server_ms, results.batch_client_ms
+    print(
+        f"\n256-row batch through the gateway ({len(server)} requests): server time "
+        f"p50 {_pct(server, 50):.2f} ms, p99 {_pct(server, 99):.2f} ms; "
+        f"round trip p50 {_pct(client, 50):.2f} ms, p99 {_pct(client, 99):.2f} ms"
+    )
+    gateway = results.peak("gateway").rps
+    logging_cost = 1 - gateway / results.peak("gateway, logging off").rps
+    targets = [
+        ("gateway ≥ 2× BentoML", gateway / results.peak("bentoml serve").rps, 2.0, "×", True),
+        ("gateway ≥ 50 % of bare", gateway / results.peak("bare FastAPI").rps, 0.5, "×", True),
+        ("p99 ≤ 10 ms at 70 % of peak", results.open_loop.p99_ms, 10.0, " ms", False),
+        ("logging ≤ 15 % of throughput", logging_cost, 0.15, "", False),
+        ("256-row batch ≤ 5 ms server time (p50)", _pct(server, 50), 5.0, " ms", False),
+        ("256-row batch ≤ 5 ms server time (p99)", _pct(server, 99), 5.0, " ms", False),
+    ]
+    print("\nTargets (issue 4):")
+    for label, value, bound, unit, at_least in targets:
+        met = value >= bound if at_least else value <= bound
+        print(f"  {label:<40} {value:>8.2f}{unit:<4} {'met' if met else 'NOT MET'}")
+
+
+def _cpus(spec: str) -> set[int]:
+    cpus: set[int] = set()
+    for part in spec.split(","):
+        low, _, high = part.partition("-")
+        cpus.update(range(int(low), int(high or low) + 1))
+    return cpus
+
+
+def main() -> None:
+    """Bring up what is missing, approve a model, load each server and print the comparison."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each wrk run")
+    parser.add_argument("--connections", default="4,16,64", help="wrk connection counts")
+    parser.add_argument("--batches", type=int, default=200, help="256-row requests to time")
+    parser.add_argument("--port", type=int, default=18000, help="port each server takes in turn")
+    parser.add_argument("--server-cpus", default="0", help="taskset CPU list of the servers")
+    parser.add_argument("--client-cpus", default="1", help="CPU list of wrk and this script")
+    args = parser.parse_args()
+    args.connections = [int(c) for c in args.connections.split(",")]
+    os.sched_setaffinity(0, _cpus(args.client_cpus))
+    print(
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
+    infra, started = ensure_infra()
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-serving-") as workdir:
+            approved = approve_model(infra, Path(workdir))
+            print(f"model {approved.name} v1 approved (BentoML {approved.tag})")
+            results = measure(approved, infra, args)
+        report(results)
+    finally:
+        for name in started:
+            stop(InfraConfig.from_env().run_dir, name)
+        print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
