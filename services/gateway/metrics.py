@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _CONFIDENCE_BUCKETS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 
@@ -19,6 +19,8 @@ class GatewayMetrics:
     confidence: Histogram
     errors: Counter
     events_dropped: Counter
+    events_pending: Gauge
+    events_retried: Counter
     model_load_errors: Counter
     feedback: Counter
     crm_updates: Counter
@@ -60,8 +62,20 @@ class GatewayMetrics:
             ),
             events_dropped=Counter(
                 "prediction_events_dropped_total",
-                "PredictionLogged events lost: buffer full or publish failed.",
+                "PredictionLogged events lost: a queue over capacity, or left at shutdown.",
                 ["reason"],
+                registry=registry,
+            ),
+            events_pending=Gauge(
+                "prediction_events_pending",
+                "PredictionLogged events queued, by stage (publish to Kafka, record in Redis).",
+                ["stage"],
+                registry=registry,
+            ),
+            events_retried=Counter(
+                "prediction_events_retried_total",
+                "PredictionLogged events put back in their queue after a failed delivery.",
+                ["stage"],
                 registry=registry,
             ),
             model_load_errors=Counter(

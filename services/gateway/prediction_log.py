@@ -1,8 +1,15 @@
-"""Prediction events leave the request path: a bounded buffer drained by a background task.
+"""Prediction events leave the request path: bounded queues drained by a background task.
 
-A prediction never waits for Kafka or Redis. When they are slow or down the
-buffer fills and drops its oldest events (counted), which keeps memory bounded
-and favours recent traffic, the part drift detection cares about.
+A prediction never waits for Kafka or Redis. Each event goes through two
+stages, publishing (Kafka) and recording (Redis, for feedback), each with a
+queue of its own. A step that fails puts its batch back at the front of its
+queue and the drain backs off, so an outage delays events instead of losing
+them and the backlog is sent when the dependency returns. Only a queue that
+outgrows its capacity drops events, the oldest first (counted): memory stays
+bounded and recent traffic, the part drift detection cares about, survives.
+
+Publishing is at least once: a send that timed out may still reach the broker
+and be sent again; consumers de-duplicate by ``event_id``.
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.ports import PredictionRecords
@@ -20,9 +27,48 @@ from shared.messaging import EventPublisher
 
 log = logging.getLogger(__name__)
 
+Deliver = Callable[[list[PredictionLogged]], Awaitable[list[PredictionLogged]]]
+"""Sends a batch; returns the events that did not go (to be retried)."""
+
+
+class _Stage:
+    """One bounded queue of events and the delivery that empties it."""
+
+    def __init__(self, name: str, deliver: Deliver, metrics: GatewayMetrics, capacity: int):
+        self.name = name
+        self.pending: deque[PredictionLogged] = deque()
+        self._deliver = deliver
+        self._metrics = metrics
+        self._capacity = capacity
+
+    def add(self, events: Sequence[PredictionLogged]) -> None:
+        self.pending.extend(events)
+        self._trim()
+
+    async def step(self, batch_size: int) -> int:
+        """Deliver up to one batch; requeue what failed; return how many went."""
+        batch = [self.pending.popleft() for _ in range(min(batch_size, len(self.pending)))]
+        if not batch:
+            return 0
+        failed = batch  # so a cancelled step (shutdown) requeues its batch
+        try:
+            failed = await self._deliver(batch)
+        finally:
+            self.pending.extendleft(reversed(failed))
+            self._trim()
+        return len(batch) - len(failed)
+
+    def _trim(self) -> None:
+        overflow = len(self.pending) - self._capacity
+        for _ in range(max(0, overflow)):
+            self.pending.popleft()
+        if overflow > 0:
+            self._metrics.events_dropped.labels(reason=f"{self.name}_buffer_full").inc(overflow)
+        self._metrics.events_pending.labels(stage=self.name).set(len(self.pending))
+
 
 class PredictionEventBuffer:
-    """Holds PredictionLogged events until a drain step publishes and records them."""
+    """Holds PredictionLogged events until they are published to Kafka and recorded in Redis."""
 
     def __init__(
         self,
@@ -33,51 +79,56 @@ class PredictionEventBuffer:
         capacity: int,
         batch_size: int,
         timeout_s: float,
+        backoff_s: tuple[float, float] = (0.2, 5.0),
     ) -> None:
         self._publisher = publisher
         self._records = records
         self._metrics = metrics
-        self._pending: deque[PredictionLogged] = deque()
-        self._capacity = capacity
+        self._publishing = _Stage("publish", self._publish, metrics, capacity)
+        self._recording = _Stage("record", self._remember, metrics, capacity)
         self._batch_size = batch_size
         self._timeout_s = timeout_s
+        self._backoff_s = backoff_s
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
-        return len(self._pending)
+        """Events not yet published (the larger of the two queues in practice)."""
+        return max(len(self._publishing.pending), len(self._recording.pending))
 
     def find(self, request_id: str) -> PredictionLogged | None:
         """A queued event of ``request_id`` (its record is not stored yet), if any."""
-        for event in reversed(self._pending):
+        for event in reversed(self._recording.pending):
             if event.request_id == request_id:
                 return event
         return None
 
     def offer(self, events: Sequence[PredictionLogged]) -> None:
-        """Queue ``events`` without waiting; drop the oldest beyond capacity."""
-        overflow = len(self._pending) + len(events) - self._capacity
-        for _ in range(max(0, min(overflow, len(self._pending)))):
-            self._pending.popleft()
-        self._pending.extend(events[-self._capacity :])
-        if overflow > 0:
-            self._metrics.events_dropped.labels(reason="buffer_full").inc(overflow)
+        """Queue ``events`` for both stages without waiting."""
+        self._publishing.add(events)
+        self._recording.add(events)
         self._ready.set()
 
     async def drain_once(self) -> int:
-        """Publish and record up to one batch of events; return how many were taken."""
-        batch = [self._pending.popleft() for _ in range(min(self._batch_size, len(self._pending)))]
-        if not self._pending:
+        """One step of each stage; return how many deliveries (publishes plus records) succeeded."""
+        published, recorded = await asyncio.gather(
+            self._publishing.step(self._batch_size), self._recording.step(self._batch_size)
+        )
+        if not len(self):
             self._ready.clear()
-        if batch:
-            await asyncio.gather(self._publish(batch), self._remember(batch))
-        return len(batch)
+        return published + recorded
 
     async def run(self) -> None:
-        """Drain forever, waking when events arrive."""
+        """Drain forever: wake when events arrive, back off while a dependency is down."""
+        low, high = self._backoff_s
+        delay = low
         while True:
             await self._ready.wait()
-            await self.drain_once()
+            if await self.drain_once() or not len(self):
+                delay = low
+                continue
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, high)
 
     async def start(self) -> None:
         """Start draining in the background (a start-up hook)."""
@@ -85,37 +136,45 @@ class PredictionEventBuffer:
 
     async def stop(self) -> None:
         """Drain what is left (bounded by the timeout), then stop (a shutdown hook)."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self._timeout_s):
-                while await self.drain_once():
-                    pass
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._timeout_s):
+                while len(self) and await self.drain_once():
+                    pass
+        if len(self):
+            log.warning("prediction events lost at shutdown", extra={"count": len(self)})
+            self._metrics.events_dropped.labels(reason="shutdown").inc(len(self))
 
-    async def _publish(self, batch: list[PredictionLogged]) -> None:
+    async def _publish(self, batch: list[PredictionLogged]) -> list[PredictionLogged]:
         sends = [self._publisher.publish(event) for event in batch]
         try:
             async with asyncio.timeout(self._timeout_s):
                 results = await asyncio.gather(*sends, return_exceptions=True)
         except TimeoutError:
             results = [TimeoutError()] * len(batch)
-        failed = [r for r in results if isinstance(r, BaseException)]
+        failed = [e for e, r in zip(batch, results, strict=True) if isinstance(r, BaseException)]
         if failed:
-            self._metrics.events_dropped.labels(reason="publish_failed").inc(len(failed))
+            self._metrics.events_retried.labels(stage="publish").inc(len(failed))
+            error = next(r for r in results if isinstance(r, BaseException))
             log.warning(
-                "prediction events not published",
-                extra={"count": len(failed), "error": repr(failed[0])},
+                "prediction events not published yet; will retry",
+                extra={"count": len(failed), "error": repr(error)},
             )
+        return failed
 
-    async def _remember(self, batch: list[PredictionLogged]) -> None:
+    async def _remember(self, batch: list[PredictionLogged]) -> list[PredictionLogged]:
         try:
             async with asyncio.timeout(self._timeout_s):
                 await self._records.remember(batch)
         except Exception as error:
-            # Feedback for these predictions will answer 404; serving goes on regardless.
+            # Until stored, feedback finds these through ``find``; serving goes on regardless.
+            self._metrics.events_retried.labels(stage="record").inc(len(batch))
             log.warning(
-                "prediction records not stored",
+                "prediction records not stored yet; will retry",
                 extra={"count": len(batch), "error": repr(error)},
             )
+            return batch
+        return []

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -13,14 +12,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
-import mlflow
-import mlflow.sklearn
 import pytest
-from mlflow.tracking import MlflowClient
-from sklearn.compose import ColumnTransformer
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from _support import free_port, register_champion
 
 from flywheel.infra import Endpoints
 from flywheel.infra.stack import start_services, stop_services
@@ -34,50 +27,15 @@ DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 REQUESTS = 37
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _register_champion(infra: Endpoints, name: str) -> None:
-    """A small model with its reference sample, as the trainer logs them, made champion."""
-    frame = generate_customers(400, seed=11)
-    features = ColumnTransformer(
-        [
-            ("numeric", StandardScaler(), list(SPEC.numeric_features)),
-            (
-                "categorical",
-                OneHotEncoder(handle_unknown="ignore"),
-                list(SPEC.categorical_features),
-            ),
-        ]
-    )
-    pipeline = Pipeline([("features", features), ("classifier", LogisticRegression())])
-    pipeline.fit(frame[list(SPEC.feature_names)], frame[SPEC.label])
-    mlflow.set_tracking_uri(infra.mlflow_uri)
-    mlflow.set_experiment(name)
-    with mlflow.start_run() as run:
-        mlflow.sklearn.log_model(pipeline, name="model", pip_requirements=["scikit-learn"])
-        mlflow.log_metric("accuracy", 0.9)
-        folder = infra.run_dir / name
-        folder.mkdir()
-        frame[list(SPEC.feature_names)].to_parquet(folder / "features.parquet")
-        mlflow.log_artifact(str(folder / "features.parquet"), artifact_path="reference")
-    client = MlflowClient(infra.mlflow_uri)
-    version = mlflow.register_model(f"runs:/{run.info.run_id}/model", name).version
-    client.set_registered_model_alias(name, "champion", version)
-
-
 @pytest.fixture(scope="module")
 def services(
     infra: Endpoints, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, str]]:
     name = f"prom-{uuid.uuid4().hex[:8]}"
-    _register_champion(infra, name)
+    register_champion(infra, name)
     run_dir = tmp_path_factory.mktemp("prom-services")
     endpoints = dataclasses.replace(infra, run_dir=run_dir)
-    ports = {"gateway": _free_port(), "monitor": _free_port()}
+    ports = {"gateway": free_port(), "monitor": free_port()}
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("FLYWHEEL_MODEL_NAME", name)
         patch.setenv("MONITOR_REFERENCE_REFRESH_S", "1")
@@ -102,7 +60,7 @@ def prometheus(
         for job, url in services.items()
     ]
     (home / "targets" / "flywheel.json").write_text(json.dumps(targets))
-    port = _free_port()
+    port = free_port()
     argv = [
         binary,
         f"--config.file={home / 'prometheus.yml'}",

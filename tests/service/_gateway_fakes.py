@@ -100,11 +100,18 @@ class InMemoryPredictionRecords:
 
 
 class FailingPublisher:
-    """A publisher whose broker is down."""
+    """A publisher whose broker is down until ``recover`` is called."""
 
     def __init__(self) -> None:
         self.attempts = 0
+        self.down = True
+        self.events: list[Event] = []
+
+    def recover(self) -> None:
+        self.down = False
 
     async def publish(self, event: Event) -> None:
         self.attempts += 1
-        raise ConnectionError("kafka is down")
+        if self.down:
+            raise ConnectionError("kafka is down")
+        self.events.append(event)

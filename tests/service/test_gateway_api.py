@@ -248,16 +248,23 @@ async def test_feedback_with_an_unknown_label_is_422(gateway: Gateway) -> None:
     assert "platinum" in response.json()["detail"]["message"]
 
 
-async def test_predictions_succeed_while_kafka_is_down() -> None:
+async def test_predictions_succeed_while_kafka_is_down_and_their_events_follow_later() -> None:
     async for gateway in _gateway(FailingPublisher()):
         gateway.serve()
         response = await gateway.client.post("/v1/predict", json={"instances": rows(2)})
         assert response.status_code == 200
         await gateway.drain()
-        assert gateway.publisher.attempts == 2
-        assert gateway.metric("prediction_events_dropped_total", reason="publish_failed") == 2
-        # Records still went to the store, so feedback works once Kafka is back.
+        retried = gateway.metric("prediction_events_retried_total", stage="publish")
+        assert retried == gateway.publisher.attempts >= 2
+        assert gateway.metric("prediction_events_pending", stage="publish") == 2
+        assert gateway.metric("prediction_events_dropped_total", reason="publish_buffer_full") == 0
+        # Records still went to the store, so feedback works while Kafka is away.
         assert len(gateway.records.records) == 2
+        gateway.publisher.recover()
+        await gateway.drain()
+        answered = [p["request_id"] for p in response.json()["predictions"]]
+        assert [e.request_id for e in gateway.publisher.events] == answered
+        assert gateway.metric("prediction_events_pending", stage="publish") == 0
 
 
 async def test_events_carry_the_experiment_and_split_that_routed_them(gateway: Gateway) -> None:

@@ -166,13 +166,13 @@ async def test_full_buffer_drops_the_oldest_and_counts_them() -> None:
     buffer.offer(logged(2))
     buffer.offer(logged(5)[2:])
     assert len(buffer) == 3
-    assert await buffer.drain_once() == 3
+    assert await buffer.drain_once() == 3 + 3  # published and recorded
     assert [e.request_id for e in publisher.events if isinstance(e, PredictionLogged)] == [
         "r-2",
         "r-3",
         "r-4",
     ]
-    assert metrics.events_dropped.labels(reason="buffer_full")._value.get() == 2
+    assert metrics.events_dropped.labels(reason="publish_buffer_full")._value.get() == 2
 
 
 async def test_buffer_drains_in_bounded_batches() -> None:
@@ -183,5 +183,5 @@ async def test_buffer_drains_in_bounded_batches() -> None:
         publisher, records, metrics, capacity=100, batch_size=4, timeout_s=1
     )
     buffer.offer(logged(10))
-    assert [await buffer.drain_once() for _ in range(4)] == [4, 4, 2, 0]
+    assert [await buffer.drain_once() for _ in range(4)] == [8, 8, 4, 0]
     assert len(records.records) == 10
