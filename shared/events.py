@@ -26,6 +26,7 @@ class Topic(StrEnum):
     MODEL_REJECTED = "flywheel.model-rejected"
     DRIFT_DETECTED = "flywheel.drift-detected"
     PREDICTION_LOGGED = "flywheel.prediction-logged"
+    PREDICTION_FAILED = "flywheel.prediction-failed"
     FEEDBACK_RECEIVED = "flywheel.feedback-received"
     EXPERIMENT_UPDATED = "flywheel.experiment-updated"
     MODEL_PROMOTED = "flywheel.model-promoted"
@@ -235,6 +236,28 @@ class PredictionLogged(Event):
     )
 
 
+class PredictionFailed(Event):
+    """A routed variant failed to answer (its model raised or gave non-finite output).
+
+    Input errors (4xx) are the client's and never appear here; these count against
+    the variant in the router's error-rate guardrail.
+    """
+
+    topic: ClassVar[Topic] = Topic.PREDICTION_FAILED
+    type: Literal["prediction-failed"] = "prediction-failed"
+    request_id: str
+    model_name: str
+    version: str
+    variant: Variant
+    error_type: str = Field(description="Class of the error, e.g. ValueError.")
+    rows: int = Field(1, ge=1, description="Rows of the failed request.")
+    latency_ms: float = Field(ge=0)
+    experiment_id: str | None = Field(None, description="Experiment whose split routed this.")
+    challenger_share: float | None = Field(
+        None, ge=0, le=1, description="The challenger's share in force when this was routed."
+    )
+
+
 class FeedbackReceived(Event):
     """The true outcome of an earlier prediction, enriched with who answered it."""
 
@@ -311,6 +334,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ModelRejected,
     DriftDetected,
     PredictionLogged,
+    PredictionFailed,
     FeedbackReceived,
     ExperimentUpdated,
     ModelPromoted,
@@ -325,6 +349,7 @@ AnyEvent = Annotated[
     | ModelRejected
     | DriftDetected
     | PredictionLogged
+    | PredictionFailed
     | FeedbackReceived
     | ExperimentUpdated
     | ModelPromoted

@@ -36,6 +36,29 @@ class ModelUnavailableError(FlywheelError):
     retryable = True
 
 
+class ModelFailedError(FlywheelError):
+    """The routed model raised, or answered probabilities that are not finite."""
+
+    retryable = True
+
+
+def check_probabilities(probabilities: np.ndarray, rows: int, classes: int) -> None:
+    """Raise ModelFailedError unless the model gave one finite row per instance.
+
+    >>> check_probabilities(np.array([[0.2, 0.8]]), 1, 2)
+    >>> check_probabilities(np.array([[np.nan, 0.5]]), 1, 2)
+    Traceback (most recent call last):
+    ...
+    services.gateway.core.ModelFailedError: the model answered non-finite probabilities
+    """
+    if probabilities.shape != (rows, classes):
+        raise ModelFailedError(
+            f"the model answered shape {probabilities.shape}, expected {(rows, classes)}"
+        )
+    if not np.isfinite(probabilities).all():
+        raise ModelFailedError("the model answered non-finite probabilities")
+
+
 def bucket_of(experiment_id: str, entity_id: str) -> float:
     """Where ``entity_id`` falls in [0, 1) for this experiment: stable and uniform.
 

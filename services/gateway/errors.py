@@ -5,7 +5,12 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from services.gateway.core import BatchTooLargeError, FeatureValidationError, ModelUnavailableError
+from services.gateway.core import (
+    BatchTooLargeError,
+    FeatureValidationError,
+    ModelFailedError,
+    ModelUnavailableError,
+)
 from shared.errors import DependencyUnavailableError, FlywheelError, NotFoundError
 
 _STATUS: tuple[tuple[type[FlywheelError], int], ...] = (
@@ -13,6 +18,7 @@ _STATUS: tuple[tuple[type[FlywheelError], int], ...] = (
     (NotFoundError, 404),
     (ModelUnavailableError, 503),
     (DependencyUnavailableError, 503),
+    (ModelFailedError, 500),
 )
 
 

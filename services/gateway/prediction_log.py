@@ -19,29 +19,38 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
 
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.ports import PredictionRecords
-from shared.events import PredictionLogged
+from shared.events import Event, PredictionFailed, PredictionLogged
 from shared.messaging import EventPublisher
 
 log = logging.getLogger(__name__)
 
-Deliver = Callable[[list[PredictionLogged]], Awaitable[list[PredictionLogged]]]
-"""Sends a batch; returns the events that did not go (to be retried)."""
+E = TypeVar("E", bound=Event)
 
 
-class _Stage:
-    """One bounded queue of events and the delivery that empties it."""
+class _Stage(Generic[E]):
+    """One bounded queue of events and the delivery that empties it.
 
-    def __init__(self, name: str, deliver: Deliver, metrics: GatewayMetrics, capacity: int):
+    ``deliver`` sends a batch and returns the events that did not go (to be retried).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        deliver: Callable[[list[E]], Awaitable[list[E]]],
+        metrics: GatewayMetrics,
+        capacity: int,
+    ):
         self.name = name
-        self.pending: deque[PredictionLogged] = deque()
+        self.pending: deque[E] = deque()
         self._deliver = deliver
         self._metrics = metrics
         self._capacity = capacity
 
-    def add(self, events: Sequence[PredictionLogged]) -> None:
+    def add(self, events: Sequence[E]) -> None:
         self.pending.extend(events)
         self._trim()
 
@@ -68,7 +77,7 @@ class _Stage:
 
 
 class PredictionEventBuffer:
-    """Holds PredictionLogged events until they are published to Kafka and recorded in Redis."""
+    """Holds prediction events until they are published to Kafka (and recorded in Redis)."""
 
     def __init__(
         self,
@@ -84,7 +93,7 @@ class PredictionEventBuffer:
         self._publisher = publisher
         self._records = records
         self._metrics = metrics
-        self._publishing = _Stage("publish", self._publish, metrics, capacity)
+        self._publishing: _Stage[Event] = _Stage("publish", self._publish, metrics, capacity)
         self._recording = _Stage("record", self._remember, metrics, capacity)
         self._batch_size = batch_size
         self._timeout_s = timeout_s
@@ -107,6 +116,11 @@ class PredictionEventBuffer:
         """Queue ``events`` for both stages without waiting."""
         self._publishing.add(events)
         self._recording.add(events)
+        self._ready.set()
+
+    def offer_failure(self, event: PredictionFailed) -> None:
+        """Queue a failed prediction's event for publishing (nothing to record for feedback)."""
+        self._publishing.add([event])
         self._ready.set()
 
     async def drain_once(self) -> int:
@@ -148,7 +162,7 @@ class PredictionEventBuffer:
             log.warning("prediction events lost at shutdown", extra={"count": len(self)})
             self._metrics.events_dropped.labels(reason="shutdown").inc(len(self))
 
-    async def _publish(self, batch: list[PredictionLogged]) -> list[PredictionLogged]:
+    async def _publish(self, batch: list[Event]) -> list[Event]:
         sends = [self._publisher.publish(event) for event in batch]
         try:
             async with asyncio.timeout(self._timeout_s):

@@ -10,11 +10,15 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+import numpy as np
+import pandas as pd
 from redis.exceptions import RedisError
 
 from services.gateway.core import (
+    ModelFailedError,
     ModelUnavailableError,
     RowPrediction,
+    check_probabilities,
     choose_variant,
     row_from_store,
     rows_from_probabilities,
@@ -27,7 +31,7 @@ from services.gateway.ports import FeatureStore, PredictionRecords
 from services.gateway.prediction_log import PredictionEventBuffer
 from services.gateway.schemas import FeedbackResponse, PredictResponse, RowPredictionOut
 from shared.errors import DependencyUnavailableError, InvalidInputError, NotFoundError
-from shared.events import FeedbackReceived, PredictionLogged, Variant
+from shared.events import FeedbackReceived, PredictionFailed, PredictionLogged, Variant
 from shared.messaging import EventPublisher
 from shared.spec import ModelSpec
 
@@ -112,11 +116,18 @@ class PredictionService:
             frame = validate_instances(rows, self._spec, self._max_batch)
             snapshot = self._pool.snapshot
             variant, model = self._pick(snapshot, entity_id)
-            probabilities = await asyncio.to_thread(model.model.predict_proba, frame)
-            answered = rows_from_probabilities(model.classes, probabilities)
         except Exception as error:
-            self._metrics.errors.labels(error_type=type(error).__name__).inc()
-            self._metrics.requests.labels("none", "none", str(http_status(error))).inc()
+            self._count_error(error, "none", "none")
+            raise
+        try:
+            answered = await self._score(model, frame)
+        except ModelFailedError as error:
+            # The variant that failed pays for it in the router's error-rate guardrail.
+            self._count_error(error, variant, model.version)
+            elapsed = time.perf_counter() - started
+            self._events.offer_failure(
+                self._failure_of(error, model, variant, len(frame), elapsed, snapshot.routing)
+            )
             raise
         elapsed = time.perf_counter() - started
         response = self._response(model, variant, answered, elapsed)
@@ -124,6 +135,49 @@ class PredictionService:
             self._events.offer(self._events_of(response, rows, entity_id, snapshot.routing))
         self._observe(model, variant, answered, elapsed)
         return response
+
+    @staticmethod
+    async def _score(model: LoadedModel, frame: pd.DataFrame) -> list[RowPrediction]:
+        try:
+            probabilities = np.asarray(await asyncio.to_thread(model.model.predict_proba, frame))
+            check_probabilities(probabilities, len(frame), len(model.classes))
+        except ModelFailedError as error:
+            raise ModelFailedError(f"model {model.name} version {model.version}: {error}") from None
+        except Exception as error:
+            raise ModelFailedError(
+                f"model {model.name} version {model.version} failed: "
+                f"{type(error).__name__}: {error}"
+            ) from error
+        return rows_from_probabilities(model.classes, probabilities)
+
+    def _count_error(self, error: Exception, variant: str, version: str) -> None:
+        cause = error.__cause__ if isinstance(error, ModelFailedError) else None
+        self._metrics.errors.labels(error_type=type(cause or error).__name__).inc()
+        self._metrics.requests.labels(variant, version, str(http_status(error))).inc()
+
+    @staticmethod
+    def _failure_of(
+        error: ModelFailedError,
+        model: LoadedModel,
+        variant: Variant,
+        rows: int,
+        elapsed: float,
+        routing: RoutingTable,
+    ) -> PredictionFailed:
+        request_id = str(uuid.uuid4())
+        return PredictionFailed(
+            producer="gateway",
+            correlation_id=request_id,
+            request_id=request_id,
+            model_name=model.name,
+            version=model.version,
+            variant=variant,
+            error_type=type(error.__cause__ or error).__name__,
+            rows=rows,
+            latency_ms=elapsed * 1000,
+            experiment_id=routing.experiment_id,
+            challenger_share=routing.challenger_share,
+        )
 
     def _pick(
         self, snapshot: ServingSnapshot, entity_id: str | None

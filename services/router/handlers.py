@@ -12,7 +12,11 @@ from services.router.core import Experiment, decide_on_approval
 from services.router.core.experiment import ExperimentPlan
 from services.router.core.lifecycle import look, look_due, state_changed
 from services.router.core.report import look_point
-from services.router.core.tally import feedback_increments, prediction_increments
+from services.router.core.tally import (
+    failure_increments,
+    feedback_increments,
+    prediction_increments,
+)
 from services.router.metrics import RouterMetrics
 from services.router.ports import ExperimentStore, ModelAliases, OutcomeTally
 from shared.errors import DependencyUnavailableError
@@ -23,6 +27,7 @@ from shared.events import (
     ModelApproved,
     ModelPromoted,
     ModelRolledBack,
+    PredictionFailed,
     PredictionLogged,
     Topic,
 )
@@ -123,6 +128,12 @@ class OutcomeHandler:
             return  # served outside any experiment
         await self._tally.add(event.event_id, event.experiment_id, prediction_increments(event))
 
+    async def on_failure(self, event: PredictionFailed) -> None:
+        """Count the errors of one failed request against the variant that answered it."""
+        if event.experiment_id is None or not event.challenger_share:
+            return
+        await self._tally.add(event.event_id, event.experiment_id, failure_increments(event))
+
     async def on_feedback(self, event: FeedbackReceived) -> None:
         """Count one outcome, then look at the experiment when a batch of outcomes is in."""
         if event.experiment_id is None or not event.challenger_share:
@@ -221,4 +232,5 @@ def register(ctx: ConsumerContext, approvals: ApprovalHandler, outcomes: Outcome
     """Subscribe the router's handlers."""
     subscribe(ctx, Topic.MODEL_APPROVED, ModelApproved, approvals)
     subscribe(ctx, Topic.PREDICTION_LOGGED, PredictionLogged, outcomes.on_prediction)
+    subscribe(ctx, Topic.PREDICTION_FAILED, PredictionFailed, outcomes.on_failure)
     subscribe(ctx, Topic.FEEDBACK_RECEIVED, FeedbackReceived, outcomes.on_feedback)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import Any
 
+import numpy as np
 from sklearn.compose import ColumnTransformer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
@@ -115,3 +117,16 @@ class FailingPublisher:
         if self.down:
             raise ConnectionError("kafka is down")
         self.events.append(event)
+
+
+class BrokenModel:
+    """A loaded model that fails: it raises, or answers ``nan`` probabilities."""
+
+    def __init__(self, *, raises: bool) -> None:
+        self.classes_ = trained_pipeline(1).classes_
+        self._raises = raises
+
+    def predict_proba(self, frame: Any) -> Any:
+        if self._raises:
+            raise ValueError("weights are corrupt")
+        return np.full((len(frame), len(self.classes_)), np.nan)

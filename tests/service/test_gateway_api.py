@@ -11,6 +11,7 @@ import httpx
 import pytest
 from _gateway_fakes import (
     SPEC,
+    BrokenModel,
     FailingPublisher,
     FakeModelRegistry,
     FakeRoutingState,
@@ -27,7 +28,7 @@ from services.gateway.prediction_log import PredictionEventBuffer
 from services.gateway.serving import ServingRefresher
 from services.gateway.settings import Settings
 from shared.datasets import generate_customers
-from shared.events import ExperimentUpdated, FeedbackReceived, PredictionLogged
+from shared.events import ExperimentUpdated, FeedbackReceived, PredictionFailed, PredictionLogged
 from shared.messaging import EventPublisher
 from shared.testing import RecordingPublisher
 
@@ -360,3 +361,27 @@ async def test_an_unknown_entity_without_features_is_a_404_that_says_what_to_do(
     assert "flywheel features load" in response.json()["detail"]["message"]
     empty = await gateway.client.post("/v1/predict", json={})
     assert empty.status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("raises", "error_type"), [(True, "ValueError"), (False, "ModelFailedError")]
+)
+async def test_a_failing_challenger_answers_500_and_is_charged_with_the_error(
+    gateway: Gateway, raises: bool, error_type: str
+) -> None:
+    champion = LoadedModel(MODEL, "1", trained_pipeline(1))
+    broken = LoadedModel(MODEL, "2", BrokenModel(raises=raises))
+    routing = RoutingTable("exp-1", 1.0)
+    gateway.app.state.gateway.pool.swap(ServingSnapshot(champion, broken, routing))
+    response = await gateway.client.post("/v1/predict", json={"instances": rows(3)})
+    assert response.status_code == 500
+    assert f"model {MODEL} version 2" in response.json()["detail"]["message"]
+    await gateway.drain()
+    (failed,) = [e for e in gateway.publisher.events if isinstance(e, PredictionFailed)]
+    assert (failed.variant, failed.version, failed.rows) == ("challenger", "2", 3)
+    assert (failed.experiment_id, failed.challenger_share) == ("exp-1", 1.0)
+    assert failed.error_type == error_type
+    assert not [e for e in gateway.publisher.events if isinstance(e, PredictionLogged)]
+    labels = {"variant": "challenger", "model_version": "2", "status": "500"}
+    assert gateway.metric("prediction_requests_total", **labels) == 1
+    assert gateway.metric("ml_prediction_errors_total", error_type=error_type) == 1

@@ -19,12 +19,14 @@ from services.router.handlers import ApprovalHandler, OutcomeHandler, register
 from services.router.metrics import RouterMetrics
 from services.router.routes import experiments_router
 from shared.events import (
+    Event,
     ExperimentUpdated,
     FeedbackReceived,
     ModelApproved,
     ModelMetrics,
     ModelPromoted,
     ModelRolledBack,
+    PredictionFailed,
     PredictionLogged,
     Role,
     Topic,
@@ -129,10 +131,10 @@ class Router:
         )
         register(consumer_context("router", self.broker), self.approvals, self.outcomes)
 
-    async def deliver(self, *events: ModelApproved) -> None:
+    async def deliver(self, *events: Event) -> None:
         async with TestKafkaBroker(self.broker) as test_broker:
             for event in events:
-                await test_broker.publish(event.model_dump_json().encode(), Topic.MODEL_APPROVED)
+                await test_broker.publish(event.model_dump_json().encode(), event.topic)
 
     def updates(self) -> list[ExperimentUpdated]:
         return [e for e in self.publisher.events if isinstance(e, ExperimentUpdated)]
@@ -178,10 +180,32 @@ def outcome_pair(
     return prediction, feedback
 
 
+def failure(experiment_id: str, share: float) -> PredictionFailed:
+    return PredictionFailed(
+        producer="gateway",
+        request_id=f"r-{random.random()}",
+        model_name=MODEL,
+        version="2",
+        variant="challenger",
+        error_type="ValueError",
+        latency_ms=1.0,
+        experiment_id=experiment_id,
+        challenger_share=share,
+    )
+
+
 async def drive(
-    router: Router, experiment_id: str, acc_a: float, acc_b: float, max_events: int = 6000
+    router: Router,
+    experiment_id: str,
+    acc_a: float,
+    acc_b: float,
+    max_events: int = 6000,
+    challenger_failures: float = 0.0,
 ) -> Experiment:
-    """Send routed predictions and their outcomes by the current split until a verdict."""
+    """Send routed predictions and their outcomes by the current split until a verdict.
+
+    A share ``challenger_failures`` of the challenger's requests fail instead.
+    """
     rng = random.Random(3)
     for _ in range(max_events // 20):
         state = await router.store.get(experiment_id)
@@ -191,6 +215,9 @@ async def drive(
         for _ in range(20):
             variant: Variant = "challenger" if rng.random() < state.challenger_share else "champion"
             accuracy = acc_b if variant == "challenger" else acc_a
+            if variant == "challenger" and rng.random() < challenger_failures:
+                await router.outcomes.on_failure(failure(experiment_id, state.challenger_share))
+                continue
             prediction, feedback = outcome_pair(
                 experiment_id, variant, state.challenger_share, rng.random() < accuracy
             )
@@ -363,3 +390,30 @@ async def test_routes_list_experiments_and_report_them(router: Router) -> None:
     assert {g["name"] for g in report["guardrails"]} == {"log_latency", "label_rate"}
     assert report["sufficient_statistics"]["challenger"]["labelled"] >= 100
     assert len(report["history"]) >= 2
+
+
+async def test_a_more_accurate_challenger_that_fails_requests_is_rolled_back(
+    router: Router,
+) -> None:
+    cause = approval("challenger", "2")
+    await router.approvals(cause)
+    experiment_id = experiment_id_for(cause)
+    final = await drive(router, experiment_id, acc_a=0.75, acc_b=0.80, challenger_failures=0.1)
+    assert (final.status, final.decision) == ("rolled_back", "rollback")
+    assert "guardrail_harmed:error_rate" in final.reasons
+    (rolled_back,) = router.publisher.of_type(ModelRolledBack)
+    assert isinstance(rolled_back, ModelRolledBack)
+    assert "guardrail_harmed:error_rate" in rolled_back.reason
+
+
+async def test_failed_predictions_from_kafka_count_as_errors_of_their_variant(
+    router: Router,
+) -> None:
+    cause = approval("challenger", "2")
+    await router.approvals(cause)
+    experiment_id = experiment_id_for(cause)
+    failed = failure(experiment_id, 0.1)
+    await router.deliver(failed, failed, failure(experiment_id, 0.1))
+    stats = await router.tally.stats(experiment_id)
+    assert (stats.challenger.errors, stats.champion.errors) == (2, 0)
+    assert stats.split.challenger_assigned == {"0.1": 2}

@@ -12,6 +12,10 @@ router = APIRouter(prefix="/v1", tags=["predict"])
 _ERRORS: dict[int | str, dict[str, str]] = {
     413: {"description": "More instances than GATEWAY_MAX_BATCH"},
     422: {"description": "Unknown, missing or ill-typed features (each one named)"},
+    500: {
+        "description": "The routed model raised or answered non-finite probabilities "
+        "(counted against its variant: prediction-failed)"
+    },
     503: {"description": "No model loaded for the champion alias"},
 }
 

@@ -337,8 +337,8 @@ def guardrail_results(
     """The one-sided guardrails that have data: error rate, latency, label rate."""
     a, b = s.champion, s.challenger
     results = []
-    # Errors are counted only where a producer reports them per variant (the gateway does
-    # not yet); with none counted the guardrail would stall every promotion on no evidence.
+    # The gateway reports failures per variant (prediction-failed). Until an arm has failed
+    # at all there is nothing to compare, and a guardrail on 0 vs 0 would only delay verdicts.
     if (a.errors or b.errors) and a.assigned + a.errors > 0 and b.assigned + b.errors > 0:
         units = (a.assigned + a.errors, b.assigned + b.errors)
         results.append(

@@ -10,7 +10,7 @@ import bisect
 import math
 
 from services.router.core.decision import LATENCY_EDGES_MS, ArmStats, ExperimentStats, SplitTotals
-from shared.events import FeedbackReceived, PredictionLogged
+from shared.events import FeedbackReceived, PredictionFailed, PredictionLogged
 
 _ARM_FIELDS = tuple(f for f in ArmStats.model_fields if f != "latency_bins")
 
@@ -40,6 +40,28 @@ def prediction_increments(event: PredictionLogged) -> dict[str, float]:
         f"{arm}:latency_bin:{latency_bin(event.latency_ms)}": 1,
         f"split:assigned:{_share_key(share)}": 1,
         f"split:{arm}_assigned:{_share_key(share)}": 1,
+    }
+
+
+def failure_increments(event: PredictionFailed) -> dict[str, float]:
+    """Counters one failed request adds: its rows as errors, and as assignments of the split.
+
+    Failed rows count in the split so that a failing arm shows up as errors, not
+    as a sample-ratio mismatch (which would hold the experiment instead of
+    letting the error guardrail roll it back).
+
+    >>> from shared.events import PredictionFailed
+    >>> failed = PredictionFailed(producer="t", request_id="r", model_name="m", version="2",
+    ...     variant="challenger", error_type="ValueError", rows=3, latency_ms=1.0,
+    ...     experiment_id="e", challenger_share=0.25)
+    >>> failure_increments(failed)["challenger:errors"]
+    3
+    """
+    arm, share = event.variant, event.challenger_share or 0.0
+    return {
+        f"{arm}:errors": event.rows,
+        f"split:assigned:{_share_key(share)}": event.rows,
+        f"split:{arm}_assigned:{_share_key(share)}": event.rows,
     }
 
 
