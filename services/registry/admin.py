@@ -6,8 +6,15 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from services.registry.core import CHALLENGER, CHAMPION, AliasMoves, promotion_moves, rollback_moves
 from services.registry.ports import ModelRegistry
+from shared.aliases import (
+    CHALLENGER,
+    CHAMPION,
+    AliasMoves,
+    in_applying_order,
+    promotion_moves,
+    rollback_moves,
+)
 from shared.errors import NotFoundError
 from shared.events import ModelPromoted, ModelRolledBack
 from shared.messaging import EventPublisher
@@ -65,9 +72,7 @@ class RegistryAdmin:
             raise NotFoundError(f"{name} has no version {version}")
 
     def _apply(self, name: str, moves: AliasMoves) -> None:
-        # Champion first: readers never see a moment without one.
-        for alias in sorted(moves, key=lambda a: a != CHAMPION):
-            target = moves[alias]
+        for alias, target in in_applying_order(moves):
             if target is None:
                 self.models.delete_alias(name, alias)
             else:

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import math
 
+from shared.aliases import CHALLENGER, CHAMPION
 from shared.events import GateResult, ModelMetrics, ModelTrained, Role
-
-CHAMPION: Role = "champion"
-CHALLENGER: Role = "challenger"
 
 
 def accuracy_gate(metrics: ModelMetrics, min_accuracy: float) -> GateResult:
@@ -75,43 +73,3 @@ def choose_alias(champion_version: str | None, version: str) -> Role:
     if champion_version is None or champion_version == version:
         return CHAMPION
     return CHALLENGER
-
-
-#: Aliases remembering earlier champions, most recent first: rollback walks back along them.
-PREVIOUS_CHAMPIONS = ("champion-1", "champion-2", "champion-3")
-
-AliasMoves = dict[str, str | None]
-
-
-def promotion_moves(aliases: dict[str, str], version: str) -> AliasMoves:
-    """Alias changes that make ``version`` champion and remember the one it replaces.
-
-    ``None`` means delete the alias. The last three champions stay one alias away.
-
-    >>> promotion_moves({"champion": "1", "challenger": "2"}, "2")
-    {'champion': '2', 'challenger': None, 'champion-1': '1', 'champion-2': None, 'champion-3': None}
-    """
-    current = aliases.get(CHAMPION)
-    moves: AliasMoves = {CHAMPION: version}
-    if aliases.get(CHALLENGER) == version:
-        moves[CHALLENGER] = None
-    if current is None or current == version:
-        return moves
-    history = [current, *(aliases.get(a) for a in PREVIOUS_CHAMPIONS)]
-    moves.update(zip(PREVIOUS_CHAMPIONS, history, strict=False))
-    return moves
-
-
-def rollback_moves(aliases: dict[str, str]) -> AliasMoves:
-    """Alias changes that give the champion alias back to the previous champion.
-
-    Raises LookupError when there is no earlier champion to return to.
-
-    >>> rollback_moves({"champion": "3", "champion-1": "2", "champion-2": "1"})
-    {'champion': '2', 'champion-1': '1', 'champion-2': None, 'champion-3': None}
-    """
-    previous = aliases.get(PREVIOUS_CHAMPIONS[0])
-    if previous is None:
-        raise LookupError("no previous champion to roll back to")
-    older = [aliases.get(a) for a in PREVIOUS_CHAMPIONS[1:]] + [None]
-    return {CHAMPION: previous, **dict(zip(PREVIOUS_CHAMPIONS, older, strict=True))}

@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 
 from services.registry.core import (
-    CHAMPION,
     choose_alias,
     evaluate_gates,
     failed,
@@ -29,6 +28,7 @@ from services.registry.gates import (
 )
 from services.registry.metrics import RegistryMetrics
 from services.registry.ports import CandidateLoader, ModelPackager, ModelRegistry
+from shared.aliases import CHAMPION
 from shared.errors import NotFoundError
 from shared.events import (
     Event,

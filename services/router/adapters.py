@@ -13,6 +13,7 @@ from services.router.core import Experiment
 from services.router.core.decision import ExperimentStats
 from services.router.core.report import LookPoint
 from services.router.core.tally import stats_from_counters
+from shared.aliases import in_applying_order, promotion_moves
 from shared.events import ROUTING_STATE_KEY, ExperimentUpdated
 
 log = logging.getLogger(__name__)
@@ -131,24 +132,37 @@ def _text(value: object) -> str:
 
 
 class MlflowModelAliases:
-    """Moves ``champion``/``challenger`` aliases in MLflow's registry (blocking)."""
+    """Moves ``champion``/``challenger`` aliases in MLflow's registry (blocking).
 
-    def __init__(self, tracking_uri: str, previous_alias: str = "previous-champion") -> None:
+    Promotion takes the registry's path (``shared.aliases``): the replaced
+    champion becomes ``champion-1`` and older ones shift, so ``flywheel
+    rollback`` after an automatic promotion returns to it.
+    """
+
+    def __init__(self, tracking_uri: str) -> None:
         self._client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-        self._previous_alias = previous_alias
 
     def promote(self, model_name: str, version: str, previous: str) -> None:
-        """champion ← ``version``; ``previous-champion`` ← ``previous``; no challenger."""
-        self._client.set_registered_model_alias(model_name, "champion", version)
-        if previous != version:
-            self._client.set_registered_model_alias(model_name, self._previous_alias, previous)
-        self.drop_challenger(model_name, version)
+        """champion ← ``version``; the replaced champion (``previous``) heads the history."""
+        aliases = {
+            alias: str(v)
+            for alias, v in self._client.get_registered_model(model_name).aliases.items()
+        }
+        for alias, target in in_applying_order(promotion_moves(aliases, version)):
+            if target is not None:
+                self._client.set_registered_model_alias(model_name, alias, target)
+            else:
+                self._delete_alias(model_name, alias)
+        log.info("champion promoted", extra={"version": version, "previous": previous})
+
+    def _delete_alias(self, model_name: str, alias: str) -> None:
+        try:
+            self._client.delete_registered_model_alias(model_name, alias)
+        except MlflowException as error:
+            log.warning("alias not deleted", extra={"alias": alias, "error": repr(error)})
 
     def drop_challenger(self, model_name: str, version: str) -> None:
         """Delete ``challenger`` when it points at ``version`` (a newer one is left alone)."""
         aliases: dict[str, Any] = self._client.get_registered_model(model_name).aliases
         if str(aliases.get("challenger")) == version:
-            try:
-                self._client.delete_registered_model_alias(model_name, "challenger")
-            except MlflowException as error:
-                log.warning("challenger alias not deleted", extra={"error": repr(error)})
+            self._delete_alias(model_name, "challenger")

@@ -200,7 +200,7 @@ async def test_a_better_challenger_ramps_survives_a_restart_and_is_promoted(
         ("promoted", 0.0),
     ]
     aliases = MlflowClient(infra.mlflow_uri).get_registered_model(model).aliases
-    assert aliases == {"champion": "2", "previous-champion": "1"}
+    assert aliases == {"champion": "2", "champion-1": "1"}  # `flywheel rollback` returns to 1
     assert report["status"] == "promoted"
     assert report["decision"] == "promote"
     assert report["primary"]["always_valid_ci"][0] > 0
