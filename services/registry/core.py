@@ -6,9 +6,17 @@ Pure: metrics and aliases in, gate results and decisions out.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from shared.aliases import CHALLENGER, CHAMPION
-from shared.events import GateResult, ModelMetrics, ModelTrained, Role
+from shared.events import (
+    GateResult,
+    ModelApproved,
+    ModelMetrics,
+    ModelRejected,
+    ModelTrained,
+    Role,
+)
 
 
 def accuracy_gate(metrics: ModelMetrics, min_accuracy: float) -> GateResult:
@@ -58,7 +66,63 @@ def lineage_tags(event: ModelTrained) -> dict[str, str]:
         "flywheel.correlation_id": event.correlation_id,
         "flywheel.trigger": event.trigger,
         "flywheel.algorithm": event.algorithm,
+        "flywheel.trained_event_id": event.event_id,
+        **({"flywheel.caused_by": event.causation_id} if event.causation_id else {}),
     }
+
+
+def decision_tags(decision: ModelApproved | ModelRejected) -> dict[str, str]:
+    """Version tags naming the model-approved / model-rejected event the registry published."""
+    return {"flywheel.decision": decision.type, "flywheel.decision_event_id": decision.event_id}
+
+
+#: The event that starts each kind of training.
+TRIGGER_EVENT_TYPES = {
+    "data": "data-arrived",
+    "drift": "drift-detected",
+    "manual": "retrain-model",
+    "schedule": "schedule",
+}
+
+
+@dataclass(frozen=True)
+class ChainLink:
+    """One event of a version's turn of the loop, and the event(s) that caused it."""
+
+    type: str
+    event_ids: tuple[str, ...]
+    caused_by: str | None = None
+
+
+def trigger_chain(run_tags: dict[str, str], version_tags: dict[str, str]) -> list[ChainLink]:
+    """The events from the trigger to the registry's decision, oldest first.
+
+    Links whose ids were not recorded (versions from before they were) are left out.
+
+    >>> run = {"flywheel.trigger": "drift", "flywheel.event_id": "d1"}
+    >>> version = {"flywheel.trained_event_id": "t1", "flywheel.caused_by": "d1",
+    ...            "flywheel.decision": "model-approved", "flywheel.decision_event_id": "a1"}
+    >>> for link in trigger_chain(run, version):
+    ...     print(link.type, link.event_ids, link.caused_by)
+    drift-detected ('d1',) None
+    model-trained ('t1',) d1
+    model-approved ('a1',) t1
+    """
+    trigger = run_tags.get("flywheel.trigger")
+    ids = [i for i in run_tags.get("flywheel.trigger_ids", "").split(",") if i]
+    first = run_tags.get("flywheel.event_id")
+    ids = ids or ([first] if first else [])
+    chain = []
+    if trigger and ids:
+        chain.append(ChainLink(TRIGGER_EVENT_TYPES.get(trigger, trigger), tuple(ids)))
+    trained = version_tags.get("flywheel.trained_event_id")
+    if trained:
+        chain.append(ChainLink("model-trained", (trained,), version_tags.get("flywheel.caused_by")))
+    decided = version_tags.get("flywheel.decision_event_id")
+    if decided:
+        decision = version_tags.get("flywheel.decision", "decision")
+        chain.append(ChainLink(decision, (decided,), trained))
+    return chain
 
 
 def choose_alias(champion_version: str | None, version: str) -> Role:

@@ -13,6 +13,7 @@ import pandas as pd
 
 from services.registry.core import (
     choose_alias,
+    decision_tags,
     evaluate_gates,
     failed,
     gate_tags,
@@ -88,8 +89,9 @@ class RegistryHandlers:
         self.models.set_tags(name, version, {**gate_tags(gates), **lineage_tags(event)})
         for gate in gates:
             self.metrics.gate_passed.labels(gate.name).set(1 if gate.passed else 0)
+        outcome: ModelApproved | ModelRejected
         if failed(gates):
-            return ModelRejected.caused_by(
+            outcome = ModelRejected.caused_by(
                 event,
                 producer="registry",
                 model_name=name,
@@ -97,7 +99,10 @@ class RegistryHandlers:
                 run_id=event.run_id,
                 reasons=failed(gates),
             )
-        return self._approve(event, version)
+        else:
+            outcome = self._approve(event, version)
+        self.models.set_tags(name, version, decision_tags(outcome))
+        return outcome
 
     def gates(self, event: ModelTrained, version: str) -> tuple[GateResult, ...]:
         """Every gate's result for the candidate, in a fixed order."""

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.registry.admin import RegistryAdmin
+from services.registry.core import trigger_chain
 from services.registry.ports import ModelRegistry, VersionInfo
 from shared.errors import InvalidInputError, NotFoundError
 from shared.events import ModelPromoted, ModelRolledBack
@@ -41,6 +42,14 @@ class ModelsView(BaseModel):
     models: list[str]
 
 
+class ChainLinkView(BaseModel):
+    """One event of the trigger chain."""
+
+    type: str
+    event_ids: list[str]
+    caused_by: str | None
+
+
 class LineageView(BaseModel):
     """Where a version came from: run, data, code and the events that triggered it."""
 
@@ -53,6 +62,10 @@ class LineageView(BaseModel):
     trigger_event_id: str | None
     trigger_event_ids: list[str]
     correlation_id: str | None
+    chain: list[ChainLinkView] = Field(
+        description="The turn of the loop: trigger event(s), model-trained, the registry's "
+        "decision; each names the event that caused it."
+    )
     algorithm: str | None
     device: str | None
     gates: dict[str, str]
@@ -131,6 +144,10 @@ def _lineage(models: ModelRegistry, name: str, version: str) -> LineageView:
         trigger_event_id=run.get("flywheel.event_id"),
         trigger_event_ids=ids,
         correlation_id=run.get("flywheel.correlation_id"),
+        chain=[
+            ChainLinkView(type=link.type, event_ids=list(link.event_ids), caused_by=link.caused_by)
+            for link in trigger_chain(run, info.tags)
+        ],
         algorithm=info.tags.get("flywheel.algorithm"),
         device=run.get("flywheel.device"),
         gates={k: t for k, t in info.tags.items() if k.startswith("gate.")},

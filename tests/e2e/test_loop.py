@@ -108,6 +108,27 @@ async def test_drift_retrains_in_the_drifts_turn_of_the_loop(loop_run: LoopRun) 
     assert loop_run.experiment.challenger_version == loop_run.challenger.version
 
 
+async def test_the_registry_shows_the_drift_retrains_trigger_chain(
+    loop_run: LoopRun, stack: dict[str, str]
+) -> None:
+    drift, retrained, approved = loop_run.drift, loop_run.retrained, loop_run.challenger
+    assert drift is not None
+    assert retrained is not None
+    assert approved is not None
+    path = f"/v1/models/{approved.model_name}/versions/{approved.version}/lineage"
+    async with httpx.AsyncClient(base_url=stack["registry"], timeout=30) as client:
+        response = await client.get(path)
+    assert response.status_code == 200, response.text
+    lineage = response.json()
+    assert lineage["correlation_id"] == drift.correlation_id
+    chain = [(link["type"], link["event_ids"], link["caused_by"]) for link in lineage["chain"]]
+    assert chain == [
+        ("drift-detected", [drift.event_id], None),
+        ("model-trained", [retrained.event_id], drift.event_id),
+        ("model-approved", [approved.event_id], retrained.event_id),
+    ]
+
+
 async def test_feedback_is_published_with_the_answering_variant(
     infra: Endpoints, stack: dict[str, str], loop_run: LoopRun
 ) -> None:

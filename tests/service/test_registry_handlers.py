@@ -355,5 +355,12 @@ async def test_promote_and_rollback_move_aliases_and_need_the_token() -> None:
     kinds = [type(e).__name__ for e in h.publisher.events[-3:]]
     assert kinds == [ModelPromoted.__name__, ModelPromoted.__name__, ModelRolledBack.__name__]
     assert lineage.json()["trigger_event_ids"] == ["e1", "e2"]
+    chain = lineage.json()["chain"]
+    assert [(link["type"], link["caused_by"]) for link in chain] == [
+        ("drift-detected", None),
+        ("model-trained", None),
+        ("model-approved", chain[1]["event_ids"][0]),
+    ]
+    assert chain[0]["event_ids"] == ["e1", "e2"]
     assert listed.json() == {"models": [MODEL]}
     assert lineage.json()["gates"]["gate.schema"].startswith("passed")
