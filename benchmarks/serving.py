@@ -16,18 +16,20 @@ generator is pinned to ``--client-cpus`` (default CPU 1):
 * ``benchmarks/bare_endpoint.py``, uvicorn like the gateway, a constant answer.
 
 Each server gets a wrk sweep over the connection counts (one wrk thread); the
-best req/s is its peak, reported with that run's p50/p99. Then the gateway
-(logging on) is held at 70 % of its peak by a fixed-rate open-loop generator
-(``benchmarks/loadgen.py``; the same run against the bare endpoint shows the
-generator's own floor), and 256-row batches are timed by the gateway's own
-``server_time_ms``. Kafka, Redis and MLflow are started unless they answer
-(``FLYWHEEL_*`` variables of ``flywheel infra``); those started here are stopped.
+best req/s is its peak, reported with that run's p50/p99. Each gateway is then
+held at 70 % of the logging-on gateway's peak by a fixed-rate open-loop
+generator (``benchmarks/loadgen.py``; the same run against the bare endpoint
+shows the generator's own floor), and 256-row batches, sent one after another,
+are timed by the gateway's own ``server_time_ms``. Kafka, Redis and MLflow are
+started unless they answer (``FLYWHEEL_*`` variables of ``flywheel infra``);
+those started here are stopped. They are not pinned: they share both CPUs.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.metadata
 import json
 import os
 import platform
@@ -38,7 +40,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -190,33 +192,39 @@ def batch_times(
 
 @dataclass
 class Results:
-    """Everything measured, for the report."""
+    """Everything measured, for the report; keys are server names."""
 
-    sweeps: dict[str, list[WrkResult]]
-    open_loop: OpenLoopResult | None = None
-    open_loop_bare: OpenLoopResult | None = None
-    batch_server_ms: list[float] | None = None
-    batch_client_ms: list[float] | None = None
+    sweeps: dict[str, list[WrkResult]] = field(default_factory=dict)
+    open_loop: dict[str, OpenLoopResult] = field(default_factory=dict)
+    batches: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
 
     def peak(self, name: str) -> WrkResult:
         """The run with the most req/s."""
         return max(self.sweeps[name], key=lambda r: r.rps)
 
 
-def measure(approved: Approved, infra: Endpoints, args: argparse.Namespace) -> Results:
+GATEWAY, GATEWAY_OFF, BENTO, BARE = (
+    "gateway",
+    "gateway, logging off",
+    "bentoml serve",
+    "bare FastAPI",
+)
+
+
+def measure(
+    approved: Approved, infra: Endpoints, workdir: Path, args: argparse.Namespace
+) -> Results:
     """Serve the model each way, one server at a time, and load each one."""
-    row = _json_row(generate_customers(1, 11)[list(SPEC.feature_names)].iloc[0].to_dict())
-    batch = [
-        _json_row(r)
-        for r in generate_customers(256, 12)[list(SPEC.feature_names)].to_dict("records")
-    ]
-    tmp = Path(tempfile.mkdtemp(prefix="bench-bodies-"))
-    bodies = {"gateway": {"features": row}, "bentoml": {"rows": [row]}, "bare": {"features": row}}
-    files = {k: tmp / f"{k}.json" for k in bodies}
+    features = list(SPEC.feature_names)
+    row = _json_row(generate_customers(1, 11)[features].iloc[0].to_dict())
+    batch = [_json_row(r) for r in generate_customers(256, 12)[features].to_dict("records")]
+    bodies = {GATEWAY: {"features": row}, BENTO: {"rows": [row]}}
+    files = {k: workdir / f"body-{i}.json" for i, k in enumerate(bodies)}
     for key, body in bodies.items():
         files[key].write_text(json.dumps(body))
-    base, results = f"http://127.0.0.1:{args.port}", Results({})
-    gateway_env = {
+    base, results = f"http://127.0.0.1:{args.port}", Results()
+    predict = f"{base}/v1/predict"
+    env = {
         "FLYWHEEL_MODEL_NAME": approved.name,
         "KAFKA_BOOTSTRAP_SERVERS": infra.kafka_bootstrap,
         "REDIS_URL": infra.redis_url,
@@ -225,26 +233,22 @@ def measure(approved: Approved, infra: Endpoints, args: argparse.Namespace) -> R
     }
     gateway = [sys.executable, "-m", "flywheel", "service", "gateway"]
     bare = [sys.executable, str(ROOT / "benchmarks" / "bare_endpoint.py"), "--port", str(args.port)]
+    bento_ready = http_ok(f"{base}/readyz")
     with server(bare, {}, http_ok(f"{base}/readyz"), args.server_cpus):
-        results.sweeps["bare FastAPI"] = sweep(f"{base}/v1/predict", files["bare"], args)
-    with server(
-        _bento_argv(args.port), _bento_env(approved), http_ok(f"{base}/readyz"), args.server_cpus
-    ):
-        results.sweeps["bentoml serve"] = sweep(f"{base}/predict", files["bentoml"], args)
-    off_env = {**gateway_env, "GATEWAY_LOG_PREDICTIONS": "false"}
-    with server(gateway, off_env, gateway_ready(base), args.server_cpus):
-        results.sweeps["gateway, logging off"] = sweep(f"{base}/v1/predict", files["gateway"], args)
-    with server(gateway, gateway_env, gateway_ready(base), args.server_cpus):
-        results.sweeps["gateway"] = sweep(f"{base}/v1/predict", files["gateway"], args)
-        rate = 0.7 * results.peak("gateway").rps
-        body = files["gateway"].read_bytes()
-        results.open_loop = run_open_loop(f"{base}/v1/predict", body, rate, args.seconds * 2)
-        results.batch_server_ms, results.batch_client_ms = batch_times(
-            f"{base}/v1/predict", batch, args.batches
-        )
+        results.sweeps[BARE] = sweep(predict, files[GATEWAY], args)
+    with server(_bento_argv(args.port), _bento_env(approved), bento_ready, args.server_cpus):
+        results.sweeps[BENTO] = sweep(f"{base}/predict", files[BENTO], args)
+    rate = 0.0
+    for name, extra in ((GATEWAY, {}), (GATEWAY_OFF, {"GATEWAY_LOG_PREDICTIONS": "false"})):
+        with server(gateway, {**env, **extra}, gateway_ready(base), args.server_cpus):
+            results.sweeps[name] = sweep(predict, files[GATEWAY], args)
+            rate = rate or 0.7 * results.peak(GATEWAY).rps
+            body = files[GATEWAY].read_bytes()
+            results.open_loop[name] = run_open_loop(predict, body, rate, args.seconds * 2)
+            results.batches[name] = batch_times(predict, batch, args.batches)
     with server(bare, {}, http_ok(f"{base}/readyz"), args.server_cpus):
-        body = files["bare"].read_bytes()
-        results.open_loop_bare = run_open_loop(f"{base}/v1/predict", body, rate, args.seconds * 2)
+        body = files[GATEWAY].read_bytes()
+        results.open_loop[BARE] = run_open_loop(predict, body, rate, args.seconds * 2)
     return results
 
 
@@ -279,7 +283,7 @@ def report(results: Results) -> None:
         for r in runs:
             line = f"{r.connections:>5} {r.rps:>9.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f}"
             print(f"{name:<22} {line} {r.failures:>6}")
-    bento, bare = results.peak("bentoml serve").rps, results.peak("bare FastAPI").rps
+    bento, bare = results.peak(BENTO).rps, results.peak(BARE).rps
     print("\nPeak per server:")
     print(f"{'server':<22} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'×BentoML':>9} {'×bare':>7}")
     for name in results.sweeps:
@@ -290,36 +294,51 @@ def report(results: Results) -> None:
 
 
 def _report_rest(results: Results) -> None:
-    assert results.open_loop is not None
-    assert results.open_loop_bare is not None
-    assert results.batch_server_ms is not None
-    assert results.batch_client_ms is not None
-    for label, ol in (("gateway", results.open_loop), ("bare FastAPI", results.open_loop_bare)):
+    for name, run in results.open_loop.items():
         print(
-            f"\nOpen loop at {ol.target_rps:.0f} req/s (70 % of the gateway's peak), {label}: "
-            f"got {ol.achieved_rps:.0f} req/s, p50 {ol.p50_ms:.2f} ms, p99 {ol.p99_ms:.2f} ms, "
-            f"{ol.failures} failed"
+            f"\nOpen loop at {run.target_rps:.0f} req/s (70 % of the gateway's peak), {name}: "
+            f"got {run.achieved_rps:.0f} req/s, p50 {run.p50_ms:.2f} ms, p99 {run.p99_ms:.2f} ms, "
+            f"{run.failures} failed"
         )
-    server, client = results.batch_server_ms, results.batch_client_ms
-    print(
-        f"\n256-row batch through the gateway ({len(server)} requests): server time "
-        f"p50 {_pct(server, 50):.2f} ms, p99 {_pct(server, 99):.2f} ms; "
-        f"round trip p50 {_pct(client, 50):.2f} ms, p99 {_pct(client, 99):.2f} ms"
-    )
-    gateway = results.peak("gateway").rps
-    logging_cost = 1 - gateway / results.peak("gateway, logging off").rps
+    for name, (server_ms, client_ms) in results.batches.items():
+        print(
+            f"\n256-row batch, {name} ({len(server_ms)} requests one after another): server time "
+            f"p50 {_pct(server_ms, 50):.2f} ms, p99 {_pct(server_ms, 99):.2f} ms; "
+            f"round trip p50 {_pct(client_ms, 50):.2f} ms, p99 {_pct(client_ms, 99):.2f} ms"
+        )
+    gateway, batch = results.peak(GATEWAY).rps, results.batches[GATEWAY][0]
     targets = [
-        ("gateway ≥ 2× BentoML", gateway / results.peak("bentoml serve").rps, 2.0, "×", True),
-        ("gateway ≥ 50 % of bare", gateway / results.peak("bare FastAPI").rps, 0.5, "×", True),
-        ("p99 ≤ 10 ms at 70 % of peak", results.open_loop.p99_ms, 10.0, " ms", False),
-        ("logging ≤ 15 % of throughput", logging_cost, 0.15, "", False),
-        ("256-row batch ≤ 5 ms server time (p50)", _pct(server, 50), 5.0, " ms", False),
-        ("256-row batch ≤ 5 ms server time (p99)", _pct(server, 99), 5.0, " ms", False),
+        ("gateway ≥ 2× BentoML", gateway / results.peak(BENTO).rps, 2.0, "×", True),
+        ("gateway ≥ 50 % of bare", gateway / results.peak(BARE).rps, 0.5, "×", True),
+        ("p99 ≤ 10 ms at 70 % of peak", results.open_loop[GATEWAY].p99_ms, 10.0, " ms", False),
+        (
+            "logging ≤ 15 % of throughput",
+            1 - gateway / results.peak(GATEWAY_OFF).rps,
+            0.15,
+            "",
+            False,
+        ),
+        ("256-row batch ≤ 5 ms server time (p50)", _pct(batch, 50), 5.0, " ms", False),
+        ("256-row batch ≤ 5 ms server time (p99)", _pct(batch, 99), 5.0, " ms", False),
     ]
-    print("\nTargets (issue 4):")
+    print("\nTargets (issue 4), gateway with routing and logging on:")
     for label, value, bound, unit, at_least in targets:
         met = value >= bound if at_least else value <= bound
         print(f"  {label:<40} {value:>8.2f}{unit:<4} {'met' if met else 'NOT MET'}")
+
+
+def _versions() -> str:
+    wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.split()
+    packages = ("fastapi", "uvicorn", "bentoml", "pandas", "torch", "scikit-learn")
+    found = ", ".join(f"{name} {importlib.metadata.version(name)}" for name in packages)
+    return f"Python {platform.python_version()}, {found}, wrk {wrk[1] if len(wrk) > 1 else '?'}"
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError, StopIteration):
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(x.split(":", 1)[1].strip() for x in lines if x.startswith("model name"))
+    return platform.processor() or platform.machine()
 
 
 def _cpus(spec: str) -> set[int]:
@@ -342,8 +361,9 @@ def main() -> None:
     args = parser.parse_args()
     args.connections = [int(c) for c in args.connections.split(",")]
     os.sched_setaffinity(0, _cpus(args.client_cpus))
+    print(_versions())
     print(
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"{_cpu_model()}, {os.cpu_count()} CPUs, "
         f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
     )
     infra, started = ensure_infra()
@@ -351,7 +371,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="bench-serving-") as workdir:
             approved = approve_model(infra, Path(workdir))
             print(f"model {approved.name} v1 approved (BentoML {approved.tag})")
-            results = measure(approved, infra, args)
+            results = measure(approved, infra, Path(workdir), args)
         report(results)
     finally:
         for name in started:
