@@ -17,6 +17,7 @@ from services.gateway.adapters import (
 from services.gateway.deps import GatewayServices
 from services.gateway.errors import install_error_handlers
 from services.gateway.handlers import register
+from services.gateway.limits import BodyLimit
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.pool import ModelPool
 from services.gateway.ports import (
@@ -115,6 +116,7 @@ def create_app(settings: Settings | None = None, *, ports: GatewayPorts | None =
         ),
     )
     app.state.prediction_events = events
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
     return app
 

@@ -17,6 +17,8 @@ class Settings(BaseServiceSettings):
     """HTTP port of the gateway."""
     max_batch: int = Field(1000, ge=1)
     """Most instances one predict request may carry (more → 413)."""
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    """Largest request body accepted, in bytes (more → 413 before parsing)."""
     event_buffer: int = Field(10_000, ge=1)
     """Prediction events held for publishing; the oldest are dropped beyond this."""
     publish_batch: int = Field(500, ge=1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -385,3 +386,27 @@ async def test_a_failing_challenger_answers_500_and_is_charged_with_the_error(
     labels = {"variant": "challenger", "model_version": "2", "status": "500"}
     assert gateway.metric("prediction_requests_total", **labels) == 1
     assert gateway.metric("ml_prediction_errors_total", error_type=error_type) == 1
+
+
+async def test_a_body_over_the_cap_is_413_before_it_is_parsed() -> None:
+    records, store = InMemoryPredictionRecords(), InMemoryFeatureStore()
+    ports = GatewayPorts(
+        FakeModelRegistry(), FakeRoutingState(), records, RecordingPublisher(), store
+    )
+    app = create_app(Settings(max_body_bytes=2048), ports=ports)
+    transport = httpx.ASGITransport(app=app)
+    padded = {"features": rows(1)[0], "entity_id": "x" * 4096}
+
+    async def chunks() -> AsyncIterator[bytes]:
+        body = json.dumps(padded).encode()
+        for start in range(0, len(body), 512):
+            yield body[start : start + 512]
+
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+        declared = await client.post("/v1/predict", json=padded)
+        chunked = await client.post("/v1/predict", content=chunks())
+        small = await client.post("/v1/predict", json={"features": rows(1)[0]})
+    for response in (declared, chunked):
+        assert response.status_code == 413
+        assert "at most 2048 bytes" in response.json()["detail"]["message"]
+    assert small.status_code == 503  # under the cap it is parsed (and no model is loaded)

@@ -10,7 +10,10 @@ from services.gateway.schemas import LoadedModelOut, ModelsResponse, PredictRequ
 router = APIRouter(prefix="/v1", tags=["predict"])
 
 _ERRORS: dict[int | str, dict[str, str]] = {
-    413: {"description": "More instances than GATEWAY_MAX_BATCH"},
+    413: {
+        "description": "More instances than GATEWAY_MAX_BATCH, or a body over "
+        "GATEWAY_MAX_BODY_BYTES"
+    },
     422: {"description": "Unknown, missing or ill-typed features (each one named)"},
     500: {
         "description": "The routed model raised or answered non-finite probabilities "
