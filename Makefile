@@ -8,8 +8,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONSTRAINTS := $(wildcard constraints.txt)
 RUN_DIR := $(or $(FLYWHEEL_RUN_DIR),.flywheel)
+BENTO_MODEL ?= customer-segment:latest
+SEED ?= $(shell date +%s)
 
-.PHONY: help install up down status demo test lint typecheck format clean
+.PHONY: help install up down status demo train checkgpu bento test lint typecheck format clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -32,6 +34,16 @@ status: install ## Show what runs where
 
 demo: install ## Run the demo end to end
 	$(BIN)/flywheel demo
+
+train: up ## Generate a labelled batch and announce it: the trainer trains, the registry gates it
+	$(BIN)/flywheel data generate "$(RUN_DIR)/data/make-train-$(SEED).parquet" --seed $(SEED)
+	$(BIN)/flywheel data push "$(RUN_DIR)/data/make-train-$(SEED).parquet"
+
+checkgpu: install ## Show the device PyTorch trains on: GPU name, memory, CUDA version, or CPU
+	$(BIN)/flywheel checkgpu
+
+bento: install ## bentoml build of an approved version (BENTO_MODEL=customer-segment:v3; default latest)
+	BENTOML_HOME="$(abspath $(RUN_DIR))/data/bentoml" FLYWHEEL_BENTO_MODEL=$(BENTO_MODEL) BENTOML_DO_NOT_TRACK=True $(BIN)/bentoml build
 
 test: install ## Run the whole test suite (starts local infrastructure when needed)
 	$(BIN)/pytest

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -43,9 +44,13 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture
-def approved(infra: Endpoints, tmp_path: Path) -> tuple[str, str, Path]:
-    """A trained MLP pipeline, registered, gated, approved and packaged; (name, tag, home)."""
+@pytest.fixture(scope="module")
+def approved(infra: Endpoints, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, Path]:
+    """A trained MLP pipeline, registered, gated, approved and packaged; (name, tag, home).
+
+    One per module: BentoML fixes its store directory the first time a process uses it.
+    """
+    tmp_path = tmp_path_factory.mktemp("bento")
     name, home = (
         f"it-bento-{uuid.uuid4().hex[:8]}",
         infra.run_dir / f"bentoml-{uuid.uuid4().hex[:6]}",
@@ -134,3 +139,30 @@ def test_bentoml_serve_answers_like_flywheels_own_loader(
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
     assert [p["predicted_class"] for p in body["predictions"]] == list(flywheel.predict(rows))
     assert body["model_version"] == "1"
+
+
+def test_bentoml_build_packages_the_approved_version(approved: tuple[str, str, Path]) -> None:
+    _, tag, home = approved
+    env = {
+        **os.environ,
+        "BENTOML_HOME": str(home),
+        "BENTOML_DO_NOT_TRACK": "True",
+        "FLYWHEEL_BENTO_MODEL": tag,
+    }
+    bentoml = [sys.executable, "-m", "bentoml"]
+    built = subprocess.run(
+        [*bentoml, "build"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
+    found = subprocess.run(
+        [*bentoml, "get", "flywheel-model:latest", "-o", "json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert found.returncode == 0, found.stderr
+    bento = json.loads(found.stdout)
+    packaged = [m["tag"] for s in bento["services"] for m in s["models"]]
+    assert packaged == [tag]
