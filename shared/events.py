@@ -234,6 +234,11 @@ class PredictionLogged(Event):
     challenger_share: float | None = Field(
         None, ge=0, le=1, description="The challenger's share in force when this was routed."
     )
+    shadow: bool = Field(
+        False,
+        description="Scored by the challenger on a mirror of a champion-answered request and "
+        "never returned; experiments and drift windows leave it out.",
+    )
 
 
 class PredictionFailed(Event):

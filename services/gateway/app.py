@@ -31,6 +31,7 @@ from services.gateway.routes import feedback, predict
 from services.gateway.service import FeedbackService, PredictionService
 from services.gateway.serving import ServingRefresher
 from services.gateway.settings import Settings
+from services.gateway.shadow import ShadowScorer
 from shared.messaging import EventPublisher
 from shared.runtime import Hook, ServiceRuntime, build_runtime, serve, service_app
 from shared.spec import load_spec
@@ -79,6 +80,9 @@ def create_app(settings: Settings | None = None, *, ports: GatewayPorts | None =
         batch_size=settings.publish_batch,
         timeout_s=settings.publish_timeout_s,
     )
+    shadow = ShadowScorer(
+        events, metrics, share=settings.shadow_share, max_in_flight=settings.shadow_max_in_flight
+    )
     register(runtime.consumer, refresher)
     resync = PeriodicTask(refresher.load_initial, settings.routing_resync_s, "routing-resync")
     app = service_app(
@@ -88,7 +92,7 @@ def create_app(settings: Settings | None = None, *, ports: GatewayPorts | None =
             _initial_load(refresher, settings.startup_load_timeout_s),
             resync.start,
         ],
-        on_shutdown=[resync.stop, events.stop],
+        on_shutdown=[resync.stop, shadow.drain, events.stop],
         routers=[predict.router, feedback.router],
         description="Serves champion and challenger predictions and takes feedback.",
         details=lambda: _model_details(pool),
@@ -104,6 +108,7 @@ def create_app(settings: Settings | None = None, *, ports: GatewayPorts | None =
             max_batch=settings.max_batch,
             feature_store=ports.features,
             log_predictions=settings.log_predictions,
+            shadow=shadow,
         ),
         feedback=FeedbackService(
             ports.records,
@@ -116,6 +121,7 @@ def create_app(settings: Settings | None = None, *, ports: GatewayPorts | None =
         ),
     )
     app.state.prediction_events = events
+    app.state.shadow = shadow
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
     return app

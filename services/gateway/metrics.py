@@ -24,6 +24,8 @@ class GatewayMetrics:
     model_load_errors: Counter
     feedback: Counter
     crm_updates: Counter
+    shadow: Counter
+    shadow_latency: Histogram
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> GatewayMetrics:
@@ -94,6 +96,18 @@ class GatewayMetrics:
                 "crm_segment_updates_total",
                 "Predicted segments written back to the feature store (written, failed).",
                 ["outcome"],
+                registry=registry,
+            ),
+            shadow=Counter(
+                "shadow_predictions_total",
+                "Rows mirrored to the challenger: agree or disagree with the champion, "
+                "failed, or skipped (too many mirrors in flight).",
+                ["outcome"],
+                registry=registry,
+            ),
+            shadow_latency=Histogram(
+                "shadow_latency_seconds",
+                "Time the challenger took to score one mirrored request.",
                 registry=registry,
             ),
         )

@@ -118,9 +118,9 @@ class PredictionEventBuffer:
         self._recording.add(events)
         self._ready.set()
 
-    def offer_failure(self, event: PredictionFailed) -> None:
-        """Queue a failed prediction's event for publishing (nothing to record for feedback)."""
-        self._publishing.add([event])
+    def offer_unrecorded(self, events: Sequence[PredictionFailed | PredictionLogged]) -> None:
+        """Queue events for publishing only: failures and shadow answers get no feedback."""
+        self._publishing.add(events)
         self._ready.set()
 
     async def drain_once(self) -> int:

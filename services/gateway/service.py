@@ -30,6 +30,7 @@ from services.gateway.pool import LoadedModel, ModelPool, RoutingTable, ServingS
 from services.gateway.ports import FeatureStore, PredictionRecords
 from services.gateway.prediction_log import PredictionEventBuffer
 from services.gateway.schemas import FeedbackResponse, PredictResponse, RowPredictionOut
+from services.gateway.shadow import ShadowScorer
 from shared.errors import DependencyUnavailableError, InvalidInputError, NotFoundError
 from shared.events import FeedbackReceived, PredictionFailed, PredictionLogged, Variant
 from shared.messaging import EventPublisher
@@ -55,7 +56,9 @@ class PredictionService:
         rng: random.Random | None = None,
         feature_store: FeatureStore | None = None,
         log_predictions: bool = True,
+        shadow: ShadowScorer | None = None,
     ) -> None:
+        self._shadow = shadow
         self._feature_store = feature_store
         self._pool = pool
         self._spec = spec
@@ -125,8 +128,8 @@ class PredictionService:
             # The variant that failed pays for it in the router's error-rate guardrail.
             self._count_error(error, variant, model.version)
             elapsed = time.perf_counter() - started
-            self._events.offer_failure(
-                self._failure_of(error, model, variant, len(frame), elapsed, snapshot.routing)
+            self._events.offer_unrecorded(
+                [self._failure_of(error, model, variant, len(frame), elapsed, snapshot.routing)]
             )
             raise
         elapsed = time.perf_counter() - started
@@ -134,6 +137,8 @@ class PredictionService:
         if self._log_predictions:
             self._events.offer(self._events_of(response, rows, entity_id, snapshot.routing))
         self._observe(model, variant, answered, elapsed)
+        if self._shadow is not None:
+            self._shadow.maybe_mirror(snapshot, frame, response, rows, entity_id)
         return response
 
     @staticmethod

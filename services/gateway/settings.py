@@ -19,6 +19,10 @@ class Settings(BaseServiceSettings):
     """Most instances one predict request may carry (more → 413)."""
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     """Largest request body accepted, in bytes (more → 413 before parsing)."""
+    shadow_share: float = Field(0.0, ge=0, le=1)
+    """Share of champion-answered requests the challenger also scores, unseen (shadow traffic)."""
+    shadow_max_in_flight: int = Field(4, ge=1)
+    """Most shadow scorings running at once; beyond it a mirror is skipped (counted)."""
     event_buffer: int = Field(10_000, ge=1)
     """Prediction events held for publishing; the oldest are dropped beyond this."""
     publish_batch: int = Field(500, ge=1)

@@ -62,7 +62,12 @@ class DriftMonitor:
         if detector is None:
             return
         name = self.settings.model_name
-        fresh = [e for e in events if e.model_name == name and e.event_id not in self._recent]
+        # Shadow answers mirror rows already counted from the champion's answer.
+        fresh = [
+            e
+            for e in events
+            if e.model_name == name and not e.shadow and e.event_id not in self._recent
+        ]
         try:
             added, closed = await self._count(detector, fresh)
             restart = bool(closed) or self._unsaved_window

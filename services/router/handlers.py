@@ -124,8 +124,8 @@ class OutcomeHandler:
 
     async def on_prediction(self, event: PredictionLogged) -> None:
         """Count the assignment and latency of one routed prediction."""
-        if event.experiment_id is None or not event.challenger_share:
-            return  # served outside any experiment
+        if event.experiment_id is None or not event.challenger_share or event.shadow:
+            return  # served outside any experiment, or a shadow answer nobody saw
         await self._tally.add(event.event_id, event.experiment_id, prediction_increments(event))
 
     async def on_failure(self, event: PredictionFailed) -> None:

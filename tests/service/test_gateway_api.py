@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import pandas as pd
 import pytest
 from _gateway_fakes import (
     SPEC,
@@ -79,11 +80,11 @@ class InMemoryFeatureStore:
         self.segments[entity_id] = (segment, version)
 
 
-async def _gateway(publisher: EventPublisher) -> AsyncIterator[Gateway]:
+async def _gateway(publisher: EventPublisher, **settings: Any) -> AsyncIterator[Gateway]:
     records, store = InMemoryPredictionRecords(), InMemoryFeatureStore()
     ports = GatewayPorts(FakeModelRegistry(), FakeRoutingState(), records, publisher, store)
     # No lifespan runs under ASGITransport: nothing connects, the buffer is drained by hand.
-    app = create_app(Settings(max_batch=5), ports=ports)
+    app = create_app(Settings(max_batch=5, **settings), ports=ports)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
         yield Gateway(app, client, records, publisher, store)
@@ -410,3 +411,42 @@ async def test_a_body_over_the_cap_is_413_before_it_is_parsed() -> None:
         assert response.status_code == 413
         assert "at most 2048 bytes" in response.json()["detail"]["message"]
     assert small.status_code == 503  # under the cap it is parsed (and no model is loaded)
+
+
+async def test_shadow_traffic_scores_the_challenger_unseen_and_logs_it_apart() -> None:
+    async for gateway in _gateway(RecordingPublisher(), shadow_share=1.0):
+        champion = LoadedModel(MODEL, "1", trained_pipeline(1))
+        challenger = LoadedModel(MODEL, "2", trained_pipeline(2))
+        routing = RoutingTable("exp-1", 0.0)
+        gateway.app.state.gateway.pool.swap(ServingSnapshot(champion, challenger, routing))
+        response = await gateway.client.post("/v1/predict", json={"instances": rows(4)})
+        assert response.status_code == 200
+        assert (response.json()["variant"], response.json()["model_version"]) == ("champion", "1")
+        await gateway.app.state.shadow.drain()
+        await gateway.drain()
+        logged = [e for e in gateway.publisher.events if isinstance(e, PredictionLogged)]
+        served = [e for e in logged if not e.shadow]
+        shadows = [e for e in logged if e.shadow]
+        assert [(e.variant, e.version) for e in served] == [("champion", "1")] * 4
+        assert [(e.variant, e.version) for e in shadows] == [("challenger", "2")] * 4
+        assert [e.request_id for e in shadows] == [f"{e.request_id}:shadow" for e in served]
+        assert all(e.correlation_id == response.json()["request_id"] for e in shadows)
+        # Only the answer the client saw can receive feedback.
+        assert set(gateway.records.records) == {e.request_id for e in served}
+        agree = gateway.metric("shadow_predictions_total", outcome="agree")
+        disagree = gateway.metric("shadow_predictions_total", outcome="disagree")
+        assert agree + disagree == 4
+        expected = trained_pipeline(2).predict(pd.DataFrame(rows(4))[list(SPEC.feature_names)])
+        assert [e.predicted_class for e in shadows] == list(expected)
+
+
+async def test_without_shadow_share_the_challenger_is_not_mirrored(gateway: Gateway) -> None:
+    champion = LoadedModel(MODEL, "1", trained_pipeline(1))
+    challenger = LoadedModel(MODEL, "2", trained_pipeline(2))
+    gateway.app.state.gateway.pool.swap(
+        ServingSnapshot(champion, challenger, RoutingTable("exp-1", 0.0))
+    )
+    assert (await gateway.client.post("/v1/predict", json={"instances": rows(2)})).is_success
+    await gateway.drain()
+    logged = [e for e in gateway.publisher.events if isinstance(e, PredictionLogged)]
+    assert [e.shadow for e in logged] == [False, False]

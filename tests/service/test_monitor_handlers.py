@@ -158,6 +158,18 @@ async def test_stationary_traffic_publishes_nothing() -> None:
     assert monitor.metrics.observations._value.get() == 5 * WINDOW
 
 
+async def test_shadow_answers_stay_out_of_the_drift_window() -> None:
+    rng = np.random.default_rng(2)
+    monitor, publisher = _monitor(FakeReferences(_reference()))
+    shifted_shadows = [
+        _prediction(rng, shift=1.0).model_copy(update={"shadow": True, "variant": "challenger"})
+        for _ in range(3 * WINDOW)
+    ]
+    await _run(monitor, shifted_shadows)
+    assert publisher.events == []
+    assert monitor.metrics.observations._value.get() == 0
+
+
 async def test_no_champion_means_no_drift_and_no_error() -> None:
     monitor, publisher = _monitor(FakeReferences())
     await _run(monitor, [_prediction(np.random.default_rng(1), 5.0) for _ in range(250)])

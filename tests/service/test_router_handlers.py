@@ -417,3 +417,14 @@ async def test_failed_predictions_from_kafka_count_as_errors_of_their_variant(
     stats = await router.tally.stats(experiment_id)
     assert (stats.challenger.errors, stats.champion.errors) == (2, 0)
     assert stats.split.challenger_assigned == {"0.1": 2}
+
+
+async def test_shadow_answers_count_in_no_experiment(router: Router) -> None:
+    cause = approval("challenger", "2")
+    await router.approvals(cause)
+    experiment_id = experiment_id_for(cause)
+    prediction, _ = outcome_pair(experiment_id, "challenger", 0.1, correct=True)
+    await router.outcomes.on_prediction(prediction.model_copy(update={"shadow": True}))
+    assert (await router.tally.stats(experiment_id)).challenger.assigned == 0
+    await router.outcomes.on_prediction(prediction)
+    assert (await router.tally.stats(experiment_id)).challenger.assigned == 1

@@ -1,0 +1,126 @@
+"""Shadow traffic: the challenger scores a mirror of champion-answered requests, unseen.
+
+The client always gets the champion's answer, at the champion's speed: the
+mirror runs as a background task after the response is built, with a cap on
+tasks in flight (a busy gateway skips mirrors rather than queue them). Each
+shadow answer is compared with the champion's (agreement counted) and
+published as ``prediction-logged`` with ``shadow=true``, which the router and
+the monitor leave out of experiments and drift windows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from services.gateway.core import check_probabilities, rows_from_probabilities
+from services.gateway.metrics import GatewayMetrics
+from services.gateway.pool import LoadedModel, ServingSnapshot
+from services.gateway.prediction_log import PredictionEventBuffer
+from services.gateway.schemas import PredictResponse
+from shared.events import PredictionLogged
+
+log = logging.getLogger(__name__)
+
+
+class ShadowScorer:
+    """Mirrors a share of the champion's requests to the challenger in the background."""
+
+    def __init__(
+        self,
+        events: PredictionEventBuffer,
+        metrics: GatewayMetrics,
+        *,
+        share: float,
+        max_in_flight: int,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._events = events
+        self._metrics = metrics
+        self._share = share
+        self._max_in_flight = max_in_flight
+        self._rng = rng or random.Random()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def maybe_mirror(
+        self,
+        snapshot: ServingSnapshot,
+        frame: pd.DataFrame,
+        response: PredictResponse,
+        rows: Sequence[dict[str, Any]],
+        entity_id: str | None,
+    ) -> None:
+        """Start a shadow scoring of this champion answer, when drawn and there is room."""
+        challenger = snapshot.challenger
+        if challenger is None or response.variant != "champion" or self._share <= 0:
+            return
+        if self._rng.random() >= self._share:
+            return
+        if len(self._tasks) >= self._max_in_flight:
+            self._metrics.shadow.labels(outcome="skipped").inc(len(rows))
+            return
+        mirror = self._mirror(challenger, snapshot, frame, response, rows, entity_id)
+        task = asyncio.create_task(mirror, name="shadow-prediction")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        """Wait for the mirrors in flight (tests, shutdown)."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _mirror(
+        self,
+        challenger: LoadedModel,
+        snapshot: ServingSnapshot,
+        frame: pd.DataFrame,
+        response: PredictResponse,
+        rows: Sequence[dict[str, Any]],
+        entity_id: str | None,
+    ) -> None:
+        started = time.perf_counter()
+        try:
+            probabilities = np.asarray(
+                await asyncio.to_thread(challenger.model.predict_proba, frame)
+            )
+            check_probabilities(probabilities, len(frame), len(challenger.classes))
+        except Exception as error:
+            self._metrics.shadow.labels(outcome="failed").inc(len(rows))
+            log.warning(
+                "shadow prediction failed",
+                extra={"version": challenger.version, "error": repr(error)},
+            )
+            return
+        elapsed = time.perf_counter() - started
+        self._metrics.shadow_latency.observe(elapsed)
+        shadow_rows = rows_from_probabilities(challenger.classes, probabilities)
+        events = []
+        for answered, shadow, features in zip(response.predictions, shadow_rows, rows, strict=True):
+            agree = answered.predicted_class == shadow.predicted_class
+            self._metrics.shadow.labels(outcome="agree" if agree else "disagree").inc()
+            events.append(
+                PredictionLogged(
+                    producer="gateway",
+                    correlation_id=response.request_id,
+                    request_id=f"{answered.request_id}:shadow",
+                    model_name=challenger.name,
+                    version=challenger.version,
+                    variant="challenger",
+                    entity_id=entity_id,
+                    features=features,
+                    predicted_class=shadow.predicted_class,
+                    confidence=shadow.confidence,
+                    latency_ms=elapsed * 1000,
+                    experiment_id=snapshot.routing.experiment_id,
+                    challenger_share=snapshot.routing.challenger_share,
+                    shadow=True,
+                )
+            )
+        self._events.offer_unrecorded(events)
