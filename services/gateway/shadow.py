@@ -15,12 +15,13 @@ import logging
 import random
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from services.gateway.core import check_probabilities, rows_from_probabilities
+from services.gateway.core import RowPrediction, check_probabilities, rows_from_probabilities
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.pool import LoadedModel, ServingSnapshot
 from services.gateway.prediction_log import PredictionEventBuffer
@@ -28,6 +29,18 @@ from services.gateway.schemas import PredictResponse
 from shared.events import PredictionLogged
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Mirror:
+    """One champion-answered request and the challenger that scores it in the shadow."""
+
+    challenger: LoadedModel
+    snapshot: ServingSnapshot
+    frame: pd.DataFrame
+    response: PredictResponse
+    rows: Sequence[dict[str, Any]]
+    entity_id: str | None
 
 
 class ShadowScorer:
@@ -66,8 +79,8 @@ class ShadowScorer:
         if len(self._tasks) >= self._max_in_flight:
             self._metrics.shadow.labels(outcome="skipped").inc(len(rows))
             return
-        mirror = self._mirror(challenger, snapshot, frame, response, rows, entity_id)
-        task = asyncio.create_task(mirror, name="shadow-prediction")
+        mirror = _Mirror(challenger, snapshot, frame, response, rows, entity_id)
+        task = asyncio.create_task(self._score(mirror), name="shadow-prediction")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -76,15 +89,8 @@ class ShadowScorer:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _mirror(
-        self,
-        challenger: LoadedModel,
-        snapshot: ServingSnapshot,
-        frame: pd.DataFrame,
-        response: PredictResponse,
-        rows: Sequence[dict[str, Any]],
-        entity_id: str | None,
-    ) -> None:
+    async def _score(self, mirror: _Mirror) -> None:
+        challenger, frame, rows = mirror.challenger, mirror.frame, mirror.rows
         started = time.perf_counter()
         try:
             probabilities = np.asarray(
@@ -101,26 +107,36 @@ class ShadowScorer:
         elapsed = time.perf_counter() - started
         self._metrics.shadow_latency.observe(elapsed)
         shadow_rows = rows_from_probabilities(challenger.classes, probabilities)
-        events = []
-        for answered, shadow, features in zip(response.predictions, shadow_rows, rows, strict=True):
+        for answered, shadow in zip(mirror.response.predictions, shadow_rows, strict=True):
             agree = answered.predicted_class == shadow.predicted_class
             self._metrics.shadow.labels(outcome="agree" if agree else "disagree").inc()
-            events.append(
-                PredictionLogged(
-                    producer="gateway",
-                    correlation_id=response.request_id,
-                    request_id=f"{answered.request_id}:shadow",
-                    model_name=challenger.name,
-                    version=challenger.version,
-                    variant="challenger",
-                    entity_id=entity_id,
-                    features=features,
-                    predicted_class=shadow.predicted_class,
-                    confidence=shadow.confidence,
-                    latency_ms=elapsed * 1000,
-                    experiment_id=snapshot.routing.experiment_id,
-                    challenger_share=snapshot.routing.challenger_share,
-                    shadow=True,
-                )
-            )
+        events = _shadow_events(mirror, shadow_rows, elapsed)
         self._events.offer_unrecorded(events)
+
+
+def _shadow_events(
+    mirror: _Mirror, shadow_rows: list[RowPrediction], elapsed: float
+) -> list[PredictionLogged]:
+    """One ``shadow=true`` event per row, tied to the answer the client got."""
+    response, routing, challenger = mirror.response, mirror.snapshot.routing, mirror.challenger
+    return [
+        PredictionLogged(
+            producer="gateway",
+            correlation_id=response.request_id,
+            request_id=f"{answered.request_id}:shadow",
+            model_name=challenger.name,
+            version=challenger.version,
+            variant="challenger",
+            entity_id=mirror.entity_id,
+            features=features,
+            predicted_class=shadow.predicted_class,
+            confidence=shadow.confidence,
+            latency_ms=elapsed * 1000,
+            experiment_id=routing.experiment_id,
+            challenger_share=routing.challenger_share,
+            shadow=True,
+        )
+        for answered, shadow, features in zip(
+            response.predictions, shadow_rows, mirror.rows, strict=True
+        )
+    ]

@@ -228,6 +228,13 @@ async def drive(
     return final
 
 
+async def open_experiment(router: Router) -> str:
+    """Approve challenger 2 against champion 1; the id of the experiment it opens."""
+    cause = approval("challenger", "2")
+    await router.approvals(cause)
+    return experiment_id_for(cause)
+
+
 @pytest.fixture
 def router() -> Router:
     return Router()
@@ -395,9 +402,7 @@ async def test_routes_list_experiments_and_report_them(router: Router) -> None:
 async def test_a_more_accurate_challenger_that_fails_requests_is_rolled_back(
     router: Router,
 ) -> None:
-    cause = approval("challenger", "2")
-    await router.approvals(cause)
-    experiment_id = experiment_id_for(cause)
+    experiment_id = await open_experiment(router)
     final = await drive(router, experiment_id, acc_a=0.75, acc_b=0.80, challenger_failures=0.1)
     assert (final.status, final.decision) == ("rolled_back", "rollback")
     assert "guardrail_harmed:error_rate" in final.reasons
@@ -409,9 +414,7 @@ async def test_a_more_accurate_challenger_that_fails_requests_is_rolled_back(
 async def test_failed_predictions_from_kafka_count_as_errors_of_their_variant(
     router: Router,
 ) -> None:
-    cause = approval("challenger", "2")
-    await router.approvals(cause)
-    experiment_id = experiment_id_for(cause)
+    experiment_id = await open_experiment(router)
     failed = failure(experiment_id, 0.1)
     await router.deliver(failed, failed, failure(experiment_id, 0.1))
     stats = await router.tally.stats(experiment_id)
@@ -420,9 +423,7 @@ async def test_failed_predictions_from_kafka_count_as_errors_of_their_variant(
 
 
 async def test_shadow_answers_count_in_no_experiment(router: Router) -> None:
-    cause = approval("challenger", "2")
-    await router.approvals(cause)
-    experiment_id = experiment_id_for(cause)
+    experiment_id = await open_experiment(router)
     prediction, _ = outcome_pair(experiment_id, "challenger", 0.1, correct=True)
     await router.outcomes.on_prediction(prediction.model_copy(update={"shadow": True}))
     assert (await router.tally.stats(experiment_id)).challenger.assigned == 0
