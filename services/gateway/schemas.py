@@ -87,6 +87,29 @@ class RowPredictionOut(BaseModel):
 class PredictResponse(BaseModel):
     """Predictions for every instance, and which model answered them."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "request_id": "6f1c2a9e-3b1d-4c55-9a57-2e8f0c1d7b42",
+                    "model_name": "customer-segment",
+                    "model_version": "3",
+                    "variant": "challenger",
+                    "predictions": [
+                        {
+                            "request_id": "6f1c2a9e-3b1d-4c55-9a57-2e8f0c1d7b42",
+                            "predicted_class": "high_value",
+                            "class_id": 1,
+                            "confidence": 0.81,
+                            "probabilities": {"at_risk": 0.07, "high_value": 0.81, "steady": 0.12},
+                        }
+                    ],
+                    "server_time_ms": 0.9,
+                }
+            ]
+        }
+    )
+
     request_id: str = Field(description="Id of the request (and of its row, when only one).")
     model_name: str
     model_version: str
@@ -98,7 +121,15 @@ class PredictResponse(BaseModel):
 class FeedbackRequest(BaseModel):
     """The true outcome of an earlier prediction: a label, or a reward."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"request_id": "6f1c2a9e-3b1d-4c55-9a57-2e8f0c1d7b42", "true_label": "high_value"},
+                {"request_id": "6f1c2a9e-3b1d-4c55-9a57-2e8f0c1d7b42", "reward": 12.5},
+            ]
+        },
+    )
 
     request_id: str = Field(min_length=1, max_length=300)
     true_label: str | None = None
@@ -113,6 +144,18 @@ class FeedbackRequest(BaseModel):
 
 class FeedbackResponse(BaseModel):
     """Whether the feedback counted."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "request_id": "6f1c2a9e-3b1d-4c55-9a57-2e8f0c1d7b42",
+                    "duplicate": False,
+                    "correct": True,
+                }
+            ]
+        }
+    )
 
     request_id: str
     duplicate: bool = Field(description="True when feedback for this request was already in.")

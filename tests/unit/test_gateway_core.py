@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from pydantic import BaseModel
 
 from services.gateway.core import (
     BatchTooLargeError,
@@ -17,6 +18,12 @@ from services.gateway.core import (
     validate_instances,
 )
 from services.gateway.pool import LoadedModel, ModelPool, RoutingTable, ServingSnapshot
+from services.gateway.schemas import (
+    FeedbackRequest,
+    FeedbackResponse,
+    PredictRequest,
+    PredictResponse,
+)
 from shared.spec import load_spec
 
 SPEC = load_spec()
@@ -147,3 +154,25 @@ def test_pool_swaps_whole_snapshots() -> None:
     assert pool.snapshot.describe() == {"champion": {"name": "m", "version": "1"}}
     assert pool.snapshot.loaded_version("1") is champion
     assert champion.classes == ("x", "y")
+
+
+@pytest.mark.parametrize(
+    "schema", [PredictRequest, PredictResponse, FeedbackRequest, FeedbackResponse]
+)
+def test_every_openapi_example_is_a_valid_body(schema: type[BaseModel]) -> None:
+    extra = schema.model_config.get("json_schema_extra")
+    assert isinstance(extra, dict)
+    examples = extra["examples"]
+    assert isinstance(examples, list)
+    assert examples
+    for example in examples:
+        schema.model_validate(example)
+
+
+def test_the_predict_examples_fit_the_model_spec() -> None:
+    extra = PredictRequest.model_config.get("json_schema_extra")
+    assert isinstance(extra, dict)
+    for example in extra["examples"]:  # type: ignore[union-attr]
+        rows = PredictRequest.model_validate(example).rows
+        if rows is not None:
+            validate_instances(rows, load_spec(), max_batch=10)
