@@ -11,7 +11,7 @@ RUN_DIR := $(or $(FLYWHEEL_RUN_DIR),.flywheel)
 BENTO_MODEL ?= customer-segment:latest
 SEED ?= $(shell date +%s)
 
-.PHONY: help install up down status demo train checkgpu bento test lint typecheck format clean
+.PHONY: help install up down status demo train checkgpu bento test coverage lint typecheck format clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ bento: install ## bentoml build of an approved version (BENTO_MODEL=customer-seg
 
 test: install ## Run the whole test suite (starts local infrastructure when needed)
 	$(BIN)/pytest
+
+coverage: install ## The whole suite with a line-coverage report (code run in the test process)
+	$(BIN)/pytest --cov=shared --cov=services --cov=flywheel --cov-report=term-missing:skip-covered
 
 lint: install ## Check lint and formatting with ruff
 	$(BIN)/ruff check .
