@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 
 from services.monitor.core import Reference
 from services.monitor.ports import SavedState
+from shared.events import ROUTING_STATE_KEY, ExperimentUpdated
 from shared.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -134,3 +135,20 @@ class NoMarkers:
 
 def _key(kind: str, model_name: str) -> str:
     return f"flywheel:monitor:{kind}:{model_name}"
+
+
+class RedisRoutingState:
+    """Reads the routing table the router keeps under ``ROUTING_STATE_KEY``."""
+
+    def __init__(self, redis: Redis, key: str = ROUTING_STATE_KEY) -> None:
+        self._redis = redis
+        self._key = key
+
+    async def running_experiment(self, model_name: str) -> str | None:
+        """The running experiment's id when the table is one for ``model_name``."""
+        raw = await self._redis.get(self._key)
+        if raw is None:
+            return None
+        table = ExperimentUpdated.model_validate_json(raw)
+        running = table.status == "running" and table.model_name == model_name
+        return table.experiment_id if running else None

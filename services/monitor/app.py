@@ -6,7 +6,12 @@ from dataclasses import replace
 
 from fastapi import FastAPI
 
-from services.monitor.adapters import MlflowReferenceStore, NoMarkers, RedisStateStore
+from services.monitor.adapters import (
+    MlflowReferenceStore,
+    NoMarkers,
+    RedisRoutingState,
+    RedisStateStore,
+)
 from services.monitor.handlers import DriftMonitor
 from services.monitor.metrics import MonitorMetrics
 from services.monitor.settings import Settings
@@ -28,6 +33,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         publisher=runtime.publisher,
         metrics=MonitorMetrics.create(runtime.registry),
         states=RedisStateStore(runtime.redis),
+        routing=RedisRoutingState(runtime.redis),
     )
     subscribe_batch(
         replace(runtime.consumer, processed=NoMarkers()),

@@ -20,7 +20,7 @@ from services.monitor.core import (
     WindowVerdict,
 )
 from services.monitor.metrics import MonitorMetrics
-from services.monitor.ports import ReferenceStore, StateStore
+from services.monitor.ports import ReferenceStore, RoutingState, StateStore
 from services.monitor.settings import Settings
 from shared.events import (
     DriftDetected,
@@ -48,6 +48,7 @@ class DriftMonitor:
     publisher: EventPublisher
     metrics: MonitorMetrics
     states: StateStore
+    routing: RoutingState | None = None
     detector: DriftDetector | None = None
     accuracy: dict[tuple[str, str], AccuracyCusum] = field(default_factory=dict)
     _fired: set[tuple[str, str]] = field(default_factory=set)
@@ -110,8 +111,7 @@ class DriftMonitor:
                 self.metrics.drift_score.labels(result.feature).set(result.statistic)
                 self.metrics.drift_p_value.labels(result.feature).set(result.p_value)
             if verdict.alarm:
-                await self.publisher.publish(self._data_drift(detector, verdict))
-                self.metrics.drift_events.labels("data").inc()
+                await self._alarm(self._data_drift(detector, verdict))
         return len(events) - sum(outcome.rejected.values()), len(outcome.verdicts)
 
     async def on_feedback(self, event: FeedbackReceived) -> None:
@@ -133,10 +133,37 @@ class DriftMonitor:
             self.metrics.model_accuracy.labels(event.variant, event.version).set(accuracy)
         if verdict is not None:
             self._fired.add((event.variant, event.version))
-            await self.publisher.publish(self._concept_drift(detector, event, verdict))
-            self.metrics.drift_events.labels("concept").inc()
+            await self._alarm(self._concept_drift(detector, event, verdict))
             # Saved at once so a restart cannot raise it again; otherwise with the next batch.
             await self.states.save(self.settings.model_name, self._state(), None, False, [], 0)
+
+    async def _alarm(self, drift: DriftDetected) -> None:
+        """Publish ``drift`` unless an experiment is running: its challenger is the answer.
+
+        A challenger trained on recent data is already under test; a retrain now would
+        supersede that experiment, and a lasting drift would do so every cool-down,
+        so no experiment could finish.
+        """
+        experiment = await self._running_experiment()
+        if experiment is not None:
+            self.metrics.drift_suppressed.labels(drift.kind).inc()
+            log.info(
+                "drift not published: an experiment is running",
+                extra={"kind": drift.kind, "experiment_id": experiment},
+            )
+            return
+        await self.publisher.publish(drift)
+        self.metrics.drift_events.labels(drift.kind).inc()
+
+    async def _running_experiment(self) -> str | None:
+        if self.routing is None:
+            return None
+        try:
+            return await self.routing.running_experiment(self.settings.model_name)
+        except Exception as error:
+            # Better a retrain too many than a drift nobody hears of.
+            log.warning("routing state unreadable; drift published", extra={"error": repr(error)})
+            return None
 
     async def on_champion_changed(self, event: ModelPromoted | ModelRolledBack) -> None:
         """Switch the reference to the new champion's sample at once."""

@@ -14,6 +14,7 @@ class MonitorMetrics:
     drift_score: Gauge
     drift_p_value: Gauge
     drift_events: Counter
+    drift_suppressed: Counter
     observations: Counter
     rejected_rows: Counter
     model_accuracy: Gauge
@@ -37,6 +38,11 @@ class MonitorMetrics:
             drift_score=gauge("ml_data_drift_score", "Last window's statistic.", ("feature",)),
             drift_p_value=gauge("ml_drift_p_value", "Last window's p-value.", ("feature",)),
             drift_events=counter("ml_drift_events_total", "drift-detected published.", ("kind",)),
+            drift_suppressed=counter(
+                "ml_drift_suppressed_total",
+                "Drift alarms not published because an experiment was already running.",
+                ("kind",),
+            ),
             observations=counter("monitor_observations_total", "Rows added to drift windows."),
             rejected_rows=counter(
                 "monitor_rejected_rows_total", "Rows left out of windows, by reason.", ("reason",)

@@ -37,3 +37,10 @@ class StateStore(Protocol):
         keep_pooled: int,
     ) -> None:
         """Save ``state``, append ``rows`` and ``pooled`` (keeping ``keep_pooled``), atomically."""
+
+
+class RoutingState(Protocol):
+    """Whether the router is running an experiment for a model (the routing table)."""
+
+    async def running_experiment(self, model_name: str) -> str | None:
+        """The id of the experiment running for ``model_name``, or None."""

@@ -9,7 +9,8 @@ import pytest
 from redis.asyncio import Redis
 
 from flywheel.infra import Endpoints
-from services.monitor.adapters import RedisStateStore
+from services.monitor.adapters import RedisRoutingState, RedisStateStore
+from shared.events import ExperimentUpdated
 from shared.messaging import ProcessedEvents
 
 pytestmark = pytest.mark.integration
@@ -50,3 +51,24 @@ async def test_processed_events_mark_and_check_a_batch_in_one_round_trip(redis: 
     await processed.mark_many(["x", "y"])
     assert await processed.seen_many(["x", "y", "z"]) == {"x", "y"}
     assert await processed.seen("x")
+
+
+async def test_routing_state_names_the_running_experiment_of_the_model(redis: Redis) -> None:
+    key = f"test:routing:{uuid.uuid4().hex}"
+    routing = RedisRoutingState(redis, key)
+    assert await routing.running_experiment("m") is None
+    table = ExperimentUpdated(
+        producer="router",
+        experiment_id="exp-7",
+        model_name="m",
+        status="running",
+        champion_version="1",
+        challenger_version="2",
+        challenger_share=0.1,
+    )
+    await redis.set(key, table.model_dump_json(), ex=60)
+    assert await routing.running_experiment("m") == "exp-7"
+    assert await routing.running_experiment("other") is None
+    promoted = table.model_copy(update={"status": "promoted", "challenger_share": 0.0})
+    await redis.set(key, promoted.model_dump_json(), ex=60)
+    assert await routing.running_experiment("m") is None

@@ -102,13 +102,27 @@ def _prediction(rng: np.random.Generator, shift: float) -> PredictionLogged:
     )
 
 
+class FakeRouting:
+    """The routing table's running experiment, settable by the test."""
+
+    def __init__(self, experiment_id: str | None) -> None:
+        self.experiment_id = experiment_id
+
+    async def running_experiment(self, model_name: str) -> str | None:
+        return self.experiment_id
+
+
 def _monitor(
-    references: FakeReferences, states: InMemoryStates | None = None
+    references: FakeReferences,
+    states: InMemoryStates | None = None,
+    routing: FakeRouting | None = None,
 ) -> tuple[DriftMonitor, RecordingPublisher]:
     publisher = RecordingPublisher()
     settings = Settings(window_size=WINDOW, cooldown_windows=3)
     metrics = MonitorMetrics.create(CollectorRegistry())
-    monitor = DriftMonitor(settings, references, publisher, metrics, states or InMemoryStates())
+    monitor = DriftMonitor(
+        settings, references, publisher, metrics, states or InMemoryStates(), routing
+    )
     return monitor, publisher
 
 
@@ -148,6 +162,18 @@ async def test_shifted_traffic_publishes_one_drift_event_naming_the_feature() ->
     assert drift.correlation_id != predictions[WINDOW - 1].correlation_id
     assert {f.feature for f in drift.features if f.drifted} == {"a"}
     assert {f.test for f in drift.features} == {"ks", "chi2"}
+
+
+async def test_drift_during_a_running_experiment_is_counted_not_published() -> None:
+    rng = np.random.default_rng(0)
+    routing = FakeRouting("exp-1")
+    monitor, publisher = _monitor(FakeReferences(_reference()), routing=routing)
+    await _run(monitor, [_prediction(rng, shift=1.0) for _ in range(3 * WINDOW)])
+    assert _drifts(publisher) == []
+    assert monitor.metrics.drift_suppressed.labels("data")._value.get() == 1
+    routing.experiment_id = None  # the experiment concluded; the drift lasts
+    await _run(monitor, [_prediction(rng, shift=1.0) for _ in range(5 * WINDOW)])
+    assert len(_drifts(publisher)) == 1
 
 
 async def test_stationary_traffic_publishes_nothing() -> None:
