@@ -33,6 +33,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -360,6 +361,8 @@ def main() -> None:
     parser.add_argument("--client-cpus", default="1", help="CPU list of wrk and this script")
     args = parser.parse_args()
     args.connections = [int(c) for c in args.connections.split(",")]
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: apt-get install wrk")
     os.sched_setaffinity(0, _cpus(args.client_cpus))
     print(_versions())
     print(
