@@ -21,7 +21,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from redis.asyncio import Redis
 
 from shared.logging import configure_logging
-from shared.messaging import ConsumerContext, KafkaEventPublisher, ProcessedEvents
+from shared.messaging import (
+    PRODUCER_MAX_BATCH_BYTES,
+    ConsumerContext,
+    KafkaEventPublisher,
+    ProcessedEvents,
+)
 from shared.metrics import MessagingMetrics
 from shared.settings import BaseServiceSettings
 
@@ -53,6 +58,7 @@ def build_runtime(name: str, settings: BaseServiceSettings) -> ServiceRuntime:
     broker = KafkaBroker(
         settings.kafka_bootstrap_servers,
         client_id=f"flywheel-{name}",
+        max_batch_size=PRODUCER_MAX_BATCH_BYTES,
         # Through the root handler, so FastStream's own lines are JSON like ours.
         logger=logging.getLogger("faststream"),
     )

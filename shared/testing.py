@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from faststream.kafka import KafkaBroker
 from prometheus_client import CollectorRegistry
 
@@ -34,6 +36,10 @@ class RecordingPublisher:
     async def publish(self, event: Event) -> None:
         """Record ``event``."""
         self.events.append(event)
+
+    async def publish_batch(self, events: Sequence[Event]) -> None:
+        """Record ``events``."""
+        self.events.extend(events)
 
     def of_type(self, event_type: type[Event]) -> list[Event]:
         """The recorded events of one type."""

@@ -33,7 +33,7 @@ from services.gateway.service import FeedbackService, PredictionService
 from services.gateway.serving import ServingRefresher
 from services.gateway.settings import Settings
 from services.gateway.shadow import ShadowScorer
-from shared.messaging import EventPublisher
+from shared.messaging import BatchEventPublisher
 from shared.runtime import Hook, ServiceRuntime, build_runtime, serve, service_app
 from shared.spec import load_spec
 
@@ -47,7 +47,7 @@ class GatewayPorts:
     registry: ModelRegistry
     routing_state: RoutingStateSource
     records: PredictionRecords
-    publisher: EventPublisher
+    publisher: BatchEventPublisher
     features: FeatureStore | None = None
 
 
@@ -80,6 +80,7 @@ def create_app(settings: Settings | None = None, *, ports: GatewayPorts | None =
         capacity=settings.event_buffer,
         batch_size=settings.publish_batch,
         timeout_s=settings.publish_timeout_s,
+        linger_s=settings.publish_linger_ms / 1000,
     )
     shadow = ShadowScorer(
         events, metrics, share=settings.shadow_share, max_in_flight=settings.shadow_max_in_flight

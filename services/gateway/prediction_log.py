@@ -21,10 +21,13 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
+from aiokafka.errors import MessageSizeTooLargeError
+from faststream.kafka.exceptions import BatchBufferOverflowException
+
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.ports import PredictionRecords
 from shared.events import Event, PredictionFailed, PredictionLogged
-from shared.messaging import EventPublisher
+from shared.messaging import BatchEventPublisher
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +84,7 @@ class PredictionEventBuffer:
 
     def __init__(
         self,
-        publisher: EventPublisher,
+        publisher: BatchEventPublisher,
         records: PredictionRecords,
         metrics: GatewayMetrics,
         *,
@@ -89,6 +92,7 @@ class PredictionEventBuffer:
         batch_size: int,
         timeout_s: float,
         backoff_s: tuple[float, float] = (0.2, 5.0),
+        linger_s: float = 0.0,
     ) -> None:
         self._publisher = publisher
         self._records = records
@@ -98,6 +102,7 @@ class PredictionEventBuffer:
         self._batch_size = batch_size
         self._timeout_s = timeout_s
         self._backoff_s = backoff_s
+        self._linger_s = linger_s
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -138,6 +143,10 @@ class PredictionEventBuffer:
         delay = low
         while True:
             await self._ready.wait()
+            if len(self) < self._batch_size:
+                # Let a batch gather (like Kafka's linger.ms): one drain step per request
+                # cost more CPU than the requests themselves left room for under load.
+                await asyncio.sleep(self._linger_s)
             if await self.drain_once() or not len(self):
                 delay = low
                 continue
@@ -163,20 +172,41 @@ class PredictionEventBuffer:
             self._metrics.events_dropped.labels(reason="shutdown").inc(len(self))
 
     async def _publish(self, batch: list[Event]) -> list[Event]:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await self._publisher.publish_batch(batch)
+        except (MessageSizeTooLargeError, BatchBufferOverflowException):
+            return await self._publish_one_by_one(batch)
+        except Exception as error:
+            self._metrics.events_retried.labels(stage="publish").inc(len(batch))
+            log.warning(
+                "prediction events not published yet; will retry",
+                extra={"count": len(batch), "error": repr(error)},
+            )
+            return batch
+        return []
+
+    async def _publish_one_by_one(self, batch: list[Event]) -> list[Event]:
+        """Send each event alone, so only the ones over Kafka's size limit are dropped."""
         sends = [self._publisher.publish(event) for event in batch]
         try:
             async with asyncio.timeout(self._timeout_s):
                 results = await asyncio.gather(*sends, return_exceptions=True)
         except TimeoutError:
             results = [TimeoutError()] * len(batch)
-        failed = [e for e, r in zip(batch, results, strict=True) if isinstance(r, BaseException)]
+        outcomes = list(zip(batch, results, strict=True))
+        too_large = [e for e, r in outcomes if isinstance(r, MessageSizeTooLargeError)]
+        if too_large:
+            # No retry can send these: keeping them would retry them forever.
+            self._metrics.events_dropped.labels(reason="too_large").inc(len(too_large))
+            log.error("prediction events over Kafka's size limit", extra={"count": len(too_large)})
+        failed = [
+            e
+            for e, r in outcomes
+            if isinstance(r, BaseException) and not isinstance(r, MessageSizeTooLargeError)
+        ]
         if failed:
             self._metrics.events_retried.labels(stage="publish").inc(len(failed))
-            error = next(r for r in results if isinstance(r, BaseException))
-            log.warning(
-                "prediction events not published yet; will retry",
-                extra={"count": len(failed), "error": repr(error)},
-            )
         return failed
 
     async def _remember(self, batch: list[PredictionLogged]) -> list[PredictionLogged]:

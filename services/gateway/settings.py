@@ -27,6 +27,8 @@ class Settings(BaseServiceSettings):
     """Prediction events held for publishing; the oldest are dropped beyond this."""
     publish_batch: int = Field(500, ge=1)
     """Most prediction events published (and recorded) in one drain step."""
+    publish_linger_ms: float = Field(20.0, ge=0)
+    """How long prediction events may wait to join a batch before they are sent."""
     publish_timeout_s: float = Field(10.0, gt=0)
     """How long one drain step may wait for Kafka and Redis before giving up on it."""
     feedback_ttl_s: int = Field(7 * 24 * 3600, ge=1)

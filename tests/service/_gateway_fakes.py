@@ -118,6 +118,10 @@ class FailingPublisher:
             raise ConnectionError("kafka is down")
         self.events.append(event)
 
+    async def publish_batch(self, events: Sequence[Event]) -> None:
+        for event in events:
+            await self.publish(event)
+
 
 class BrokenModel:
     """A loaded model that fails: it raises, or answers ``nan`` probabilities."""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pytest
 from _gateway_fakes import FakeModelRegistry, FakeRoutingState, InMemoryPredictionRecords
+from aiokafka.errors import MessageSizeTooLargeError
 from faststream.kafka import KafkaBroker, TestKafkaBroker
 from prometheus_client import CollectorRegistry
 
@@ -185,3 +187,39 @@ async def test_buffer_drains_in_bounded_batches() -> None:
     buffer.offer(logged(10))
     assert [await buffer.drain_once() for _ in range(4)] == [8, 8, 4, 0]
     assert len(records.records) == 10
+
+
+class OversizePublisher(RecordingPublisher):
+    """A broker that refuses one request id as over its size limit."""
+
+    def __init__(self, refused: str) -> None:
+        super().__init__()
+        self.refused = refused
+
+    async def publish(self, event: Event) -> None:
+        if isinstance(event, PredictionLogged) and event.request_id == self.refused:
+            raise MessageSizeTooLargeError()
+        await super().publish(event)
+
+    async def publish_batch(self, events: Sequence[Event]) -> None:
+        if any(isinstance(e, PredictionLogged) and e.request_id == self.refused for e in events):
+            raise MessageSizeTooLargeError()
+        await super().publish_batch(events)
+
+
+async def test_an_event_over_the_size_limit_is_dropped_not_retried_forever() -> None:
+    publisher = OversizePublisher("r-1")
+    metrics = GatewayMetrics.create(CollectorRegistry())
+    buffer = PredictionEventBuffer(
+        publisher, InMemoryPredictionRecords(), metrics, capacity=10, batch_size=10, timeout_s=1
+    )
+    buffer.offer(logged(3))
+    while await buffer.drain_once():
+        pass
+    assert [e.request_id for e in publisher.events if isinstance(e, PredictionLogged)] == [
+        "r-0",
+        "r-2",
+    ]
+    assert len(buffer) == 0
+    assert metrics.events_dropped.labels(reason="too_large")._value.get() == 1
+    assert metrics.events_retried.labels(stage="publish")._value.get() == 0

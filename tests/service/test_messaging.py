@@ -8,9 +8,10 @@ import pytest
 from faststream.kafka import KafkaBroker, TestKafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
+from shared import messaging
 from shared.errors import InvalidInputError
 from shared.events import DataArrived, DatasetRef, Topic, dead_letter_topic
-from shared.messaging import subscribe, subscribe_broadcast
+from shared.messaging import KafkaEventPublisher, subscribe, subscribe_broadcast
 from shared.testing import consumer_context
 
 
@@ -111,3 +112,33 @@ async def test_broadcast_subscriptions_use_a_group_per_replica_and_no_shared_mar
         await test_broker.publish(event.model_dump_json().encode(), Topic.DATA_ARRIVED.value)
     assert seen == [event.event_id, event.event_id]
     assert not await ctx.processed.seen(event.event_id)
+
+
+async def test_a_published_batch_reaches_subscribers_event_by_event() -> None:
+    broker = KafkaBroker()
+    ctx = consumer_context("svc", broker)
+    publisher = KafkaEventPublisher(broker, "gateway", ctx.metrics)
+    seen: list[tuple[str, str]] = []
+
+    async def handle(event: DataArrived) -> None:
+        seen.append((event.event_id, event.dataset.uri))
+
+    subscribe(ctx, Topic.DATA_ARRIVED, DataArrived, handle)
+    events = [_data_arrived() for _ in range(5)]
+    async with TestKafkaBroker(broker):
+        await publisher.publish_batch(events)
+    assert seen == [(e.event_id, e.dataset.uri) for e in events]
+    published = ctx.metrics.published.labels("gateway", Topic.DATA_ARRIVED.value)
+    assert published._value.get() == 5
+
+
+def test_batches_are_grouped_by_topic_and_cut_by_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    events = [_data_arrived() for _ in range(5)]
+    size = len(events[0].model_dump_json().encode())
+    monkeypatch.setattr(messaging, "BATCH_BYTES", 2 * size)
+    batches = messaging._batches(events)
+    assert [len(bodies) for _, bodies in batches] == [2, 2, 1]
+    assert {key for key, _ in batches} == {(Topic.DATA_ARRIVED.value, "data-arrived")}
+    assert [b for _, bodies in batches for b in bodies] == [
+        e.model_dump_json().encode() for e in events
+    ]
