@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from typing import cast
@@ -67,6 +68,14 @@ class RedisRoutingState:
         return None if raw is None else ExperimentUpdated.model_validate_json(raw)
 
 
+_SET_ALL_WITH_EXPIRY = """
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, ARGV[i + 1], 'EX', ARGV[1])
+end
+return #KEYS
+"""
+
+
 class RedisPredictionRecords:
     """One JSON record per request id (without features) and a once-only feedback marker."""
 
@@ -76,17 +85,21 @@ class RedisPredictionRecords:
         self._prefix = prefix
 
     async def remember(self, events: Sequence[PredictionLogged]) -> None:
-        """Write all records in one pipelined round trip."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for event in events:
-                record = event.model_copy(update={"features": {}}).model_dump_json()
-                pipe.set(self._key("prediction", event.request_id), record, ex=self._ttl_s)
-            await pipe.execute()
+        """Write all records with one command (a script setting each key with its expiry).
+
+        One command instead of a pipeline of one SET per event: the client's CPU for
+        packing commands was the larger part of logging a prediction.
+        """
+        keys = [self._key("prediction", event.request_id) for event in events]
+        records = [event.model_dump_json(exclude={"features"}) for event in events]
+        await self._redis.eval(_SET_ALL_WITH_EXPIRY, len(keys), *keys, self._ttl_s, *records)
 
     async def recall(self, request_id: str) -> PredictionLogged | None:
-        """The stored record of ``request_id``, if it has not expired."""
+        """The stored record of ``request_id`` (features left out), if it has not expired."""
         raw = await self._redis.get(self._key("prediction", request_id))
-        return None if raw is None else PredictionLogged.model_validate_json(raw)
+        if raw is None:
+            return None
+        return PredictionLogged.model_validate({"features": {}, **json.loads(raw)})
 
     async def claim_feedback(self, request_id: str) -> bool:
         """SET NX the feedback marker: True only for the first feedback."""

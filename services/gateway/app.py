@@ -83,7 +83,11 @@ def create_app(settings: Settings | None = None, *, ports: GatewayPorts | None =
         linger_s=settings.publish_linger_ms / 1000,
     )
     shadow = ShadowScorer(
-        events, metrics, share=settings.shadow_share, max_in_flight=settings.shadow_max_in_flight
+        events,
+        metrics,
+        spec,
+        share=settings.shadow_share,
+        max_in_flight=settings.shadow_max_in_flight,
     )
     register(runtime.consumer, refresher)
     resync = PeriodicTask(refresher.load_initial, settings.routing_resync_s, "routing-resync")

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
+from typing import Any
 
+import numpy as np
+
+from services.gateway.core import RowScorer, frame_of, row_scorer
 from services.gateway.ports import Classifier
 from shared.events import Variant
+from shared.spec import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -16,10 +23,21 @@ class LoadedModel:
     version: str
     model: Classifier = field(compare=False, repr=False)
 
-    @property
+    @cached_property
     def classes(self) -> tuple[str, ...]:
         """Class labels in the order of ``predict_proba``'s columns."""
         return tuple(str(c) for c in self.model.classes_)
+
+    @cached_property
+    def _row_scorer(self) -> RowScorer | None:
+        return row_scorer(self.model)
+
+    def predict_proba(self, rows: Sequence[Mapping[str, Any]], spec: ModelSpec) -> np.ndarray:
+        """Class probabilities of checked rows: straight from the rows where the model
+        allows it (the same numbers), through a DataFrame otherwise."""
+        if self._row_scorer is not None:
+            return self._row_scorer(rows)
+        return np.asarray(self.model.predict_proba(frame_of(rows, spec)))
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,8 @@ class _Stage(Generic[E]):
         self.name = name
         self.pending: deque[E] = deque()
         self._deliver = deliver
-        self._metrics = metrics
+        self._dropped = metrics.events_dropped.labels(reason=f"{name}_buffer_full")
+        self._pending_gauge = metrics.events_pending.labels(stage=name)
         self._capacity = capacity
 
     def add(self, events: Sequence[E]) -> None:
@@ -75,8 +76,8 @@ class _Stage(Generic[E]):
         for _ in range(max(0, overflow)):
             self.pending.popleft()
         if overflow > 0:
-            self._metrics.events_dropped.labels(reason=f"{self.name}_buffer_full").inc(overflow)
-        self._metrics.events_pending.labels(stage=self.name).set(len(self.pending))
+            self._dropped.inc(overflow)
+        self._pending_gauge.set(len(self.pending))
 
 
 class PredictionEventBuffer:

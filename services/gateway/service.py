@@ -11,18 +11,17 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
-import pandas as pd
 from redis.exceptions import RedisError
 
 from services.gateway.core import (
     ModelFailedError,
     ModelUnavailableError,
     RowPrediction,
+    check_instances,
     check_probabilities,
     choose_variant,
     row_from_store,
     rows_from_probabilities,
-    validate_instances,
 )
 from services.gateway.errors import http_status
 from services.gateway.metrics import GatewayMetrics
@@ -48,10 +47,13 @@ T = TypeVar("T")
 INLINE_ROWS = 256
 
 
-async def _scored(model: LoadedModel, frame: pd.DataFrame) -> Any:
-    if len(frame) <= INLINE_ROWS:
-        return model.model.predict_proba(frame)
-    return await asyncio.to_thread(model.model.predict_proba, frame)
+async def probabilities_of(
+    model: LoadedModel, rows: Sequence[dict[str, Any]], spec: ModelSpec
+) -> np.ndarray:
+    """``model``'s probabilities for checked rows, on the loop or, for big batches, a thread."""
+    if len(rows) <= INLINE_ROWS:
+        return model.predict_proba(rows, spec)
+    return await asyncio.to_thread(model.predict_proba, rows, spec)
 
 
 class PredictionService:
@@ -129,20 +131,20 @@ class PredictionService:
     ) -> PredictResponse:
         started = time.perf_counter()
         try:
-            frame = validate_instances(rows, self._spec, self._max_batch)
+            check_instances(rows, self._spec, self._max_batch)
             snapshot = self._pool.snapshot
             variant, model = self._pick(snapshot, entity_id)
         except Exception as error:
             self._count_error(error, "none", "none")
             raise
         try:
-            answered = await self._score(model, frame)
+            answered = await self._score(model, rows)
         except ModelFailedError as error:
             # The variant that failed pays for it in the router's error-rate guardrail.
             self._count_error(error, variant, model.version)
             elapsed = time.perf_counter() - started
             self._events.offer_unrecorded(
-                [self._failure_of(error, model, variant, len(frame), elapsed, snapshot.routing)]
+                [self._failure_of(error, model, variant, len(rows), elapsed, snapshot.routing)]
             )
             raise
         elapsed = time.perf_counter() - started
@@ -151,14 +153,15 @@ class PredictionService:
             self._events.offer(self._events_of(response, rows, entity_id, snapshot.routing))
         self._observe(model, variant, answered, elapsed)
         if self._shadow is not None:
-            self._shadow.maybe_mirror(snapshot, frame, response, rows, entity_id)
+            self._shadow.maybe_mirror(snapshot, response, rows, entity_id)
         return response
 
-    @staticmethod
-    async def _score(model: LoadedModel, frame: pd.DataFrame) -> list[RowPrediction]:
+    async def _score(
+        self, model: LoadedModel, rows: Sequence[dict[str, Any]]
+    ) -> list[RowPrediction]:
         try:
-            probabilities = np.asarray(await _scored(model, frame))
-            check_probabilities(probabilities, len(frame), len(model.classes))
+            probabilities = await probabilities_of(model, rows, self._spec)
+            check_probabilities(probabilities, len(rows), len(model.classes))
         except ModelFailedError as error:
             raise ModelFailedError(f"model {model.name} version {model.version}: {error}") from None
         except Exception as error:

@@ -18,15 +18,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import pandas as pd
-
 from services.gateway.core import RowPrediction, check_probabilities, rows_from_probabilities
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.pool import LoadedModel, ServingSnapshot
 from services.gateway.prediction_log import PredictionEventBuffer
 from services.gateway.schemas import PredictResponse
 from shared.events import PredictionLogged
+from shared.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +35,6 @@ class _Mirror:
 
     challenger: LoadedModel
     snapshot: ServingSnapshot
-    frame: pd.DataFrame
     response: PredictResponse
     rows: Sequence[dict[str, Any]]
     entity_id: str | None
@@ -50,6 +47,7 @@ class ShadowScorer:
         self,
         events: PredictionEventBuffer,
         metrics: GatewayMetrics,
+        spec: ModelSpec,
         *,
         share: float,
         max_in_flight: int,
@@ -57,6 +55,7 @@ class ShadowScorer:
     ) -> None:
         self._events = events
         self._metrics = metrics
+        self._spec = spec
         self._share = share
         self._max_in_flight = max_in_flight
         self._rng = rng or random.Random()
@@ -65,7 +64,6 @@ class ShadowScorer:
     def maybe_mirror(
         self,
         snapshot: ServingSnapshot,
-        frame: pd.DataFrame,
         response: PredictResponse,
         rows: Sequence[dict[str, Any]],
         entity_id: str | None,
@@ -79,7 +77,7 @@ class ShadowScorer:
         if len(self._tasks) >= self._max_in_flight:
             self._metrics.shadow.labels(outcome="skipped").inc(len(rows))
             return
-        mirror = _Mirror(challenger, snapshot, frame, response, rows, entity_id)
+        mirror = _Mirror(challenger, snapshot, response, rows, entity_id)
         task = asyncio.create_task(self._score(mirror), name="shadow-prediction")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -90,13 +88,12 @@ class ShadowScorer:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _score(self, mirror: _Mirror) -> None:
-        challenger, frame, rows = mirror.challenger, mirror.frame, mirror.rows
+        challenger, rows = mirror.challenger, mirror.rows
         started = time.perf_counter()
         try:
-            probabilities = np.asarray(
-                await asyncio.to_thread(challenger.model.predict_proba, frame)
-            )
-            check_probabilities(probabilities, len(frame), len(challenger.classes))
+            # In a thread: a mirror must never hold up the requests the client waits for.
+            probabilities = await asyncio.to_thread(challenger.predict_proba, rows, self._spec)
+            check_probabilities(probabilities, len(rows), len(challenger.classes))
         except Exception as error:
             self._metrics.shadow.labels(outcome="failed").inc(len(rows))
             log.warning(

@@ -8,12 +8,14 @@ from typing import Any
 import numpy as np
 import pytest
 from pydantic import BaseModel
+from sklearn.linear_model import LogisticRegression
 
 from services.gateway.core import (
     BatchTooLargeError,
     FeatureValidationError,
     bucket_of,
     choose_variant,
+    row_scorer,
     rows_from_probabilities,
     validate_instances,
 )
@@ -24,6 +26,7 @@ from services.gateway.schemas import (
     PredictRequest,
     PredictResponse,
 )
+from shared.datasets import generate_customers
 from shared.spec import load_spec
 
 SPEC = load_spec()
@@ -176,3 +179,26 @@ def test_the_predict_examples_fit_the_model_spec() -> None:
         rows = PredictRequest.model_validate(example).rows
         if rows is not None:
             validate_instances(rows, load_spec(), max_batch=10)
+
+
+@pytest.mark.parametrize("algorithm", ["torch_mlp", "logistic_regression"])
+def test_rows_scored_straight_match_the_pipeline_on_a_frame(algorithm: str) -> None:
+    from services.trainer.core import TrainingConfig, train
+
+    spec = load_spec()
+    frame = generate_customers(1500, seed=21)
+    model = train(frame, spec, TrainingConfig(candidates=(algorithm,), device="cpu"))
+    pipeline = model.pipeline
+    scorer = row_scorer(pipeline)
+    assert scorer is not None, "the trainer's pipelines take the direct path"
+    rows = [
+        {str(k): v for k, v in r.items()}
+        for r in frame[list(spec.feature_names)].head(40).to_dict("records")
+    ]
+    expected = pipeline.predict_proba(validate_instances(rows, spec, max_batch=100))
+    np.testing.assert_allclose(scorer(rows), expected, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(scorer(rows[:1]), expected[:1], rtol=1e-6, atol=1e-7)
+
+
+def test_other_models_are_given_a_frame() -> None:
+    assert row_scorer(LogisticRegression()) is None
