@@ -47,6 +47,8 @@ class Settings(BaseServiceSettings):
     """Tolerated increase of the error rate (absolute)."""
     latency_slowdown: float = Field(1.2, gt=1)
     """Tolerated ratio of geometric-mean latencies (challenger / champion)."""
+    latency_floor_ms: float = Field(1.0, ge=0)
+    """A slow-down smaller than this many milliseconds never harms, whatever its ratio."""
     label_rate_margin: float = 0.05
     """Tolerated drop of the share of predictions that receive feedback."""
 
@@ -63,6 +65,7 @@ class Settings(BaseServiceSettings):
             max_labelled_per_arm=self.max_labelled_per_arm,
             error_rate_margin=self.error_rate_margin,
             log_latency_margin=math.log(self.latency_slowdown),
+            latency_floor_ms=self.latency_floor_ms,
             label_rate_margin=self.label_rate_margin,
         )
         return ExperimentPlan(

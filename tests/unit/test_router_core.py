@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 
 import pytest
 
 from services.router.core import Experiment, decide_on_approval, experiment_id_for, is_newer
+from services.router.core.decision import (
+    ArmStats,
+    DecisionConfig,
+    ExperimentStats,
+    GuardrailResult,
+    guardrail_results,
+)
 from services.router.core.experiment import ExperimentPlan
 from shared.events import ModelApproved, ModelMetrics, Role
 
@@ -95,3 +103,30 @@ def test_experiment_id_is_stable_per_approval_and_differs_between_approvals() ->
 def test_versions_compare_numerically() -> None:
     assert is_newer("10", "9")
     assert not is_newer("9", "10")
+
+
+def _latency_arm(geometric_mean_ms: float, n: int = 2000, sd: float = 0.5) -> ArmStats:
+    mu = math.log(geometric_mean_ms)
+    return ArmStats(latency_n=n, log_latency_sum=n * mu, log_latency_sumsq=n * (mu * mu + sd * sd))
+
+
+def _latency_result(champion_ms: float, challenger_ms: float) -> GuardrailResult:
+    stats = ExperimentStats(
+        champion=_latency_arm(champion_ms), challenger=_latency_arm(challenger_ms)
+    )
+    (result,) = [
+        g for g in guardrail_results(stats, DecisionConfig(), {}) if g.name == "log_latency"
+    ]
+    return result
+
+
+def test_a_slow_down_of_microseconds_never_harms() -> None:
+    result = _latency_result(0.15, 0.25)  # 67 % slower, 0.1 ms
+    assert not result.harmed
+    assert result.non_inferior
+
+
+def test_a_slow_down_of_milliseconds_harms() -> None:
+    result = _latency_result(5.0, 10.0)
+    assert result.harmed
+    assert not result.non_inferior

@@ -78,6 +78,9 @@ class DecisionConfig(_Frozen):
     srm_min_per_arm: int = 20
     error_rate_margin: float = 0.01
     log_latency_margin: float = Field(math.log(1.2), description="Tolerated log-mean slow-down.")
+    latency_floor_ms: float = Field(
+        1.0, ge=0, description="A slow-down smaller than this (geometric mean) never harms."
+    )
     p95_ratio_limit: float = 1.5
     label_rate_margin: float = 0.05
 
@@ -311,6 +314,23 @@ def p95_ms(arm: ArmStats) -> float:
     return LATENCY_EDGES_MS[-1]
 
 
+def latency_margin(champion_ms: float, cfg: DecisionConfig) -> float:
+    """The tolerated log-mean slow-down: the relative margin, or the absolute floor if wider.
+
+    With answers in a fraction of a millisecond a 20 % slow-down is microseconds, which
+    no user notices but which noise alone produces; the floor keeps such arms equal.
+
+    >>> cfg = DecisionConfig()
+    >>> round(latency_margin(20.0, cfg), 4) == round(math.log(1.2), 4)  # 20 % of 20 ms > 1 ms
+    True
+    >>> round(math.exp(latency_margin(0.2, cfg)) * 0.2 - 0.2, 6)  # 1 ms on a 0.2 ms champion
+    1.0
+    """
+    if champion_ms <= 0:
+        return cfg.log_latency_margin
+    return max(cfg.log_latency_margin, math.log1p(cfg.latency_floor_ms / champion_ms))
+
+
 def _latency_guardrail(
     s: ExperimentStats, cfg: DecisionConfig, bounds: dict[str, RunningBounds]
 ) -> GuardrailResult:
@@ -320,13 +340,14 @@ def _latency_guardrail(
     se = math.sqrt(va / a.latency_n + vb / b.latency_n)
     ready = min(a.latency_n, b.latency_n) >= cfg.min_labelled_per_arm
     n_total = a.latency_n + b.latency_n
-    result = _guardrail(
-        "log_latency", mb - ma, se, n_total, cfg.log_latency_margin, cfg, bounds, ready
-    )
+    margin = latency_margin(math.exp(ma), cfg)
+    result = _guardrail("log_latency", mb - ma, se, n_total, margin, cfg, bounds, ready)
     pa, pb = p95_ms(a), p95_ms(b)
     ratio = pb / pa if pa > 0 else 1.0
-    # A p95 far above the champion's harms only when the slow-down is also significant.
-    harmed = result.harmed or (ready and ratio > cfg.p95_ratio_limit and result.lower > 0)
+    # A p95 far above the champion's harms only when the slow-down is also significant,
+    # and more than the floor in milliseconds.
+    slower_p95 = ratio > cfg.p95_ratio_limit and pb - pa > cfg.latency_floor_ms
+    harmed = result.harmed or (ready and slower_p95 and result.lower > 0)
     detail = {"champion_p95_ms": pa, "challenger_p95_ms": pb, "p95_ratio": ratio}
     return result.model_copy(update={"harmed": harmed, "detail": detail})
 

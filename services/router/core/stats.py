@@ -164,7 +164,8 @@ def e_value(diff: Num, se: Num, n_total: Num, alpha: float, n_star: float) -> Nu
     d, s = np.asarray(diff, dtype=float), np.asarray(se, dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
         z2 = np.where(s > 0, (d / np.where(s > 0, s, 1.0)) ** 2, np.where(d == 0, 0.0, np.inf))
-    value = np.exp(z2 * (n * rho2 / (n * rho2 + 1)) / 2) / np.sqrt(n * rho2 + 1)
+    with np.errstate(over="ignore"):  # overwhelming evidence: Λ = inf, p = 0
+        value = np.exp(z2 * (n * rho2 / (n * rho2 + 1)) / 2) / np.sqrt(n * rho2 + 1)
     return cast(Num, value if value.ndim else float(value))
 
 
