@@ -71,7 +71,7 @@ def create_app(settings: Settings | None = None, *, ports: GatewayPorts | None =
     spec = load_spec(settings.model_spec_path)
     pool = ModelPool()
     refresher = ServingRefresher(
-        pool, ports.registry, ports.routing_state, settings.model_name, metrics
+        pool, ports.registry, ports.routing_state, settings.model_name, metrics, spec
     )
     events = PredictionEventBuffer(
         ports.publisher,

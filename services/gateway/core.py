@@ -121,6 +121,17 @@ def frame_of(instances: Sequence[Mapping[str, Any]], spec: ModelSpec) -> pd.Data
     return pd.DataFrame(columns, columns=_column_index(spec.feature_names))
 
 
+def example_row(spec: ModelSpec) -> dict[str, Any]:
+    """A row that fits the spec (zeros, first categories): for warming a model up.
+
+    >>> from shared.spec import load_spec
+    >>> row = example_row(load_spec())
+    >>> row["age"], row["plan"]
+    (0.0, 'basic')
+    """
+    return {f.name: f.categories[0] if f.categories else 0.0 for f in spec.features}
+
+
 RowScorer = Callable[[Sequence[Mapping[str, Any]]], np.ndarray]
 
 

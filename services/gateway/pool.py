@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from services.gateway.core import RowScorer, frame_of, row_scorer
+from services.gateway.core import RowScorer, example_row, frame_of, row_scorer
 from services.gateway.ports import Classifier
 from shared.events import Variant
 from shared.spec import ModelSpec
@@ -31,6 +31,13 @@ class LoadedModel:
     @cached_property
     def _row_scorer(self) -> RowScorer | None:
         return row_scorer(self.model)
+
+    def warm_up(self, spec: ModelSpec, times: int = 50) -> None:
+        """Score an example row a few times, so served traffic never pays first-call costs
+        (lazy initialisation, caches); a model that cannot score it raises here."""
+        rows = [example_row(spec)]
+        for _ in range(times):
+            self.predict_proba(rows, spec)
 
     def predict_proba(self, rows: Sequence[Mapping[str, Any]], spec: ModelSpec) -> np.ndarray:
         """Class probabilities of checked rows: straight from the rows where the model

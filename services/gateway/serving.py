@@ -15,6 +15,7 @@ from services.gateway.metrics import GatewayMetrics
 from services.gateway.pool import LoadedModel, ModelPool, RoutingTable, ServingSnapshot
 from services.gateway.ports import ModelRegistry, RoutingStateSource
 from shared.events import ExperimentUpdated, Variant
+from shared.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,9 @@ class ServingRefresher:
         routing_state: RoutingStateSource,
         model_name: str,
         metrics: GatewayMetrics,
+        spec: ModelSpec | None = None,
     ) -> None:
+        self._spec = spec
         self._pool = pool
         self._registry = registry
         self._routing_state = routing_state
@@ -105,6 +108,11 @@ class ServingRefresher:
             return reusable
         try:
             model = await asyncio.to_thread(self._registry.load, self._model_name, version)
+            loaded = LoadedModel(self._model_name, version, model)
+            if self._spec is not None:
+                # Before the swap: its first requests would otherwise pay the model's
+                # first-call costs, and a small challenger arm shows them as its p95.
+                await asyncio.to_thread(loaded.warm_up, self._spec)
         except Exception as error:
             log.error(
                 "model load failed; the previous model keeps serving",
@@ -113,4 +121,4 @@ class ServingRefresher:
             self._metrics.model_load_errors.labels(role=role).inc()
             return current.model_for(role)
         log.info("model loaded", extra={"role": role, "version": version})
-        return LoadedModel(self._model_name, version, model)
+        return loaded

@@ -54,12 +54,15 @@ class FakeModelRegistry:
             "challenger": None,
         }
         self.broken: set[str] = set()
+        self.unscorable: set[str] = set()
         self.loads: list[str] = []
 
     def load(self, name: str, version: str) -> Classifier:
         self.loads.append(version)
         if version in self.broken:
             raise OSError(f"artifact of version {version} unreadable")
+        if version in self.unscorable:
+            return BrokenModel(raises=True)
         model: Classifier = trained_pipeline(seed=int(version))
         return model
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pytest
-from _gateway_fakes import FakeModelRegistry, FakeRoutingState, InMemoryPredictionRecords
+from _gateway_fakes import SPEC, FakeModelRegistry, FakeRoutingState, InMemoryPredictionRecords
 from aiokafka.errors import MessageSizeTooLargeError
 from faststream.kafka import KafkaBroker, TestKafkaBroker
 from prometheus_client import CollectorRegistry
@@ -35,7 +35,7 @@ class Serving:
 
     def __post_init__(self) -> None:
         self.refresher = ServingRefresher(
-            self.pool, self.registry, self.routing_state, MODEL, self.metrics
+            self.pool, self.registry, self.routing_state, MODEL, self.metrics, SPEC
         )
 
     async def deliver(self, *events: Event) -> None:
@@ -83,6 +83,15 @@ async def test_a_failed_load_keeps_the_previous_model_serving() -> None:
     serving.registry.broken.add("3")
     await serving.deliver(table(challenger="2"), table(challenger="3", share=0.2))
     assert serving.versions() == ("1", "2")
+    assert serving.metrics.model_load_errors.labels(role="challenger")._value.get() == 1
+
+
+async def test_a_model_that_cannot_score_an_example_row_is_never_swapped_in() -> None:
+    serving = Serving()
+    await serving.deliver(table(challenger=None, share=0.0, status="champion_only"))
+    serving.registry.unscorable.add("2")
+    await serving.deliver(table())
+    assert serving.versions() == ("1", None)
     assert serving.metrics.model_load_errors.labels(role="challenger")._value.get() == 1
 
 
