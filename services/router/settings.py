@@ -47,7 +47,7 @@ class Settings(BaseServiceSettings):
     """Tolerated increase of the error rate (absolute)."""
     latency_slowdown: float = Field(1.2, gt=1)
     """Tolerated ratio of geometric-mean latencies (challenger / champion)."""
-    latency_floor_ms: float = Field(1.0, ge=0)
+    latency_floor_ms: float = Field(5.0, ge=0)
     """A slow-down smaller than this many milliseconds never harms, whatever its ratio."""
     label_rate_margin: float = 0.05
     """Tolerated drop of the share of predictions that receive feedback."""

@@ -127,6 +127,6 @@ def test_a_slow_down_of_microseconds_never_harms() -> None:
 
 
 def test_a_slow_down_of_milliseconds_harms() -> None:
-    result = _latency_result(5.0, 10.0)
+    result = _latency_result(5.0, 20.0)  # 15 ms and 4× slower
     assert result.harmed
     assert not result.non_inferior

@@ -79,7 +79,7 @@ class DecisionConfig(_Frozen):
     error_rate_margin: float = 0.01
     log_latency_margin: float = Field(math.log(1.2), description="Tolerated log-mean slow-down.")
     latency_floor_ms: float = Field(
-        1.0, ge=0, description="A slow-down smaller than this (geometric mean) never harms."
+        5.0, ge=0, description="A slow-down smaller than this (mean or p95) never harms."
     )
     p95_ratio_limit: float = 1.5
     label_rate_margin: float = 0.05
@@ -321,10 +321,10 @@ def latency_margin(champion_ms: float, cfg: DecisionConfig) -> float:
     no user notices but which noise alone produces; the floor keeps such arms equal.
 
     >>> cfg = DecisionConfig()
-    >>> round(latency_margin(20.0, cfg), 4) == round(math.log(1.2), 4)  # 20 % of 20 ms > 1 ms
+    >>> round(latency_margin(50.0, cfg), 4) == round(math.log(1.2), 4)  # 20 % of 50 ms > 5 ms
     True
-    >>> round(math.exp(latency_margin(0.2, cfg)) * 0.2 - 0.2, 6)  # 1 ms on a 0.2 ms champion
-    1.0
+    >>> round(math.exp(latency_margin(0.2, cfg)) * 0.2 - 0.2, 6)  # 5 ms on a 0.2 ms champion
+    5.0
     """
     if champion_ms <= 0:
         return cfg.log_latency_margin
