@@ -47,7 +47,6 @@ class _Stage(Generic[E]):
         metrics: GatewayMetrics,
         capacity: int,
     ):
-        self.name = name
         self.pending: deque[E] = deque()
         self._deliver = deliver
         self._dropped = metrics.events_dropped.labels(reason=f"{name}_buffer_full")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import httpx
 import mlflow
 import numpy as np
 import pytest
+from _support import free_port
 from prometheus_client import CollectorRegistry
 
 from flywheel.infra import Endpoints
@@ -36,12 +36,6 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = load_spec()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +82,7 @@ def approved(infra: Endpoints, tmp_path_factory: pytest.TempPathFactory) -> tupl
 def served(approved: tuple[str, str, Path]) -> Iterator[str]:
     """``bentoml serve`` for the approved version on a free port; yields its URL."""
     _, tag, home = approved
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "BENTOML_HOME": str(home),

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import socket
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import uvicorn
+from _support import free_port
 from mlflow.tracking import MlflowClient
 from prometheus_client import CollectorRegistry
 from sklearn.linear_model import LogisticRegression
@@ -104,12 +104,6 @@ async def test_gates_aliases_and_a_worse_model_rejected_with_its_numbers(
         assert approved[f"gate.{check}"].startswith("passed: "), check
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 async def registry_url(
     infra_env: Endpoints, monkeypatch: pytest.MonkeyPatch
@@ -118,7 +112,7 @@ async def registry_url(
     name = f"it-rollback-{uuid.uuid4().hex[:8]}"
     monkeypatch.setenv("FLYWHEEL_MODEL_NAME", name)
     monkeypatch.setenv("REGISTRY_ADMIN_TOKEN", TOKEN)
-    port = _free_port()
+    port = free_port()
     app = create_app(Settings(port=port), name=f"registry-it-{uuid.uuid4().hex[:8]}")
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     task = asyncio.create_task(server.serve())
