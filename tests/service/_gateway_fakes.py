@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import numpy as np
+from fastapi import FastAPI
 from sklearn.compose import ColumnTransformer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from services.gateway.app import GatewayPorts, create_app
+from services.gateway.pool import LoadedModel, RoutingTable, ServingSnapshot
 from services.gateway.ports import Classifier
+from services.gateway.prediction_log import PredictionEventBuffer
+from services.gateway.settings import Settings
 from shared.datasets import generate_customers
 from shared.events import Event, ExperimentUpdated, PredictionLogged, Variant
+from shared.messaging import BatchEventPublisher
 from shared.spec import load_spec
 
 SPEC = load_spec()
@@ -137,3 +145,73 @@ class BrokenModel:
         if self._raises:
             raise ValueError("weights are corrupt")
         return np.full((len(frame), len(self.classes_)), np.nan)
+
+
+MODEL = "customer-segment"
+
+
+@dataclass
+class Gateway:
+    """A gateway app under test, its client and the fakes behind it."""
+
+    app: FastAPI
+    client: httpx.AsyncClient
+    records: InMemoryPredictionRecords
+    publisher: Any
+    store: InMemoryFeatureStore
+
+    def serve(self, share: float = 0.0) -> None:
+        """Swap in a champion (v1) and, when ``share`` > 0, a challenger (v2)."""
+        challenger = LoadedModel(MODEL, "2", trained_pipeline(2)) if share else None
+        self.app.state.gateway.pool.swap(
+            ServingSnapshot(
+                champion=LoadedModel(MODEL, "1", trained_pipeline(1)),
+                challenger=challenger,
+                routing=RoutingTable("exp-1", share),
+            )
+        )
+
+    async def drain(self) -> None:
+        """Publish every queued prediction event now."""
+        events: PredictionEventBuffer = self.app.state.prediction_events
+        while await events.drain_once():
+            pass
+
+    def metric(self, name: str, **labels: str) -> float:
+        """A sample of the gateway's metrics registry (0 when never observed)."""
+        value = self.app.state.runtime.registry.get_sample_value(name, labels)
+        return float(value or 0.0)
+
+
+class InMemoryFeatureStore:
+    """Entity features and written-back segments in dicts."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict[str, str]] = {}
+        self.segments: dict[str, tuple[str, str]] = {}
+
+    async def features(self, entity_id: str) -> dict[str, str] | None:
+        return self.rows.get(entity_id)
+
+    async def write_segment(self, entity_id: str, segment: str, version: str) -> None:
+        self.segments[entity_id] = (segment, version)
+
+
+async def open_gateway(publisher: BatchEventPublisher, **settings: Any) -> AsyncIterator[Gateway]:
+    """A gateway app over in-memory ports, with a client talking to it in-process."""
+    records, store = InMemoryPredictionRecords(), InMemoryFeatureStore()
+    ports = GatewayPorts(FakeModelRegistry(), FakeRoutingState(), records, publisher, store)
+    # No lifespan runs under ASGITransport: nothing connects, the buffer is drained by hand.
+    app = create_app(Settings(max_batch=5, **settings), ports=ports)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+        yield Gateway(app, client, records, publisher, store)
+
+
+def rows(n: int) -> list[dict[str, Any]]:
+    """``n`` generated customers as request rows (numbers as floats)."""
+    frame = generate_customers(n, seed=99)[list(SPEC.feature_names)]
+    return [
+        {str(k): (v if isinstance(v, str) else float(v)) for k, v in r.items()}
+        for r in frame.to_dict("records")
+    ]

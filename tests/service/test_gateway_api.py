@@ -5,103 +5,39 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any
 
 import httpx
 import pandas as pd
 import pytest
 from _gateway_fakes import (
+    MODEL,
     SPEC,
     BrokenModel,
     FailingPublisher,
     FakeModelRegistry,
     FakeRoutingState,
+    Gateway,
+    InMemoryFeatureStore,
     InMemoryPredictionRecords,
+    open_gateway,
+    rows,
     trained_pipeline,
 )
-from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from services.gateway.app import GatewayPorts, create_app
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.pool import LoadedModel, RoutingTable, ServingSnapshot
-from services.gateway.prediction_log import PredictionEventBuffer
 from services.gateway.serving import ServingRefresher
 from services.gateway.settings import Settings
-from shared.datasets import generate_customers
 from shared.events import ExperimentUpdated, FeedbackReceived, PredictionFailed, PredictionLogged
-from shared.messaging import BatchEventPublisher
 from shared.testing import RecordingPublisher
-
-MODEL = "customer-segment"
-
-
-@dataclass
-class Gateway:
-    app: FastAPI
-    client: httpx.AsyncClient
-    records: InMemoryPredictionRecords
-    publisher: Any
-    store: InMemoryFeatureStore
-
-    def serve(self, share: float = 0.0) -> None:
-        """Swap in a champion (v1) and, when ``share`` > 0, a challenger (v2)."""
-        challenger = LoadedModel(MODEL, "2", trained_pipeline(2)) if share else None
-        self.app.state.gateway.pool.swap(
-            ServingSnapshot(
-                champion=LoadedModel(MODEL, "1", trained_pipeline(1)),
-                challenger=challenger,
-                routing=RoutingTable("exp-1", share),
-            )
-        )
-
-    async def drain(self) -> None:
-        events: PredictionEventBuffer = self.app.state.prediction_events
-        while await events.drain_once():
-            pass
-
-    def metric(self, name: str, **labels: str) -> float:
-        value = self.app.state.runtime.registry.get_sample_value(name, labels)
-        return float(value or 0.0)
-
-
-class InMemoryFeatureStore:
-    """Entity features and written-back segments in dicts."""
-
-    def __init__(self) -> None:
-        self.rows: dict[str, dict[str, str]] = {}
-        self.segments: dict[str, tuple[str, str]] = {}
-
-    async def features(self, entity_id: str) -> dict[str, str] | None:
-        return self.rows.get(entity_id)
-
-    async def write_segment(self, entity_id: str, segment: str, version: str) -> None:
-        self.segments[entity_id] = (segment, version)
-
-
-async def _gateway(publisher: BatchEventPublisher, **settings: Any) -> AsyncIterator[Gateway]:
-    records, store = InMemoryPredictionRecords(), InMemoryFeatureStore()
-    ports = GatewayPorts(FakeModelRegistry(), FakeRoutingState(), records, publisher, store)
-    # No lifespan runs under ASGITransport: nothing connects, the buffer is drained by hand.
-    app = create_app(Settings(max_batch=5, **settings), ports=ports)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
-        yield Gateway(app, client, records, publisher, store)
 
 
 @pytest.fixture
 async def gateway() -> AsyncIterator[Gateway]:
-    async for gw in _gateway(RecordingPublisher()):
+    async for gw in open_gateway(RecordingPublisher()):
         yield gw
-
-
-def rows(n: int) -> list[dict[str, Any]]:
-    frame = generate_customers(n, seed=99)[list(SPEC.feature_names)]
-    return [
-        {str(k): (v if isinstance(v, str) else float(v)) for k, v in r.items()}
-        for r in frame.to_dict("records")
-    ]
 
 
 async def test_predict_answers_each_row_with_class_confidence_and_probabilities(
@@ -252,7 +188,7 @@ async def test_feedback_with_an_unknown_label_is_422(gateway: Gateway) -> None:
 
 
 async def test_predictions_succeed_while_kafka_is_down_and_their_events_follow_later() -> None:
-    async for gateway in _gateway(FailingPublisher()):
+    async for gateway in open_gateway(FailingPublisher()):
         gateway.serve()
         response = await gateway.client.post("/v1/predict", json={"instances": rows(2)})
         assert response.status_code == 200
@@ -414,7 +350,7 @@ async def test_a_body_over_the_cap_is_413_before_it_is_parsed() -> None:
 
 
 async def test_shadow_traffic_scores_the_challenger_unseen_and_logs_it_apart() -> None:
-    async for gateway in _gateway(RecordingPublisher(), shadow_share=1.0):
+    async for gateway in open_gateway(RecordingPublisher(), shadow_share=1.0):
         champion = LoadedModel(MODEL, "1", trained_pipeline(1))
         challenger = LoadedModel(MODEL, "2", trained_pipeline(2))
         routing = RoutingTable("exp-1", 0.0)
