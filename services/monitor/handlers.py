@@ -20,7 +20,7 @@ from services.monitor.core import (
     WindowVerdict,
 )
 from services.monitor.metrics import MonitorMetrics
-from services.monitor.ports import ReferenceStore, RoutingState, StateStore
+from services.monitor.ports import ReferenceStore, RoutingState, SavedState, StateStore
 from services.monitor.settings import Settings
 from shared.events import (
     DriftDetected,
@@ -33,6 +33,9 @@ from shared.events import (
 from shared.messaging import EventPublisher
 
 log = logging.getLogger(__name__)
+
+#: What a saved state that cannot be restored raises while it is read back.
+UNRESTORABLE = (ValueError, KeyError, TypeError, IndexError)
 
 #: Drift event ids derive from the window that caused them, so a replay after a
 #: crash republishes the same id and consumers drop it as a duplicate.
@@ -56,9 +59,16 @@ class DriftMonitor:
     _unsaved_window: bool = True
     _checked_at: float = float("-inf")
     _wanted_version: str | None = None
+    # One path for every change to the detector and its save: a promotion handled while a
+    # batch awaited its alarm saved the old window's rows under the new window's state.
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def on_predictions(self, events: Sequence[PredictionLogged]) -> None:
         """Count a batch of predictions into the window; publish drift when a window alarms."""
+        async with self._lock:
+            await self._count_batch(events)
+
+    async def _count_batch(self, events: Sequence[PredictionLogged]) -> None:
         detector = await self._current_detector()
         if detector is None:
             return
@@ -116,12 +126,17 @@ class DriftMonitor:
 
     async def on_feedback(self, event: FeedbackReceived) -> None:
         """Update the variant's accuracy; publish concept drift when its drop is significant."""
+        async with self._lock:
+            await self._count_feedback(event)
+
+    async def _count_feedback(self, event: FeedbackReceived) -> None:
         correct = _correct(event) if event.model_name == self.settings.model_name else None
         detector = await self._current_detector()
         if correct is None or detector is None or detector.reference.baseline_accuracy is None:
             return
         tracker = self._tracker(detector.reference, event.variant, event.version)
         verdict = tracker.add(correct)
+        self.metrics.feedback.labels(event.variant, event.version).inc()
         if (event.variant, event.version) in self._fired or event.variant != "champion":
             # One concept drift per champion version. A challenger is measured against the
             # champion's validation accuracy, not its own, and judged by the router's
@@ -169,9 +184,10 @@ class DriftMonitor:
         """Switch the reference to the new champion's sample at once."""
         if event.model_name != self.settings.model_name:
             return
-        self._wanted_version = event.version
-        self._checked_at = float("-inf")
-        await self._current_detector()
+        async with self._lock:
+            self._wanted_version = event.version
+            self._checked_at = float("-inf")
+            await self._current_detector()
 
     async def _current_detector(self) -> DriftDetector | None:
         now = time.monotonic()
@@ -189,7 +205,25 @@ class DriftMonitor:
         return self.detector
 
     async def _switch_to(self, reference: Reference) -> None:
-        detector = DriftDetector(
+        saved = await self._load_saved()
+        self.accuracy, self._fired, self._recent = {}, set(), {}
+        self._unsaved_window = True
+        detector = self._new_detector(reference)
+        try:
+            restored = saved is not None and self._restore(detector, reference, saved)
+        except UNRESTORABLE as error:
+            detector = self._new_detector(reference)
+            await self._discard("inconsistent", error)
+        else:
+            if saved is not None and not restored:
+                await self.states.clear(self.settings.model_name)  # another version's windows
+        self._report_reference(reference)
+        self.metrics.window_size.set(detector.window_size)
+        self.detector = detector
+        log.info("drift reference switched", extra={"version": reference.version})
+
+    def _new_detector(self, reference: Reference) -> DriftDetector:
+        return DriftDetector(
             reference,
             window_size=self.settings.window_size,
             alpha=self.settings.alpha,
@@ -200,26 +234,46 @@ class DriftMonitor:
             pooled_windows=self.settings.pooled_windows,
             pooled_alpha=self.settings.pooled_alpha,
         )
-        saved = await self.states.load(self.settings.model_name)
+
+    async def _load_saved(self) -> SavedState | None:
+        try:
+            return await self.states.load(self.settings.model_name)
+        except (ValueError, TypeError) as error:  # outages are neither: they propagate
+            await self._discard("unreadable", error)
+            return None
+
+    def _restore(self, detector: DriftDetector, reference: Reference, saved: SavedState) -> bool:
+        """Continue from ``saved`` when it is this reference's; False when it is another's."""
+        state, rows, pooled = saved
+        if state["window"]["version"] != reference.version:
+            return False
+        detector.restore(state["window"], rows, pooled)
+        self._restore_accuracy(reference, state["accuracy"])
+        self._recent = dict.fromkeys(state["recent"])
+        self._unsaved_window = False
+        return True
+
+    async def _discard(self, reason: str, error: BaseException) -> None:
+        """Start from an empty window: a state that cannot be restored must not stop traffic."""
+        log.warning("saved monitor state discarded", extra={"reason": reason, "error": repr(error)})
+        self.metrics.state_discarded.labels(reason).inc()
         self.accuracy, self._fired, self._recent = {}, set(), {}
         self._unsaved_window = True
-        if saved and saved[0]["window"]["version"] == reference.version:
-            state, rows, pooled = saved
-            detector.restore(state["window"], rows, pooled)
-            self._restore_accuracy(reference, state["accuracy"])
-            self._recent = dict.fromkeys(state["recent"])
-            self._unsaved_window = False
-        elif saved:
-            await self.states.clear(self.settings.model_name)  # another version's windows
+        await self.states.clear(self.settings.model_name)
+
+    def _report_reference(self, reference: Reference) -> None:
         for feature in reference.missing:
             log.warning(
                 "feature missing from the reference, not tested", extra={"feature": feature}
             )
             self.metrics.missing_features.labels(feature).set(1)
-        self.metrics.window_size.set(detector.window_size)
         self.metrics.reference_rows.set(reference.size)
-        self.detector = detector
-        log.info("drift reference switched", extra={"version": reference.version})
+        # The alert on live accuracy compares it with this, the champion's own validation.
+        self.metrics.validation_accuracy.clear()
+        if reference.baseline_accuracy is not None:
+            self.metrics.validation_accuracy.labels(
+                self.settings.model_name, reference.version
+            ).set(reference.baseline_accuracy)
 
     def _tracker(self, reference: Reference, variant: str, version: str) -> AccuracyCusum:
         key = (variant, version)

@@ -23,6 +23,9 @@ class MonitorMetrics:
     reference_rows: Gauge
     missing_features: Gauge
     lag_seconds: Gauge
+    state_discarded: Counter
+    validation_accuracy: Gauge
+    feedback: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> MonitorMetrics:
@@ -60,5 +63,20 @@ class MonitorMetrics:
             ),
             lag_seconds=gauge(
                 "monitor_consumer_lag_seconds", "Age of the newest prediction when it was counted."
+            ),
+            state_discarded=counter(
+                "ml_monitor_state_discarded_total",
+                "Saved window states that could not be restored and were dropped, by reason.",
+                ("reason",),
+            ),
+            validation_accuracy=gauge(
+                "ml_model_validation_accuracy",
+                "The champion's accuracy on its validation data (the drift reference's run).",
+                ("model_name", "version"),
+            ),
+            feedback=counter(
+                "monitor_feedback_total",
+                "Labelled outcomes counted into the rolling accuracy, by variant and version.",
+                ("variant", "version"),
             ),
         )

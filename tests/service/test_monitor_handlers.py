@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -9,12 +10,13 @@ from typing import Any
 import numpy as np
 import pytest
 from faststream.kafka import KafkaBroker, TestKafkaBroker
+from faststream.kafka.annotations import KafkaMessage
 from prometheus_client import CollectorRegistry
 
 from services.monitor.core import Reference
 from services.monitor.handlers import DriftMonitor
 from services.monitor.metrics import MonitorMetrics
-from services.monitor.ports import SavedState
+from services.monitor.ports import RoutingState, SavedState
 from services.monitor.settings import Settings
 from shared.batch_messaging import subscribe_batch
 from shared.events import (
@@ -25,6 +27,7 @@ from shared.events import (
     PredictionLogged,
     Topic,
     Variant,
+    dead_letter_topic,
 )
 from shared.messaging import subscribe
 from shared.testing import RecordingPublisher, consumer_context
@@ -115,7 +118,7 @@ class FakeRouting:
 def _monitor(
     references: FakeReferences,
     states: InMemoryStates | None = None,
-    routing: FakeRouting | None = None,
+    routing: RoutingState | None = None,
 ) -> tuple[DriftMonitor, RecordingPublisher]:
     publisher = RecordingPublisher()
     settings = Settings(window_size=WINDOW, cooldown_windows=3)
@@ -295,3 +298,91 @@ async def test_accuracy_at_the_baseline_publishes_nothing() -> None:
     monitor, publisher = _monitor(FakeReferences(_reference(accuracy=0.9)))
     await _run(monitor, [_feedback(bool(c)) for c in rng.random(1500) < 0.9], batch=100)
     assert publisher.events == []
+
+
+class GatedRouting:
+    """Holds a drift alarm inside the routing lookup until the test opens the gate."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def running_experiment(self, model_name: str) -> str | None:
+        self.entered.set()
+        await self.gate.wait()
+        return None
+
+
+def _promoted(version: str) -> ModelPromoted:
+    return ModelPromoted(
+        producer="router", model_name=Settings().model_name, version=version, reason="won"
+    )
+
+
+async def test_a_promotion_during_a_batch_saves_a_window_that_restores_unmixed() -> None:
+    rng = np.random.default_rng(8)
+    states, routing = InMemoryStates(), GatedRouting()
+    references = FakeReferences(_reference("7"), _reference("8"))
+    monitor, _ = _monitor(references, states, routing)
+    # The batch closes a drifted window (its alarm waits at the gate) and leaves 50 rows open.
+    drifted = [_prediction(rng, 1.0) for _ in range(WINDOW + 50)]
+    counting = asyncio.ensure_future(monitor.on_predictions(drifted))
+    await routing.entered.wait()
+    switch = asyncio.ensure_future(monitor.on_champion_changed(_promoted("8")))
+    await asyncio.wait({switch}, timeout=2.0)  # give the switch every chance to cut in
+    routing.gate.set()
+    await asyncio.gather(counting, switch)
+    await monitor.on_predictions([_prediction(rng, 0.0) for _ in range(10)])
+    # A new process restores what was saved: version 8's rows only, nothing discarded.
+    references.champion = "8"
+    restarted, _ = _monitor(references, states)
+    await restarted.on_predictions([_prediction(rng, 0.0) for _ in range(5)])
+    assert restarted.detector is not None
+    assert (restarted.detector.reference.version, restarted.detector.filled) == ("8", 15)
+    assert _discarded(restarted) == 0
+
+
+def _discarded(monitor: DriftMonitor) -> float:
+    families = monitor.metrics.state_discarded.collect()
+    return sum(s.value for f in families for s in f.samples if s.name.endswith("_total"))
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "reason"),
+    [("rows", "inconsistent"), ("document", "unreadable")],
+)
+async def test_a_saved_state_that_does_not_load_is_discarded_not_dead_lettered(
+    corrupt: str, reason: str
+) -> None:
+    rng = np.random.default_rng(9)
+    states = InMemoryStates()
+    before, _ = _monitor(FakeReferences(_reference()), states)
+    await _run(before, [_prediction(rng, 0.0) for _ in range(120)])
+    if corrupt == "rows":
+        states.rows = states.rows[:1]  # the state says 120 rows; 50 are left
+    else:
+        states.state = '{"window": {"version": "7"'
+    after, _ = _monitor(FakeReferences(_reference()), states)
+    broker = KafkaBroker()
+    ctx = consumer_context("monitor", broker)
+    parked: list[bytes] = []
+
+    @broker.subscriber(dead_letter_topic(Topic.PREDICTION_LOGGED))
+    async def dlq(message: KafkaMessage) -> None:
+        parked.append(message.body)
+
+    subscribe_batch(ctx, Topic.PREDICTION_LOGGED, PredictionLogged, after.on_predictions)
+    events = [_prediction(rng, 0.0) for _ in range(30)]
+    async with TestKafkaBroker(broker) as test_broker:
+        await test_broker.publish_batch(
+            *(e.model_dump_json().encode() for e in events), topic=Topic.PREDICTION_LOGGED.value
+        )
+    assert parked == []
+    assert after.metrics.state_discarded.labels(reason)._value.get() == 1
+    assert after.metrics.observations._value.get() == 30
+    # What is saved now is whole again: a third process restores it.
+    again, _ = _monitor(FakeReferences(_reference()), states)
+    await again.on_predictions([_prediction(rng, 0.0)])
+    assert again.detector is not None
+    assert again.detector.filled == 31
+    assert _discarded(again) == 0
