@@ -29,6 +29,7 @@ from shared.messaging import (
     IdempotencyStore,
     _run_with_retries,
     _validation_summary,
+    correlation_id_of,
     dead_letter,
 )
 
@@ -79,7 +80,8 @@ async def _consume_batch(
         try:
             events.append((event_type.model_validate_json(raw), raw))
         except ValidationError as error:
-            await dead_letter(ctx, topic, raw, "invalid", _validation_summary(error))
+            summary = _validation_summary(error)
+            await dead_letter(ctx, topic, raw, "invalid", summary, correlation_id_of(raw))
     try:
         fresh = await _drop_handled(ctx, topic, events)
         if fresh:
@@ -115,6 +117,7 @@ async def _handle_batch(
     outcomes = {"handled": len(events)}
     try:
         await _retry_batch(ctx, handle, events)
+        ctx.health.handled(topic.value)
     except OUTAGE_ERRORS:
         raise
     except Exception:

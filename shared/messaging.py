@@ -8,16 +8,19 @@ handler keeps failing, is parked on ``<topic>.dlq`` with the original bytes
 and the reason in headers, then committed, so it never blocks its partition.
 Outages of Redis or the broker are different: the event is not at fault, so
 it is not dead-lettered; the offset is rewound and the event retried later.
+A subscription that dead-letters every event it reads makes the service not
+ready (``SubscriptionHealth``): the fault is the service's, not the events'.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Protocol, TypeVar
 
 from faststream import AckPolicy
@@ -161,6 +164,41 @@ class ProcessedEvents:
             await pipe.execute()
 
 
+#: Dead letters in a row on one subscription after which the service reports not ready.
+DEAD_LETTER_STREAK = 20
+
+
+class SubscriptionHealth:
+    """Which subscriptions dead-letter everything they read, and why.
+
+    A handler that fails on every event (a corrupt saved state, a missing
+    dependency it does not know is one) empties its topic into the DLQ while lag
+    stays at zero: only readiness can tell. ``DEAD_LETTER_STREAK`` dead letters
+    in a row make a subscription failing; one handled event makes it well again.
+    """
+
+    def __init__(self, streak: int = DEAD_LETTER_STREAK) -> None:
+        self._streak = streak
+        self._failing: dict[str, tuple[int, str]] = {}
+
+    def handled(self, topic: str) -> None:
+        """An event of ``topic`` was handled: its subscription works."""
+        self._failing.pop(topic, None)
+
+    def dead_lettered(self, topic: str, reason: str) -> None:
+        """An event of ``topic`` went to the DLQ for ``reason``."""
+        count, _ = self._failing.get(topic, (0, ""))
+        self._failing[topic] = (count + 1, reason)
+
+    def problems(self) -> list[str]:
+        """One line per subscription whose last ``streak`` events were all dead-lettered."""
+        return [
+            f"dead-lettering every event on {topic}: {reason}"
+            for topic, (count, reason) in sorted(self._failing.items())
+            if count >= self._streak
+        ]
+
+
 @dataclass(frozen=True)
 class ConsumerContext:
     """What every subscription of one service needs."""
@@ -173,6 +211,8 @@ class ConsumerContext:
     retry_backoff_s: float = 0.5
     outage_backoff_s: float = 1.0
     instance: str | None = None
+    #: Shared by the copies ``replace`` makes, so one service has one view of its subscriptions.
+    health: SubscriptionHealth = field(default_factory=SubscriptionHealth)
 
     @property
     def group_id(self) -> str:
@@ -234,7 +274,8 @@ async def _consume(
     try:
         event = event_type.model_validate_json(raw)
     except ValidationError as error:
-        await dead_letter(ctx, topic, raw, "invalid", _validation_summary(error))
+        summary = _validation_summary(error)
+        await dead_letter(ctx, topic, raw, "invalid", summary, correlation_id_of(raw))
         return
     token = correlation_id_var.set(event.correlation_id)
     try:
@@ -272,6 +313,7 @@ async def _run_with_retries(
     for attempt in range(1, ctx.max_attempts + 1):
         try:
             await handle(event)
+            ctx.health.handled(topic.value)
             return "handled"
         except OUTAGE_ERRORS:
             raise
@@ -283,28 +325,50 @@ async def _run_with_retries(
             )
             if not retryable or attempt == ctx.max_attempts:
                 reason = "rejected" if not retryable else "failed"
-                await dead_letter(ctx, topic, raw, reason, f"{type(error).__name__}: {error}")
+                text = f"{type(error).__name__}: {error}"
+                await dead_letter(ctx, topic, raw, reason, text, event.correlation_id)
                 return "dead_lettered"
             await asyncio.sleep(ctx.retry_backoff_s * attempt)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
 async def dead_letter(
-    ctx: ConsumerContext, topic: Topic, raw: bytes, reason: str, error: str
+    ctx: ConsumerContext,
+    topic: Topic,
+    raw: bytes,
+    reason: str,
+    error: str,
+    correlation_id: str | None = None,
 ) -> None:
-    """Park ``raw`` on the topic's dead-letter topic, with the reason in headers."""
+    """Park ``raw`` on the topic's dead-letter topic, with the reason in headers.
+
+    The record keeps the event's correlation id (header and key), so the trace of
+    a turn of the loop leads to its dead letter; FastStream would make up a new one.
+    """
     log.error("event dead-lettered", extra={"topic": topic.value, "reason": reason, "error": error})
     await ctx.broker.publish(
         raw,
         topic=dead_letter_topic(topic),
+        key=correlation_id.encode() if correlation_id else None,
         headers={
             "x-error": error[:2000],
             "x-error-reason": reason,
             "x-original-topic": topic.value,
             "x-consumer-group": ctx.group_id,
         },
+        correlation_id=correlation_id,
     )
     ctx.metrics.dead_letters.labels(ctx.service, topic.value, reason).inc()
+    ctx.health.dead_lettered(topic.value, f"{reason}: {error}"[:500])
+
+
+def correlation_id_of(raw: bytes) -> str | None:
+    """The correlation id in an event that did not validate, when its envelope has one."""
+    try:
+        found = json.loads(raw).get("correlation_id")
+    except (ValueError, AttributeError):
+        return None
+    return found if isinstance(found, str) and found else None
 
 
 def _validation_summary(error: ValidationError) -> str:

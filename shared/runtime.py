@@ -119,6 +119,15 @@ def broker_check(runtime: ServiceRuntime) -> ReadinessCheck:
     return check
 
 
+def consuming_check(runtime: ServiceRuntime) -> ReadinessCheck:
+    """Readiness: no subscription dead-letters every event it reads (reasons in ``/readyz``)."""
+
+    async def check() -> bool:
+        return not runtime.consumer.health.problems()
+
+    return check
+
+
 async def _start_broker(runtime: ServiceRuntime, retry_s: float = 2.0) -> None:
     """Connect to Kafka, retrying until it answers: the HTTP side serves meanwhile."""
     while True:
@@ -148,6 +157,7 @@ def service_app(
     """A FastAPI app with health, readiness and metrics whose lifespan runs the broker."""
     all_checks = {"broker": broker_check(runtime), "redis": redis_check(runtime.redis)}
     all_checks.update(checks or {})
+    all_checks["consuming"] = consuming_check(runtime)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -192,7 +202,14 @@ def _add_probe_routes(
         ready = all(results.values())
         response.status_code = 200 if ready else 503
         extra = details() if details is not None else {}
-        return {**extra, "ready": ready, "service": runtime.name, "checks": results}
+        reasons = runtime.consumer.health.problems()
+        return {
+            **extra,
+            "ready": ready,
+            "service": runtime.name,
+            "checks": results,
+            "reasons": reasons,
+        }
 
     @app.get("/metrics", tags=["ops"], summary="Prometheus metrics")
     async def metrics() -> Response:

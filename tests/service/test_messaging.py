@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
+import httpx
 import pytest
 from faststream.kafka import KafkaBroker, TestKafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
 from shared import messaging
+from shared.batch_messaging import subscribe_batch
 from shared.errors import InvalidInputError
 from shared.events import DataArrived, DatasetRef, Topic, dead_letter_topic
-from shared.messaging import KafkaEventPublisher, subscribe, subscribe_broadcast
+from shared.messaging import ConsumerContext, KafkaEventPublisher, subscribe, subscribe_broadcast
+from shared.runtime import build_runtime, service_app
+from shared.settings import BaseServiceSettings
 from shared.testing import consumer_context
 
 
@@ -142,3 +147,101 @@ def test_batches_are_grouped_by_topic_and_cut_by_size(monkeypatch: pytest.Monkey
     assert [b for _, bodies in batches for b in bodies] == [
         e.model_dump_json().encode() for e in events
     ]
+
+
+async def test_a_dead_letter_carries_the_event_s_correlation_id() -> None:
+    broker = KafkaBroker()
+    ctx = consumer_context("svc", broker)
+    parked: list[tuple[str, bytes | None]] = []
+
+    @broker.subscriber(dead_letter_topic(Topic.DATA_ARRIVED))
+    async def dlq(message: KafkaMessage) -> None:
+        parked.append((message.correlation_id, message.raw_message.key))  # type: ignore[union-attr]
+
+    async def handle(event: DataArrived) -> None:
+        raise InvalidInputError("bad file")
+
+    subscribe(ctx, Topic.DATA_ARRIVED, DataArrived, handle)
+    event = _data_arrived()
+    # An invalid event still names its correlation id when its envelope has one.
+    invalid = json.dumps({"type": "data-arrived", "correlation_id": "c-1", "dataset": 3})
+    async with TestKafkaBroker(broker) as test_broker:
+        await test_broker.publish(event.model_dump_json().encode(), Topic.DATA_ARRIVED.value)
+        await test_broker.publish(invalid.encode(), Topic.DATA_ARRIVED.value)
+    assert parked == [
+        (event.correlation_id, event.correlation_id.encode()),
+        ("c-1", b"c-1"),
+    ]
+
+
+def _ready(ctx: ConsumerContext) -> list[str]:
+    return ctx.health.problems()
+
+
+async def test_readiness_fails_while_a_subscription_dead_letters_everything_it_reads() -> None:
+    broker = KafkaBroker()
+    ctx = consumer_context("svc", broker)
+    broken = True
+
+    async def handle(event: DataArrived) -> None:
+        if broken:
+            raise ValueError("saved rows (1879) do not fill the window (902)")
+
+    subscribe(ctx, Topic.DATA_ARRIVED, DataArrived, handle)
+    async with TestKafkaBroker(broker) as test_broker:
+
+        async def send(count: int) -> None:
+            for _ in range(count):
+                body = _data_arrived().model_dump_json().encode()
+                await test_broker.publish(body, Topic.DATA_ARRIVED.value)
+
+        await send(messaging.DEAD_LETTER_STREAK - 1)
+        assert _ready(ctx) == []  # a run of failures shorter than the streak: still ready
+        await send(1)
+        assert _ready(ctx) == [
+            f"dead-lettering every event on {Topic.DATA_ARRIVED.value}: "
+            "failed: ValueError: saved rows (1879) do not fill the window (902)"
+        ]
+        broken = False
+        await send(1)
+        assert _ready(ctx) == []
+
+
+async def test_readiness_fails_when_every_batch_event_is_dead_lettered() -> None:
+    broker = KafkaBroker()
+    ctx = consumer_context("svc", broker)
+
+    async def handle(events: Sequence[DataArrived]) -> None:
+        raise InvalidInputError("no")
+
+    subscribe_batch(ctx, Topic.DATA_ARRIVED, DataArrived, handle)
+    bodies = [_data_arrived().model_dump_json().encode() for _ in range(25)]
+    async with TestKafkaBroker(broker) as test_broker:
+        await test_broker.publish_batch(*bodies, topic=Topic.DATA_ARRIVED.value)
+    assert [p.split(":")[0] for p in _ready(ctx)] == [
+        f"dead-lettering every event on {Topic.DATA_ARRIVED.value}"
+    ]
+
+
+async def test_readyz_says_not_ready_and_why() -> None:
+    runtime = build_runtime("svc", BaseServiceSettings())
+    runtime.broker_started.set()
+    app = service_app(runtime, checks={"broker": _always, "redis": _always})
+    for _ in range(messaging.DEAD_LETTER_STREAK):
+        runtime.consumer.health.dead_lettered(Topic.DATA_ARRIVED.value, "invalid: x: bad")
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://svc") as client:
+        failing = await client.get("/readyz")
+        runtime.consumer.health.handled(Topic.DATA_ARRIVED.value)
+        recovered = await client.get("/readyz")
+    assert failing.status_code == 503
+    assert failing.json()["checks"]["consuming"] is False
+    assert failing.json()["reasons"] == [
+        f"dead-lettering every event on {Topic.DATA_ARRIVED.value}: invalid: x: bad"
+    ]
+    assert recovered.status_code == 200
+    assert recovered.json()["reasons"] == []
+
+
+async def _always() -> bool:
+    return True
