@@ -9,6 +9,8 @@ import httpx
 import typer
 
 from flywheel.infra.aio import run_sync
+from flywheel.infra.config import InfraConfig
+from flywheel.infra.kafka import operator_connection
 from flywheel.loop import publish_raw
 from shared.events import RetrainModel
 from shared.settings import SERVICE_PORTS, BaseServiceSettings
@@ -35,7 +37,8 @@ def retrain(
         requested_by=getpass.getuser(),
     )
     payload = command.model_dump_json().encode()
-    run_sync(publish_raw(settings.kafka_bootstrap_servers, command.topic.value, payload))
+    kafka = operator_connection(settings, InfraConfig.from_env())
+    run_sync(publish_raw(kafka, command.topic.value, payload))
     typer.echo(f"retrain-model {command.event_id} sent (correlation {command.correlation_id})")
 
 
@@ -47,7 +50,13 @@ def promote(
     token: str = Token,
 ) -> None:
     """Make a version champion; the replaced champion stays one rollback away."""
-    body = _call(registry_url, token, model, "promote", {"version": version, "reason": reason})
+    body = _call(
+        registry_url,
+        token,
+        model,
+        "promote",
+        {"version": version, "reason": reason, "requested_by": getpass.getuser()},
+    )
     typer.echo(
         f"{body['model_name']} v{body['version']} is champion "
         f"(was v{body.get('previous_champion') or '-'})"
@@ -61,7 +70,13 @@ def rollback(
     token: str = Token,
 ) -> None:
     """Give the champion alias back to the previous champion."""
-    body = _call(registry_url, token, model, "rollback", {"reason": reason})
+    body = _call(
+        registry_url,
+        token,
+        model,
+        "rollback",
+        {"reason": reason, "requested_by": getpass.getuser()},
+    )
     typer.echo(
         f"{body['model_name']} v{body['version']} is champion again "
         f"(v{body['rolled_back_version']} rolled back)"

@@ -286,10 +286,18 @@ class ExperimentUpdated(Event):
     """The routing table changed: which versions serve and the challenger's share."""
 
     topic: ClassVar[Topic] = Topic.EXPERIMENT_UPDATED
+    schema_version: int = Field(
+        2, ge=1, description="2: status ``overridden`` and ``requested_by`` (operator actions)."
+    )
     type: Literal["experiment-updated"] = "experiment-updated"
     experiment_id: str
     model_name: str
-    status: Literal["running", "promoted", "rolled_back", "superseded", "champion_only"]
+    status: Literal[
+        "running", "promoted", "rolled_back", "superseded", "champion_only", "overridden"
+    ] = Field(
+        description="``overridden``: a person promoted or rolled back while it ran; "
+        "the champion named here serves alone."
+    )
     champion_version: str
     challenger_version: str | None = None
     challenger_share: float = Field(ge=0, le=1)
@@ -298,28 +306,39 @@ class ExperimentUpdated(Event):
         None, description="What the latest look decided (None before any look)."
     )
     reason: str | None = Field(None, description="Why the state changed, as reason codes.")
+    requested_by: str | None = Field(
+        None, description="Who asked for the change, when a person did (promote/rollback)."
+    )
 
 
 class ModelPromoted(Event):
     """The challenger became champion."""
 
     topic: ClassVar[Topic] = Topic.MODEL_PROMOTED
+    schema_version: int = Field(2, ge=1, description="2: adds ``requested_by``.")
     type: Literal["model-promoted"] = "model-promoted"
     model_name: str
     version: str
     previous_champion: str | None = None
     reason: str
+    requested_by: str | None = Field(
+        None, description="Who asked for it; None when the router decided it (a verdict)."
+    )
 
 
 class ModelRolledBack(Event):
     """The champion alias moved back to an earlier version (or the challenger was dropped)."""
 
     topic: ClassVar[Topic] = Topic.MODEL_ROLLED_BACK
+    schema_version: int = Field(2, ge=1, description="2: adds ``requested_by``.")
     type: Literal["model-rolled-back"] = "model-rolled-back"
     model_name: str
     version: str = Field(description="The version now serving as champion.")
     rolled_back_version: str
     reason: str
+    requested_by: str | None = Field(
+        None, description="Who asked for it; None when the router decided it (a verdict)."
+    )
 
 
 class RetrainModel(Event):

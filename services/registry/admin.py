@@ -29,7 +29,9 @@ class RegistryAdmin:
     models: ModelRegistry
     publisher: EventPublisher
 
-    async def promote(self, name: str, version: str | None, reason: str) -> ModelPromoted:
+    async def promote(
+        self, name: str, version: str | None, reason: str, requested_by: str = "admin"
+    ) -> ModelPromoted:
         """Make ``version`` (default: the challenger) champion; publish ModelPromoted."""
         aliases = await asyncio.to_thread(self.models.all_aliases, name)
         target = version or aliases.get(CHALLENGER)
@@ -43,12 +45,15 @@ class RegistryAdmin:
             version=target,
             previous_champion=aliases.get(CHAMPION),
             reason=reason,
+            requested_by=requested_by,
         )
         await self.publisher.publish(event)
         log.info("champion promoted", extra={"model": name, "version": target})
         return event
 
-    async def rollback(self, name: str, reason: str) -> ModelRolledBack:
+    async def rollback(
+        self, name: str, reason: str, requested_by: str = "admin"
+    ) -> ModelRolledBack:
         """Give the champion alias back to the previous champion; publish ModelRolledBack."""
         aliases = await asyncio.to_thread(self.models.all_aliases, name)
         try:
@@ -62,6 +67,7 @@ class RegistryAdmin:
             version=str(moves[CHAMPION]),
             rolled_back_version=aliases.get(CHAMPION, "none"),
             reason=reason,
+            requested_by=requested_by,
         )
         await self.publisher.publish(event)
         log.info("champion rolled back", extra={"model": name, "version": event.version})

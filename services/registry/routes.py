@@ -76,12 +76,14 @@ class PromoteRequest(BaseModel):
 
     version: str | None = None
     reason: str = Field("manual promotion", min_length=1)
+    requested_by: str = Field("admin", min_length=1, description="Who asks (the CLI sends $USER).")
 
 
 class RollbackRequest(BaseModel):
     """Why the champion is rolled back."""
 
     reason: str = Field("manual rollback", min_length=1)
+    requested_by: str = Field("admin", min_length=1, description="Who asks (the CLI sends $USER).")
 
 
 def _view(v: VersionInfo) -> VersionView:
@@ -174,14 +176,14 @@ def admin_router(admin: RegistryAdmin, token: str | None) -> APIRouter:
     @router.post("/{name}/promote", summary="Make a version (default: challenger) champion")
     async def promote(name: str, request: PromoteRequest) -> ModelPromoted:
         try:
-            return await admin.promote(name, request.version, request.reason)
+            return await admin.promote(name, request.version, request.reason, request.requested_by)
         except (NotFoundError, InvalidInputError) as error:
             raise _http_error(error) from error
 
     @router.post("/{name}/rollback", summary="Give champion back to the previous champion")
     async def rollback(name: str, request: RollbackRequest) -> ModelRolledBack:
         try:
-            return await admin.rollback(name, request.reason)
+            return await admin.rollback(name, request.reason, request.requested_by)
         except (NotFoundError, InvalidInputError) as error:
             raise _http_error(error) from error
 

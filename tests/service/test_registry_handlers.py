@@ -342,7 +342,11 @@ async def test_promote_and_rollback_move_aliases_and_need_the_token() -> None:
         second = await client.post(
             f"/v1/models/{MODEL}/promote", json={"version": "2"}, headers=auth
         )
-        back = await client.post(f"/v1/models/{MODEL}/rollback", json={}, headers=auth)
+        back = await client.post(
+            f"/v1/models/{MODEL}/rollback",
+            json={"reason": "complaints", "requested_by": "ana"},
+            headers=auth,
+        )
         lineage = await client.get(f"/v1/models/{MODEL}/versions/2/lineage")
         listed = await client.get("/v1/models")
     assert (refused.status_code, wrong.status_code) == (401, 401)
@@ -351,6 +355,9 @@ async def test_promote_and_rollback_move_aliases_and_need_the_token() -> None:
     assert second.json()["previous_champion"] == "3"
     assert back.status_code == 200, back.text
     assert (back.json()["version"], back.json()["rolled_back_version"]) == ("3", "2")
+    # Who asked travels with the event: the router records it on the experiment it ends.
+    assert (back.json()["requested_by"], back.json()["reason"]) == ("ana", "complaints")
+    assert first.json()["requested_by"] == "admin"
     assert h.models.aliases[MODEL] == {"champion": "3", "champion-1": "1"}
     kinds = [type(e).__name__ for e in h.publisher.events[-3:]]
     assert kinds == [ModelPromoted.__name__, ModelPromoted.__name__, ModelRolledBack.__name__]
