@@ -13,11 +13,13 @@ def register(ctx: ConsumerContext, refresher: ServingRefresher) -> None:
     async def on_experiment(event: ExperimentUpdated) -> None:
         await refresher.apply_experiment(event)
 
+    # A person's promote or rollback (requested_by set) ends the split at once: the
+    # router's overridden table follows, but operator actions must not wait for it.
     async def on_promoted(event: ModelPromoted) -> None:
-        await refresher.follow_aliases()
+        await refresher.follow_aliases(keep_split=event.requested_by is None)
 
     async def on_rolled_back(event: ModelRolledBack) -> None:
-        await refresher.follow_aliases()
+        await refresher.follow_aliases(keep_split=event.requested_by is None)
 
     subscribe_broadcast(ctx, Topic.EXPERIMENT_UPDATED, ExperimentUpdated, on_experiment)
     subscribe_broadcast(ctx, Topic.MODEL_PROMOTED, ModelPromoted, on_promoted)

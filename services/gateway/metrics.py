@@ -22,6 +22,7 @@ class GatewayMetrics:
     events_pending: Gauge
     events_retried: Counter
     model_load_errors: Counter
+    routing_rejected: Counter
     feedback: Counter
     crm_updates: Counter
     shadow: Counter
@@ -84,6 +85,11 @@ class GatewayMetrics:
                 "model_load_errors_total",
                 "Model loads or alias look-ups that failed (the old model kept serving).",
                 ["role"],
+                registry=registry,
+            ),
+            routing_rejected=Counter(
+                "routing_table_rejected_total",
+                "Routing tables the registry's aliases contradicted: the aliases served alone.",
                 registry=registry,
             ),
             feedback=Counter(

@@ -42,12 +42,26 @@ class ServingRefresher:
         self._applied_at: datetime | None = None
 
     async def load_initial(self) -> None:
-        """Serve the router's routing table when there is one, else the registry's aliases."""
+        """Serve the router's routing table when the registry's aliases agree with it.
+
+        Otherwise (no table, a table Redis lost or kept from before an operator's
+        promote/rollback) serve the aliases with no split: the gateway never routes
+        to an experiment the registry does not know.
+        """
         table = await self._routing_state.latest()
+        versions = await self._aliases()
+        if versions is None:
+            return  # nothing to check against, nothing loadable: keep what serves
         if table is not None and table.model_name == self._model_name:
-            await self.apply_experiment(table)
-        else:
-            await self.follow_aliases()
+            if agrees_with_aliases(table, versions):
+                await self.apply_experiment(table)
+                return
+            log.warning(
+                "routing table disagrees with the registry; serving its aliases alone",
+                extra={"experiment_id": table.experiment_id, "aliases": versions},
+            )
+            self._metrics.routing_rejected.inc()
+        await self._serve_aliases(versions, keep_split=False)
 
     async def apply_experiment(self, update: ExperimentUpdated) -> None:
         """Load the versions ``update`` names, then serve them under its split."""
@@ -70,19 +84,34 @@ class ServingRefresher:
             log.info("stale routing table skipped", extra={"experiment_id": update.experiment_id})
         return stale
 
-    async def follow_aliases(self) -> None:
-        """Re-resolve ``champion``/``challenger`` in the registry and serve those versions."""
+    async def follow_aliases(self, keep_split: bool = True) -> None:
+        """Re-resolve ``champion``/``challenger`` in the registry and serve those versions.
+
+        ``keep_split=False`` (an operator's promote or rollback) ends any split at once,
+        whether or not the router has caught up.
+        """
+        versions = await self._aliases()
+        if versions is not None:
+            await self._serve_aliases(versions, keep_split)
+
+    async def _aliases(self) -> dict[Variant, str | None] | None:
         try:
-            versions = await asyncio.to_thread(self._registry.aliases, self._model_name)
+            return await asyncio.to_thread(self._registry.aliases, self._model_name)
         except Exception as error:
             log.error("aliases unresolvable", extra={"error": repr(error)})
             self._metrics.model_load_errors.labels(role="aliases").inc()
-            return
+            return None
+
+    async def _serve_aliases(self, versions: dict[Variant, str | None], keep_split: bool) -> None:
         current = self._pool.snapshot
         challenger = versions["challenger"]
         # Without an experiment a challenger is loaded but gets no traffic.
-        keep = current.challenger is not None and current.challenger.version == challenger
-        routing = current.routing if keep else RoutingTable(current.routing.experiment_id, 0.0)
+        keep = (
+            keep_split
+            and current.challenger is not None
+            and current.challenger.version == challenger
+        )
+        routing = current.routing if keep else RoutingTable(None, 0.0)
         await self._refresh(versions["champion"], challenger, routing)
 
     async def _refresh(
@@ -122,3 +151,21 @@ class ServingRefresher:
             return current.model_for(role)
         log.info("model loaded", extra={"role": role, "version": version})
         return loaded
+
+
+def agrees_with_aliases(table: ExperimentUpdated, aliases: dict[Variant, str | None]) -> bool:
+    """Whether the registry's aliases name the versions ``table`` serves.
+
+    A running experiment needs both aliases to match; any other state its champion.
+
+    >>> from shared.events import ExperimentUpdated
+    >>> t = ExperimentUpdated(producer="router", experiment_id="e", model_name="m",
+    ...     status="running", champion_version="4", challenger_version="5", challenger_share=0.05)
+    >>> agrees_with_aliases(t, {"champion": "4", "challenger": "5"})
+    True
+    >>> agrees_with_aliases(t, {"champion": "3", "challenger": "5"})  # rolled back by a person
+    False
+    """
+    if aliases["champion"] != table.champion_version:
+        return False
+    return table.status != "running" or aliases["challenger"] == table.challenger_version

@@ -16,7 +16,13 @@ from services.gateway.metrics import GatewayMetrics
 from services.gateway.pool import ModelPool
 from services.gateway.prediction_log import PredictionEventBuffer
 from services.gateway.serving import ServingRefresher
-from shared.events import Event, ExperimentUpdated, ModelPromoted, PredictionLogged
+from shared.events import (
+    Event,
+    ExperimentUpdated,
+    ModelPromoted,
+    ModelRolledBack,
+    PredictionLogged,
+)
 from shared.testing import RecordingPublisher, consumer_context
 
 MODEL = "customer-segment"
@@ -120,16 +126,54 @@ async def test_promotion_event_re_resolves_aliases() -> None:
     assert serving.versions() == ("4", None)
 
 
-async def test_start_up_prefers_the_routing_table_over_aliases() -> None:
-    serving = Serving(registry=FakeModelRegistry({"champion": "7", "challenger": None}))
+async def test_start_up_serves_the_routing_table_the_aliases_agree_with() -> None:
+    serving = Serving(registry=FakeModelRegistry({"champion": "1", "challenger": "2"}))
     serving.routing_state.table = table(champion="1", challenger="2", share=0.3)
     await serving.refresher.load_initial()
     assert serving.versions() == ("1", "2")
     assert serving.pool.snapshot.routing.challenger_share == pytest.approx(0.3)
 
 
+async def test_a_table_the_aliases_contradict_is_not_served() -> None:
+    # Redis still holds the experiment; a person rolled the champion back to 7 meanwhile.
+    serving = Serving(registry=FakeModelRegistry({"champion": "7", "challenger": "2"}))
+    serving.routing_state.table = table(champion="1", challenger="2", share=0.3)
+    await serving.refresher.load_initial()
+    assert serving.versions() == ("7", "2")
+    assert serving.pool.snapshot.routing.challenger_share == 0.0
+    assert serving.pool.snapshot.routing.experiment_id is None
+    assert serving.metrics.routing_rejected._value.get() == 1
+
+
+async def test_a_resync_without_a_table_ends_the_split_it_was_serving() -> None:
+    serving = Serving(registry=FakeModelRegistry({"champion": "1", "challenger": "2"}))
+    serving.routing_state.table = table(champion="1", challenger="2", share=0.3)
+    await serving.refresher.load_initial()
+    assert serving.pool.snapshot.routing.challenger_share == pytest.approx(0.3)
+    serving.routing_state.table = None  # Redis came back empty
+    await serving.refresher.load_initial()
+    assert serving.pool.snapshot.routing.challenger_share == 0.0
+
+
+async def test_a_manual_rollback_ends_the_split_without_waiting_for_the_router() -> None:
+    serving = Serving(registry=FakeModelRegistry({"champion": "1", "challenger": "2"}))
+    await serving.deliver(table(champion="1", challenger="2", share=0.3))
+    serving.registry.alias_versions = {"champion": "0", "challenger": "2"}
+    rolled = ModelRolledBack(
+        producer="registry",
+        model_name=MODEL,
+        version="0",
+        rolled_back_version="1",
+        reason="complaints",
+        requested_by="ana",
+    )
+    await serving.deliver(rolled)
+    assert serving.versions() == ("0", "2")
+    assert serving.pool.snapshot.routing.challenger_share == 0.0
+
+
 async def test_tables_older_than_the_one_serving_are_skipped() -> None:
-    serving = Serving()
+    serving = Serving(registry=FakeModelRegistry({"champion": "1", "challenger": "3"}))
     old = table(champion="1", challenger="2")
     serving.routing_state.table = table(champion="1", challenger="3", share=0.2)
     await serving.refresher.load_initial()
