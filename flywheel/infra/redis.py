@@ -68,14 +68,24 @@ def preflight_redis(config: InfraConfig) -> None:
         ensure_port_free(config.redis_port, "FLYWHEEL_REDIS_PORT")
 
 
+def redis_argv(config: InfraConfig, server: str = "redis-server") -> list[str]:
+    """The redis-server command line: append-only file in ``<run_dir>/redis``.
+
+    ``appendfsync everysec``: a restart (``flywheel down && up``, a crash of the
+    process) keeps every acknowledged write; a crash of the machine loses at most
+    the last second. No RDB snapshots: the AOF alone is the state.
+    """
+    argv = [server, "--port", str(config.redis_port), "--bind", "127.0.0.1"]
+    argv += ["--dir", str(config.run_dir / "redis"), "--save", ""]
+    argv += ["--appendonly", "yes", "--appendfsync", "everysec", "--daemonize", "no"]
+    return argv
+
+
 def _launch(config: InfraConfig) -> int:
-    """Spawn redis-server in the foreground of a detached session, without persistence."""
+    """Spawn redis-server in the foreground of a detached session, persisting to its AOF."""
     ensure_port_free(config.redis_port, "FLYWHEEL_REDIS_PORT")
-    data_dir = config.run_dir / "redis"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    argv = [ensure_redis_server(), "--port", str(config.redis_port), "--bind", "127.0.0.1"]
-    argv += ["--dir", str(data_dir), "--save", "", "--appendonly", "no", "--daemonize", "no"]
-    return spawn(NAME, argv, config.run_dir)
+    (config.run_dir / "redis").mkdir(parents=True, exist_ok=True)
+    return spawn(NAME, redis_argv(config, ensure_redis_server()), config.run_dir)
 
 
 def start_redis(config: InfraConfig, timeout: float = 30.0) -> str:

@@ -289,6 +289,18 @@ def test_redis_url_points_at_the_redis_service(services: dict[str, Service], nam
     assert (url.port or 6379) == 6379
 
 
+def test_redis_keeps_an_append_only_file_on_a_named_volume(compose: dict[str, Any]) -> None:
+    redis = compose["services"]["redis"]
+    argv = _command(redis)
+    assert argv[0] == "redis-server"
+    assert _option(argv, "--appendonly") == "yes"
+    assert _option(argv, "--appendfsync") == "everysec"
+    data_dir = _option(argv, "--dir")
+    mounts = dict(str(v).split(":", 1)[::-1] for v in redis.get("volumes") or [])
+    assert data_dir in mounts, f"{data_dir} is not mounted: the file dies with the container"
+    assert mounts[data_dir] in (compose.get("volumes") or {}), "mount a named volume"
+
+
 @pytest.mark.parametrize("name", SERVICES)
 def test_mlflow_uri_points_at_the_mlflow_server(services: dict[str, Service], name: str) -> None:
     url = urlsplit(_environment(services[name])["MLFLOW_TRACKING_URI"])
