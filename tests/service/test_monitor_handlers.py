@@ -259,6 +259,10 @@ async def test_promotion_switches_the_reference_to_the_new_champion() -> None:
     window = json.loads(states.state)["window"]
     assert (window["version"], window["filled"]) == ("8", 1)
     assert len(states.rows) == 1
+    # The accuracy alert compares live accuracy with the champion's own validation accuracy.
+    validation = monitor.metrics.validation_accuracy
+    assert [s.labels["version"] for f in validation.collect() for s in f.samples] == ["8"]
+    assert validation.labels(monitor.settings.model_name, "8")._value.get() == 0.9
 
 
 def _feedback(correct: bool, variant: Variant = "champion") -> FeedbackReceived:
@@ -291,6 +295,7 @@ async def test_an_accuracy_drop_of_the_champion_publishes_one_concept_drift(
     # A challenger's accuracy is still tracked (the router judges it; dashboards show it).
     accuracy = monitor.metrics.model_accuracy.labels(variant, "3")._value.get()
     assert 0.5 < accuracy < 0.7
+    assert monitor.metrics.feedback.labels(variant, "3")._value.get() == 1800
 
 
 async def test_accuracy_at_the_baseline_publishes_nothing() -> None:

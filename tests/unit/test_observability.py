@@ -47,7 +47,7 @@ def test_every_alert_passes_its_promtool_unit_tests(promtool: str) -> None:
 def test_the_issue_s_alerts_are_all_defined() -> None:
     required = {
         "HighInferenceLatency", "HighErrorRate", "RequestRateDrop", "ModelAccuracyDrop",
-        "DataDriftDetected", "ConsumerLagHigh", "ServiceDown",
+        "DataDriftDetected", "ConsumerLagHigh", "ServiceDown", "DeadLettersIncreasing",
     }  # fmt: skip
     assert required <= set(_alerts())
 
