@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class FeatureSpec(BaseModel):
-    """One input feature."""
+    """One input feature; a numeric one may declare the bounds a served value must keep to."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -19,12 +19,33 @@ class FeatureSpec(BaseModel):
     type: Literal["numeric", "categorical"]
     categories: tuple[str, ...] = ()
     description: str = ""
+    min: float | None = Field(None, allow_inf_nan=False, description="Smallest value accepted.")
+    max: float | None = Field(None, allow_inf_nan=False, description="Largest value accepted.")
 
     @model_validator(mode="after")
     def _categories_only_for_categorical(self) -> FeatureSpec:
         if (self.type == "categorical") != bool(self.categories):
             raise ValueError(f"{self.name}: categories are required for, and only for, categorical")
         return self
+
+    @model_validator(mode="after")
+    def _bounds_only_for_numeric(self) -> FeatureSpec:
+        if self.type == "categorical" and (self.min is not None or self.max is not None):
+            raise ValueError(f"{self.name}: min and max are for numeric features only")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"{self.name}: min {self.min} is above max {self.max}")
+        return self
+
+    def out_of_bounds(self, value: float) -> bool:
+        """Whether ``value`` falls outside the declared bounds (an undeclared one is open).
+
+        >>> age = FeatureSpec(name="age", type="numeric", min=0, max=150)
+        >>> age.out_of_bounds(150.0), age.out_of_bounds(151.0), age.out_of_bounds(-1e308)
+        (False, True, True)
+        """
+        return (self.min is not None and value < self.min) or (
+            self.max is not None and value > self.max
+        )
 
 
 class ModelSpec(BaseModel):

@@ -181,11 +181,51 @@ def _value_problem(feature: FeatureSpec, value: Any) -> str | None:
     if feature.type == "categorical":
         if isinstance(value, str) and value in feature.categories:
             return None
-        return f"expected one of {list(feature.categories)}, got {value!r}"
+        return f"expected one of {list(feature.categories)}, got {_shown(value)}"
     # bool is an int in Python, but true/false is no customer age.
     if isinstance(value, bool) or not isinstance(value, int | float):
-        return f"expected a number, got {value!r}"
-    return None if math.isfinite(value) else f"expected a finite number, got {value!r}"
+        return f"expected a number, got {_shown(value)}"
+    return _number_problem(feature, value)
+
+
+def _number_problem(feature: FeatureSpec, value: int | float) -> str | None:
+    """Why a number cannot be served: not finite as a float, or outside the spec's bounds.
+
+    Both are the client's error. Left to the model, 1e308 overflowed its scaling into
+    NaN probabilities: a 500 charged to whichever variant happened to be routed.
+
+    >>> age = FeatureSpec(name="age", type="numeric", min=0, max=150)
+    >>> _number_problem(age, 10**400)
+    'expected a finite number, got 10000000000000000000…(401 digits)'
+    >>> _number_problem(age, 1e308)
+    'expected a number in [0, 150], got 1e+308'
+    >>> _number_problem(age, 41) is None
+    True
+    """
+    try:
+        number = float(value)  # a JSON integer of 400 digits is a Python int no float holds
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        return f"expected a finite number, got {_shown(value)}"
+    if feature.out_of_bounds(number):
+        return f"expected a number {_bounds_text(feature)}, got {_shown(value)}"
+    return None
+
+
+def _bounds_text(feature: FeatureSpec) -> str:
+    if feature.min is not None and feature.max is not None:
+        return f"in [{feature.min:g}, {feature.max:g}]"
+    return f"≥ {feature.min:g}" if feature.min is not None else f"≤ {feature.max:g}"
+
+
+def _shown(value: Any, limit: int = 20) -> str:
+    """``value`` as the client sent it, cut short: an error must not echo a megabyte back."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**limit:
+        digits = len(str(abs(value)))
+        return f"{str(value)[:limit]}…({digits} digits)"
+    shown = repr(value)
+    return shown if len(shown) <= 2 * limit else f"{shown[: 2 * limit]}…"
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from services.gateway.core import (
@@ -45,6 +50,33 @@ async def _handle(_: Request, error: Exception) -> JSONResponse:
     return JSONResponse({"detail": _body(error)}, status_code=http_status(error))
 
 
+async def _invalid_request(_: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, RequestValidationError)
+    return JSONResponse({"detail": json_safe(jsonable_encoder(error.errors()))}, status_code=422)
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with each float JSON cannot carry (NaN, ±Infinity) spelled as a string.
+
+    A validation error echoes the client's input back: FastAPI's own answer to
+    ``"reward": NaN`` failed to serialise it, and the 422 became a 500.
+
+    >>> json_safe([{"loc": ["body", "reward"], "input": float("nan")}, 1.5])
+    [{'loc': ['body', 'reward'], 'input': 'NaN'}, 1.5]
+    >>> json_safe({"input": float("-inf")})
+    {'input': '-Infinity'}
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """Answer every FlywheelError with its status and a ``detail`` object."""
+    """Answer every FlywheelError with its status and a ``detail`` object, and keep FastAPI's
+    422 for malformed requests a 422 whatever they contain."""
     app.add_exception_handler(FlywheelError, _handle)
+    app.add_exception_handler(RequestValidationError, _invalid_request)

@@ -27,7 +27,7 @@ from services.gateway.schemas import (
     PredictResponse,
 )
 from shared.datasets import generate_customers
-from shared.spec import load_spec
+from shared.spec import FeatureSpec, load_spec
 
 SPEC = load_spec()
 ENTITIES = [f"customer-{i}" for i in range(10_000)]
@@ -127,6 +127,41 @@ def test_each_missing_or_ill_typed_field_is_named() -> None:
 def test_non_finite_numbers_are_rejected() -> None:
     with pytest.raises(FeatureValidationError, match=r"instances\[0\]\.age: expected a finite"):
         validate_instances([good_row(age=float("nan"))], SPEC, max_batch=10)
+
+
+def test_an_integer_no_float_can_hold_is_rejected_not_raised() -> None:
+    with pytest.raises(FeatureValidationError, match=r"instances\[0\]\.age: expected a finite"):
+        validate_instances([good_row(age=10**400)], SPEC, max_batch=10)
+
+
+@pytest.mark.parametrize(
+    ("feature", "value"), [("age", 151), ("age", -0.5), ("discount_rate", 1.01)]
+)
+def test_numbers_outside_the_spec_bounds_are_rejected(feature: str, value: float) -> None:
+    with pytest.raises(
+        FeatureValidationError, match=rf"instances\[0\]\.{feature}: expected a number in"
+    ):
+        validate_instances([good_row(**{feature: value})], SPEC, max_batch=10)
+
+
+def test_open_bounds_accept_anything_finite_on_their_side() -> None:
+    spec = SPEC.model_copy(update={"features": (FeatureSpec(name="age", type="numeric", min=18),)})
+    validate_instances([{"age": 1e300}], spec, max_batch=1)
+    with pytest.raises(FeatureValidationError, match="expected a number ≥ 18, got 17"):
+        validate_instances([{"age": 17}], spec, max_batch=1)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"name": "plan", "type": "categorical", "categories": ["a"], "max": 1},
+        {"name": "age", "type": "numeric", "min": 10, "max": 1},
+        {"name": "age", "type": "numeric", "max": float("inf")},
+    ],
+)
+def test_a_spec_with_impossible_bounds_does_not_load(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=r"numeric features only|is above max|finite number"):
+        FeatureSpec.model_validate(bad)
 
 
 def test_batches_beyond_the_limit_are_refused() -> None:
