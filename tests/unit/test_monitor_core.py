@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.stats import chisquare, ks_2samp
+from scipy.stats import chi2_contingency, ks_2samp
 
 from services.monitor.core import (
     AccuracyCusum,
@@ -56,14 +56,25 @@ def test_critical_value_is_the_statistic_where_the_p_value_equals_alpha() -> Non
     assert ks_p_value(critical, 10_000, 1000) == pytest.approx(0.01)
 
 
-def test_chi2_matches_scipy_and_counts_unseen_categories() -> None:
-    reference = CategoricalReference.from_values(["a"] * 60 + ["b"] * 40)
-    window = ["a"] * 30 + ["b"] * 25 + ["zzz"] * 5
-    statistic, p_value, unseen = reference.chi2(window)
-    expected = chisquare([30, 25, 5], reference.probabilities * 60)
-    assert statistic == pytest.approx(expected.statistic)
-    assert p_value == pytest.approx(expected.pvalue)
-    assert unseen == 5
+def test_chi2_is_the_homogeneity_test_with_unseen_values_in_other_and_counts_them() -> None:
+    counts = {"a": 500, "b": 300, "c": 150, "d": 30, "e": 20}
+    reference = CategoricalReference.from_values([k for k, n in counts.items() for _ in range(n)])
+    table = reference.table(window_size=100)
+    window = ["a"] * 40 + ["b"] * 30 + ["c"] * 15 + ["d"] * 5 + ["e"] * 4 + ["zzz"] * 6
+    result = table.test(window)
+    # "d" and "e" expect 3 and 2 per window of 100: merged, with unseen values, into "other".
+    expected = chi2_contingency([[500, 300, 150, 50], [40, 30, 15, 15]], correction=False)
+    assert result.statistic == pytest.approx(expected.statistic)
+    assert result.shares_p_value == pytest.approx(expected.pvalue)
+    assert table.degrees_of_freedom == 3
+    assert result.unseen == 6
+
+
+def test_a_too_small_other_cell_takes_in_the_smallest_kept_category() -> None:
+    reference = CategoricalReference.from_values(["a"] * 600 + ["b"] * 380 + ["c"] * 20)
+    table = reference.table(window_size=100)  # "c" alone would expect 2: "b" joins it
+    assert table.cell_of == {"a": 0}
+    assert table.degrees_of_freedom == 1
 
 
 def test_benjamini_hochberg_rejects_at_least_what_bonferroni_does() -> None:

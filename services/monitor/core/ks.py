@@ -39,22 +39,47 @@ def ks_statistics(sorted_references: Sequence[np.ndarray], window: np.ndarray) -
 
 def ks_statistics_and_ranks(
     sorted_references: Sequence[np.ndarray], window: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """``ks_statistics``, and each window value's count of reference values ≤ it (m × k)."""
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """``ks_statistics``, and each window value's counts of reference values < and ≤ it.
+
+    The counts (m × k each, rows in sorted order per column) are what the pooled
+    test histograms, so a window's binary searches serve both tests.
+    """
     w = np.sort(window, axis=0)
-    m, k = w.shape
-    left = np.empty((m, k))
-    right = np.empty((m, k))
-    sizes = np.empty(k)
-    for j, reference in enumerate(sorted_references):
-        left[:, j] = np.searchsorted(reference, w[:, j], side="left")
-        right[:, j] = np.searchsorted(reference, w[:, j], side="right")
-        sizes[j] = reference.size
+    left, right = _searches(sorted_references, w)
+    m = w.shape[0]
+    sizes = np.array([r.size for r in sorted_references], dtype=float)
     index = np.arange(m, dtype=float)[:, None]
     # Same divisions and subtractions as scipy, so the results agree bit for bit.
     above = (left / sizes - index / m).max(axis=0)
     below = ((index + 1) / m - right / sizes).max(axis=0)
-    return np.maximum(above, below), right.astype(np.int64)
+    return np.maximum(above, below), (left, right)
+
+
+def reference_ranks(
+    sorted_references: Sequence[np.ndarray], window: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Counts of reference values strictly below and at or below each window value (m × k).
+
+    Examples
+    --------
+    >>> left, right = reference_ranks([np.array([1.0, 2.0, 2.0, 3.0])], np.array([[2.0], [2.5]]))
+    >>> left[:, 0].tolist(), right[:, 0].tolist()
+    ([1, 3], [3, 3])
+    """
+    return _searches(sorted_references, np.asarray(window, dtype=float))
+
+
+def _searches(
+    sorted_references: Sequence[np.ndarray], window: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    m, k = window.shape
+    left = np.empty((m, k), dtype=np.int64)
+    right = np.empty((m, k), dtype=np.int64)
+    for j, reference in enumerate(sorted_references):
+        left[:, j] = np.searchsorted(reference, window[:, j], side="left")
+        right[:, j] = np.searchsorted(reference, window[:, j], side="right")
+    return left, right
 
 
 def ks_statistic(sorted_reference: np.ndarray, window: np.ndarray) -> float:

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
-from scipy.stats import chi2
 
 from services.monitor.core.correction import Correction, rejections
 from services.monitor.core.ks import ks_critical_value, ks_p_values, ks_statistics_and_ranks
@@ -82,11 +81,16 @@ class DriftDetector:
         self._categorical = list(self.reference.categorical)
         self._sorted = [self.reference.sorted_values[n] for n in self._numeric]
         self._sizes = [s.size for s in self._sorted]
+        self._tables = [
+            self.reference.categorical[n].table(self.window_size) for n in self._categorical
+        ]
         self._numbers = np.empty((self.window_size, len(self._numeric)))
         self._labels: list[list[str]] = []
         features = max(self.reference.feature_count, 1)
-        self.thresholds = self._critical_values(self.alpha / features)
-        self.strong_thresholds = self._critical_values(self.strong_alpha / features)
+        self._level = self.alpha / features
+        self._strong_level = self.strong_alpha / features
+        self.thresholds = self._critical_values(self._level)
+        self.strong_thresholds = self._critical_values(self._strong_level)
         self.pooled = (
             PooledKS(self._sorted, self.pooled_windows, self.window_size, self.pooled_alpha)
             if self.pooled_windows > 1 and self._numeric
@@ -168,27 +172,25 @@ class DriftDetector:
         return matrix, labels, kept, rejected
 
     def _close(self, last: WindowMark | None) -> WindowVerdict:
-        features, window_drift, pooled_drift = self._score()
+        features, window_drift, strong, pooled_drift = self._score()
         first, self._first = self._first, None
         self._filled = 0
         self._labels = []
-        alarm = self._should_alarm(features, window_drift, pooled_drift)
+        alarm = self._should_alarm(window_drift, strong, pooled_drift)
         return WindowVerdict(features, alarm, first, last)
 
-    def _score(self) -> tuple[list[FeatureDrift], bool, bool]:
-        """Every feature's result, whether the window drifted, whether the pooled test did."""
-        m = self.window_size
+    def _score(self) -> tuple[list[FeatureDrift], bool, bool, bool]:
+        """Every feature's result; whether the window drifted, strongly, and pooled."""
         statistics, ranks = ks_statistics_and_ranks(self._sorted, self._numbers)
-        p_values = ks_p_values(statistics, self._sizes, m)
-        unseen = [0] * len(self._numeric)
-        for j, name in enumerate(self._categorical):
-            statistic, p_value, unseen_count = self.reference.categorical[name].chi2(
-                [row[j] for row in self._labels]
-            )
-            statistics = np.r_[statistics, statistic]
-            p_values = np.r_[p_values, p_value]
-            unseen.append(unseen_count)
+        p_values = ks_p_values(statistics, self._sizes, self.window_size)
+        categorical = [
+            table.test([row[j] for row in self._labels]) for j, table in enumerate(self._tables)
+        ]
+        statistics = np.r_[statistics, [c.statistic for c in categorical]]
+        p_values = np.r_[p_values, [c.p_value for c in categorical]]
+        unseen = [0] * len(self._numeric) + [c.unseen for c in categorical]
         drifted, thresholds = self._decide(statistics, p_values)
+        strong = self._beyond(statistics, p_values, self.strong_thresholds, self._strong_level)
         pooled = self.pooled.add(self._numbers, ranks) if self.pooled else None
         pooled_drift = [self._pooled_drift(pooled, j) for j in range(drifted.size)]
         names = self._numeric + self._categorical
@@ -205,7 +207,20 @@ class DriftDetector:
             )
             for j, name in enumerate(names)
         ]
-        return features, bool(drifted.any()), any(pooled_drift)
+        return features, bool(drifted.any()), bool(strong.any()), any(pooled_drift)
+
+    def _beyond(
+        self, statistics: np.ndarray, p_values: np.ndarray, thresholds: np.ndarray, level: float
+    ) -> np.ndarray:
+        """KS features over their critical value; categorical ones at or below ``level``.
+
+        A categorical feature has two tests (shares and new categories), so its
+        decision is on the combined p-value; its threshold is the shares test's.
+        """
+        k = len(self._numeric)
+        numeric = statistics[:k] > thresholds[:k]
+        result: np.ndarray = np.r_[numeric, p_values[k:] <= level]
+        return result
 
     def _pooled_drift(self, pooled: np.ndarray | None, j: int) -> bool:
         return bool(
@@ -226,24 +241,20 @@ class DriftDetector:
     ) -> tuple[np.ndarray, np.ndarray]:
         if self.correction == "bonferroni":
             # The hot path: compare with critical values computed once per reference.
-            return statistics > self.thresholds, self.thresholds
+            return self._beyond(statistics, p_values, self.thresholds, self._level), self.thresholds
         drifted = rejections(p_values, self.alpha, "bh")
         level = self.alpha * max(int(drifted.sum()), 1) / drifted.size
         return drifted, self._critical_values(level)
 
     def _critical_values(self, level: float) -> np.ndarray:
         ks = [ks_critical_value(level, n, self.window_size) for n in self._sizes]
-        cat = [
-            chi2.isf(level, self.reference.categorical[name].degrees_of_freedom)
-            for name in self._categorical
-        ]
+        cat = [table.critical_value(level) for table in self._tables]
         return np.asarray(ks + cat, dtype=float)
 
-    def _should_alarm(self, features: list[FeatureDrift], window_drift: bool, pooled: bool) -> bool:
+    def _should_alarm(self, window_drift: bool, strong: bool, pooled: bool) -> bool:
         if self._quiet_for > 0:
             self._quiet_for -= 1
             return False
-        strong = any(f.statistic > t for f, t in zip(features, self.strong_thresholds, strict=True))
         self._streak = self._streak + 1 if window_drift else 0
         if self._streak >= self.persistence or strong or pooled:
             self._streak = 0

@@ -1,0 +1,161 @@
+"""Categorical drift that scales with the number of categories.
+
+A categorical feature is tested two ways, each at half the feature's level
+(Bonferroni within the feature):
+
+- **Shares, χ² of homogeneity** between the reference counts and the window
+  counts (a 2 × cells table, df = cells − 1). Both samples are noisy, so the
+  test is between two samples, not of the window against reference shares
+  taken as exact. Categories whose expected window count (reference share ×
+  window size) is below ``MIN_EXPECTED`` are merged into one "other" cell, so
+  no cell is too small for the χ² approximation however many categories there
+  are; if "other" is still too small, the smallest kept categories join it.
+- **New categories**, one-sided: are values the reference never saw more
+  frequent than the reference predicts? A reference row is "new" to the rest
+  of the reference exactly when its category occurs once (leave-one-out), so
+  the reference's own rate of new categories is Good–Turing's ``n1 / N``
+  (singletons over rows). The window's unseen count ``u`` of ``W`` and the
+  reference's ``n1`` of ``N`` are compared as two Poisson counts with the
+  exact conditional test: ``u`` given ``n1 + u`` is Binomial with ``p = W / (N +
+  W)``. A reference without singletons still gives a finite rate, so one or two
+  unseen values do not alarm.
+
+Unseen values also count in the window's "other" cell: the reference's "other"
+cell holds its rare categories, singletons included, which are the same tail
+of the distribution, so the shares stay comparable. (Leaving unseen values out
+of the χ² would make every kept category look more frequent by ``1 / (1 − M)``,
+``M`` the missing mass: a false alarm on every window when ``M`` is a few %.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike
+from scipy.stats import binom, chi2
+
+#: Smallest expected window count of a χ² cell; rarer categories are merged into "other".
+MIN_EXPECTED = 5.0
+
+
+@dataclass(frozen=True)
+class CategoricalResult:
+    """One window's categorical test: χ² statistic, combined p-value and both parts."""
+
+    statistic: float
+    p_value: float
+    """Bonferroni within the feature: 2 × the smaller of the two p-values, at most 1."""
+    unseen: int
+    shares_p_value: float
+    unseen_p_value: float
+
+
+@dataclass(frozen=True)
+class CategoryTable:
+    """The cells of one categorical feature for a given window size, built once.
+
+    Examples
+    --------
+    >>> from scipy.stats import chi2_contingency
+    >>> reference = CategoricalReference.from_values(["a"] * 600 + ["b"] * 390 + ["c"] * 10)
+    >>> table = reference.table(window_size=100)  # "c" expects 1 per window: into "other"
+    >>> table.degrees_of_freedom
+    1
+    >>> window = ["a"] * 50 + ["b"] * 45 + ["c"] * 3 + ["new"] * 2
+    >>> result = table.test(window)
+    >>> expected = chi2_contingency([[600, 400], [50, 50]], correction=False)
+    >>> bool(np.isclose(result.statistic, expected.statistic)), result.unseen
+    (True, 2)
+    """
+
+    cell_of: dict[str, int]
+    """Kept categories and their cell; every other value goes to the last cell."""
+    reference_counts: np.ndarray
+    singletons: int
+    window_size: int
+    seen: frozenset[str]
+    """Every category of the reference, kept or merged."""
+
+    def test(self, window: Sequence[str]) -> CategoricalResult:
+        """Both tests of one window's values."""
+        other = self.reference_counts.size - 1
+        cells = np.array([self.cell_of.get(v, other) for v in window], dtype=np.int64)
+        observed = np.bincount(cells, minlength=self.reference_counts.size).astype(float)
+        unseen = sum(v not in self.seen for v in window)
+        statistic = self._homogeneity(observed)
+        shares_p = float(chi2.sf(statistic, self.degrees_of_freedom)) if self.cells > 1 else 1.0
+        unseen_p = self._unseen_p_value(unseen, len(window))
+        combined = min(1.0, 2 * min(shares_p, unseen_p))
+        return CategoricalResult(statistic, combined, unseen, shares_p, unseen_p)
+
+    def critical_value(self, level: float) -> float:
+        """The χ² statistic above which the shares test alone rejects at ``level``."""
+        return float(chi2.isf(level / 2, max(self.degrees_of_freedom, 1)))
+
+    @property
+    def cells(self) -> int:
+        """Cells of the χ² table, "other" included."""
+        return int((self.reference_counts > 0).sum())
+
+    @property
+    def degrees_of_freedom(self) -> int:
+        """Cells minus one (0 when everything is one cell: the shares test is then void)."""
+        return max(self.cells - 1, 0)
+
+    def _homogeneity(self, observed: np.ndarray) -> float:
+        if self.cells < 2 or observed.sum() == 0:
+            return 0.0
+        r, w = self.reference_counts, observed
+        n, m = r.sum(), w.sum()
+        both = r + w
+        used = both > 0
+        return float(n * m * ((r[used] / n - w[used] / m) ** 2 / both[used]).sum())
+
+    def _unseen_p_value(self, unseen: int, size: int) -> float:
+        if unseen == 0:
+            return 1.0
+        n = float(self.reference_counts.sum())
+        share = size / (n + size)
+        return float(binom.sf(unseen - 1, self.singletons + unseen, share))
+
+
+@dataclass(frozen=True)
+class CategoricalReference:
+    """Reference counts of one categorical feature (missing values ignored)."""
+
+    categories: tuple[str, ...]
+    counts: np.ndarray
+
+    @classmethod
+    def from_values(cls, values: ArrayLike) -> CategoricalReference:
+        """Count categories in the reference column (missing values are ignored)."""
+        column = [str(v) for v in np.asarray(values, dtype=object) if v is not None and v == v]
+        names, counts = np.unique(np.asarray(column, dtype=str), return_counts=True)
+        return cls(tuple(str(n) for n in names), counts.astype(np.int64))
+
+    @property
+    def size(self) -> int:
+        """Reference rows with a value."""
+        return int(self.counts.sum())
+
+    @property
+    def singletons(self) -> int:
+        """Categories seen exactly once: Good–Turing's count of "new" reference rows."""
+        return int((self.counts == 1).sum())
+
+    def table(self, window_size: int, min_expected: float = MIN_EXPECTED) -> CategoryTable:
+        """Cells for windows of ``window_size``: rare categories merged into "other"."""
+        size = max(self.size, 1)
+        order = np.argsort(-self.counts, kind="stable")
+        expected = self.counts[order] * window_size / size
+        kept = int((expected >= min_expected).sum())
+        # "other" gathers the tail; while it is too small, the smallest kept category joins it.
+        while kept > 0 and expected[kept:].sum() < min_expected:
+            kept -= 1
+        cell_of = {self.categories[i]: c for c, i in enumerate(order[:kept])}
+        counts = np.r_[self.counts[order[:kept]], self.counts[order[kept:]].sum()]
+        return CategoryTable(
+            cell_of, counts.astype(float), self.singletons, window_size, frozenset(self.categories)
+        )
