@@ -5,7 +5,13 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from services.router.adapters import MlflowModelAliases, RedisExperimentStore, RedisOutcomeTally
-from services.router.handlers import ApprovalHandler, OutcomeHandler, register
+from services.router.handlers import (
+    ApprovalHandler,
+    OutcomeHandler,
+    OverrideHandler,
+    Ticker,
+    register,
+)
 from services.router.metrics import RouterMetrics
 from services.router.routes import experiments_router
 from services.router.settings import Settings
@@ -26,9 +32,13 @@ def create_app(settings: Settings | None = None, name: str = "router") -> FastAP
     outcomes = OutcomeHandler(
         store, tally, MlflowModelAliases(settings.mlflow_tracking_uri), runtime.publisher, metrics
     )
-    register(runtime.consumer, approvals, outcomes)
+    overrides = OverrideHandler(store, runtime.publisher, metrics, outcomes.lock)
+    register(runtime.consumer, approvals, outcomes, overrides)
+    ticker = Ticker(outcomes.tick, settings.look_interval_s)
     return service_app(
         runtime,
+        on_startup=[ticker.start],
+        on_shutdown=[ticker.stop],
         routers=[experiments_router(store, tally)],
         description="Runs champion/challenger experiments: ramp, always-valid looks, verdicts.",
     )

@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from services.router.core import Experiment, decide_on_approval
 from services.router.core.experiment import ExperimentPlan
 from services.router.core.lifecycle import look, look_due, state_changed
+from services.router.core.outcomes import LabelStatus, close_increments
+from services.router.core.override import apply_override, override_of, served_champion
 from services.router.core.report import look_point
 from services.router.core.tally import (
+    assignment_increments,
     failure_increments,
-    feedback_increments,
-    prediction_increments,
+    label_of,
+    late_increments,
+    pending_of,
+    request_increments,
+    stratum_of,
+    unit_of,
 )
 from services.router.metrics import RouterMetrics
 from services.router.ports import ExperimentStore, ModelAliases, OutcomeTally
@@ -37,6 +45,7 @@ log = logging.getLogger(__name__)
 
 _EVENT_NAMESPACE = uuid.UUID("0b7f6c1e-2a8d-4c55-8f0e-5d1c9e3a7b42")
 Clock = Callable[[], datetime]
+_COUNTED: dict[LabelStatus, str] = {"open": "yes", "late": "late", "duplicate": "duplicate"}
 
 
 def _utc_now() -> datetime:
@@ -81,17 +90,20 @@ def to_update(state: Experiment, cause: Event) -> ExperimentUpdated:
 
 
 def _update_fields(state: Experiment) -> dict[str, object]:
-    promoted = state.status == "promoted" and state.challenger_version is not None
+    champion = served_champion(state)
+    ended = state.override is not None or state.status == "promoted"
+    codes = ",".join(state.reasons) or None
     return {
         "experiment_id": state.experiment_id,
         "model_name": state.model_name,
         "status": state.status,
-        "champion_version": state.challenger_version if promoted else state.champion_version,
-        "challenger_version": None if promoted else state.challenger_version,
+        "champion_version": champion,
+        "challenger_version": None if ended else state.challenger_version,
         "challenger_share": state.challenger_share,
         "stage": state.ramp_step,
         "decision": state.decision,
-        "reason": ",".join(state.reasons) or None,
+        "reason": f"{codes}: {state.override.reason}" if state.override else codes,
+        "requested_by": state.override.requested_by if state.override else None,
     }
 
 
@@ -122,11 +134,24 @@ class OutcomeHandler:
         self._publisher, self._metrics, self._clock = publisher, metrics, clock
         self._lock = asyncio.Lock()
 
+    @property
+    def lock(self) -> asyncio.Lock:
+        """Held while an experiment is read, decided and saved (operator overrides share it)."""
+        return self._lock
+
     async def on_prediction(self, event: PredictionLogged) -> None:
         """Count the assignment and latency of one routed prediction."""
         if event.experiment_id is None or not event.challenger_share or event.shadow:
             return  # served outside any experiment, or a shadow answer nobody saw
-        await self._tally.add(event.event_id, event.experiment_id, prediction_increments(event))
+        exp = event.experiment_id
+        # One assignment per unit (entity, or request) and period; latency once per request;
+        # every row's outcome window, which a later look closes.
+        unit = f"unit:{exp}:{stratum_of(event)}:{unit_of(event)}"
+        await self._tally.add(unit, exp, assignment_increments(event))
+        await self._tally.add(
+            f"request:{exp}:{event.correlation_id}", exp, request_increments(event)
+        )
+        await self._tally.open_outcome(exp, pending_of(event))
 
     async def on_failure(self, event: PredictionFailed) -> None:
         """Count the errors of one failed request against the variant that answered it."""
@@ -135,15 +160,22 @@ class OutcomeHandler:
         await self._tally.add(event.event_id, event.experiment_id, failure_increments(event))
 
     async def on_feedback(self, event: FeedbackReceived) -> None:
-        """Count one outcome, then look at the experiment when a batch of outcomes is in."""
+        """Keep one label for its outcome window, then look at the experiment."""
         if event.experiment_id is None or not event.challenger_share:
             self._metrics.outcomes.labels(counted="no").inc()
             return
-        counted = await self._tally.add(
-            event.event_id, event.experiment_id, feedback_increments(event)
-        )
-        self._metrics.outcomes.labels(counted="yes" if counted else "duplicate").inc()
-        await self.look_at(event.experiment_id)
+        exp = event.experiment_id
+        status = await self._tally.label(exp, event.request_id, label_of(event))
+        if status == "late":  # reported, never used for decisions
+            await self._tally.add(event.event_id, exp, late_increments(event))
+        self._metrics.outcomes.labels(counted=_COUNTED[status]).inc()
+        await self.look_at(exp)
+
+    async def tick(self) -> None:
+        """Close outcome windows and look at every running experiment (called periodically)."""
+        for experiment in await self._store.all():
+            if experiment.is_running or experiment.actions_pending:
+                await self.look_at(experiment.experiment_id)
 
     async def look_at(self, experiment_id: str) -> None:
         """Finish a pending verdict, or look when enough new outcomes arrived."""
@@ -154,14 +186,31 @@ class OutcomeHandler:
             if experiment.actions_pending:
                 await self._carry_out(experiment)
                 return
-            stats = await self._tally.stats(experiment_id)
-            if not look_due(experiment, stats):
+            if not experiment.is_running:
                 return
-            after = look(experiment, stats, self._clock())
-            point = look_point(after, stats, self._clock())
+            await self._close_windows(experiment)
+            stats = await self._tally.stats(experiment_id)
+            now = self._clock()
+            if not look_due(experiment, stats, now):
+                return
+            after = look(experiment, stats, now)
+            point = look_point(after, stats, now)
             if point is not None:
                 await self._tally.append_look(experiment_id, point)
             await self._apply(experiment, after)
+
+    async def _close_windows(self, experiment: Experiment) -> None:
+        """Move the outcomes whose windows have closed into the experiment's counters."""
+        window = experiment.plan.outcome_window
+        for _ in range(3):  # -1: another replica fixed the reward shift meanwhile; read again
+            closing = await self._tally.due(
+                experiment.experiment_id, window, self._clock().timestamp()
+            )
+            if not closing.outcomes:
+                return
+            increments, shift = close_increments(closing, window)
+            if await self._tally.close(experiment.experiment_id, increments, shift) >= 0:
+                return
 
     async def _apply(self, before: Experiment, after: Experiment) -> None:
         self._metrics.looks.labels(model_name=after.model_name, decision=after.decision).inc()
@@ -228,9 +277,92 @@ def _verdict(state: Experiment, update: ExperimentUpdated) -> Event | None:
     return ModelRolledBack(version=state.champion_version, rolled_back_version=challenger, **common)
 
 
-def register(ctx: ConsumerContext, approvals: ApprovalHandler, outcomes: OutcomeHandler) -> None:
+class OverrideHandler:
+    """A person's promote or rollback ends the model's experiment: operator actions win."""
+
+    def __init__(
+        self,
+        store: ExperimentStore,
+        publisher: EventPublisher,
+        metrics: RouterMetrics,
+        lock: asyncio.Lock,
+        clock: Clock = _utc_now,
+    ) -> None:
+        self._store, self._publisher, self._metrics = store, publisher, metrics
+        self._lock, self._clock = lock, clock
+
+    async def on_promoted(self, event: ModelPromoted) -> None:
+        """A manual promotion: the promoted version serves alone."""
+        await self._apply(event)
+
+    async def on_rolled_back(self, event: ModelRolledBack) -> None:
+        """A manual rollback: the restored champion serves alone."""
+        await self._apply(event)
+
+    async def _apply(self, event: ModelPromoted | ModelRolledBack) -> None:
+        action = override_of(event)
+        if action is None:
+            return
+        # The outcome handler's lock: a look in flight cannot save over the override.
+        async with self._lock:
+            current = await self._store.current(event.model_name)
+            state = apply_override(current, action, event.model_name, self._clock())
+            if state is None:
+                return
+            update = ExperimentUpdated.caused_by(
+                event,
+                producer="router",
+                event_id=_event_id(state, "override"),
+                **_update_fields(state),
+            )
+            await self._publisher.publish(update)
+            saved = state.model_copy(update={"last_event_id": update.event_id})
+            await self._store.save(saved, update)
+            self._metrics.record(state)
+        log.warning(
+            "operator action overrides the router",
+            extra={"status": state.status, "by": action.requested_by, "reason": action.reason},
+        )
+
+
+class Ticker:
+    """Calls ``tick`` every ``interval_s`` in the background: windows close without traffic."""
+
+    def __init__(self, tick: Callable[[], Awaitable[None]], interval_s: float) -> None:
+        self._tick, self._interval_s = tick, interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Start ticking (a start-up hook)."""
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop ticking (a shut-down hook)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval_s)
+            try:
+                await self._tick()
+            except Exception as error:  # Redis away: the next tick tries again
+                log.warning("periodic look failed", extra={"error": repr(error)})
+
+
+def register(
+    ctx: ConsumerContext,
+    approvals: ApprovalHandler,
+    outcomes: OutcomeHandler,
+    overrides: OverrideHandler | None = None,
+) -> None:
     """Subscribe the router's handlers."""
     subscribe(ctx, Topic.MODEL_APPROVED, ModelApproved, approvals)
+    if overrides is not None:
+        subscribe(ctx, Topic.MODEL_PROMOTED, ModelPromoted, overrides.on_promoted)
+        subscribe(ctx, Topic.MODEL_ROLLED_BACK, ModelRolledBack, overrides.on_rolled_back)
     subscribe(ctx, Topic.PREDICTION_LOGGED, PredictionLogged, outcomes.on_prediction)
     subscribe(ctx, Topic.PREDICTION_FAILED, PredictionFailed, outcomes.on_failure)
     subscribe(ctx, Topic.FEEDBACK_RECEIVED, FeedbackReceived, outcomes.on_feedback)

@@ -15,7 +15,9 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from services.router.core.decision import Action, Decision, DecisionConfig, RunningBounds
 from shared.events import ModelApproved
 
-ExperimentStatus = Literal["running", "promoted", "rolled_back", "superseded", "champion_only"]
+ExperimentStatus = Literal[
+    "running", "promoted", "rolled_back", "superseded", "champion_only", "overridden"
+]
 
 _EXPERIMENT_NAMESPACE = uuid.UUID("6f1d0c52-3f4e-4b7a-9a8e-2f0c1d5e7a90")
 
@@ -33,6 +35,18 @@ class ExperimentPlan(BaseModel):
     look_every: int = Field(50, ge=1, description="Labelled outcomes between looks.")
     max_duration_s: float = Field(7 * 24 * 3600.0, gt=0)
     decision: DecisionConfig = DecisionConfig()
+
+
+class Override(BaseModel):
+    """A person's promote or rollback: it ends a running experiment and names the champion."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    action: Literal["promote", "rollback"]
+    champion_version: str = Field(description="The champion the person chose; it serves alone.")
+    requested_by: str
+    reason: str
+    event_id: str = Field(description="The registry's model-promoted/rolled-back event.")
 
 
 class Experiment(BaseModel):
@@ -61,6 +75,7 @@ class Experiment(BaseModel):
     stage_base_labelled: int = Field(0, description="Challenger outcomes when the stage began.")
     concluded_at: AwareDatetime | None = None
     actions_pending: bool = Field(False, description="Aliases and events of the verdict not done.")
+    override: Override | None = Field(None, description="The operator action that ended it.")
 
     @property
     def is_running(self) -> bool:
