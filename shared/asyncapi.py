@@ -29,15 +29,15 @@ PUBLISHERS: dict[Topic, tuple[str, ...]] = {
 CONSUMERS: dict[Topic, tuple[str, ...]] = {
     Topic.DATA_ARRIVED: ("trainer",),
     Topic.MODEL_TRAINED: ("registry",),
-    Topic.MODEL_APPROVED: ("router",),
+    Topic.MODEL_APPROVED: ("router", "registry"),
     Topic.MODEL_REJECTED: (),
     Topic.DRIFT_DETECTED: ("trainer",),
     Topic.PREDICTION_LOGGED: ("monitor", "router"),
     Topic.PREDICTION_FAILED: ("router",),
     Topic.FEEDBACK_RECEIVED: ("router", "monitor"),
     Topic.EXPERIMENT_UPDATED: ("gateway",),
-    Topic.MODEL_PROMOTED: ("gateway", "monitor"),
-    Topic.MODEL_ROLLED_BACK: ("gateway", "monitor"),
+    Topic.MODEL_PROMOTED: ("gateway", "monitor", "registry"),
+    Topic.MODEL_ROLLED_BACK: ("gateway", "monitor", "registry"),
     Topic.RETRAIN_MODEL: ("trainer",),
 }
 

@@ -20,6 +20,7 @@ from faststream.kafka import KafkaBroker
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from redis.asyncio import Redis
 
+from shared.http_errors import install_error_handlers
 from shared.logging import configure_logging
 from shared.messaging import (
     PRODUCER_MAX_BATCH_BYTES,
@@ -178,6 +179,7 @@ def service_app(
         title=title or f"flywheel-{runtime.name}", description=description, lifespan=lifespan
     )
     app.state.runtime = runtime
+    install_error_handlers(app)
     _add_probe_routes(app, runtime, all_checks, details)
     for router in routers:
         app.include_router(router)

@@ -7,10 +7,12 @@ from fastapi import FastAPI
 from services.registry.adapters import MlflowCandidateLoader, MlflowModelRegistry
 from services.registry.admin import RegistryAdmin
 from services.registry.handlers import GatePolicy, RegistryHandlers, register
-from services.registry.metrics import RegistryMetrics
+from services.registry.metrics import MetricsFromRegistry, RegistryMetrics
 from services.registry.packaging import BentoModelStore
 from services.registry.routes import admin_router, versions_router
 from services.registry.settings import Settings
+from shared.events import ModelApproved, ModelPromoted, ModelRolledBack, Topic
+from shared.messaging import subscribe_broadcast
 from shared.runtime import build_runtime, mlflow_check, serve, service_app
 from shared.spec import load_spec
 
@@ -23,23 +25,31 @@ def create_app(settings: Settings | None = None, name: str = "registry") -> Fast
     settings = settings or Settings()
     runtime = build_runtime(name, settings)
     models = MlflowModelRegistry(settings.mlflow_tracking_uri)
+    metrics = RegistryMetrics.create(runtime.registry)
     handlers = RegistryHandlers(
         models=models,
         loader=MlflowCandidateLoader(settings.mlflow_tracking_uri),
         spec=load_spec(settings.model_spec_path),
         publisher=runtime.publisher,
-        metrics=RegistryMetrics.create(runtime.registry),
+        metrics=metrics,
         policy=gate_policy(settings),
         model_name=settings.model_name,
         packager=_packager(settings),
     )
     register(runtime.consumer, handlers)
+    synced = MetricsFromRegistry(models.list_versions, metrics, settings.model_name)
+    # Every replica keeps its own gauges current, so each needs every move.
+    moved = synced.on_aliases_moved
+    subscribe_broadcast(runtime.consumer, Topic.MODEL_PROMOTED, ModelPromoted, moved)
+    subscribe_broadcast(runtime.consumer, Topic.MODEL_ROLLED_BACK, ModelRolledBack, moved)
+    subscribe_broadcast(runtime.consumer, Topic.MODEL_APPROVED, ModelApproved, moved)
     admin = RegistryAdmin(models, runtime.publisher)
     token = settings.admin_token.get_secret_value() if settings.admin_token else None
     return service_app(
         runtime,
         checks={"mlflow": mlflow_check(settings.mlflow_tracking_uri)},
         routers=[versions_router(models), admin_router(admin, token)],
+        on_startup=[synced.start],
         description="Registers trained models, gates them and assigns champion/challenger.",
     )
 

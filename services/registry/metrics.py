@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from services.registry.ports import VersionInfo
+from shared.errors import NotFoundError
+from shared.events import ModelApproved, ModelPromoted, ModelRolledBack
+
+log = logging.getLogger(__name__)
+
+#: Version tags the registry writes (``services.registry.core``): the decision and each gate.
+DECISION_TAG = "flywheel.decision"
+GATE_TAG_PREFIX = "gate."
 
 
 @dataclass(frozen=True)
 class RegistryMetrics:
-    """Versions approved or rejected, and how the latest candidate fared at each gate."""
+    """Versions approved or rejected, how the latest candidate fared, where aliases point."""
 
     model_versions: Counter
     gate_passed: Gauge
+    alias_version: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> RegistryMetrics:
@@ -30,4 +44,80 @@ class RegistryMetrics:
                 ["gate"],
                 registry=registry,
             ),
+            alias_version=Gauge(
+                "flywheel_registry_alias_version",
+                "The version each alias (champion, challenger, champion-1...) points to.",
+                ["model_name", "alias"],
+                registry=registry,
+            ),
         )
+
+    def seed(self, model_name: str, versions: Sequence[VersionInfo]) -> None:
+        """Start where the last process stopped: decisions, the newest gates, the aliases.
+
+        Without it every series is empty after a restart, and the counter's drop to
+        zero reads as a reset. Call it once, on a fresh process.
+        """
+        decisions = [v.tags.get(DECISION_TAG) for v in versions]
+        for outcome in ("approved", "rejected"):
+            count = decisions.count(f"model-{outcome}")
+            if count:
+                self.model_versions.labels(outcome).inc(count)
+        gated = [v for v in versions if any(k.startswith(GATE_TAG_PREFIX) for k in v.tags)]
+        if gated:
+            newest = max(gated, key=lambda v: int(v.version))
+            for key, value in newest.tags.items():
+                if key.startswith(GATE_TAG_PREFIX):
+                    gate = key.removeprefix(GATE_TAG_PREFIX)
+                    self.gate_passed.labels(gate).set(1 if value.startswith("passed") else 0)
+        self.show_aliases(model_name, versions)
+
+    def show_aliases(self, model_name: str, versions: Sequence[VersionInfo]) -> None:
+        """Set the alias gauges to ``versions``' aliases; an alias no version has disappears."""
+        self.alias_version.clear()
+        for version in versions:
+            for alias in version.aliases:
+                self.alias_version.labels(model_name, alias).set(int(version.version))
+
+
+@dataclass
+class MetricsFromRegistry:
+    """Keeps the metrics in step with MLflow: seeded at start, aliases after every move."""
+
+    list_versions: Callable[[str], list[VersionInfo]]
+    """Blocking: every version of a model with aliases and tags (``ModelRegistry``)."""
+    metrics: RegistryMetrics
+    model_name: str
+    _seeding: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    async def start(self) -> None:
+        """Seed in the background: a slow MLflow must not hold up start-up."""
+        self._seeding = asyncio.create_task(self._seed())
+
+    async def _seed(self) -> None:
+        try:
+            versions = await asyncio.to_thread(self._versions)
+        except Exception as error:
+            log.warning("registry metrics not seeded", extra={"error": repr(error)})
+            return
+        self.metrics.seed(self.model_name, versions)
+
+    async def on_aliases_moved(
+        self, event: ModelPromoted | ModelRolledBack | ModelApproved
+    ) -> None:
+        """Read the aliases again after a promotion, a rollback or an approval."""
+        if event.model_name != self.model_name:
+            return
+        try:
+            versions = await asyncio.to_thread(self._versions)
+        except Exception as error:
+            # A gauge a little stale is better than a dead-lettered promotion event.
+            log.warning("alias metrics not refreshed", extra={"error": repr(error)})
+            return
+        self.metrics.show_aliases(self.model_name, versions)
+
+    def _versions(self) -> list[VersionInfo]:
+        try:
+            return self.list_versions(self.model_name)
+        except NotFoundError:
+            return []

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 import uvicorn
 from _support import free_port
@@ -149,3 +150,23 @@ async def test_flywheel_rollback_restores_the_previous_champion(
     client = MlflowClient(infra.mlflow_uri)
     assert client.get_model_version_by_alias(name, "champion").version == "1"
     assert isinstance(event, ModelRolledBack)
+
+
+async def test_registry_answers_503_with_the_cause_while_mlflow_is_down(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Nothing listens on this port: MLflow is down. With MLflow's own retry defaults each
+    # request was held ~4 minutes and then answered 500.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    for knob in ("TIMEOUT", "MAX_RETRIES", "BACKOFF_FACTOR"):
+        monkeypatch.delenv(f"MLFLOW_HTTP_REQUEST_{knob}", raising=False)  # the service's own
+    app = create_app(Settings(), name=f"registry-{uuid.uuid4().hex[:8]}")
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://registry") as client:
+        async with asyncio.timeout(30):
+            listed = await client.get("/v1/models")
+            versions = await client.get("/v1/models/any/versions")
+    for answer in (listed, versions):
+        assert answer.status_code == 503, answer.text
+        assert "MLflow" in answer.json()["detail"]
+        assert answer.headers["Retry-After"]
