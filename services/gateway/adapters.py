@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 
 from services.gateway.ports import Classifier
 from shared.events import ROUTING_STATE_KEY, ExperimentUpdated, PredictionLogged, Variant
+from shared.mlflow_client import bound_mlflow_requests, mlflow_client
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ class MlflowModelRegistry:
     """Loads sklearn models and resolves aliases from the MLflow registry (blocking)."""
 
     def __init__(self, tracking_uri: str) -> None:
+        bound_mlflow_requests()
         self._tracking_uri = tracking_uri
 
     def load(self, name: str, version: str) -> Classifier:
@@ -35,7 +37,7 @@ class MlflowModelRegistry:
 
     def aliases(self, name: str) -> dict[Variant, str | None]:
         """The versions behind ``champion`` and ``challenger`` (None where unset)."""
-        client = MlflowClient(tracking_uri=self._tracking_uri, registry_uri=self._tracking_uri)
+        client = mlflow_client(self._tracking_uri)
         return {
             "champion": _alias_version(client, name, "champion"),
             "challenger": _alias_version(client, name, "challenger"),

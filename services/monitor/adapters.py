@@ -7,7 +7,6 @@ import logging
 from typing import Any
 
 import pandas as pd
-from mlflow import MlflowClient
 from mlflow.artifacts import download_artifacts
 from mlflow.exceptions import MlflowException
 from redis.asyncio import Redis
@@ -15,6 +14,7 @@ from redis.asyncio import Redis
 from services.monitor.core import Reference
 from services.monitor.ports import SavedState
 from shared.events import ROUTING_STATE_KEY, ExperimentUpdated
+from shared.mlflow_client import mlflow_client
 from shared.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ class MlflowReferenceStore:
     """Reads the reference sample the trainer logged with a version's run."""
 
     def __init__(self, tracking_uri: str, spec: ModelSpec) -> None:
-        self._client = MlflowClient(tracking_uri=tracking_uri)
+        self._client = mlflow_client(tracking_uri)
         self._tracking_uri = tracking_uri
         self._spec = spec
 

@@ -2,39 +2,22 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
 import mlflow
 import pandas as pd
-import requests
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
-from mlflow.tracking import MlflowClient
 
 from services.registry.ports import VersionInfo
-from shared.errors import DependencyUnavailableError, InvalidInputError, NotFoundError
+from shared.errors import InvalidInputError, NotFoundError
+from shared.mlflow_client import bound_mlflow_requests, mlflow_client, mlflow_outages
 
 log = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def mlflow_outages() -> Iterator[None]:
-    """Turn "MLflow did not answer" into DependencyUnavailableError, so the event is retried."""
-    try:
-        yield
-    except requests.RequestException as error:
-        raise DependencyUnavailableError(f"MLflow unreachable: {error}") from error
-    except MlflowException as error:
-        text = str(error)
-        markers = ("Max retries exceeded", "Connection refused", "Read timed out", "503", "502")
-        if "API request to" in text and any(marker in text for marker in markers):
-            raise DependencyUnavailableError(f"MLflow unreachable: {error.message}") from error
-        raise
 
 
 P = ParamSpec("P")
@@ -57,7 +40,7 @@ class MlflowModelRegistry:
 
     def __init__(self, tracking_uri: str) -> None:
         mlflow.set_tracking_uri(tracking_uri)
-        self._client = MlflowClient(tracking_uri=tracking_uri)
+        self._client = mlflow_client(tracking_uri)
 
     @_outages_retried
     def register(self, name: str, model_uri: str, run_id: str) -> str:
@@ -158,6 +141,7 @@ class MlflowCandidateLoader:
     """Loads logged sklearn pipelines and the holdout their run logged."""
 
     def __init__(self, tracking_uri: str) -> None:
+        bound_mlflow_requests()
         mlflow.set_tracking_uri(tracking_uri)
         self._tracking_uri = tracking_uri
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, HTTPException
+from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.registry.admin import RegistryAdmin
+from services.registry.auth import admin_guard
 from services.registry.core import trigger_chain
 from services.registry.ports import ModelRegistry, VersionInfo
 from shared.errors import InvalidInputError, NotFoundError
@@ -159,19 +158,9 @@ def _lineage(models: ModelRegistry, name: str, version: str) -> LineageView:
 def admin_router(admin: RegistryAdmin, token: str | None) -> APIRouter:
     """Promote and rollback, each requiring ``Authorization: Bearer <token>``."""
 
-    def authorised(authorization: Annotated[str | None, Header()] = None) -> None:
-        given = (authorization or "").removeprefix("Bearer ").strip()
-        if token is None or not hmac.compare_digest(given.encode(), token.encode()):
-            detail = (
-                "the registry has no admin token configured (REGISTRY_ADMIN_TOKEN)"
-                if token is None
-                else "missing or wrong bearer token"
-            )
-            raise HTTPException(
-                status_code=401, detail=detail, headers={"WWW-Authenticate": "Bearer"}
-            )
-
-    router = APIRouter(prefix="/v1/models", tags=["admin"], dependencies=[Depends(authorised)])
+    router = APIRouter(
+        prefix="/v1/models", tags=["admin"], dependencies=[Depends(admin_guard(token))]
+    )
 
     @router.post("/{name}/promote", summary="Make a version (default: challenger) champion")
     async def promote(name: str, request: PromoteRequest) -> ModelPromoted:

@@ -30,4 +30,5 @@ class Settings(BaseServiceSettings):
     bento_home: Path | None = None
     """BentoML store directory (BENTOML_HOME); ``<FLYWHEEL_DATA_DIR>/bentoml`` when unset."""
     admin_token: SecretStr | None = None
-    """Bearer token for promote and rollback; without one they always answer 401."""
+    """Bearer token for promote and rollback (``flywheel up`` passes ``<run dir>/admin-token``);
+    without one they always answer 401."""

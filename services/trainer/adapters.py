@@ -6,16 +6,14 @@ import contextlib
 import json
 import logging
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import mlflow
 import pandas as pd
-import requests
 import sklearn
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
-from mlflow.tracking import MlflowClient
 from redis.asyncio import Redis
 from redis.exceptions import LockError
 
@@ -32,6 +30,7 @@ from services.trainer.tracking import (
 from shared.datasets import load_batch
 from shared.errors import DependencyUnavailableError
 from shared.events import DataArrived, DatasetRef
+from shared.mlflow_client import mlflow_client, mlflow_outages
 from shared.spec import ModelSpec
 from shared.torch_mlp import TRUSTED_TYPES
 
@@ -160,7 +159,7 @@ class MlflowModelStore:
 
     def __init__(self, tracking_uri: str, label: str = "segment") -> None:
         mlflow.set_tracking_uri(tracking_uri)
-        self._client = MlflowClient(tracking_uri)
+        self._client = mlflow_client(tracking_uri)
         self._label = label
         self._code_version = code_version()
 
@@ -206,26 +205,6 @@ class MlflowModelStore:
             if experiment is None:
                 raise
             return str(experiment.experiment_id)
-
-
-@contextlib.contextmanager
-def mlflow_outages() -> Iterator[None]:
-    """Turn "MLflow did not answer" into DependencyUnavailableError, so the trigger is retried."""
-    try:
-        yield
-    except requests.RequestException as error:
-        raise DependencyUnavailableError(f"MLflow unreachable: {error}") from error
-    except MlflowException as error:
-        if _is_outage(error):
-            raise DependencyUnavailableError(f"MLflow unreachable: {error.message}") from error
-        raise
-
-
-def _is_outage(error: MlflowException) -> bool:
-    # The REST client wraps connection failures after its retries in a plain MlflowException.
-    text = str(error)
-    markers = ("Max retries exceeded", "Connection refused", "Read timed out", "503", "502")
-    return "API request to" in text and any(marker in text for marker in markers)
 
 
 def run_tags(context: RunContext) -> dict[str, str]:

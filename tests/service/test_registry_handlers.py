@@ -21,7 +21,7 @@ from services.registry.ports import VersionInfo
 from services.registry.routes import admin_router, versions_router
 from services.trainer.core import TrainingConfig, train
 from shared.datasets import generate_customers
-from shared.errors import NotFoundError
+from shared.errors import DependencyUnavailableError, NotFoundError
 from shared.events import (
     ModelApproved,
     ModelMetrics,
@@ -32,6 +32,7 @@ from shared.events import (
     Topic,
     dead_letter_topic,
 )
+from shared.http_errors import install_error_handlers
 from shared.spec import load_spec
 from shared.testing import RecordingPublisher, consumer_context
 
@@ -371,3 +372,38 @@ async def test_promote_and_rollback_move_aliases_and_need_the_token() -> None:
     assert chain[0]["event_ids"] == ["e1", "e2"]
     assert listed.json() == {"models": [MODEL]}
     assert lineage.json()["gates"]["gate.schema"].startswith("passed")
+
+
+async def test_the_bearer_scheme_is_case_insensitive() -> None:
+    h = _harness()
+    await _send(h, _trained(h, "r1"), _trained(h, "r2"))
+    transport = httpx.ASGITransport(app=_admin_app(h))
+    path = f"/v1/models/{MODEL}/promote"
+    async with httpx.AsyncClient(transport=transport, base_url="http://registry") as client:
+        basic = await client.post(path, json={}, headers={"Authorization": f"Basic {TOKEN}"})
+        lower = await client.post(path, json={}, headers={"Authorization": f"bearer {TOKEN}"})
+        upper = await client.post(
+            path, json={"version": "1"}, headers={"Authorization": f"BEARER {TOKEN}"}
+        )
+    assert basic.status_code == 401
+    assert (lower.status_code, upper.status_code) == (200, 200), lower.text
+    assert h.models.aliases[MODEL]["champion"] == "1"
+
+
+class DownModelRegistry(FakeModelRegistry):
+    """A model registry whose store does not answer."""
+
+    def list_models(self) -> list[str]:
+        raise DependencyUnavailableError("MLflow unreachable: connection refused")
+
+
+async def test_an_unreachable_store_answers_503_with_the_cause() -> None:
+    app = FastAPI()
+    install_error_handlers(app)
+    app.include_router(versions_router(DownModelRegistry()))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://registry") as client:
+        answer = await client.get("/v1/models")
+    assert answer.status_code == 503
+    assert answer.json()["detail"] == "MLflow unreachable: connection refused"
+    assert answer.headers["Retry-After"]
