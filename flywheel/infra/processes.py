@@ -1,4 +1,9 @@
-"""Detached processes tracked by pid files, port checks and readiness waits."""
+"""Detached process groups tracked by pid files, port checks and readiness waits.
+
+Each component runs in its own session, so its leader and every worker it forks share
+one process group; the component runs while any of them does, and stopping it signals
+the whole group.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flywheel.infra.errors import MissingToolError, PortTakenError, StartupError
+from flywheel.infra.procfs import command_line, group_members, port_holders, process_stat
 
 
 @dataclass(frozen=True)
@@ -38,15 +44,12 @@ def log_path(run_dir: Path, name: str) -> Path:
 
 def _start_time(pid: int) -> str:
     """Return a process's start time from /proc, or "" where /proc is missing (guards pid reuse)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return ""
-    return stat.rsplit(")", 1)[1].split()[19]
+    stat = process_stat(pid)
+    return "" if stat is None else str(stat.start_ticks)
 
 
 def is_alive(pid: int) -> bool:
-    """Tell whether a process runs (reaping it first if it is our exited child)."""
+    """Tell whether a process runs (reaping it first if it is our exited child; zombies do not)."""
     with contextlib.suppress(ChildProcessError, OSError):
         if os.waitpid(pid, os.WNOHANG)[0] == pid:
             return False
@@ -56,19 +59,39 @@ def is_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    stat = process_stat(pid)
+    return stat is None or stat.state != "Z"
+
+
+@dataclass(frozen=True)
+class _Group:
+    """A component's process group as its pid file records it."""
+
+    pgid: int
+    """The leader's pid, which is also the group's id (spawn starts a new session)."""
+    started: str
+    """The leader's start time in clock ticks; "" where /proc is missing."""
+
+
+def _recorded(run_dir: Path, name: str) -> _Group | None:
+    try:
+        pid_text, *rest = pid_path(run_dir, name).read_text().split()
+        return _Group(int(pid_text), "".join(rest[:1]))
+    except (OSError, ValueError):
+        return None
+
+
+def _group_alive(group: _Group) -> bool:
+    if is_alive(group.pgid) and _start_time(group.pgid) == group.started:
+        return True
+    # A leader killed by hand can leave a worker serving, and holding the port, on its own.
+    return bool(group.started) and bool(group_members(group.pgid, int(group.started)))
 
 
 def running_pid(run_dir: Path, name: str) -> int | None:
-    """Return the pid recorded for a component if that very process still runs."""
-    try:
-        pid_text, *rest = pid_path(run_dir, name).read_text().split()
-        pid, started = int(pid_text), "".join(rest[:1])
-    except (OSError, ValueError):
-        return None
-    if not is_alive(pid) or _start_time(pid) != started:
-        return None
-    return pid
+    """Return the recorded process group (its leader's pid) while any process of it runs."""
+    group = _recorded(run_dir, name)
+    return group.pgid if group is not None and _group_alive(group) else None
 
 
 def spawn(
@@ -97,10 +120,10 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
         os.killpg(pid, sig)
 
 
-def _wait_exit(pids: list[int], timeout: float) -> bool:
-    """Wait until all processes have exited; return whether they did in time."""
-    deadline = time.monotonic() + timeout
-    while any(is_alive(pid) for pid in pids):
+def _wait_exit(groups: Iterable[_Group], timeout: float) -> bool:
+    """Wait until every process of the groups has exited; return whether they did in time."""
+    groups, deadline = list(groups), time.monotonic() + timeout
+    while any(_group_alive(group) for group in groups):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.2)
@@ -108,19 +131,23 @@ def _wait_exit(pids: list[int], timeout: float) -> bool:
 
 
 def stop_all(run_dir: Path, names: Iterable[str], timeout: float = 15.0) -> list[str]:
-    """Stop components by pid file together (SIGTERM, wait, SIGKILL); return those that ran."""
+    """Stop components' whole process groups together (SIGTERM, wait, SIGKILL).
+
+    Returns the components that ran.
+    """
     names = list(names)
-    pids = {name: pid for name in names if (pid := running_pid(run_dir, name)) is not None}
-    for pid in pids.values():
-        _signal_group(pid, signal.SIGTERM)
-    if not _wait_exit(list(pids.values()), timeout):
-        for pid in pids.values():
-            _signal_group(pid, signal.SIGKILL)
-        if not _wait_exit(list(pids.values()), 10.0):
-            raise StartupError(f"Processes {sorted(pids)} survived SIGKILL; stop them by hand.")
+    recorded = {name: _recorded(run_dir, name) for name in names}
+    groups = {name: g for name, g in recorded.items() if g is not None and _group_alive(g)}
+    for group in groups.values():
+        _signal_group(group.pgid, signal.SIGTERM)
+    if not _wait_exit(groups.values(), timeout):
+        for group in groups.values():
+            _signal_group(group.pgid, signal.SIGKILL)
+        if not _wait_exit(groups.values(), 10.0):
+            raise StartupError(f"Processes {sorted(groups)} survived SIGKILL; stop them by hand.")
     for name in names:
         pid_path(run_dir, name).unlink(missing_ok=True)
-    return list(pids)
+    return list(groups)
 
 
 def stop(run_dir: Path, name: str, timeout: float = 15.0) -> bool:
@@ -147,9 +174,18 @@ def port_bindable(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def ensure_port_free(port: int, env_var: str) -> None:
-    """Raise PortTakenError when a port is already in use."""
+    """Raise PortTakenError, naming the process that holds the port, when it is in use."""
     if not port_bindable(port) or port_open(port):
-        raise PortTakenError(f"Port {port} is taken by another process; stop it or set {env_var}.")
+        holder = port_holder(port)
+        raise PortTakenError(f"Port {port} is taken by {holder}; stop it or set {env_var}.")
+
+
+def port_holder(port: int) -> str:
+    """Name the process listening on a port: "pid N (command line)", or "another process"."""
+    pids = port_holders(port)
+    if not pids:  # another user's process, or no /proc: nothing more to say
+        return "another process"
+    return ", ".join(f"pid {pid} ({command_line(pid) or '?'})" for pid in pids[:3])
 
 
 def require_tool(tool: str, fix: str) -> str:
@@ -199,5 +235,10 @@ def ensure_running(
     timeout: float,
 ) -> None:
     """Reuse our running process ``name`` or launch it; wait until it answers."""
-    pid = running_pid(run_dir, name) or launch()
-    wait_until(answers, timeout, what, alive=lambda: is_alive(pid), log=log_path(run_dir, name))
+    if running_pid(run_dir, name) is None:
+        launch()
+
+    def alive() -> bool:  # the group, not the leader: a worker may outlive it and still serve
+        return running_pid(run_dir, name) is not None
+
+    wait_until(answers, timeout, what, alive=alive, log=log_path(run_dir, name))
