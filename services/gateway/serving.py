@@ -52,16 +52,19 @@ class ServingRefresher:
         versions = await self._aliases()
         if versions is None:
             return  # nothing to check against, nothing loadable: keep what serves
-        if table is not None and table.model_name == self._model_name:
-            if agrees_with_aliases(table, versions):
-                await self.apply_experiment(table)
-                return
-            log.warning(
-                "routing table disagrees with the registry; serving its aliases alone",
-                extra={"experiment_id": table.experiment_id, "aliases": versions},
-            )
-            self._metrics.routing_rejected.inc()
-        await self._serve_aliases(versions, keep_split=False)
+        if table is not None and table.model_name != self._model_name:
+            # The one routing key names another model: it says nothing about this one.
+            await self._serve_aliases(versions, keep_split=True)
+        elif table is not None and agrees_with_aliases(table, versions):
+            await self.apply_experiment(table)
+        else:
+            if table is not None:
+                log.warning(
+                    "routing table disagrees with the registry; serving its aliases alone",
+                    extra={"experiment_id": table.experiment_id, "aliases": versions},
+                )
+                self._metrics.routing_rejected.inc()
+            await self._serve_aliases(versions, keep_split=False)
 
     async def apply_experiment(self, update: ExperimentUpdated) -> None:
         """Load the versions ``update`` names, then serve them under its split."""

@@ -306,7 +306,7 @@ class OverrideHandler:
         # The outcome handler's lock: a look in flight cannot save over the override.
         async with self._lock:
             current = await self._store.current(event.model_name)
-            state = apply_override(current, action, event.model_name, self._clock())
+            state = apply_override(current, action, self._clock())
             if state is None:
                 return
             update = ExperimentUpdated.caused_by(

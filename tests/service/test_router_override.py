@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from faststream.kafka import KafkaBroker, TestKafkaBroker
-from test_router_handlers import MODEL, Router, drive, open_experiment
+from test_router_handlers import MODEL, Router, approval, drive, open_experiment
 
 from services.router.handlers import OverrideHandler, register
 from shared.events import Event, ExperimentUpdated, ModelPromoted, ModelRolledBack
@@ -82,11 +84,12 @@ async def test_a_redelivered_override_publishes_once() -> None:
 
 async def test_a_manual_promotion_outside_an_experiment_names_the_champion() -> None:
     router = OverridableRouter()
+    await router.deliver(approval("champion", "1"))
     promoted = ModelPromoted(
         producer="registry", model_name=MODEL, version="5", reason="hotfix", requested_by="bo"
     )
     await router.deliver(promoted)
-    (update,) = router.updates()
+    update = router.updates()[-1]
     assert (update.status, update.champion_version, update.challenger_share) == (
         "champion_only",
         "5",
@@ -94,6 +97,22 @@ async def test_a_manual_promotion_outside_an_experiment_names_the_champion() -> 
     )
     assert isinstance(router.store.table, ExperimentUpdated)
     assert router.store.table.champion_version == "5"
+
+
+async def test_an_action_older_than_the_experiment_does_not_end_it() -> None:
+    router = OverridableRouter()
+    old = manual_rollback().model_copy(update={"occurred_at": datetime(2020, 1, 1, tzinfo=UTC)})
+    experiment_id = await open_experiment(router)
+    await router.deliver(old)  # a replay of the topic by a fresh consumer group
+    state = await router.store.get(experiment_id)
+    assert state is not None
+    assert state.status == "running"
+
+
+async def test_a_model_the_router_never_saw_gets_no_state() -> None:
+    router = OverridableRouter()
+    await router.deliver(manual_rollback())
+    assert router.updates() == []
 
 
 async def test_the_routers_own_verdicts_are_not_overrides() -> None:

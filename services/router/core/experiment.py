@@ -47,6 +47,7 @@ class Override(BaseModel):
     requested_by: str
     reason: str
     event_id: str = Field(description="The registry's model-promoted/rolled-back event.")
+    requested_at: AwareDatetime = Field(description="When the person's action happened.")
 
 
 class Experiment(BaseModel):

@@ -28,30 +28,39 @@ def override_of(event: ModelPromoted | ModelRolledBack) -> Override | None:
         requested_by=event.requested_by or event.producer,
         reason=event.reason,
         event_id=event.event_id,
+        requested_at=event.occurred_at,
     )
 
 
 def apply_override(
-    current: Experiment | None, action: Override, model_name: str, now: datetime
+    current: Experiment | None, action: Override, now: datetime
 ) -> Experiment | None:
-    """The state after ``action``; None when it was applied already (a redelivery).
+    """The state after ``action``; None when it changes nothing.
 
-    >>> from datetime import UTC
+    Nothing changes when the router holds no state for the model (the gateway then
+    follows the aliases), when ``action`` was applied already (a redelivery), or
+    when it happened before the current state began (a replay cannot end a newer
+    experiment).
+
+    >>> from datetime import UTC, timedelta
     >>> now = datetime(2026, 1, 1, tzinfo=UTC)
     >>> running = Experiment(experiment_id="e", model_name="m", status="running",
     ...     champion_version="4", challenger_version="5", challenger_share=0.05, opened_at=now)
     >>> act = Override(action="rollback", champion_version="3", requested_by="ana",
-    ...     reason="bad", event_id="x")
-    >>> after = apply_override(running, act, "m", now)
+    ...     reason="bad", event_id="x", requested_at=now + timedelta(minutes=5))
+    >>> after = apply_override(running, act, now)
     >>> after.status, after.challenger_share, after.override.champion_version
     ('overridden', 0.0, '3')
-    >>> apply_override(after, act, "m", now) is None
+    >>> apply_override(after, act, now) is None
+    True
+    >>> old = act.model_copy(update={"requested_at": now - timedelta(days=1)})
+    >>> apply_override(running, old, now) is None
     True
     """
-    if current is not None and current.override is not None and current.override == action:
+    if current is None or current.override == action or action.requested_at < current.opened_at:
         return None
     codes = (f"manual_{action.action}",)
-    if current is not None and (current.is_running or current.actions_pending):
+    if current.is_running or current.actions_pending:
         # A pending verdict is dropped too: its alias moves would undo the person's.
         return current.model_copy(
             update={
@@ -66,10 +75,10 @@ def apply_override(
         )
     return Experiment(
         experiment_id=str(uuid.uuid5(_OVERRIDE_NAMESPACE, action.event_id)),
-        model_name=model_name,
+        model_name=current.model_name,
         status="champion_only",
         champion_version=action.champion_version,
-        opened_at=now,
+        opened_at=action.requested_at,
         decision=action.action,
         reasons=codes,
         override=action,
