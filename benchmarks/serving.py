@@ -227,7 +227,7 @@ def measure(
     predict = f"{base}/v1/predict"
     env = {
         "FLYWHEEL_MODEL_NAME": approved.name,
-        "KAFKA_BOOTSTRAP_SERVERS": infra.kafka_bootstrap,
+        **infra.kafka_for("gateway").env(),  # the gateway's own principal, as `flywheel up` runs it
         "REDIS_URL": infra.redis_url,
         "MLFLOW_TRACKING_URI": infra.mlflow_uri,
         "GATEWAY_PORT": str(args.port),

@@ -25,6 +25,7 @@ from flywheel.infra import (
     stop_services,
 )
 from flywheel.infra.aio import run_sync
+from flywheel.infra.kafka import operator_connection
 from flywheel.loop import announce
 from shared.datasets import generate_customers, load_batch, reference_to, write_batch
 from shared.errors import FlywheelError
@@ -133,6 +134,7 @@ def demo() -> None:
     urls = start_services(endpoints, service_ports_from_env())
     demo_config = DemoConfig(
         kafka_bootstrap=endpoints.kafka_bootstrap,
+        kafka_security=endpoints.kafka.security,
         gateway_url=urls["gateway"],
         data_dir=endpoints.run_dir / "data",
         router_url=urls["router"],
@@ -170,8 +172,8 @@ def data_push(
     except FlywheelError as error:
         typer.secho(f"{file} does not fit the model spec: {error}", fg="red", err=True)
         raise typer.Exit(1) from error
-    bootstrap = BaseServiceSettings().kafka_bootstrap_servers
-    event = run_sync(announce(bootstrap, ref))
+    kafka = operator_connection(BaseServiceSettings(), InfraConfig.from_env())
+    event = run_sync(announce(kafka, ref))
     typer.echo(
         f"data-arrived {event.event_id} for {ref.rows} rows (correlation {event.correlation_id})"
     )

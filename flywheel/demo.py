@@ -27,6 +27,7 @@ from shared.events import (
     ModelApproved,
     ModelTrained,
 )
+from shared.kafka_security import KafkaConnection, KafkaSecurity
 
 Say = Callable[[str], None]
 
@@ -50,6 +51,13 @@ class DemoConfig:
     concept_rows: int = 3000
     customers_per_round: int = 200
     max_experiment_rounds: int = 60
+    #: How the demo authenticates to Kafka (the operator's credentials on the local stack).
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
+
+    @property
+    def kafka(self) -> KafkaConnection:
+        """The broker and how the demo reaches it."""
+        return KafkaConnection(self.kafka_bootstrap, self.kafka_security)
 
 
 @dataclass
@@ -119,7 +127,7 @@ async def run_demo(config: DemoConfig, say: Say = print) -> LoopRun:
     """Drive one turn of the loop: data → champion → traffic → drift → retrained challenger."""
     steps, run = Steps(say), LoopRun()
     async with (
-        EventTap(config.kafka_bootstrap) as tap,
+        EventTap(config.kafka) as tap,
         httpx.AsyncClient(base_url=config.gateway_url, timeout=30) as client,
     ):
         await _first_model(config, tap, client, steps, run)
@@ -136,7 +144,7 @@ async def _experiment_to_verdict(
     assert config.router_url is not None
     experiment = await open_experiment(
         tap,
-        config.kafka_bootstrap,
+        config.kafka,
         config.data_dir,
         config.concept_rows,
         config.seed + 50,
@@ -163,7 +171,7 @@ async def _first_model(
     frame = generate_customers(config.training_rows, config.seed)
     path = config.data_dir / f"demo-{uuid.uuid4().hex[:8]}.parquet"
     ref = await asyncio.to_thread(write_batch, frame, path)
-    run.announced = await announce(config.kafka_bootstrap, ref)
+    run.announced = await announce(config.kafka, ref)
     steps.done(f"data-arrived: {ref.rows} rows at {ref.uri} (sha256 {ref.sha256[:12]}…)")
     turn, wait = run.announced.correlation_id, config.step_timeout_s
     run.first_trained = await tap.wait_for(ModelTrained, lambda e: e.correlation_id == turn, wait)

@@ -29,6 +29,7 @@ from shared.events import (
     ModelRolledBack,
     ModelTrained,
 )
+from shared.kafka_security import KafkaConnection
 
 Done = Callable[[str], None]
 
@@ -88,7 +89,13 @@ def _mine(model_name: str, experiment_ids: set[str]) -> Callable[[Event], bool]:
 
 
 async def open_experiment(
-    tap: EventTap, kafka: str, data_dir: Path, rows: int, seed: int, wait: float, done: Done
+    tap: EventTap,
+    kafka: KafkaConnection | str,
+    data_dir: Path,
+    rows: int,
+    seed: int,
+    wait: float,
+    done: Done,
 ) -> ExperimentRun:
     """Announce labelled data under a changed concept and wait for its experiment to open."""
     run = ExperimentRun()

@@ -18,6 +18,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pydantic import ValidationError
 
 from shared.events import DataArrived, DatasetRef, Event, Topic, dead_letter_topic, parse_event
+from shared.kafka_security import KafkaConnection, as_connection
 
 E = TypeVar("E", bound=Event)
 
@@ -25,9 +26,9 @@ ALL_TOPICS = [t.value for t in Topic]
 DLQ_TOPICS = [dead_letter_topic(t) for t in Topic]
 
 
-async def ensure_topics(bootstrap: str, topics: list[str]) -> None:
+async def ensure_topics(kafka: KafkaConnection | str, topics: list[str]) -> None:
     """Create missing topics (one partition, replication 1, as on a single local broker)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**as_connection(kafka).client_options())
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -40,9 +41,9 @@ async def ensure_topics(bootstrap: str, topics: list[str]) -> None:
         await admin.close()
 
 
-async def publish_raw(bootstrap: str, topic: str, value: bytes) -> None:
+async def publish_raw(kafka: KafkaConnection | str, topic: str, value: bytes) -> None:
     """Publish raw bytes (used to show what happens to a malformed event)."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    producer = AIOKafkaProducer(**as_connection(kafka).client_options())
     await producer.start()
     try:
         await producer.send_and_wait(topic, value)
@@ -50,10 +51,12 @@ async def publish_raw(bootstrap: str, topic: str, value: bytes) -> None:
         await producer.stop()
 
 
-async def announce(bootstrap: str, dataset: DatasetRef, producer: str = "cli") -> DataArrived:
+async def announce(
+    kafka: KafkaConnection | str, dataset: DatasetRef, producer: str = "cli"
+) -> DataArrived:
     """Publish ``data-arrived`` for a batch; return the event."""
     event = DataArrived(producer=producer, dataset=dataset)
-    await publish_raw(bootstrap, event.topic.value, event.model_dump_json().encode())
+    await publish_raw(kafka, event.topic.value, event.model_dump_json().encode())
     return event
 
 
@@ -70,7 +73,7 @@ class DeadLetter:
 class EventTap:
     """Reads every Flywheel topic from the moment it starts, so steps can wait for events."""
 
-    bootstrap: str
+    kafka: KafkaConnection | str
     events: list[Event] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     malformed: list[bytes] = field(default_factory=list)
@@ -78,8 +81,9 @@ class EventTap:
     _task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Self:
-        await ensure_topics(self.bootstrap, ALL_TOPICS + DLQ_TOPICS)
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+        await ensure_topics(self.kafka, ALL_TOPICS + DLQ_TOPICS)
+        options = as_connection(self.kafka).client_options()
+        consumer = AIOKafkaConsumer(**options, enable_auto_commit=False)
         await consumer.start()
         partitions = [
             TopicPartition(topic, p)

@@ -36,8 +36,8 @@ CONSUMERS: dict[Topic, tuple[str, ...]] = {
     Topic.PREDICTION_FAILED: ("router",),
     Topic.FEEDBACK_RECEIVED: ("router", "monitor"),
     Topic.EXPERIMENT_UPDATED: ("gateway",),
-    Topic.MODEL_PROMOTED: ("gateway", "monitor", "registry"),
-    Topic.MODEL_ROLLED_BACK: ("gateway", "monitor", "registry"),
+    Topic.MODEL_PROMOTED: ("gateway", "monitor", "registry", "router"),
+    Topic.MODEL_ROLLED_BACK: ("gateway", "monitor", "registry", "router"),
     Topic.RETRAIN_MODEL: ("trainer",),
 }
 

@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from redis.asyncio import Redis
 
 from shared.http_errors import install_error_handlers
+from shared.kafka_security import faststream_security
 from shared.logging import configure_logging
 from shared.messaging import (
     PRODUCER_MAX_BATCH_BYTES,
@@ -56,8 +57,10 @@ class ServiceRuntime:
 
 def build_runtime(name: str, settings: BaseServiceSettings) -> ServiceRuntime:
     """Create (not connect) the broker, Redis client, metrics and messaging helpers."""
+    kafka = settings.kafka_connection()
     broker = KafkaBroker(
-        settings.kafka_bootstrap_servers,
+        kafka.bootstrap,
+        security=faststream_security(kafka.security),
         client_id=f"flywheel-{name}",
         max_batch_size=PRODUCER_MAX_BATCH_BYTES,
         # Through the root handler, so FastStream's own lines are JSON like ours.

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from flywheel.infra import Endpoints, InfraConfig, InfraError, start_infra, stop_infra
+from shared.kafka_security import SECURITY_ENV
 
 KAFKA_ENV, REDIS_ENV, MLFLOW_ENV = "KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "MLFLOW_TRACKING_URI"
 
@@ -66,10 +67,10 @@ def _from_docker(stack: contextlib.ExitStack, kafka: str, redis: str) -> tuple[s
     return kafka or _kafka_in_docker(stack), redis or _redis_in_docker(stack)
 
 
-def _start_local(config: InfraConfig, components: list[str]) -> None:
+def _start_local(config: InfraConfig, components: list[str]) -> Endpoints:
     """Start the missing components as local processes, or fail the session loudly."""
     try:
-        start_infra(config, components=components)
+        return start_infra(config, components=components)
     except InfraError as error:
         pytest.fail(f"Test infrastructure did not start: {error}\n{error.detail}", pytrace=False)
 
@@ -84,20 +85,29 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoints]:
         kafka, redis = os.environ.get(KAFKA_ENV, ""), os.environ.get(REDIS_ENV, "")
         kafka, redis = _from_docker(stack, kafka, redis)
         missing = {"kafka": kafka, "redis": redis, "mlflow": mlflow}
-        _start_local(config, [name for name, given in missing.items() if not given])
+        local = _start_local(config, [name for name, given in missing.items() if not given])
         yield Endpoints(
             kafka_bootstrap=kafka or config.kafka_bootstrap,
             redis_url=redis or config.redis_url,
             mlflow_uri=mlflow or config.mlflow_uri,
             run_dir=config.run_dir,
+            # A local broker requires SASL/SCRAM; tests reach it as the operator.
+            kafka_credentials=local.kafka_credentials,
         )
 
 
 @pytest.fixture(scope="session")
 def infra_env(infra: Endpoints) -> Iterator[Endpoints]:
-    """Export the session's endpoints as KAFKA_BOOTSTRAP_SERVERS, REDIS_URL, MLFLOW_TRACKING_URI."""
+    """Export the session's endpoints as KAFKA_*, REDIS_URL, MLFLOW_TRACKING_URI.
+
+    Kafka's security settings are the operator's, so services built in the test
+    process may use any topic and group.
+    """
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(KAFKA_ENV, infra.kafka_bootstrap)
+        for name in SECURITY_ENV:
+            patch.delenv(name, raising=False)
+        for name, value in infra.kafka.env().items():
+            patch.setenv(name, value)
         patch.setenv(REDIS_ENV, infra.redis_url)
         patch.setenv(MLFLOW_ENV, infra.mlflow_uri)
         yield infra

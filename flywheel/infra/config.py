@@ -7,6 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flywheel.infra.kafka_auth import ADMIN, KafkaCredentials
+from shared.kafka_security import KafkaConnection
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -28,6 +31,8 @@ class InfraConfig:
     cache_dir: Path = field(default_factory=_default_cache_dir)
     mlflow_backend_store_uri: str | None = None
     mlflow_artifacts_destination: str | None = None
+    kafka_auth: bool = True
+    """SASL/SCRAM and ACLs on the broker; off only for a stack that must take anyone."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> InfraConfig:
@@ -41,6 +46,7 @@ class InfraConfig:
             mlflow_port=int(env.get("FLYWHEEL_MLFLOW_PORT", "5000")),
             mlflow_backend_store_uri=env.get("FLYWHEEL_MLFLOW_BACKEND_STORE_URI") or None,
             mlflow_artifacts_destination=env.get("FLYWHEEL_MLFLOW_ARTIFACTS_DESTINATION") or None,
+            kafka_auth=env.get("FLYWHEEL_KAFKA_AUTH", "1").lower() not in {"0", "false", "no"},
         )
 
     @property
@@ -58,9 +64,16 @@ class InfraConfig:
         """MLflow tracking URI clients connect to."""
         return f"http://127.0.0.1:{self.mlflow_port}"
 
-    def endpoints(self) -> Endpoints:
+    @property
+    def kafka_dir(self) -> Path:
+        """Where the broker's settings, credentials, data and logs live."""
+        return self.run_dir / "kafka"
+
+    def endpoints(self, kafka_credentials: KafkaCredentials | None = None) -> Endpoints:
         """Return the endpoints this config's infrastructure serves on."""
-        return Endpoints(self.kafka_bootstrap, self.redis_url, self.mlflow_uri, self.run_dir)
+        return Endpoints(
+            self.kafka_bootstrap, self.redis_url, self.mlflow_uri, self.run_dir, kafka_credentials
+        )
 
 
 @dataclass(frozen=True)
@@ -71,3 +84,16 @@ class Endpoints:
     redis_url: str
     mlflow_uri: str
     run_dir: Path
+    kafka_credentials: KafkaCredentials | None = None
+    """The broker's principals and passwords; None: it takes anonymous clients."""
+
+    @property
+    def kafka(self) -> KafkaConnection:
+        """The broker as the operator (flywheel-admin) reaches it: the CLI's and tests' clients."""
+        return self.kafka_for(ADMIN)
+
+    def kafka_for(self, principal: str) -> KafkaConnection:
+        """The broker as ``principal`` (a service name) reaches it."""
+        if self.kafka_credentials is None:
+            return KafkaConnection(self.kafka_bootstrap)
+        return KafkaConnection(self.kafka_bootstrap, self.kafka_credentials.security(principal))

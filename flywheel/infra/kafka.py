@@ -14,6 +14,15 @@ from aiokafka.errors import KafkaError
 from flywheel.infra.aio import run_sync
 from flywheel.infra.config import InfraConfig
 from flywheel.infra.errors import InfraError, StartupError
+from flywheel.infra.kafka_acl import all_service_acls, create_acls
+from flywheel.infra.kafka_auth import (
+    KafkaCredentials,
+    ensure_credentials,
+    load_credentials,
+    sasl_properties,
+    scram_format_arguments,
+    write_private,
+)
 from flywheel.infra.processes import (
     ComponentStatus,
     ensure_port_free,
@@ -23,6 +32,8 @@ from flywheel.infra.processes import (
     running_pid,
     spawn,
 )
+from shared.kafka_security import KafkaConnection
+from shared.settings import BaseServiceSettings
 
 NAME = "kafka"
 DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
@@ -104,19 +115,28 @@ def _copy_dependencies(mvn: str, home: Path, version: str) -> None:
         )
 
 
-def server_properties(config: InfraConfig) -> str:
-    """Return the properties of a combined broker+controller KRaft node."""
+def _listener_properties(config: InfraConfig, credentials: KafkaCredentials | None) -> list[str]:
+    """Listeners: one for clients (SASL/SCRAM with credentials), one for the controller."""
     host, port, ctl = "127.0.0.1", config.kafka_port, config.kafka_controller_port
+    client = "PLAINTEXT" if credentials is None else "SASL_PLAINTEXT"
+    lines = [
+        f"controller.quorum.voters=1@{host}:{ctl}",
+        f"listeners={client}://{host}:{port},CONTROLLER://{host}:{ctl}",
+        f"advertised.listeners={client}://{host}:{port}",
+        f"inter.broker.listener.name={client}",
+        "controller.listener.names=CONTROLLER",
+        f"listener.security.protocol.map=CONTROLLER:{client},{client}:{client}",
+    ]
+    return lines if credentials is None else lines + sasl_properties(credentials, client)
+
+
+def server_properties(config: InfraConfig, credentials: KafkaCredentials | None = None) -> str:
+    """Return the properties of a combined broker+controller KRaft node."""
     lines = [
         "process.roles=broker,controller",
         "node.id=1",
-        f"controller.quorum.voters=1@{host}:{ctl}",
-        f"listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{ctl}",
-        f"advertised.listeners=PLAINTEXT://{host}:{port}",
-        "inter.broker.listener.name=PLAINTEXT",
-        "controller.listener.names=CONTROLLER",
-        "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-        f"log.dirs={config.run_dir / 'kafka' / 'data'}",
+        *_listener_properties(config, credentials),
+        f"log.dirs={config.kafka_dir / 'data'}",
         "num.partitions=1",
         "auto.create.topics.enable=true",
         "offsets.topic.replication.factor=1",
@@ -132,14 +152,14 @@ def server_properties(config: InfraConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_kafka_config(config: InfraConfig) -> Path:
+def write_kafka_config(config: InfraConfig, credentials: KafkaCredentials | None = None) -> Path:
     """Write server and logging properties into run_dir/kafka; return the server file."""
-    kafka_dir = config.run_dir / "kafka"
+    kafka_dir = config.kafka_dir
     kafka_dir.mkdir(parents=True, exist_ok=True)
     logging_file = "log4j2.properties" if _is_kafka4(config.kafka_version) else "log4j.properties"
     (kafka_dir / logging_file).write_text(LOG4J2 if _is_kafka4(config.kafka_version) else LOG4J1)
     server = kafka_dir / "server.properties"
-    server.write_text(server_properties(config))
+    write_private(server, server_properties(config, credentials))  # the broker's own password
     return server
 
 
@@ -165,13 +185,25 @@ def new_cluster_id() -> str:
             return cluster_id
 
 
-def format_storage(config: InfraConfig, java: str, libs: Path, server: Path) -> None:
-    """Format the KRaft log directory once (skipped when already formatted)."""
-    if (config.run_dir / "kafka" / "data" / "meta.properties").exists():
+def _formatted(config: InfraConfig) -> bool:
+    """Whether the KRaft log directory was formatted already."""
+    return (config.kafka_dir / "data" / "meta.properties").exists()
+
+
+def format_storage(
+    config: InfraConfig,
+    java: str,
+    libs: Path,
+    server: Path,
+    credentials: KafkaCredentials | None = None,
+) -> None:
+    """Format the KRaft log directory once, with the principals' SCRAM credentials."""
+    if _formatted(config):
         return
     argv = [*_jvm_prefix(config, java, libs), "kafka.tools.StorageTool", "format"]
     cluster_id = new_cluster_id()
     argv += ["-t", cluster_id, "-c", str(server), "--ignore-formatted"]
+    argv += scram_format_arguments(credentials) if credentials is not None else []
     result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     if result.returncode != 0:
         raise StartupError(
@@ -187,9 +219,9 @@ def broker_command(config: InfraConfig, java: str, libs: Path, server: Path) -> 
     return [prefix[0], *heap, "-Djava.awt.headless=true", *prefix[1:], "kafka.Kafka", str(server)]
 
 
-async def _list_topics(bootstrap: str) -> None:
+async def _list_topics(kafka: KafkaConnection) -> None:
     """Send metadata requests to the broker through an admin client."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+    admin = AIOKafkaAdminClient(**kafka.client_options(), request_timeout_ms=5000)
     try:
         await admin.start()
         await admin.list_topics()
@@ -197,13 +229,13 @@ async def _list_topics(bootstrap: str) -> None:
         await admin.close()
 
 
-def kafka_answers(bootstrap: str) -> bool:
+def kafka_answers(kafka: KafkaConnection) -> bool:
     """Tell whether a broker answers a metadata request (not merely a TCP connect)."""
-    host, port = bootstrap.rsplit(":", 1)
+    host, port = kafka.bootstrap.rsplit(":", 1)
     if not port_open(int(port), host):
         return False
     try:
-        run_sync(_list_topics(bootstrap))
+        run_sync(_list_topics(kafka))
     except (KafkaError, OSError, TimeoutError):
         return False
     return True
@@ -216,26 +248,61 @@ def preflight_kafka(config: InfraConfig) -> None:
         ensure_port_free(config.kafka_controller_port, "FLYWHEEL_KAFKA_CONTROLLER_PORT")
 
 
-def _launch(config: InfraConfig) -> int:
+def _launch(config: InfraConfig, credentials: KafkaCredentials | None) -> int:
     """Check ports and tools, prepare jars, config and storage, and spawn the broker."""
     preflight_kafka(config)
     java = require_tool("java", JAVA_FIX)
     libs = ensure_kafka_libs(config)
-    server = write_kafka_config(config)
-    format_storage(config, java, libs, server)
+    server = write_kafka_config(config, credentials)
+    format_storage(config, java, libs, server, credentials)
     return spawn(NAME, broker_command(config, java, libs, server), config.run_dir)
 
 
+def kafka_credentials(config: InfraConfig) -> KafkaCredentials | None:
+    """The local broker's saved credentials; None when it runs without authentication."""
+    return load_credentials(config.kafka_dir) if config.kafka_auth else None
+
+
+def operator_connection(settings: BaseServiceSettings, config: InfraConfig) -> KafkaConnection:
+    """How the CLI reaches Kafka: as the environment says, else as the local stack's operator."""
+    kafka = settings.kafka_connection()
+    credentials = kafka_credentials(config)
+    configured = settings.kafka_security_protocol is not None or settings.kafka_sasl_username
+    # The operator's password goes only to the broker it belongs to.
+    if configured or credentials is None or kafka.bootstrap != config.kafka_bootstrap:
+        return kafka
+    return config.endpoints(credentials).kafka
+
+
+def _prepare_credentials(config: InfraConfig) -> KafkaCredentials | None:
+    """The credentials to start with: generated at first start, refused for old storage."""
+    if not config.kafka_auth:
+        return None
+    if _formatted(config) and load_credentials(config.kafka_dir) is None:
+        raise StartupError(
+            f"Kafka's storage in {config.kafka_dir} was formatted without authentication; "
+            "delete that folder (its topics go with it) or set FLYWHEEL_KAFKA_AUTH=0."
+        )
+    return ensure_credentials(config.kafka_dir)
+
+
 def start_kafka(config: InfraConfig, timeout: float = 90.0) -> str:
-    """Start the broker unless ours already runs; wait for metadata; return the bootstrap."""
+    """Start the broker unless ours already runs; wait for metadata; return the bootstrap.
+
+    With authentication on, the services' ACLs are (re)applied on every start.
+    """
+    credentials = _prepare_credentials(config)
+    admin = config.endpoints(credentials).kafka
     ensure_running(
         NAME,
         config.run_dir,
-        lambda: _launch(config),
-        lambda: kafka_answers(config.kafka_bootstrap),
+        lambda: _launch(config, credentials),
+        lambda: kafka_answers(admin),
         f"Kafka on {config.kafka_bootstrap}",
         timeout,
     )
+    if credentials is not None:
+        run_sync(create_acls(admin, all_service_acls()))
     return config.kafka_bootstrap
 
 

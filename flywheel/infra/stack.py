@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 
 from flywheel.infra import kafka, mlflow, redis
+from flywheel.infra.admin_token import ADMIN_TOKEN_ENV, ensure_admin_token, read_admin_token
 from flywheel.infra.config import Endpoints, InfraConfig
 from flywheel.infra.errors import StartupError
 from flywheel.infra.processes import (
@@ -24,6 +25,7 @@ from flywheel.infra.processes import (
     stop_all,
     wait_until,
 )
+from shared.kafka_security import SECURITY_ENV
 from shared.settings import SERVICE_PORTS
 
 SERVICES: tuple[str, ...] = tuple(SERVICE_PORTS)
@@ -52,7 +54,8 @@ def start_infra(
         futures = [pool.submit(start, config, timeout) for start in starters]
         for future in futures:
             future.result()
-    return config.endpoints()
+    credentials = kafka.kafka_credentials(config) if kafka.NAME in components else None
+    return config.endpoints(credentials)
 
 
 def stop_infra(config: InfraConfig) -> list[str]:
@@ -72,16 +75,29 @@ def service_ports_from_env(env: Mapping[str, str] | None = None) -> dict[str, in
 
 
 def service_env(name: str, endpoints: Endpoints, port: int) -> dict[str, str]:
-    """Return the environment a service process runs with."""
+    """Return the environment a service process runs with: it reaches Kafka as itself."""
+    inherited = {k: v for k, v in os.environ.items() if k not in SECURITY_ENV}
     return {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": endpoints.kafka_bootstrap,
+        **inherited,
+        **endpoints.kafka_for(name).env(),
         "REDIS_URL": endpoints.redis_url,
         "MLFLOW_TRACKING_URI": endpoints.mlflow_uri,
         "FLYWHEEL_DATA_DIR": str(endpoints.run_dir / "data"),
         f"{name.upper()}_PORT": str(port),
         "PYTHONUNBUFFERED": "1",
+        **_admin_env(name, endpoints.run_dir),
     }
+
+
+#: Services with admin routes; each is started with the stack's admin token.
+ADMIN_SERVICES: tuple[str, ...] = ("registry",)
+
+
+def _admin_env(name: str, run_dir: Path) -> dict[str, str]:
+    """The admin token for a service with admin routes: the operator's if set, else generated."""
+    if name not in ADMIN_SERVICES:
+        return {}
+    return {ADMIN_TOKEN_ENV: read_admin_token(run_dir) or ensure_admin_token(run_dir)}
 
 
 def service_url(port: int) -> str:

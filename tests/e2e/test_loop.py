@@ -62,6 +62,7 @@ def stack(infra: Endpoints) -> Iterator[dict[str, str]]:
 async def loop_run(infra: Endpoints, stack: dict[str, str]) -> LoopRun:
     config = DemoConfig(
         kafka_bootstrap=infra.kafka_bootstrap,
+        kafka_security=infra.kafka.security,
         gateway_url=stack["gateway"],
         data_dir=infra.run_dir / "data",
         training_rows=3000,
@@ -133,7 +134,7 @@ async def test_feedback_is_published_with_the_answering_variant(
     infra: Endpoints, stack: dict[str, str], loop_run: LoopRun
 ) -> None:
     async with (
-        EventTap(infra.kafka_bootstrap) as tap,
+        EventTap(infra.kafka) as tap,
         httpx.AsyncClient(base_url=stack["gateway"]) as client,
     ):
         request_id = loop_run.first_prediction["predictions"][0]["request_id"]
@@ -151,8 +152,8 @@ async def test_malformed_event_is_parked_on_the_dead_letter_topic(
     infra: Endpoints, stack: dict[str, str]
 ) -> None:
     bad = json.dumps({"type": "data-arrived", "producer": "e2e", "dataset": "nope"}).encode()
-    async with EventTap(infra.kafka_bootstrap) as tap:
-        await publish_raw(infra.kafka_bootstrap, Topic.DATA_ARRIVED.value, bad)
+    async with EventTap(infra.kafka) as tap:
+        await publish_raw(infra.kafka, Topic.DATA_ARRIVED.value, bad)
         letter = await tap.wait_for_dead_letter(dead_letter_topic(Topic.DATA_ARRIVED), 60)
     assert letter.value == bad
     assert letter.headers["x-error-reason"] == "invalid"

@@ -13,12 +13,13 @@ from flywheel.cli import app
 from flywheel.infra import Endpoints
 from shared.datasets import generate_customers, sha256_of
 from shared.events import DataArrived, Topic
+from shared.kafka_security import KafkaConnection
 
 pytestmark = pytest.mark.integration
 
 
-async def _data_arrived_after(bootstrap: str, offset: int, event_id: str) -> DataArrived:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+async def _data_arrived_after(kafka: KafkaConnection, offset: int, event_id: str) -> DataArrived:
+    consumer = AIOKafkaConsumer(**kafka.client_options(), enable_auto_commit=False)
     await consumer.start()
     try:
         partition = TopicPartition(Topic.DATA_ARRIVED.value, 0)
@@ -34,8 +35,8 @@ async def _data_arrived_after(bootstrap: str, offset: int, event_id: str) -> Dat
     raise AssertionError("unreachable")
 
 
-async def _end_offset(bootstrap: str) -> int:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+async def _end_offset(kafka: KafkaConnection) -> int:
+    consumer = AIOKafkaConsumer(**kafka.client_options())
     await consumer.start()
     try:
         partition = TopicPartition(Topic.DATA_ARRIVED.value, 0)
@@ -53,11 +54,11 @@ def test_generate_then_push_announces_the_file_by_reference(
         app, ["data", "generate", str(batch), "--rows", "300", "--drift", "1"]
     )
     assert generated.exit_code == 0, generated.output
-    start = asyncio.run(_end_offset(infra_env.kafka_bootstrap))
+    start = asyncio.run(_end_offset(infra_env.kafka))
     pushed = runner.invoke(app, ["data", "push", str(batch)])
     assert pushed.exit_code == 0, pushed.output
     event_id = pushed.output.split()[1]
-    event = asyncio.run(_data_arrived_after(infra_env.kafka_bootstrap, start, event_id))
+    event = asyncio.run(_data_arrived_after(infra_env.kafka, start, event_id))
     assert event.dataset.uri == batch.resolve().as_uri()
     assert event.dataset.sha256 == sha256_of(batch)
     assert event.dataset.rows == 300

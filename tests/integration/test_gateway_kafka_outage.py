@@ -18,11 +18,12 @@ from _support import free_port, register_champion
 from aiokafka import AIOKafkaConsumer
 
 from flywheel.infra import Endpoints, InfraConfig
-from flywheel.infra.kafka import start_kafka
+from flywheel.infra.kafka import kafka_credentials, start_kafka
 from flywheel.infra.processes import stop
 from flywheel.infra.stack import start_services, stop_services
 from shared.datasets import generate_customers
 from shared.events import Topic
+from shared.kafka_security import KafkaConnection
 from shared.spec import load_spec
 
 pytestmark = pytest.mark.integration
@@ -49,7 +50,11 @@ def gateway(infra: Endpoints, own_kafka: InfraConfig) -> Iterator[str]:
     name = f"outage-{uuid.uuid4().hex[:8]}"
     register_champion(infra, name)
     endpoints = Endpoints(
-        own_kafka.kafka_bootstrap, infra.redis_url, infra.mlflow_uri, own_kafka.run_dir
+        own_kafka.kafka_bootstrap,
+        infra.redis_url,
+        infra.mlflow_uri,
+        own_kafka.run_dir,
+        kafka_credentials(own_kafka),
     )
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("FLYWHEEL_MODEL_NAME", name)
@@ -86,10 +91,12 @@ def _metric(client: httpx.Client, name: str, labels: str) -> float:
     return 0.0
 
 
-async def _logged_request_ids(bootstrap: str, wanted: set[str], timeout_s: float) -> set[str]:
+async def _logged_request_ids(
+    kafka: KafkaConnection, wanted: set[str], timeout_s: float
+) -> set[str]:
     consumer = AIOKafkaConsumer(
         Topic.PREDICTION_LOGGED.value,
-        bootstrap_servers=bootstrap,
+        **kafka.client_options(),
         group_id=f"outage-{uuid.uuid4().hex}",
         auto_offset_reset="earliest",
     )
@@ -125,7 +132,8 @@ def test_predictions_during_a_kafka_outage_are_published_when_it_returns(
             assert time.monotonic() < deadline, "the gateway never tried to publish"
             time.sleep(0.5)
         start_kafka(own_kafka)
-        seen = asyncio.run(_logged_request_ids(own_kafka.kafka_bootstrap, before | during, 120))
+        operator = own_kafka.endpoints(kafka_credentials(own_kafka)).kafka
+        seen = asyncio.run(_logged_request_ids(operator, before | during, 120))
         assert not (before | during) - seen, "predictions whose events never reached Kafka"
         dropped = _metric(client, "prediction_events_dropped_total", 'reason="publish_buffer_full"')
         assert dropped == 0

@@ -13,13 +13,14 @@ import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from flywheel.infra import Endpoints
+from shared.settings import BaseServiceSettings
 
 pytestmark = pytest.mark.integration
 
 
 async def test_kafka_delivers_a_produced_message(infra: Endpoints) -> None:
     topic, payload = f"test-infra-{uuid.uuid4().hex}", uuid.uuid4().bytes
-    producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap)
+    producer = AIOKafkaProducer(**infra.kafka.client_options())
     await producer.start()
     try:
         await producer.send_and_wait(topic, payload)
@@ -27,7 +28,7 @@ async def test_kafka_delivers_a_produced_message(infra: Endpoints) -> None:
         await producer.stop()
     consumer = AIOKafkaConsumer(
         topic,
-        bootstrap_servers=infra.kafka_bootstrap,
+        **infra.kafka.client_options(),
         group_id=f"test-infra-{uuid.uuid4().hex}",
         auto_offset_reset="earliest",
     )
@@ -69,3 +70,8 @@ def test_infra_env_exports_the_endpoints(infra_env: Endpoints) -> None:
     assert os.environ["KAFKA_BOOTSTRAP_SERVERS"] == infra_env.kafka_bootstrap
     assert os.environ["REDIS_URL"] == infra_env.redis_url
     assert os.environ["MLFLOW_TRACKING_URI"] == infra_env.mlflow_uri
+
+
+def test_infra_env_exports_how_to_authenticate(infra_env: Endpoints) -> None:
+    # Read back as settings, the environment reaches the broker as the test infra's operator.
+    assert BaseServiceSettings().kafka_connection() == infra_env.kafka

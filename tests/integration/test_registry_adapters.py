@@ -138,7 +138,7 @@ async def test_flywheel_rollback_restores_the_previous_champion(
 
     refused = await asyncio.to_thread(runner.invoke, cli, ["rollback", *args, "--token", "no"])
     promoted = await asyncio.to_thread(runner.invoke, cli, ["promote", *args])
-    async with EventTap(infra.kafka_bootstrap) as tap:
+    async with EventTap(infra.kafka) as tap:
         rolled = await asyncio.to_thread(runner.invoke, cli, ["rollback", *args])
         event = await tap.wait_for(ModelRolledBack, lambda e: e.model_name == name, 60)
 

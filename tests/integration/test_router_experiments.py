@@ -118,7 +118,7 @@ async def _drive(
 ) -> Event:
     """Send outcomes by the latest published split until an event satisfies ``done``."""
     experiment_id, rng = experiment_id_for(approval), random.Random(1)
-    producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap)
+    producer = AIOKafkaProducer(**infra.kafka.client_options())
     await producer.start()
     try:
         for _ in range(int(within_s / 0.5)):
@@ -168,7 +168,7 @@ async def test_a_better_challenger_ramps_survives_a_restart_and_is_promoted(
     await asyncio.to_thread(_two_versions, infra.mlflow_uri, model)
     approval = _approval(model)
     acc = {"champion": 0.55, "challenger": 0.95}
-    async with EventTap(infra.kafka_bootstrap) as tap:
+    async with EventTap(infra.kafka) as tap:
         async with _router(group):
             await _send_one(infra, approval)
             # Until the ramp reached its last stage; then the router process stops.
@@ -215,7 +215,7 @@ async def test_a_worse_challenger_is_rolled_back(infra_env: Endpoints) -> None:
     await asyncio.to_thread(_two_versions, infra.mlflow_uri, model)
     approval = _approval(model)
     acc = {"champion": 0.95, "challenger": 0.5}
-    async with EventTap(infra.kafka_bootstrap) as tap, _router(group):
+    async with EventTap(infra.kafka) as tap, _router(group):
         await _send_one(infra, approval)
         rolled = await _drive(infra, tap, approval, acc, _of(model, ModelRolledBack))
     assert isinstance(rolled, ModelRolledBack)
@@ -226,7 +226,7 @@ async def test_a_worse_challenger_is_rolled_back(infra_env: Endpoints) -> None:
 
 
 async def _send_one(infra: Endpoints, event: Event) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap)
+    producer = AIOKafkaProducer(**infra.kafka.client_options())
     await producer.start()
     try:
         await producer.send_and_wait(event.topic.value, event.model_dump_json().encode())

@@ -26,6 +26,7 @@ from shared.events import (
     ModelTrained,
     RetrainModel,
 )
+from shared.kafka_security import KafkaConnection
 
 pytestmark = pytest.mark.integration
 
@@ -43,9 +44,9 @@ async def trainer(infra_env: Endpoints, monkeypatch: pytest.MonkeyPatch) -> Asyn
         yield model
 
 
-async def _publish(bootstrap: str, *events: Event) -> None:
+async def _publish(kafka: KafkaConnection, *events: Event) -> None:
     for event in events:
-        await publish_raw(bootstrap, event.topic.value, event.model_dump_json().encode())
+        await publish_raw(kafka, event.topic.value, event.model_dump_json().encode())
 
 
 def _runs_answering(infra: Endpoints, model: str, event_ids: set[str]) -> list[dict[str, str]]:
@@ -62,8 +63,8 @@ async def test_a_storm_of_twenty_data_arrivals_trains_exactly_once(
 ) -> None:
     refs = [write_batch(generate_customers(60, s), tmp_path / f"b{s}.parquet") for s in range(20)]
     storm = [DataArrived(producer="it", dataset=ref) for ref in refs]
-    async with EventTap(infra.kafka_bootstrap) as tap:
-        await _publish(infra.kafka_bootstrap, *storm)
+    async with EventTap(infra.kafka) as tap:
+        await _publish(infra.kafka, *storm)
         last = storm[-1].event_id
         trained = await tap.wait_for(ModelTrained, lambda e: e.causation_id == last, 120)
         await asyncio.sleep(3 * WINDOW_S)  # room for a second training, which must not come
@@ -92,10 +93,10 @@ async def test_drift_retrains_with_the_drift_event_in_its_lineage(
             FeatureDrift(feature="age", statistic=0.3, p_value=1e-9, threshold=0.01, drifted=True),
         ),
     )
-    async with EventTap(infra.kafka_bootstrap) as tap:
-        await _publish(infra.kafka_bootstrap, arrived)
+    async with EventTap(infra.kafka) as tap:
+        await _publish(infra.kafka, arrived)
         await tap.wait_for(ModelTrained, lambda e: e.causation_id == arrived.event_id, 120)
-        await _publish(infra.kafka_bootstrap, drift)
+        await _publish(infra.kafka, drift)
         retrained = await tap.wait_for(
             ModelTrained, lambda e: e.causation_id == drift.event_id, 120
         )
@@ -112,8 +113,8 @@ async def test_flywheel_retrain_trains_with_trigger_manual(
 ) -> None:
     ref = write_batch(generate_customers(600, 5), tmp_path / "b.parquet")
     arrived = DataArrived(producer="it", dataset=ref)
-    async with EventTap(infra.kafka_bootstrap) as tap:
-        await _publish(infra.kafka_bootstrap, arrived)
+    async with EventTap(infra.kafka) as tap:
+        await _publish(infra.kafka, arrived)
         await tap.wait_for(ModelTrained, lambda e: e.causation_id == arrived.event_id, 120)
         result = await asyncio.to_thread(
             CliRunner().invoke, cli, ["retrain", "--model", trainer, "--reason", "it"]
