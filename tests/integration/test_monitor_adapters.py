@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
 
+import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 from flywheel.infra import Endpoints
 from services.monitor.adapters import RedisRoutingState, RedisStateStore
-from shared.events import ExperimentUpdated
+from services.monitor.core import Reference
+from services.monitor.handlers import DriftMonitor
+from services.monitor.metrics import MonitorMetrics
+from services.monitor.settings import Settings
+from shared.events import ExperimentUpdated, PredictionLogged
 from shared.messaging import ProcessedEvents
+from shared.testing import RecordingPublisher
 
 pytestmark = pytest.mark.integration
 
@@ -72,3 +80,63 @@ async def test_routing_state_names_the_running_experiment_of_the_model(redis: Re
     promoted = table.model_copy(update={"status": "promoted", "challenger_share": 0.0})
     await redis.set(key, promoted.model_dump_json(), ex=60)
     assert await routing.running_experiment("m") is None
+
+
+async def test_a_corrupt_saved_window_in_redis_is_discarded_and_counting_goes_on(
+    redis: Redis,
+) -> None:
+    settings = Settings(model_name=f"test-monitor-{uuid.uuid4().hex[:8]}", window_size=100)
+    rng = np.random.default_rng(11)
+    reference = Reference.from_columns("7", {"a": rng.normal(size=500)}, None, (), 0.9)
+
+    def monitor() -> DriftMonitor:
+        return DriftMonitor(
+            settings,
+            _OneReference(reference),
+            RecordingPublisher(),
+            MonitorMetrics.create(CollectorRegistry()),
+            RedisStateStore(redis),
+        )
+
+    def rows(count: int) -> list[PredictionLogged]:
+        return [_prediction(settings.model_name, float(x)) for x in rng.normal(size=count)]
+
+    await monitor().on_predictions(rows(40))
+    # What the issue found after a promotion race: the state counts rows the list lacks.
+    state_key = f"flywheel:monitor:state:{settings.model_name}"
+    saved = await redis.get(state_key)
+    assert saved is not None
+    state = json.loads(saved)
+    state["window"]["filled"] = 90
+    await redis.set(state_key, json.dumps(state))
+    restarted = monitor()
+    await restarted.on_predictions(rows(10))
+    assert restarted.metrics.state_discarded.labels("inconsistent")._value.get() == 1
+    assert restarted.detector is not None
+    assert restarted.detector.filled == 10
+    again = monitor()
+    await again.on_predictions(rows(5))
+    assert again.detector is not None
+    assert again.detector.filled == 15
+
+
+class _OneReference:
+    def __init__(self, reference: Reference) -> None:
+        self._reference = reference
+
+    def reference(self, model_name: str, version: str | None = None) -> Reference | None:
+        return self._reference
+
+
+def _prediction(model_name: str, a: float) -> PredictionLogged:
+    return PredictionLogged(
+        producer="gateway",
+        request_id="r",
+        model_name=model_name,
+        version="7",
+        variant="champion",
+        features={"a": a},
+        predicted_class="steady",
+        confidence=0.9,
+        latency_ms=1.0,
+    )
