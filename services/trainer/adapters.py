@@ -48,8 +48,23 @@ class FileBatchSource:
         return load_batch(ref, self._spec)
 
 
+#: Drop every entry with the new batch's content hash, append the batch, trim to the cap;
+#: return how many entries were dropped. One script, so two trainers cannot interleave.
+_RECORD_BATCH = """
+local dropped = 0
+for _, item in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  if cjson.decode(item)['sha256'] == ARGV[1] then
+    dropped = dropped + redis.call('LREM', KEYS[1], 0, item)
+  end
+end
+redis.call('RPUSH', KEYS[1], ARGV[2])
+redis.call('LTRIM', KEYS[1], -tonumber(ARGV[3]), -1)
+return dropped
+"""
+
+
 class RedisBatchHistory:
-    """A capped Redis list of DatasetRef JSON per model, newest last."""
+    """A capped Redis list of DatasetRef JSON per model, newest last, one per content hash."""
 
     def __init__(self, redis: Redis, cap: int) -> None:
         self._redis = redis
@@ -63,16 +78,14 @@ class RedisBatchHistory:
     async def record(self, model_name: str, ref: DatasetRef) -> bool:
         """Append ``ref``; a batch seen before moves to the end instead of appearing twice.
 
-        Returns True when the batch is new.
+        "Seen" means the same content (SHA-256 of the file's bytes), whatever its URI:
+        a copy of a file under another name is not new data. Returns True when new.
         """
         payload = ref.model_dump_json()
-        key = self.key(model_name)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.lrem(key, 0, payload)
-            pipe.rpush(key, payload)
-            pipe.ltrim(key, -self._cap, -1)
-            removed, _, _ = await pipe.execute()
-        return int(removed) == 0
+        dropped = await self._redis.eval(
+            _RECORD_BATCH, 1, self.key(model_name), ref.sha256, payload, str(self._cap)
+        )
+        return int(dropped) == 0
 
     async def recent(self, model_name: str, count: int) -> list[DatasetRef]:
         """The ``count`` most recent batches, oldest first."""

@@ -20,7 +20,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 
 from shared.errors import InvalidInputError
-from shared.events import ModelMetrics
+from shared.events import DatasetRef, ModelMetrics
 from shared.spec import ModelSpec
 from shared.tabular import TabularEncoder
 from shared.torch_mlp import TorchMLPClassifier
@@ -84,6 +84,25 @@ def data_version(hashes: Iterable[str]) -> str:
     """
     joined = "\n".join(sorted(set(hashes)))
     return hashlib.sha256(joined.encode()).hexdigest()
+
+
+def check_announced_rows(ref: DatasetRef, frame: pd.DataFrame) -> None:
+    """Raise InvalidInputError when the file does not hold the rows its event announced.
+
+    The row count decides whether a batch is worth a training; a count that
+    disagrees with the file is a wrong event, not new data.
+
+    >>> ref = DatasetRef(uri="file:///b.parquet", sha256="a" * 64, rows=3)
+    >>> check_announced_rows(ref, pd.DataFrame({"x": [1, 2, 3]}))
+    >>> check_announced_rows(ref, pd.DataFrame({"x": [1, 2]}))
+    Traceback (most recent call last):
+    ...
+    shared.errors.InvalidInputError: dataset file:///b.parquet has 2 rows; its event announced 3
+    """
+    if len(frame) != ref.rows:
+        raise InvalidInputError(
+            f"dataset {ref.uri} has {len(frame)} rows; its event announced {ref.rows}"
+        )
 
 
 def combine_batches(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:

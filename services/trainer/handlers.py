@@ -17,8 +17,14 @@ from typing import Literal
 
 import pandas as pd
 
-from services.trainer.coalesce import CoalescePolicy, PendingArrival, newest
-from services.trainer.core import TrainingConfig, data_version, train, training_frame
+from services.trainer.coalesce import CoalescePolicy, PendingArrival, new_rows, newest
+from services.trainer.core import (
+    TrainingConfig,
+    check_announced_rows,
+    data_version,
+    train,
+    training_frame,
+)
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.ports import (
     BatchHistory,
@@ -80,14 +86,25 @@ class TrainerHandlers:
     """Batches before the window whose rows are sampled in (``config.older_fraction``)."""
 
     async def on_data_arrived(self, event: DataArrived) -> None:
-        """Check the batch (a bad one is dead-lettered), remember it, leave training pending."""
-        await asyncio.to_thread(self.ports.batches.load, event.dataset)
+        """Check the batch (a bad one is dead-lettered), remember it, leave training pending.
+
+        A batch whose content was recorded before is a counted no-op; one with fewer
+        new rows than the policy's minimum waits, pending, for more data.
+        """
+        frame = await asyncio.to_thread(self.ports.batches.load, event.dataset)
+        check_announced_rows(event.dataset, frame)
         if not await self.ports.history.record(self.model_name, event.dataset):
             log.info("duplicate batch ignored", extra={"sha256": event.dataset.sha256})
             self._count("data", "duplicate")
             return
         await self.ports.pending.add(self.model_name, PendingArrival(event, self.clock()))
         self._count("data", "accepted")
+        waiting = new_rows(await self.ports.pending.waiting(self.model_name))
+        if waiting < self.policy.min_rows:
+            log.info(
+                "batch recorded; too few new rows to retrain yet",
+                extra={"new_rows": waiting, "min_new_rows": self.policy.min_rows},
+            )
 
     async def on_drift_detected(self, event: DriftDetected) -> None:
         """Retrain at once on the recent window, in the drift's turn of the loop."""

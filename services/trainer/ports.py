@@ -29,7 +29,7 @@ class BatchHistory(Protocol):
     """Remembers which batches arrived for each model, newest last."""
 
     async def record(self, model_name: str, ref: DatasetRef) -> bool:
-        """Append ``ref`` (moving it to the end if it was recorded already); True when new."""
+        """Append ``ref`` (moving it to the end if its content hash was recorded); True when new."""
 
     async def recent(self, model_name: str, count: int) -> list[DatasetRef]:
         """The ``count`` most recent batches, oldest first."""

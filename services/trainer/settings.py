@@ -51,8 +51,13 @@ class Settings(BaseServiceSettings):
     """Data-arrived events this close together (seconds of quiet) become one training."""
     coalesce_max_wait_s: float = Field(30.0, gt=0)
     """Longest a pending arrival waits for the burst to end before training anyway."""
-    min_new_rows: int = Field(1, ge=1)
-    """Fewest new rows (over pending batches) that start a data-triggered training."""
+    min_new_rows: int = Field(500, ge=1)
+    """Fewest new rows (summed over pending batches) that start a data-triggered training.
+
+    A smaller batch is recorded and waits, pending, until later batches add up to this;
+    drift and manual retrains include it at once. Each data retrain yields a challenger
+    and an experiment, which a handful of rows does not justify.
+    """
     retrain_every_s: float | None = Field(None, gt=0)
     """Also retrain on this period (trigger "schedule"); unset: no schedule."""
     scheduler_tick_s: float = Field(0.25, gt=0)

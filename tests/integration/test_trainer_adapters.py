@@ -77,6 +77,24 @@ async def test_batch_history_keeps_the_newest_without_duplicates(
         await redis.aclose()
 
 
+async def test_batch_history_knows_a_batch_by_its_content_hash(
+    infra: Endpoints, tmp_path: Path
+) -> None:
+    redis, model = Redis.from_url(infra.redis_url), f"test-{uuid.uuid4().hex[:8]}"
+    history = RedisBatchHistory(redis, cap=5)
+    first = write_batch(generate_customers(30, 1), tmp_path / "b.parquet")
+    copy = tmp_path / "same-bytes.parquet"
+    copy.write_bytes((tmp_path / "b.parquet").read_bytes())
+    again = first.model_copy(update={"uri": copy.as_uri()})
+    try:
+        assert await history.record(model, first)
+        assert not await history.record(model, again)
+        assert await history.recent(model, 10) == [again]
+    finally:
+        await redis.delete(RedisBatchHistory.key(model))
+        await redis.aclose()
+
+
 async def test_training_lock_serialises_and_gives_up_after_its_wait(infra: Endpoints) -> None:
     redis, model = Redis.from_url(infra.redis_url), f"test-{uuid.uuid4().hex[:8]}"
     lock = RedisTrainingLock(redis, ttl_s=10, wait_s=0.3)

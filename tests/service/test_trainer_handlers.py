@@ -23,6 +23,7 @@ from services.trainer.handlers import TrainerHandlers, TrainerPorts, register
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.ports import RunContext
 from services.trainer.scheduler import PendingTrainingScheduler
+from services.trainer.settings import Settings
 from shared.datasets import generate_customers, write_batch
 from shared.errors import DependencyUnavailableError
 from shared.events import (
@@ -45,13 +46,13 @@ WINDOW_S = 2.0
 
 
 class InMemoryHistory:
-    """Batch history in a dict of lists, newest last."""
+    """Batch history in a dict of lists, newest last, one entry per content hash."""
 
     def __init__(self) -> None:
         self.refs: dict[str, list[DatasetRef]] = {}
 
     async def record(self, model_name: str, ref: DatasetRef) -> bool:
-        refs = [r for r in self.refs.get(model_name, []) if r != ref]
+        refs = [r for r in self.refs.get(model_name, []) if r.sha256 != ref.sha256]
         new = len(refs) == len(self.refs.get(model_name, []))
         self.refs[model_name] = [*refs, ref]
         return new
@@ -435,3 +436,55 @@ async def test_older_batches_join_the_window_as_a_recorded_sample(tmp_path: Path
     assert trained.datasets == tuple(e.dataset for e in events)
     assert model.metrics.validation_rows == 360  # (2 × 600 + 50 % of 2 × 600) × 20 %
     assert trained.data_version != data_version(e.dataset.sha256 for e in events)
+
+
+async def test_a_rows_count_that_disagrees_with_the_file_is_dead_lettered(
+    tmp_path: Path,
+) -> None:
+    h = _harness()
+    ref = _batch(tmp_path, 1, 600)
+    await _send(h.broker, DataArrived(producer="a", dataset=ref))
+    # The same file announced again with another row count: not new data, a wrong event.
+    await _send(h.broker, DataArrived(producer="b", dataset=ref.model_copy(update={"rows": 700})))
+
+    [headers] = h.dead_letters[Topic.DATA_ARRIVED.value]
+    assert headers["x-error-reason"] == "rejected"
+    assert "600 rows" in headers["x-error"]
+    assert "700" in headers["x-error"]
+    assert await h.after_window()
+    assert len(h.trained()) == 1
+    assert h.history.refs[MODEL] == [ref]
+
+
+async def test_the_same_content_under_another_name_trains_once(tmp_path: Path) -> None:
+    h = _harness()
+    ref = _batch(tmp_path, 1)
+    copy = tmp_path / "copy-of-batch-1.parquet"
+    copy.write_bytes(_path(ref).read_bytes())
+    again = ref.model_copy(update={"uri": copy.as_uri()})
+    await _send(h.broker, DataArrived(producer="a", dataset=ref))
+    assert await h.after_window()
+    await _send(h.broker, DataArrived(producer="b", dataset=again))
+    assert not await h.after_window()
+    assert len(h.trained()) == 1
+    assert h.metrics.triggers.labels("data", "duplicate")._value.get() == 1
+
+
+async def test_a_small_batch_is_recorded_and_counts_towards_the_next_training(
+    tmp_path: Path,
+) -> None:
+    default = Settings.model_fields["min_new_rows"].default
+    h = _harness(min_rows=default)
+    small = DataArrived(producer="t", dataset=_batch(tmp_path, 1, 3))
+    await _send(h.broker, small)
+    h.clock.now += 3600  # however long it waits, three rows alone do not retrain
+    assert not await h.handlers.train_pending()
+    assert h.history.refs[MODEL] == [small.dataset]
+
+    big = DataArrived(producer="t", dataset=_batch(tmp_path, 2, default))
+    await _send(h.broker, big)
+    assert await h.after_window()
+    [trained] = h.trained()
+    assert trained.datasets == (small.dataset, big.dataset)
+    _, context = h.store.logged[0]
+    assert set(context.trigger_ids) == {small.event_id, big.event_id}
