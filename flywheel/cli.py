@@ -24,6 +24,7 @@ from flywheel.infra import (
     stop_infra,
     stop_services,
 )
+from flywheel.infra.admin_token import admin_token_path
 from flywheel.infra.aio import run_sync
 from flywheel.infra.kafka import operator_connection
 from flywheel.loop import announce
@@ -66,6 +67,8 @@ def up() -> None:
     rows = [("kafka", endpoints.kafka_bootstrap), ("redis", endpoints.redis_url)]
     rows += [("mlflow", endpoints.mlflow_uri), *urls.items()]
     _print_table([("COMPONENT", "URL"), *rows])
+    if admin_token_path(config.run_dir).exists():
+        typer.echo(f"Admin token for promote/rollback: {admin_token_path(config.run_dir)}")
 
 
 @app.command()

@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import typer
 
+from flywheel.infra.admin_token import admin_token_path, read_admin_token
 from flywheel.infra.aio import run_sync
 from flywheel.infra.config import InfraConfig
 from flywheel.infra.kafka import operator_connection
@@ -19,7 +20,10 @@ DEFAULT_REGISTRY = f"http://127.0.0.1:{SERVICE_PORTS['registry']}"
 
 RegistryUrl = typer.Option(DEFAULT_REGISTRY, envvar="REGISTRY_URL", help="Registry base URL.")
 Token = typer.Option(
-    "", envvar="REGISTRY_ADMIN_TOKEN", help="The registry's admin token.", show_default=False
+    "",
+    envvar="REGISTRY_ADMIN_TOKEN",
+    help="The registry's admin token (default: the one `flywheel up` wrote into the run dir).",
+    show_default=False,
 )
 ModelName = typer.Option(None, help="Registered model name (default: FLYWHEEL_MODEL_NAME).")
 
@@ -87,6 +91,7 @@ def _call(
     url: str, token: str, model: str | None, action: str, body: dict[str, object]
 ) -> dict[str, Any]:
     name = model or BaseServiceSettings().model_name
+    token = _admin_token(token)
     try:
         response = httpx.post(
             f"{url.rstrip('/')}/v1/models/{name}/{action}",
@@ -103,6 +108,22 @@ def _call(
         raise typer.Exit(1)
     result: dict[str, Any] = response.json()
     return result
+
+
+def _admin_token(given: str) -> str:
+    """The token to send: ``--token`` or REGISTRY_ADMIN_TOKEN, else the local stack's."""
+    run_dir = InfraConfig.from_env().run_dir
+    token = given.strip() or read_admin_token(run_dir, env={})
+    if token is None:
+        # An empty token made the header "Bearer ", which httpx refuses as an illegal value.
+        typer.secho(
+            "No admin token: set REGISTRY_ADMIN_TOKEN (or --token), or run `flywheel up`, "
+            f"which writes one to {admin_token_path(run_dir)}.",
+            fg="red",
+            err=True,
+        )
+        raise typer.Exit(1)
+    return token
 
 
 def register(app: typer.Typer) -> None:
