@@ -6,7 +6,6 @@ import logging
 from typing import Any
 
 from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 from redis.asyncio import Redis
 
 from services.router.core import Experiment
@@ -15,6 +14,7 @@ from services.router.core.report import LookPoint
 from services.router.core.tally import stats_from_counters
 from shared.aliases import in_applying_order, promotion_moves
 from shared.events import ROUTING_STATE_KEY, ExperimentUpdated
+from shared.mlflow_client import mlflow_client
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ class MlflowModelAliases:
     """
 
     def __init__(self, tracking_uri: str) -> None:
-        self._client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self._client = mlflow_client(tracking_uri)
 
     def promote(self, model_name: str, version: str, previous: str) -> None:
         """champion ← ``version``; the replaced champion (``previous``) heads the history."""
