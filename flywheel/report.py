@@ -108,10 +108,7 @@ def _primary_rows(report: Report) -> list[list[str]]:
             f"{_num(p['relative_lift'])} {_interval(p['relative_lift_ci'])}",
         ],
         [f"effect size ({p['effect_size_kind']})", _num(p["effect_size"])],
-        [
-            "achieved power / MDE (std.)",
-            f"{_num(p['achieved_power'])} / {_num(p['minimum_detectable_effect'])}",
-        ],
+        ["minimum detectable difference (80 % power)", _num(p["minimum_detectable_effect"])],
         ["required n per arm (80 % power)", _num(p["required_n_per_arm"])],
         [
             "fixed-horizon p and interval",
@@ -153,8 +150,8 @@ def _sections(report: Report) -> list[tuple[str, list[str], list[list[str]]]]:
             ["check", "value"],
             [
                 ["expected challenger share", _num(srm["expected_challenger_share"])],
-                ["χ² p on assignments", _num(srm["assigned_p"])],
-                ["χ² p on labelled outcomes", _num(srm["labelled_p"])],
+                ["χ² p on assigned units (per period, summed)", _num(srm["assigned_p"])],
+                ["periods tested (df)", _num(srm.get("chi_square_df"))],
                 ["mismatch (p < 0.001 → hold)", str(srm["mismatch"])],
             ],
         ),

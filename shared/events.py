@@ -287,16 +287,26 @@ class ExperimentUpdated(Event):
 
     topic: ClassVar[Topic] = Topic.EXPERIMENT_UPDATED
     schema_version: int = Field(
-        2, ge=1, description="2: status ``overridden`` and ``requested_by`` (operator actions)."
+        3,
+        ge=1,
+        description="2: status ``overridden`` and ``requested_by`` (operator actions); "
+        "3: status ``inconclusive`` and ``hold_cause``.",
     )
     type: Literal["experiment-updated"] = "experiment-updated"
     experiment_id: str
     model_name: str
     status: Literal[
-        "running", "promoted", "rolled_back", "superseded", "champion_only", "overridden"
+        "running",
+        "promoted",
+        "rolled_back",
+        "superseded",
+        "champion_only",
+        "overridden",
+        "inconclusive",
     ] = Field(
         description="``overridden``: a person promoted or rolled back while it ran; "
-        "the champion named here serves alone."
+        "the champion named here serves alone. ``inconclusive``: no verdict by the maximum "
+        "duration or sample (held or not); the champion serves alone."
     )
     champion_version: str
     challenger_version: str | None = None
@@ -308,6 +318,10 @@ class ExperimentUpdated(Event):
     reason: str | None = Field(None, description="Why the state changed, as reason codes.")
     requested_by: str | None = Field(
         None, description="Who asked for the change, when a person did (promote/rollback)."
+    )
+    hold_cause: str | None = Field(
+        None,
+        description="While the decision is ``hold``: why (e.g. sample_ratio_mismatch_assigned).",
     )
 
 

@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 from mlflow.exceptions import MlflowException
 from redis.asyncio import Redis
 
 from services.router.core import Experiment
 from services.router.core.decision import ExperimentStats
+from services.router.core.outcomes import (
+    Closing,
+    Label,
+    LabelStatus,
+    OutcomeWindow,
+    PendingOutcome,
+    decode_label,
+    decode_pending,
+    due_cutoffs,
+    encode_label,
+    encode_pending,
+)
 from services.router.core.report import LookPoint
-from services.router.core.tally import stats_from_counters
+from services.router.core.tally import REWARD_SHIFT_FIELD, stats_from_counters
 from shared.aliases import in_applying_order, promotion_moves
 from shared.events import ROUTING_STATE_KEY, ExperimentUpdated
 from shared.mlflow_client import mlflow_client
@@ -81,8 +93,61 @@ return 0
 """
 
 
+#: Open a prediction's outcome window once: number it, index it by time and number.
+_OPEN = """
+if redis.call('EXISTS', KEYS[5]) == 1 or redis.call('HEXISTS', KEYS[4], ARGV[1]) == 1 then
+  return 0
+end
+local seq = redis.call('INCR', KEYS[1])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[3], seq, ARGV[1])
+redis.call('HSET', KEYS[4], ARGV[1], ARGV[3] .. seq)
+return 1
+"""
+
+#: Keep a label while its prediction's window is open ('late' once it has closed).
+_LABEL = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 'late' end
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 'duplicate' end
+local seq = redis.call('GET', KEYS[3]) or '0'
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2] .. seq)
+return 'open'
+"""
+
+#: Close windows: each request's increments are added only if it was still pending.
+#: ARGV[3] is the reward shift the sums were taken around ('' when no reward closes).
+_CLOSE = """
+if ARGV[3] ~= '' then
+  local stored = redis.call('HGET', KEYS[5], 'reward_shift')
+  if stored and tonumber(stored) ~= tonumber(ARGV[3]) then return -1 end
+  if not stored then redis.call('HSET', KEYS[5], 'reward_shift', ARGV[3]) end
+end
+local closed, i = 0, 4
+while i <= #ARGV do
+  local rid, n = ARGV[i], tonumber(ARGV[i + 1])
+  if redis.call('ZREM', KEYS[1], rid) == 1 then
+    redis.call('ZREM', KEYS[2], rid)
+    redis.call('HDEL', KEYS[3], rid)
+    redis.call('HDEL', KEYS[4], rid)
+    redis.call('SET', ARGV[2] .. rid, '1', 'EX', ARGV[1])
+    for j = i + 2, i + 2 * n, 2 do
+      redis.call('HINCRBYFLOAT', KEYS[5], ARGV[j], ARGV[j + 1])
+    end
+    closed = closed + 1
+  end
+  i = i + 2 + 2 * n
+end
+return closed
+"""
+
+
 class RedisOutcomeTally:
-    """Counters in one hash per experiment; a once-only marker per counted event."""
+    """Counters in one hash per experiment; a once-only marker per counted event.
+
+    Open outcome windows live in a sorted set by prediction time and one by
+    prediction number, with the prediction (and any label) in hashes; closing
+    moves them into the counters in one script, so each is counted once.
+    """
 
     def __init__(
         self,
@@ -96,6 +161,9 @@ class RedisOutcomeTally:
         self._marker_ttl_s = marker_ttl_s
         self._max_looks = max_looks
         self._add_once: Any = redis.register_script(_ADD_ONCE)
+        self._open: Any = redis.register_script(_OPEN)
+        self._label: Any = redis.register_script(_LABEL)
+        self._close: Any = redis.register_script(_CLOSE)
 
     async def add(self, event_id: str, experiment_id: str, increments: dict[str, float]) -> bool:
         """Add ``increments`` to the experiment's counters unless ``event_id`` was counted."""
@@ -106,9 +174,95 @@ class RedisOutcomeTally:
         return bool(await self._add_once(keys=keys, args=args))
 
     async def stats(self, experiment_id: str) -> ExperimentStats:
-        """The experiment's statistics from its counters."""
-        raw = await self._redis.hgetall(self._stats_key(experiment_id))
-        return stats_from_counters({_text(k): float(v) for k, v in raw.items()})
+        """The experiment's statistics from its counters, with its open windows counted."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(self._stats_key(experiment_id))
+            pipe.zcard(self._key("pending", experiment_id))
+            raw, open_outcomes = await pipe.execute()
+        counters = {_text(k): float(v) for k, v in raw.items()}
+        return stats_from_counters(counters, int(open_outcomes))
+
+    async def open_outcome(self, experiment_id: str, pending: PendingOutcome) -> bool:
+        """Open ``pending``'s window unless it is open or closed already."""
+        prefix = encode_pending(pending).rsplit("|", 1)[0] + "|"
+        keys = [
+            self._key("seq", experiment_id),
+            self._key("pending", experiment_id),
+            self._key("pending-seq", experiment_id),
+            self._key("outcome", experiment_id),
+            self._closed_key(experiment_id, pending.request_id),
+        ]
+        args = [pending.request_id, repr(pending.predicted_at), prefix]
+        return bool(await self._open(keys=keys, args=args))
+
+    async def label(self, experiment_id: str, request_id: str, label: Label) -> LabelStatus:
+        """Keep ``label`` for its window: ``open``, or ``late`` / ``duplicate`` (ignored)."""
+        prefix = encode_label(label).rsplit("|", 1)[0] + "|"
+        keys = [
+            self._closed_key(experiment_id, request_id),
+            self._key("label", experiment_id),
+            self._key("seq", experiment_id),
+        ]
+        status = _text(await self._label(keys=keys, args=[request_id, prefix]))
+        return cast(LabelStatus, status)
+
+    async def due(
+        self, experiment_id: str, window: OutcomeWindow, now: float, limit: int = 5000
+    ) -> Closing:
+        """Open windows that have closed by ``now``, with their labels and the reward shift."""
+        seq_raw = await self._redis.get(self._key("seq", experiment_id))
+        time_cutoff, seq_cutoff = due_cutoffs(now, int(seq_raw or 0), window)
+        ids: list[Any] = list(
+            await self._redis.zrangebyscore(
+                self._key("pending", experiment_id), "-inf", time_cutoff, start=0, num=limit
+            )
+        )
+        if seq_cutoff is not None:
+            ids += await self._redis.zrangebyscore(
+                self._key("pending-seq", experiment_id), "-inf", seq_cutoff, start=0, num=limit
+            )
+        request_ids = sorted({_text(i) for i in ids})
+        if not request_ids:
+            return Closing(outcomes=[], reward_shift=None)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(self._key("outcome", experiment_id), request_ids)
+            pipe.hmget(self._key("label", experiment_id), request_ids)
+            pipe.hget(self._stats_key(experiment_id), REWARD_SHIFT_FIELD)
+            outcomes, labels, shift = await pipe.execute()
+        closing = [
+            (decode_pending(rid, _text(o)), None if lab is None else decode_label(_text(lab)))
+            for rid, o, lab in zip(request_ids, outcomes, labels, strict=True)
+            if o is not None
+        ]
+        return Closing(outcomes=closing, reward_shift=None if shift is None else float(shift))
+
+    async def close(
+        self,
+        experiment_id: str,
+        increments: dict[str, dict[str, float]],
+        reward_shift: float | None,
+    ) -> int:
+        """Count each closed window's increments once; -1 if the reward shift changed meanwhile."""
+        shift = "" if reward_shift is None else repr(reward_shift)
+        args: list[Any] = [self._marker_ttl_s, self._closed_key(experiment_id, ""), shift]
+        for request_id, counts in increments.items():
+            args += [request_id, len(counts)]
+            for field, amount in counts.items():
+                args += [field, repr(float(amount))]
+        keys = [
+            self._key("pending", experiment_id),
+            self._key("pending-seq", experiment_id),
+            self._key("outcome", experiment_id),
+            self._key("label", experiment_id),
+            self._stats_key(experiment_id),
+        ]
+        return int(await self._close(keys=keys, args=args))
+
+    def _key(self, kind: str, experiment_id: str) -> str:
+        return f"{self._prefix}{kind}:{experiment_id}"
+
+    def _closed_key(self, experiment_id: str, request_id: str) -> str:
+        return f"{self._prefix}closed:{experiment_id}:{request_id}"
 
     async def append_look(self, experiment_id: str, point: LookPoint) -> None:
         """Append one look's summary (the oldest go beyond ``max_looks``)."""

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from services.router.core import Experiment, decide_on_approval
-from services.router.core.experiment import ExperimentPlan
+from services.router.core.experiment import ExperimentPlan, open_queued
 from services.router.core.lifecycle import look, look_due, state_changed
 from services.router.core.outcomes import LabelStatus, close_increments
 from services.router.core.override import apply_override, override_of, served_champion
@@ -104,6 +104,7 @@ def _update_fields(state: Experiment) -> dict[str, object]:
         "decision": state.decision,
         "reason": f"{codes}: {state.override.reason}" if state.override else codes,
         "requested_by": state.override.requested_by if state.override else None,
+        "hold_cause": codes if state.decision == "hold" and state.is_running else None,
     }
 
 
@@ -187,6 +188,10 @@ class OutcomeHandler:
                 await self._carry_out(experiment)
                 return
             if not experiment.is_running:
+                # A queued challenger whose opening a crash interrupted opens now.
+                await open_queued_challenger(
+                    self._store, self._publisher, self._metrics, experiment
+                )
                 return
             await self._close_windows(experiment)
             stats = await self._tally.stats(experiment_id)
@@ -257,6 +262,29 @@ class OutcomeHandler:
         await self._store.save(done, update)
         self._metrics.record(done)
         log.info("experiment concluded", extra={"status": state.status, "reasons": state.reasons})
+        await open_queued_challenger(self._store, self._publisher, self._metrics, done)
+
+
+async def open_queued_challenger(
+    store: ExperimentStore, publisher: EventPublisher, metrics: RouterMetrics, ended: Experiment
+) -> None:
+    """Open the challenger queued behind ``ended``, in its approval's turn (safe to repeat)."""
+    opened = open_queued(ended)
+    if opened is None or ended.queued is None:
+        return
+    current = await store.current(ended.model_name)
+    if current is not None and current.experiment_id != ended.experiment_id:
+        return  # opened already, or something newer owns the routing table
+    update = ExperimentUpdated.caused_by(
+        ended.queued,
+        producer="router",
+        event_id=_event_id(opened, "update"),
+        **_update_fields(opened),
+    )
+    await publisher.publish(update)
+    await store.save(opened.model_copy(update={"last_event_id": update.event_id}), update)
+    metrics.record(opened)
+    log.info("queued challenger opened", extra={"version": opened.challenger_version})
 
 
 def _verdict(state: Experiment, update: ExperimentUpdated) -> Event | None:
@@ -319,6 +347,7 @@ class OverrideHandler:
             saved = state.model_copy(update={"last_event_id": update.event_id})
             await self._store.save(saved, update)
             self._metrics.record(state)
+            await open_queued_challenger(self._store, self._publisher, self._metrics, saved)
         log.warning(
             "operator action overrides the router",
             extra={"status": state.status, "by": action.requested_by, "reason": action.reason},

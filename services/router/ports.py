@@ -6,6 +6,7 @@ from typing import Protocol
 
 from services.router.core import Experiment
 from services.router.core.decision import ExperimentStats
+from services.router.core.outcomes import Closing, Label, LabelStatus, OutcomeWindow, PendingOutcome
 from services.router.core.report import LookPoint
 from shared.events import ExperimentUpdated
 
@@ -37,6 +38,23 @@ class OutcomeTally(Protocol):
 
     async def stats(self, experiment_id: str) -> ExperimentStats:
         """The experiment's statistics so far."""
+
+    async def open_outcome(self, experiment_id: str, pending: PendingOutcome) -> bool:
+        """Open a prediction's outcome window (once); True when opened now."""
+
+    async def label(self, experiment_id: str, request_id: str, label: Label) -> LabelStatus:
+        """Keep a label for its open window; ``late`` once the window has closed."""
+
+    async def due(self, experiment_id: str, window: OutcomeWindow, now: float) -> Closing:
+        """The windows that have closed by ``now`` (seconds since the epoch), with labels."""
+
+    async def close(
+        self,
+        experiment_id: str,
+        increments: dict[str, dict[str, float]],
+        reward_shift: float | None,
+    ) -> int:
+        """Add each closed window's counters once; how many closed now (-1: retry)."""
 
     async def append_look(self, experiment_id: str, point: LookPoint) -> None:
         """Keep one look's summary for the report's plot."""

@@ -9,6 +9,7 @@ from pydantic_settings import SettingsConfigDict
 
 from services.router.core.decision import DecisionConfig
 from services.router.core.experiment import DEFAULT_RAMP, ExperimentPlan
+from services.router.core.outcomes import OutcomeWindow
 from shared.settings import SERVICE_PORTS, BaseServiceSettings
 
 
@@ -43,14 +44,25 @@ class Settings(BaseServiceSettings):
     """Wrong outcomes per arm before any verdict."""
     max_labelled_per_arm: int = Field(20_000, ge=2)
     """At this many outcomes per arm without a verdict: inconclusive, keep the champion."""
-    error_rate_margin: float = 0.01
-    """Tolerated increase of the error rate (absolute)."""
+    error_rate_margin: float = Field(0.005, ge=0)
+    """Tolerated increase of the error rate: its absolute floor (0.005 = half a point)."""
+    error_rate_relative_margin: float = Field(0.5, ge=0)
+    """Tolerated increase of the error rate as a share of the champion's (0.5: 1.5×)."""
     latency_slowdown: float = Field(1.2, gt=1)
     """Tolerated ratio of geometric-mean latencies (challenger / champion)."""
     latency_floor_ms: float = Field(5.0, ge=0)
     """A slow-down smaller than this many milliseconds never harms, whatever its ratio."""
-    label_rate_margin: float = 0.05
-    """Tolerated drop of the share of predictions that receive feedback."""
+    label_rate_margin: float = Field(0.05, ge=0)
+    """Tolerated drop of the share of predictions labelled within their window (absolute)."""
+    label_rate_relative_margin: float = Field(0.0, ge=0)
+    """Tolerated label-rate drop as a share of the champion's (the wider margin applies)."""
+    outcome_window_s: float = Field(60.0, gt=0)
+    """A prediction's outcome counts once this many seconds have passed: labelled by then
+    or unlabelled; later labels are ignored (fixed per experiment when it opens)."""
+    outcome_window_predictions: int = Field(0, ge=0)
+    """Or once this many later predictions of the experiment were routed (0: off)."""
+    look_interval_s: float = Field(5.0, gt=0)
+    """How often running experiments have their closed windows counted and are looked at."""
 
     def plan(self) -> ExperimentPlan:
         """The plan every new experiment follows."""
@@ -67,6 +79,8 @@ class Settings(BaseServiceSettings):
             log_latency_margin=math.log(self.latency_slowdown),
             latency_floor_ms=self.latency_floor_ms,
             label_rate_margin=self.label_rate_margin,
+            label_rate_relative_margin=self.label_rate_relative_margin,
+            error_rate_relative_margin=self.error_rate_relative_margin,
         )
         return ExperimentPlan(
             shares=self.ramp_shares,
@@ -74,4 +88,7 @@ class Settings(BaseServiceSettings):
             look_every=self.look_every,
             max_duration_s=self.max_duration_s,
             decision=decision,
+            outcome_window=OutcomeWindow(
+                seconds=self.outcome_window_s, predictions=self.outcome_window_predictions
+            ),
         )

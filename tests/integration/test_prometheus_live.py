@@ -116,3 +116,28 @@ def test_prometheus_counts_the_predictions_the_gateway_answered(
     # The monitor consumed the same predictions from Kafka, in batches.
     counted = "sum(monitor_observations_total)"
     assert _eventually(lambda: _value(prometheus, counted) == REQUESTS)
+
+
+def test_the_monitor_exports_the_champion_s_validation_accuracy_and_every_rule_evaluates(
+    services: dict[str, str], prometheus: str
+) -> None:
+    # The accuracy alert compares live accuracy with this gauge; the monitor sets it once it
+    # loaded the champion's reference (at its first batch: the test above sent one).
+    validation = 'ml_model_validation_accuracy{job="monitor"}'
+    found = _eventually(lambda: _value(prometheus, validation))
+    assert isinstance(found, float)
+    assert 0.0 < found <= 1.0
+
+    def rules() -> dict[str, str]:
+        """Each rule's health once every rule was evaluated (never: "0001-01-01...")."""
+        groups = httpx.get(f"{prometheus}/api/v1/rules", timeout=5).json()["data"]["groups"]
+        listed = [rule for group in groups for rule in group["rules"]]
+        if not listed or any(r["lastEvaluation"].startswith("0001") for r in listed):
+            return {}
+        return {str(r["name"]): str(r["health"]) for r in listed}
+
+    health = _eventually(rules, timeout=90)
+    assert isinstance(health, dict)
+    assert "DeadLettersIncreasing" in health
+    # A join that matches many-to-many, or a typo, shows as "err" here, not in promtool's tests.
+    assert {name: state for name, state in health.items() if state != "ok"} == {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -13,6 +14,14 @@ from prometheus_client import CollectorRegistry
 from services.router.core import Experiment, experiment_id_for
 from services.router.core.decision import DecisionConfig, ExperimentStats
 from services.router.core.experiment import ExperimentPlan
+from services.router.core.outcomes import (
+    Closing,
+    Label,
+    LabelStatus,
+    OutcomeWindow,
+    PendingOutcome,
+    closes_by,
+)
 from services.router.core.report import LookPoint
 from services.router.core.tally import stats_from_counters
 from services.router.handlers import ApprovalHandler, OutcomeHandler, register
@@ -35,11 +44,13 @@ from shared.events import (
 from shared.testing import RecordingPublisher, consumer_context
 
 MODEL = "customer-segment"
+#: Outcomes close 20 predictions after their own (labels here come at once), or after an hour.
 PLAN = ExperimentPlan(
     shares=(0.1, 0.5),
     stage_min_labelled=20,
     look_every=20,
     decision=DecisionConfig(min_labelled_per_arm=100),
+    outcome_window=OutcomeWindow(seconds=3600, predictions=20),
 )
 
 
@@ -71,12 +82,62 @@ class InMemoryExperimentStore:
 
 
 class InMemoryTally:
-    """Counters per experiment with once-only markers, like the Redis script."""
+    """Counters per experiment with once-only markers and outcome windows, like the scripts."""
 
     def __init__(self) -> None:
         self.counters: dict[str, dict[str, float]] = {}
         self.counted: set[str] = set()
         self.looks: dict[str, list[LookPoint]] = {}
+        self.seq: dict[str, int] = {}
+        self.pending: dict[str, dict[str, PendingOutcome]] = {}
+        self.labels: dict[str, dict[str, Label]] = {}
+        self.closed: set[tuple[str, str]] = set()
+
+    async def open_outcome(self, experiment_id: str, pending: PendingOutcome) -> bool:
+        opened = self.pending.setdefault(experiment_id, {})
+        if (experiment_id, pending.request_id) in self.closed or pending.request_id in opened:
+            return False
+        self.seq[experiment_id] = self.seq.get(experiment_id, 0) + 1
+        opened[pending.request_id] = pending.model_copy(update={"seq": self.seq[experiment_id]})
+        return True
+
+    async def label(self, experiment_id: str, request_id: str, label: Label) -> LabelStatus:
+        labels = self.labels.setdefault(experiment_id, {})
+        if (experiment_id, request_id) in self.closed:
+            return "late"
+        if request_id in labels:
+            return "duplicate"
+        labels[request_id] = label.model_copy(update={"seq": self.seq.get(experiment_id, 0)})
+        return "open"
+
+    async def due(self, experiment_id: str, window: OutcomeWindow, now: float) -> Closing:
+        seq_now, labels = self.seq.get(experiment_id, 0), self.labels.get(experiment_id, {})
+        closing = [
+            (p, labels.get(rid))
+            for rid, p in self.pending.get(experiment_id, {}).items()
+            if closes_by(p, now, seq_now, window)
+        ]
+        return Closing(closing, self.counters.get(experiment_id, {}).get("reward_shift"))
+
+    async def close(
+        self,
+        experiment_id: str,
+        increments: dict[str, dict[str, float]],
+        reward_shift: float | None,
+    ) -> int:
+        counters = self.counters.setdefault(experiment_id, {})
+        if reward_shift is not None:
+            counters.setdefault("reward_shift", reward_shift)
+        pending, closed = self.pending.get(experiment_id, {}), 0
+        for request_id, counts in increments.items():
+            if pending.pop(request_id, None) is None:
+                continue
+            self.labels.get(experiment_id, {}).pop(request_id, None)
+            self.closed.add((experiment_id, request_id))
+            for key, amount in counts.items():
+                counters[key] = counters.get(key, 0.0) + amount
+            closed += 1
+        return closed
 
     async def add(self, event_id: str, experiment_id: str, increments: dict[str, float]) -> bool:
         if event_id in self.counted:
@@ -88,7 +149,8 @@ class InMemoryTally:
         return True
 
     async def stats(self, experiment_id: str) -> ExperimentStats:
-        return stats_from_counters(self.counters.get(experiment_id, {}))
+        open_outcomes = len(self.pending.get(experiment_id, {}))
+        return stats_from_counters(self.counters.get(experiment_id, {}), open_outcomes)
 
     async def append_look(self, experiment_id: str, point: LookPoint) -> None:
         self.looks.setdefault(experiment_id, []).append(point)
@@ -124,10 +186,12 @@ class Router:
         self.tally = InMemoryTally()
         self.aliases = FakeAliases()
         self.publisher = RecordingPublisher()
-        self.metrics = RouterMetrics.create(CollectorRegistry())
+        self.registry = CollectorRegistry()
+        self.metrics = RouterMetrics.create(self.registry)
+        self.now = datetime.now(UTC)
         self.approvals = ApprovalHandler(self.store, self.publisher, self.metrics, PLAN)
         self.outcomes = OutcomeHandler(
-            self.store, self.tally, self.aliases, self.publisher, self.metrics
+            self.store, self.tally, self.aliases, self.publisher, self.metrics, lambda: self.now
         )
         register(consumer_context("router", self.broker), self.approvals, self.outcomes)
 
@@ -228,6 +292,12 @@ async def drive(
     return final
 
 
+async def close_all(router: Router, experiment_id: str) -> None:
+    """Let every outcome window end (two hours later) and look."""
+    router.now += timedelta(hours=2)
+    await router.outcomes.look_at(experiment_id)
+
+
 async def open_experiment(router: Router) -> str:
     """Approve challenger 2 against champion 1; the id of the experiment it opens."""
     cause = approval("challenger", "2")
@@ -323,11 +393,13 @@ async def test_redelivered_feedback_is_counted_once(router: Router) -> None:
     cause = approval("challenger", "2")
     await router.approvals(cause)
     experiment_id = experiment_id_for(cause)
-    _, feedback = outcome_pair(experiment_id, "challenger", 0.1, True)
+    prediction, feedback = outcome_pair(experiment_id, "challenger", 0.1, True)
+    await router.outcomes.on_prediction(prediction)
     await router.outcomes.on_feedback(feedback)
     await router.outcomes.on_feedback(feedback)
+    await close_all(router, experiment_id)
     stats = await router.tally.stats(experiment_id)
-    assert stats.challenger.labelled == 1
+    assert (stats.challenger.closed, stats.challenger.labelled) == (1, 1)
 
 
 async def test_feedback_outside_any_experiment_is_not_counted(router: Router) -> None:
@@ -372,7 +444,10 @@ async def test_feedback_through_the_broker_reaches_the_tally(router: Router) -> 
         await broker.publish(prediction.model_dump_json().encode(), Topic.PREDICTION_LOGGED)
         await broker.publish(feedback.model_dump_json().encode(), Topic.FEEDBACK_RECEIVED)
     stats = await router.tally.stats(experiment_id_for(cause))
-    assert (stats.challenger.assigned, stats.challenger.labelled) == (1, 1)
+    assert (stats.challenger.assigned, stats.challenger.labelled, stats.open_outcomes) == (1, 0, 1)
+    await close_all(router, experiment_id_for(cause))
+    stats = await router.tally.stats(experiment_id_for(cause))
+    assert (stats.challenger.labelled, stats.open_outcomes) == (1, 0)
 
 
 async def test_routes_list_experiments_and_report_them(router: Router) -> None:
@@ -395,7 +470,9 @@ async def test_routes_list_experiments_and_report_them(router: Router) -> None:
     assert report["primary"]["fixed_horizon_note"].startswith("not valid")
     assert report["srm"]["mismatch"] is False
     assert {g["name"] for g in report["guardrails"]} == {"log_latency", "label_rate"}
-    assert report["sufficient_statistics"]["challenger"]["labelled"] >= 100
+    assert report["arms"]["challenger"]["labelled"] >= 100
+    assert report["outcome_window"] == {"seconds": 3600.0, "predictions": 20}
+    assert report["open_outcomes"] > 0  # the last 20 predictions' windows
     assert len(report["history"]) >= 2
 
 
@@ -419,7 +496,7 @@ async def test_failed_predictions_from_kafka_count_as_errors_of_their_variant(
     await router.deliver(failed, failed, failure(experiment_id, 0.1))
     stats = await router.tally.stats(experiment_id)
     assert (stats.challenger.errors, stats.champion.errors) == (2, 0)
-    assert stats.split.challenger_assigned == {"0.1": 2}
+    assert stats.strata["0.1"].challenger.assigned == 2
 
 
 async def test_shadow_answers_count_in_no_experiment(router: Router) -> None:
@@ -429,3 +506,59 @@ async def test_shadow_answers_count_in_no_experiment(router: Router) -> None:
     assert (await router.tally.stats(experiment_id)).challenger.assigned == 0
     await router.outcomes.on_prediction(prediction)
     assert (await router.tally.stats(experiment_id)).challenger.assigned == 1
+
+
+async def test_a_label_after_its_window_is_counted_late_and_never_decides(
+    router: Router,
+) -> None:
+    experiment_id = await open_experiment(router)
+    prediction, feedback = outcome_pair(experiment_id, "challenger", 0.1, True)
+    await router.outcomes.on_prediction(prediction)
+    await close_all(router, experiment_id)  # the window ends without a label
+    await router.outcomes.on_feedback(feedback)
+    stats = await router.tally.stats(experiment_id)
+    assert (stats.challenger.closed, stats.challenger.labelled, stats.challenger.late) == (1, 0, 1)
+    late = router.registry.get_sample_value("experiment_outcomes_total", {"counted": "late"})
+    assert late == 1
+
+
+async def test_a_batch_request_is_one_assigned_unit(router: Router) -> None:
+    experiment_id = await open_experiment(router)
+    row, _ = outcome_pair(experiment_id, "challenger", 0.1, True)
+    batch = [
+        row.model_copy(update={"request_id": f"{row.request_id}-{i}", "event_id": f"e-{i}"})
+        for i in range(1000)
+    ]
+    for event in batch:
+        await router.outcomes.on_prediction(event)
+    stats = await router.tally.stats(experiment_id)
+    assert (stats.challenger.assigned, stats.challenger.requests) == (1, 1)
+    assert stats.open_outcomes == 1000  # every row still has its outcome
+
+
+async def test_an_entity_is_one_unit_across_its_requests(router: Router) -> None:
+    experiment_id = await open_experiment(router)
+    for _ in range(3):
+        row, _ = outcome_pair(experiment_id, "champion", 0.1, True)
+        await router.outcomes.on_prediction(row.model_copy(update={"entity_id": "customer-7"}))
+    stats = await router.tally.stats(experiment_id)
+    assert (stats.champion.assigned, stats.champion.requests) == (1, 3)
+
+
+async def test_a_challenger_failing_every_request_is_rolled_back(router: Router) -> None:
+    experiment_id = await open_experiment(router)
+    final = await drive(router, experiment_id, acc_a=0.8, acc_b=0.8, challenger_failures=1.0)
+    assert (final.status, final.decision) == ("rolled_back", "rollback")
+    assert final.reasons == ("guardrail_harmed:error_rate",)
+
+
+async def test_a_hold_is_published_with_its_cause(router: Router) -> None:
+    experiment_id = await open_experiment(router)
+    # Only champion units arrive while 10 % should go to the challenger: a broken split.
+    for _ in range(400):
+        prediction, feedback = outcome_pair(experiment_id, "champion", 0.1, True)
+        await router.outcomes.on_prediction(prediction)
+        await router.outcomes.on_feedback(feedback)
+    held = router.updates()[-1]
+    assert (held.status, held.decision) == ("running", "hold")
+    assert held.hold_cause == "sample_ratio_mismatch_assigned"

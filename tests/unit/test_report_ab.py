@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from flywheel import report as report_cli
 from flywheel.cli import app
 from services.router.core import Experiment
-from services.router.core.decision import ArmStats, DecisionConfig, ExperimentStats, SplitTotals
+from services.router.core.decision import ArmStats, DecisionConfig, ExperimentStats
 from services.router.core.experiment import ExperimentPlan
 from services.router.core.lifecycle import look
 from services.router.core.report import build_report, look_point
@@ -34,10 +34,10 @@ def _report() -> dict[str, Any]:
     )
     points = []
     for i, n in enumerate((200, 600, 1200), start=1):
-        stats = ExperimentStats(
-            champion=ArmStats(assigned=n, labelled=n, correct=round(0.8 * n)),
-            challenger=ArmStats(assigned=n, labelled=n, correct=round(0.88 * n)),
-            split=SplitTotals(assigned={"0.5": 2 * n}, labelled={"0.5": 2 * n}),
+        stats = ExperimentStats.single(
+            ArmStats(assigned=n, closed=n, labelled=n, correct=round(0.8 * n)),
+            ArmStats(assigned=n, closed=n, labelled=n, correct=round(0.88 * n)),
+            0.5,
         )
         experiment = look(experiment, stats, OPENED + timedelta(minutes=i))
         point = look_point(experiment, stats, OPENED + timedelta(minutes=i))

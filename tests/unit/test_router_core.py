@@ -111,9 +111,7 @@ def _latency_arm(geometric_mean_ms: float, n: int = 2000, sd: float = 0.5) -> Ar
 
 
 def _latency_result(champion_ms: float, challenger_ms: float) -> GuardrailResult:
-    stats = ExperimentStats(
-        champion=_latency_arm(champion_ms), challenger=_latency_arm(challenger_ms)
-    )
+    stats = ExperimentStats.single(_latency_arm(champion_ms), _latency_arm(challenger_ms), 0.5)
     (result,) = [
         g for g in guardrail_results(stats, DecisionConfig(), {}) if g.name == "log_latency"
     ]

@@ -11,18 +11,22 @@ from services.router.core.decision import (
     ArmStats,
     DecisionConfig,
     ExperimentStats,
-    SplitTotals,
+    StratumStats,
     guardrail_results,
 )
 from services.router.core.experiment import ExperimentPlan
 from services.router.core.lifecycle import look, look_due, state_changed
+from services.router.core.outcomes import Closing, OutcomeWindow, close_increments
 from services.router.core.report import build_report, look_point
 from services.router.core.tally import (
-    feedback_increments,
-    prediction_increments,
+    assignment_increments,
+    failure_increments,
+    label_of,
+    pending_of,
+    request_increments,
     stats_from_counters,
 )
-from shared.events import FeedbackReceived, PredictionLogged
+from shared.events import FeedbackReceived, PredictionFailed, PredictionLogged
 
 OPENED = datetime(2026, 1, 1, tzinfo=UTC)
 PLAN = ExperimentPlan(
@@ -52,13 +56,11 @@ def stats(
     n_a: int, acc_a: float, n_b: int, acc_b: float, share: float = 0.5, labelled: bool = True
 ) -> ExperimentStats:
     def arm(n: int, acc: float) -> ArmStats:
-        return ArmStats(assigned=n, labelled=n if labelled else 0, correct=round(n * acc))
+        return ArmStats(
+            assigned=n, requests=n, closed=n, labelled=n if labelled else 0, correct=round(n * acc)
+        )
 
-    return ExperimentStats(
-        champion=arm(n_a, acc_a),
-        challenger=arm(n_b, acc_b),
-        split=SplitTotals(assigned={str(share): n_a + n_b}, labelled={str(share): n_a + n_b}),
-    )
+    return ExperimentStats.single(arm(n_a, acc_a), arm(n_b, acc_b), share)
 
 
 NOW = OPENED + timedelta(hours=1)
@@ -115,7 +117,11 @@ def test_sample_ratio_mismatch_holds_without_any_action() -> None:
 def test_without_a_verdict_past_the_maximum_duration_the_experiment_is_inconclusive() -> None:
     late = OPENED + timedelta(seconds=PLAN.max_duration_s + 1)
     after = look(running(1), stats(500, 0.8, 500, 0.8), late)
-    assert (after.status, after.decision) == ("rolled_back", "inconclusive")
+    assert (after.status, after.decision, after.challenger_share) == (
+        "inconclusive",
+        "inconclusive",
+        0.0,
+    )
     assert after.reasons[0] == "max_duration"
 
 
@@ -137,7 +143,7 @@ def _prediction(variant: str, share: float, latency: float) -> PredictionLogged:
     return PredictionLogged.model_validate(
         {
             "producer": "gateway",
-            "request_id": "r",
+            "request_id": f"r-{variant}",
             "model_name": "m",
             "version": "1",
             "variant": variant,
@@ -151,13 +157,13 @@ def _prediction(variant: str, share: float, latency: float) -> PredictionLogged:
     )
 
 
-def test_counters_add_up_to_the_arms_statistics() -> None:
+def test_counters_add_up_to_the_arms_statistics_per_stratum() -> None:
     counters: dict[str, float] = {}
-    events = [_prediction("champion", 0.1, 2.0), _prediction("challenger", 0.1, 8.0)]
-    increments = [prediction_increments(e) for e in events]
+    champion, challenger = _prediction("champion", 0.1, 2.0), _prediction("challenger", 0.1, 8.0)
+    increments = [assignment_increments(e) | request_increments(e) for e in (champion, challenger)]
     feedback = FeedbackReceived(
         producer="gateway",
-        request_id="r",
+        request_id=challenger.request_id,
         model_name="m",
         version="2",
         variant="challenger",
@@ -167,15 +173,20 @@ def test_counters_add_up_to_the_arms_statistics() -> None:
         experiment_id="exp-1",
         challenger_share=0.1,
     )
-    increments.append(feedback_increments(feedback))
-    for inc in increments:
+    closing = Closing(
+        outcomes=[(pending_of(champion), None), (pending_of(challenger), label_of(feedback))],
+        reward_shift=None,
+    )
+    closed, shift = close_increments(closing, OutcomeWindow(seconds=60))
+    assert shift is None
+    for inc in [*increments, *closed.values()]:
         for key, amount in inc.items():
             counters[key] = counters.get(key, 0.0) + amount
     s = stats_from_counters(counters)
+    assert list(s.strata) == ["0.1"]
     assert (s.champion.assigned, s.challenger.assigned) == (1, 1)
+    assert (s.champion.closed, s.challenger.closed) == (1, 1)
     assert (s.challenger.labelled, s.challenger.correct, s.champion.labelled) == (1, 1, 0)
-    assert s.split.assigned == {"0.1": 2}
-    assert s.split.labelled == {"0.1": 1}
     assert sum(s.challenger.latency_bins) == 1
     assert s.challenger.log_latency_sum == pytest.approx(2.0794415)
 
@@ -197,22 +208,25 @@ def test_report_carries_the_decision_and_the_numbers_behind_it() -> None:
 
 
 def _ramped(challenger_labelled_late: int) -> ExperimentStats:
-    """Share 0.1 fully labelled; share 0.5 recent, so only half its feedback is in yet."""
-    split = SplitTotals(
-        assigned={"0.1": 1000, "0.5": 1000},
-        labelled={"0.1": 1000, "0.5": 250 + challenger_labelled_late},
-        challenger_assigned={"0.1": 100, "0.5": 500},
-        challenger_labelled={"0.1": 100, "0.5": challenger_labelled_late},
-    )
+    """Share 0.1 fully labelled; at share 0.5 the champion got half its labels in time."""
     return ExperimentStats(
-        champion=ArmStats(assigned=1400, labelled=1150, correct=900),
-        challenger=ArmStats(assigned=600, labelled=100 + challenger_labelled_late, correct=400),
-        split=split,
+        strata={
+            "0.1": StratumStats(
+                champion=ArmStats(assigned=900, closed=900, labelled=900, correct=700),
+                challenger=ArmStats(assigned=100, closed=100, labelled=100, correct=80),
+            ),
+            "0.5": StratumStats(
+                champion=ArmStats(assigned=500, closed=500, labelled=250, correct=200),
+                challenger=ArmStats(
+                    assigned=500, closed=500, labelled=challenger_labelled_late, correct=100
+                ),
+            ),
+        }
     )
 
 
-def test_label_rate_is_compared_within_each_split_so_a_ramp_with_late_feedback_is_no_harm() -> None:
-    # Pooled, the challenger looks far less labelled (350/600 vs 1150/1400): that is the ramp.
+def test_label_rate_is_compared_within_each_period_so_a_ramp_is_no_harm() -> None:
+    # Pooled, the challenger looks less labelled (350/600 vs 1150/1400): that is the ramp.
     (rate,) = [
         g for g in guardrail_results(_ramped(250), PLAN.decision, {}) if g.name == "label_rate"
     ]
@@ -221,7 +235,9 @@ def test_label_rate_is_compared_within_each_split_so_a_ramp_with_late_feedback_i
     (lost,) = [
         g for g in guardrail_results(_ramped(50), PLAN.decision, {}) if g.name == "label_rate"
     ]
-    assert lost.deterioration == pytest.approx(0.5 * (0.5 - 0.1))
+    info = (900 * 100 / 1000, 500 * 500 / 1000)  # n_A·n_B/(n_A + n_B) of each period
+    w = info[1] / sum(info)
+    assert lost.deterioration == pytest.approx(w * (0.5 - 0.1))
     assert lost.harmed
 
 
@@ -238,8 +254,141 @@ def test_a_degenerate_early_look_does_not_stay_in_the_running_interval() -> None
 def test_error_rate_guards_once_errors_are_counted() -> None:
     base = stats(500, 0.8, 500, 0.8)
     assert "error_rate" not in {g.name for g in guardrail_results(base, PLAN.decision, {})}
-    failing = base.model_copy(
-        update={"challenger": base.challenger.model_copy(update={"errors": 60})}
-    )
+    (stratum,) = base.strata.values()
+    worse = stratum.challenger.model_copy(update={"errors": 60, "requests": 560})
+    failing = ExperimentStats.single(stratum.champion, worse, 0.5)
     (errors,) = [g for g in guardrail_results(failing, PLAN.decision, {}) if g.name == "error_rate"]
     assert errors.harmed
+
+
+def _held() -> ExperimentStats:
+    return stats(1400, 0.80, 600, 0.90, share=0.5)  # 30 % of units where 50 % were routed
+
+
+def test_a_hold_ends_at_the_maximum_duration_as_inconclusive_with_its_cause() -> None:
+    held = look(running(1), _held(), NOW)
+    assert held.decision == "hold"
+    late = OPENED + timedelta(seconds=PLAN.max_duration_s + 1)
+    assert look_due(held.model_copy(update={"looked_at_labelled": 10**6}), _held(), late)
+    after = look(held, _held(), late)
+    assert (after.status, after.decision, after.challenger_share) == (
+        "inconclusive",
+        "inconclusive",
+        0.0,
+    )
+    assert after.reasons == ("max_duration", "sample_ratio_mismatch_assigned")
+    assert after.actions_pending
+
+
+def test_a_hold_ends_at_the_per_arm_cap() -> None:
+    capped = PLAN.model_copy(
+        update={"decision": PLAN.decision.model_copy(update={"max_labelled_per_arm": 500})}
+    )
+    after = look(running(1, plan=capped), _held(), NOW)
+    assert (after.status, after.decision) == ("inconclusive", "inconclusive")
+    assert after.reasons == ("max_sample", "sample_ratio_mismatch_assigned")
+
+
+def _period(n_a: int, n_b: int, acc: float, labelled: float = 1.0) -> StratumStats:
+    def arm(n: int) -> ArmStats:
+        lab = round(n * labelled)
+        return ArmStats(assigned=n, requests=n, closed=n, labelled=lab, correct=round(lab * acc))
+
+    return StratumStats(champion=arm(n_a), challenger=arm(n_b))
+
+
+def test_arms_are_compared_within_periods_so_drifting_accuracy_is_no_effect() -> None:
+    # Accuracy rises 0.70 → 0.90 in both arms; most challenger outcomes are late ones.
+    drift = ExperimentStats(
+        strata={"0.05": _period(3800, 200, 0.70), "0.5": _period(2000, 2000, 0.90)}
+    )
+    pooled = drift.challenger.accuracy - drift.champion.accuracy
+    assert pooled > 0.05  # what pooling the ramp would have promoted
+    after = look(running(1), drift, NOW)
+    assert after.last_look is not None
+    assert after.last_look.primary is not None
+    assert after.last_look.primary.diff == pytest.approx(0.0, abs=1e-12)
+    assert after.last_look.primary.strata == 2
+    assert after.decision == "continue"
+
+
+def test_opposite_imbalances_in_two_periods_do_not_cancel() -> None:
+    # 0.05: the challenger got 10 %; 0.5: 45 %. Pooled, 550 of 3000 is close to the 0.35 expected
+    # of a naive blend, but each period alone is far off.
+    skewed = ExperimentStats(
+        strata={"0.05": _period(900, 100, 0.8), "0.5": _period(1100, 900, 0.8)}
+    )
+    after = look(running(1), skewed, NOW)
+    assert after.decision == "hold"
+    assert after.last_look is not None
+    assert after.last_look.srm.chi_square_df == 2
+
+
+def test_a_label_rate_gap_inside_the_margin_is_not_a_sample_ratio_mismatch() -> None:
+    gap = ExperimentStats(
+        strata={
+            "0.5": StratumStats(
+                champion=_period(2000, 0, 0.8, 0.80).champion,
+                challenger=_period(0, 2000, 0.8, 0.77).challenger,
+            )
+        }
+    )
+    after = look(running(1), gap, NOW)
+    assert after.decision != "hold"
+    assert after.last_look is not None
+    assert not after.last_look.srm.mismatch
+
+
+def test_errors_rising_tenfold_from_a_rare_rate_harm() -> None:
+    # 0.1 % → 1.0 %: within an absolute margin of one point, ten times as many failures.
+    base = _period(30_000, 30_000, 0.8)
+    rare = StratumStats(
+        champion=base.champion.model_copy(update={"errors": 30}),
+        challenger=base.challenger.model_copy(update={"errors": 300}),
+    )
+    results = guardrail_results(ExperimentStats(strata={"0.5": rare}), PLAN.decision, {})
+    (errors,) = [g for g in results if g.name == "error_rate"]
+    assert errors.margin == pytest.approx(PLAN.decision.error_rate_margin)
+    assert errors.harmed
+    absolute = PLAN.decision.model_copy(
+        update={"error_rate_margin": 0.01, "error_rate_relative_margin": 0.0}
+    )
+    (lenient,) = [
+        g
+        for g in guardrail_results(ExperimentStats(strata={"0.5": rare}), absolute, {})
+        if g.name == "error_rate"
+    ]
+    assert not lenient.harmed
+
+
+def test_a_challenger_failing_every_request_is_rolled_back_without_any_outcome() -> None:
+    champion = ArmStats(assigned=950, requests=950, closed=950, labelled=950, correct=760)
+    challenger = ArmStats(assigned=150, requests=150, errors=150)
+    after = look(running(0), ExperimentStats.single(champion, challenger, 0.1), NOW)
+    assert (after.status, after.decision) == ("rolled_back", "rollback")
+    assert after.reasons == ("guardrail_harmed:error_rate",)
+
+
+def test_failed_requests_count_as_assigned_units_of_their_period() -> None:
+    failed = PredictionFailed(
+        producer="gateway",
+        request_id="f",
+        model_name="m",
+        version="2",
+        variant="challenger",
+        error_type="ValueError",
+        rows=1000,
+        latency_ms=1.0,
+        experiment_id="exp-1",
+        challenger_share=0.05,
+    )
+    s = stats_from_counters(failure_increments(failed))
+    assert (s.challenger.assigned, s.challenger.requests, s.challenger.errors) == (1, 1, 1)
+
+
+def test_the_minimum_detectable_difference_replaces_observed_power() -> None:
+    after = look(running(1), stats(1000, 0.80, 1000, 0.80), NOW)
+    assert after.last_look is not None
+    assert after.last_look.primary is not None
+    primary = after.last_look.primary
+    assert primary.minimum_detectable_effect == pytest.approx(2.8016 * primary.se, rel=1e-4)

@@ -17,7 +17,6 @@ from services.router.core.decision import (
     DecisionConfig,
     ExperimentStats,
     RunningBounds,
-    SplitTotals,
     evaluate,
 )
 
@@ -68,7 +67,9 @@ def test_effect_sizes_and_power_match_statsmodels() -> None:
     power = NormalIndPower()
     n = power.solve_power(effect_size=h, alpha=0.05, power=0.8, ratio=1.0)
     assert stats.required_n_per_arm(h) == pytest.approx(n, rel=1e-4)
-    assert stats.achieved_power(h, 500) == pytest.approx(power.power(h, 500, 0.05), rel=1e-9)
+    # The minimum detectable difference at a standard error is 80 % power's effect there.
+    mdd = stats.minimum_detectable_difference(0.02)
+    assert power.power(mdd / 0.02, 2, 0.05, ratio=1.0) == pytest.approx(0.8, rel=1e-4)
     mde = power.solve_power(nobs1=500, alpha=0.05, power=0.8, ratio=1.0)
     assert stats.minimum_detectable_effect(500) == pytest.approx(mde, rel=1e-4)
     assert stats.mde_of_proportion(0.80, h) == pytest.approx(0.05, abs=1e-12)
@@ -169,10 +170,65 @@ def test_evaluate_agrees_with_the_vectorised_rule_look_by_look() -> None:
 
 def _arms(correct_a: int, correct_b: int, n: int) -> ExperimentStats:
     def arm(correct: int) -> ArmStats:
-        return ArmStats(assigned=n, labelled=n, correct=correct)
+        return ArmStats(assigned=n, closed=n, labelled=n, correct=correct)
 
-    return ExperimentStats(
-        champion=arm(correct_a),
-        challenger=arm(correct_b),
-        split=SplitTotals(assigned={"0.5": 2 * n}, labelled={"0.5": 2 * n}),
+    return ExperimentStats.single(arm(correct_a), arm(correct_b), 0.5)
+
+
+@pytest.mark.parametrize(("x_a", "n_a", "x_b", "n_b"), CASES)
+def test_one_stratum_is_the_unstratified_wald_test(x_a: int, n_a: int, x_b: int, n_b: int) -> None:
+    pa, pb = x_a / n_a, x_b / n_b
+    combined = stats.stratified_difference(
+        [(stats.Arm(pa, pa * (1 - pa), n_a), stats.Arm(pb, pb * (1 - pb), n_b))]
     )
+    ours = stats.stratified_test(combined)
+    stat, p = smp.test_proportions_2indep(x_b, n_b, x_a, n_a, method="wald", compare="diff")
+    assert ours.statistic == pytest.approx(stat, rel=1e-12)
+    assert ours.p_value == pytest.approx(p, rel=1e-9)
+
+
+def test_one_stratum_of_numbers_is_welchs_test() -> None:
+    rng = np.random.default_rng(8)
+    a, b = rng.normal(0, 1, 40), rng.normal(0.4, 2, 25)
+    arms = [stats.Arm(float(x.mean()), float(x.var(ddof=1)), x.size) for x in (a, b)]
+    ours = stats.stratified_test(stats.stratified_difference([(arms[0], arms[1])]), normal=False)
+    scipy = sps.ttest_ind(b, a, equal_var=False)
+    assert ours.statistic == pytest.approx(scipy.statistic, rel=1e-12)
+    assert ours.p_value == pytest.approx(scipy.pvalue, rel=1e-9)
+
+
+def test_stratified_difference_is_the_weighted_sum_of_within_period_differences() -> None:
+    # Both arms move 0.78 → 0.82 together; the challenger's outcomes come mostly late.
+    early = (stats.Arm(0.78, 0.78 * 0.22, 950), stats.Arm(0.78, 0.78 * 0.22, 50))
+    late = (stats.Arm(0.82, 0.82 * 0.18, 500), stats.Arm(0.82, 0.82 * 0.18, 500))
+    combined = stats.stratified_difference([early, late])
+    assert combined.diff == pytest.approx(0.0, abs=1e-15)
+    w = np.array([950 * 50 / 1000, 500 * 500 / 1000])
+    w /= w.sum()
+    var = w[0] ** 2 * (0.78 * 0.22 / 950 + 0.78 * 0.22 / 50) + w[1] ** 2 * (
+        0.82 * 0.18 / 500 + 0.82 * 0.18 / 500
+    )
+    assert combined.se == pytest.approx(math.sqrt(var), rel=1e-12)
+
+
+def test_srm_sums_each_periods_chi_square_so_opposite_imbalances_do_not_cancel() -> None:
+    periods, shares = [(930.0, 70.0), (430.0, 570.0)], [0.05, 0.5]
+    chi2 = sum(
+        sps.chisquare([a, b], [(a + b) * (1 - s), (a + b) * s]).statistic
+        for (a, b), s in zip(periods, shares, strict=True)
+    )
+    assert stats.srm_chi_square(periods, shares) == pytest.approx(sps.chi2.sf(chi2, 2), rel=1e-12)
+    assert stats.srm_chi_square([(950.0, 50.0)], [0.05]) == pytest.approx(1.0)
+
+
+def test_shifted_sums_keep_the_variance_of_rewards_near_1e8() -> None:
+    rng = np.random.default_rng(9)
+    rewards = 1e8 + rng.normal(0, 1, 500)
+    shift = float(rewards[0])
+    arm = stats.shifted_mean_var(
+        rewards.size, float((rewards - shift).sum()), float(((rewards - shift) ** 2).sum()), shift
+    )
+    assert arm.mean == pytest.approx(float(rewards.mean()), rel=1e-15)
+    assert arm.var == pytest.approx(float(rewards.var(ddof=1)), rel=1e-9)
+    raw = stats.shifted_mean_var(rewards.size, rewards.sum(), (rewards**2).sum(), 0.0)
+    assert abs(raw.var - rewards.var(ddof=1)) > 0.01  # what raw sums of squares lose

@@ -1,5 +1,10 @@
 """The router's pure core: from the current experiment and an approval to the next states.
 
+A newer challenger approved while an experiment runs replaces it only while nobody
+has looked at it yet (status ``superseded``, reasons ``no_look_yet``); after the
+first look it is queued (reason ``challenger_queued``) and opens once the running
+experiment has its verdict, against the champion that verdict leaves serving.
+
 An experiment id is derived from the approval's ``event_id`` (UUID5), so handling
 the same approval twice decides the same experiment: publishing is then safe
 to repeat when persisting failed after it.
@@ -13,10 +18,17 @@ from typing import Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from services.router.core.decision import Action, Decision, DecisionConfig, RunningBounds
+from services.router.core.outcomes import OutcomeWindow
 from shared.events import ModelApproved
 
 ExperimentStatus = Literal[
-    "running", "promoted", "rolled_back", "superseded", "champion_only", "overridden"
+    "running",
+    "promoted",
+    "rolled_back",
+    "superseded",
+    "champion_only",
+    "overridden",
+    "inconclusive",
 ]
 
 _EXPERIMENT_NAMESPACE = uuid.UUID("6f1d0c52-3f4e-4b7a-9a8e-2f0c1d5e7a90")
@@ -35,6 +47,7 @@ class ExperimentPlan(BaseModel):
     look_every: int = Field(50, ge=1, description="Labelled outcomes between looks.")
     max_duration_s: float = Field(7 * 24 * 3600.0, gt=0)
     decision: DecisionConfig = DecisionConfig()
+    outcome_window: OutcomeWindow = OutcomeWindow()
 
 
 class Override(BaseModel):
@@ -77,6 +90,9 @@ class Experiment(BaseModel):
     concluded_at: AwareDatetime | None = None
     actions_pending: bool = Field(False, description="Aliases and events of the verdict not done.")
     override: Override | None = Field(None, description="The operator action that ended it.")
+    queued: ModelApproved | None = Field(
+        None, description="The newest challenger approved while this ran: it opens next."
+    )
 
     @property
     def is_running(self) -> bool:
@@ -137,12 +153,58 @@ def _on_challenger(
     )
     if current is None or not current.is_running:
         return (opened,)
-    if not is_newer(approval.version, current.challenger_version):
+    if not is_newer(approval.version, _newest_challenger(current)):
         return ()
-    superseded = current.model_copy(
-        update={"status": "superseded", "challenger_share": 0.0, "reasons": ("superseded",)}
+    if current.looks == 0:
+        # Nothing measured yet, so nothing is thrown away: the newer model replaces it.
+        reasons: tuple[str, ...] = ("superseded", "no_look_yet", f"by_version:{approval.version}")
+        superseded = current.model_copy(
+            update={"status": "superseded", "challenger_share": 0.0, "reasons": reasons}
+        )
+        return (superseded, opened)
+    # Its evidence is worth a verdict: the newer challenger waits for it (the newest only).
+    reasons = ("challenger_queued", f"queued_version:{approval.version}")
+    return (current.model_copy(update={"queued": approval, "reasons": reasons}),)
+
+
+def _newest_challenger(current: Experiment) -> str | None:
+    return current.queued.version if current.queued else current.challenger_version
+
+
+def open_queued(concluded: Experiment) -> Experiment | None:
+    """The experiment the queued challenger opens once ``concluded`` has ended; else None.
+
+    It faces the champion that serves after the verdict (the promoted challenger, the
+    kept champion, or the one a person chose), starts the ramp from its first share
+    and keeps the approval's turn of the loop. None while ``concluded`` still runs,
+    when nothing is queued, or when the queued version is that champion already.
+    """
+    approval = concluded.queued
+    if approval is None or concluded.is_running:
+        return None
+    champion = _champion_after(concluded)
+    if approval.version == champion:
+        return None
+    return Experiment(
+        experiment_id=experiment_id_for(approval),
+        model_name=concluded.model_name,
+        status="running",
+        champion_version=champion,
+        challenger_version=approval.version,
+        challenger_share=concluded.plan.shares[0],
+        opened_at=concluded.concluded_at or approval.occurred_at,
+        plan=concluded.plan,
+        correlation_id=approval.correlation_id,
+        reasons=("queued_challenger_opened", f"after:{concluded.experiment_id}"),
     )
-    return (superseded, opened)
+
+
+def _champion_after(concluded: Experiment) -> str:
+    if concluded.override is not None:
+        return concluded.override.champion_version
+    if concluded.status == "promoted" and concluded.challenger_version is not None:
+        return concluded.challenger_version
+    return concluded.champion_version
 
 
 def is_newer(version: str, than: str | None) -> bool:

@@ -1,5 +1,8 @@
 """What a look does to a running experiment: ramp, hold, promote, roll back or give up.
 
+An experiment that has not decided by its maximum duration (or its per-arm cap)
+ends ``inconclusive``, held or not: the champion keeps serving alone.
+
 Pure: the experiment, its statistics and the clock in; the next state out. The
 handler publishes ``experiment-updated`` whenever ``state_changed`` says so.
 """
@@ -9,22 +12,29 @@ from __future__ import annotations
 from datetime import datetime
 
 from services.router.core.decision import Action, Decision, ExperimentStats, evaluate
-from services.router.core.experiment import Experiment
+from services.router.core.experiment import Experiment, ExperimentStatus
 
 
 def labelled_total(s: ExperimentStats) -> int:
-    """Labelled outcomes (or rewards) of both arms."""
-    return s.champion.labelled + s.challenger.labelled + s.champion.reward_n + s.challenger.reward_n
+    """Labelled outcomes (or rewards) of both arms whose windows have closed."""
+    return s.champion.outcomes + s.challenger.outcomes
 
 
 def _challenger_outcomes(s: ExperimentStats) -> int:
-    return s.challenger.labelled + s.challenger.reward_n
+    return s.challenger.outcomes
 
 
-def look_due(experiment: Experiment, s: ExperimentStats) -> bool:
-    """Whether enough new outcomes arrived since the last look."""
+def overdue(experiment: Experiment, now: datetime) -> bool:
+    """Whether the experiment has run past its maximum duration."""
+    return (now - experiment.opened_at).total_seconds() > experiment.plan.max_duration_s
+
+
+def look_due(experiment: Experiment, s: ExperimentStats, now: datetime | None = None) -> bool:
+    """Whether enough new outcomes arrived since the last look, or time is up."""
     if not experiment.is_running:
         return False
+    if now is not None and overdue(experiment, now):
+        return True  # a held or starved experiment still ends
     return labelled_total(s) - experiment.looked_at_labelled >= experiment.plan.look_every
 
 
@@ -42,8 +52,10 @@ def look(experiment: Experiment, s: ExperimentStats, now: datetime) -> Experimen
             "reasons": reasons,
         }
     )
-    if action in ("rollback", "inconclusive"):
+    if action == "rollback":
         return _conclude(looked, "rolled_back", now)
+    if action == "inconclusive":
+        return _conclude(looked, "inconclusive", now)
     if action == "promote" and experiment.is_final_stage:
         return _conclude(looked, "promoted", now)
     if action in ("promote", "continue") and _stage_done(experiment, s):
@@ -54,8 +66,8 @@ def look(experiment: Experiment, s: ExperimentStats, now: datetime) -> Experimen
 def _action(
     experiment: Experiment, decision: Decision, now: datetime
 ) -> tuple[Action, tuple[str, ...]]:
-    overdue = (now - experiment.opened_at).total_seconds() > experiment.plan.max_duration_s
-    if overdue and decision.action == "continue":
+    # A hold ends too: a split that stays broken must not keep a challenger forever.
+    if overdue(experiment, now) and decision.action in ("continue", "hold"):
         return "inconclusive", ("max_duration", *decision.reasons)
     return decision.action, decision.reasons
 
@@ -81,7 +93,7 @@ def _advance(experiment: Experiment, s: ExperimentStats) -> Experiment:
     )
 
 
-def _conclude(experiment: Experiment, status: str, now: datetime) -> Experiment:
+def _conclude(experiment: Experiment, status: ExperimentStatus, now: datetime) -> Experiment:
     return experiment.model_copy(
         update={
             "status": status,

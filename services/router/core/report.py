@@ -17,6 +17,7 @@ from services.router.core.decision import (
     p95_ms,
 )
 from services.router.core.experiment import Experiment
+from services.router.core.outcomes import OutcomeWindow
 
 
 class LookPoint(BaseModel):
@@ -63,16 +64,19 @@ def look_point(experiment: Experiment, s: ExperimentStats, at: AwareDatetime) ->
 
 
 def _outcomes(arm: ArmStats) -> int:
-    return arm.labelled + arm.reward_n
+    return arm.outcomes
 
 
 class ArmHealth(BaseModel):
-    """What one arm served and how it did."""
+    """What one arm served and how it did (pooled over periods: for reading, not deciding)."""
 
     version: str | None
     assigned: int
+    requests: int
     errors: int
+    closed: int
     labelled: int
+    late: int
     label_rate: float
     accuracy: float | None
     mean_reward: float | None
@@ -95,6 +99,9 @@ class ExperimentReport(BaseModel):
     decision: str | None
     reasons: tuple[str, ...]
     config: dict[str, Any]
+    outcome_window: OutcomeWindow
+    open_outcomes: int
+    late_labels: int
     arms: dict[str, ArmHealth]
     srm: SrmResult
     primary: MetricResult | None
@@ -107,9 +114,12 @@ def _health(arm: ArmStats, version: str | None) -> ArmHealth:
     return ArmHealth(
         version=version,
         assigned=arm.assigned,
+        requests=arm.requests,
         errors=arm.errors,
+        closed=arm.closed,
         labelled=arm.labelled,
-        label_rate=arm.labelled / arm.assigned if arm.assigned else 0.0,
+        late=arm.late,
+        label_rate=arm.outcomes / arm.closed if arm.closed else 0.0,
         accuracy=arm.accuracy if arm.labelled else None,
         mean_reward=arm.reward_sum / arm.reward_n if arm.reward_n else None,
         p95_latency_ms=p95_ms(arm),
@@ -137,6 +147,9 @@ def build_report(
         decision=experiment.decision,
         reasons=experiment.reasons,
         config=experiment.plan.model_dump(mode="json"),
+        outcome_window=experiment.plan.outcome_window,
+        open_outcomes=s.open_outcomes,
+        late_labels=s.champion.late + s.challenger.late,
         arms={
             "champion": _health(s.champion, experiment.champion_version),
             "challenger": _health(s.challenger, experiment.challenger_version),

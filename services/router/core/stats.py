@@ -179,6 +179,141 @@ def always_valid_p(diff: Num, se: Num, n_total: Num, alpha: float, n_star: float
     return cast(Num, value if value.ndim else float(value))
 
 
+@dataclass(frozen=True)
+class Arm:
+    """One arm's sample in one stratum: mean, per-unit variance (ddof = 1) and size."""
+
+    mean: float
+    var: float
+    n: int
+
+
+@dataclass(frozen=True)
+class Stratified:
+    """A difference B − A combined over strata, with what the tests and lift need."""
+
+    diff: float
+    se: float
+    df: float
+    mean_a: float
+    mean_b: float
+    var_mean_a: float
+    var_mean_b: float
+    n_total: int
+
+
+def stratum_weights(strata: Sequence[tuple[Arm, Arm]]) -> list[float]:
+    """Weights of the strata: each one's information n_A·n_B/(n_A+n_B), normalised.
+
+    They depend on the counts only, never on the outcomes, and are the
+    Cochran–Mantel–Haenszel weights of a difference.
+
+    >>> [round(w, 3) for w in stratum_weights([(Arm(0, 0, 95), Arm(0, 0, 5)),
+    ...                                         (Arm(0, 0, 50), Arm(0, 0, 50))])]
+    [0.16, 0.84]
+    """
+    info = [a.n * b.n / (a.n + b.n) for a, b in strata]
+    total = sum(info)
+    return [i / total for i in info]
+
+
+def stratified_difference(strata: Sequence[tuple[Arm, Arm]]) -> Stratified:
+    """The stratified difference Σ wₛ(ȳ_Bₛ − ȳ_Aₛ) and its variance Σ wₛ²·varₛ.
+
+    Degrees of freedom are Welch–Satterthwaite's over every stratum's two
+    variance terms; with one stratum everything reduces to Welch's test
+    (and to the unpooled Wald test when the variances are p(1 − p)).
+
+    Parameters
+    ----------
+    strata
+        ``(champion, challenger)`` samples of each allocation period; each arm needs n ≥ 2.
+
+    Examples
+    --------
+    >>> one = stratified_difference([(Arm(0.8, 0.16, 100), Arm(0.9, 0.09, 100))])
+    >>> round(one.diff, 3), round(one.se, 4)
+    (0.1, 0.05)
+    >>> two = stratified_difference([(Arm(0.78, 0.17, 950), Arm(0.78, 0.17, 50)),
+    ...                              (Arm(0.82, 0.15, 500), Arm(0.82, 0.15, 500))])
+    >>> round(two.diff, 12), round(two.mean_a, 4)  # pooled arms would differ by 0.0226
+    (0.0, 0.8136)
+    """
+    weights = stratum_weights(strata)
+    terms_a = [w * w * a.var / a.n for w, (a, _) in zip(weights, strata, strict=True)]
+    terms_b = [w * w * b.var / b.n for w, (_, b) in zip(weights, strata, strict=True)]
+    var = sum(terms_a) + sum(terms_b)
+    denominator = sum(
+        ta * ta / (a.n - 1) + tb * tb / (b.n - 1)
+        for ta, tb, (a, b) in zip(terms_a, terms_b, strata, strict=True)
+    )
+    mean_a = sum(w * a.mean for w, (a, _) in zip(weights, strata, strict=True))
+    mean_b = sum(w * b.mean for w, (_, b) in zip(weights, strata, strict=True))
+    return Stratified(
+        diff=mean_b - mean_a,
+        se=math.sqrt(var),
+        df=var * var / denominator if denominator > 0 else math.inf,
+        mean_a=mean_a,
+        mean_b=mean_b,
+        var_mean_a=sum(terms_a),
+        var_mean_b=sum(terms_b),
+        n_total=sum(a.n + b.n for a, b in strata),
+    )
+
+
+def stratified_test(combined: Stratified, alpha: float = 0.05, normal: bool = True) -> TwoSample:
+    """Fixed-horizon test and interval of a stratified difference (z, or t with its df).
+
+    >>> r = stratified_test(stratified_difference([(Arm(1.0, 1.0, 50), Arm(1.5, 4.0, 40))]),
+    ...                     normal=False)
+    >>> round(r.statistic, 3), round(r.df, 1), round(r.p_value, 4)  # Welch's test
+    (1.443, 54.4, 0.1546)
+    """
+    if normal:
+        return _two_sided_normal(combined.diff, combined.se, alpha)
+    diff, se, df = combined.diff, combined.se, combined.df
+    t = diff / se if se > 0 else 0.0
+    p = float(2 * stats.t.sf(abs(t), df))
+    half = float(stats.t.ppf(1 - alpha / 2, df)) * se
+    return TwoSample(diff, se, t, p, diff - half, diff + half, df)
+
+
+def shifted_mean_var(n: int, shifted_sum: float, shifted_sumsq: float, shift: float) -> Arm:
+    """Mean and sample variance from sums of (x − shift) and (x − shift)².
+
+    Summing raw squares loses every digit of the variance once the values sit
+    far from zero (rewards near 1e8); sums around a shift near the mean keep them.
+
+    >>> xs = [1e8 + 1, 1e8 + 2, 1e8 + 3]
+    >>> arm = shifted_mean_var(3, sum(x - 1e8 for x in xs), sum((x - 1e8) ** 2 for x in xs), 1e8)
+    >>> arm.mean, arm.var
+    (100000002.0, 1.0)
+    """
+    if n == 0:
+        return Arm(shift, 0.0, 0)
+    centred = shifted_sum / n
+    var = max(0.0, (shifted_sumsq - n * centred * centred) / (n - 1)) if n > 1 else 0.0
+    return Arm(shift + centred, var, n)
+
+
+def srm_chi_square(observed: Sequence[tuple[float, float]], share: Sequence[float]) -> float:
+    """SRM p-value over several periods: Σ of each period's Pearson χ², df = number of periods.
+
+    Opposite imbalances in two periods add up instead of cancelling.
+
+    >>> round(srm_chi_square([(480, 520)], [0.5]), 4)  # one period: Pearson's test
+    0.2059
+    >>> srm_chi_square([(930, 70), (430, 570)], [0.05, 0.5]) < 1e-6  # pooled it would pass
+    True
+    """
+    chi2 = 0.0
+    for (a, b), s in zip(observed, share, strict=True):
+        n = a + b
+        expected = (n * (1 - s), n * s)
+        chi2 += sum((o - e) ** 2 / e for o, e in zip((a, b), expected, strict=True))
+    return float(stats.chi2.sf(chi2, len(observed))) if observed else 1.0
+
+
 def srm_p_value(observed: Sequence[float], expected: Sequence[float]) -> float:
     """Pearson χ² p-value of observed counts against expected counts (same total).
 
@@ -218,17 +353,6 @@ def required_n_per_arm(effect: float, alpha: float = 0.05, power: float = 0.8) -
     return 2 * ((_z(alpha) + float(stats.norm.ppf(power))) / effect) ** 2
 
 
-def achieved_power(effect: float, n_per_arm: float, alpha: float = 0.05) -> float:
-    """Power of a two-sided fixed-horizon test with ``n_per_arm`` units per arm (both tails).
-
-    >>> round(achieved_power(0.2838, 195), 3)
-    0.8
-    """
-    shift = abs(effect) * math.sqrt(n_per_arm / 2)
-    z = _z(alpha)
-    return float(stats.norm.cdf(shift - z) + stats.norm.cdf(-shift - z))
-
-
 def minimum_detectable_effect(n_per_arm: float, alpha: float = 0.05, power: float = 0.8) -> float:
     """Smallest standardised effect (h or d) detected with ``power`` at ``n_per_arm`` per arm.
 
@@ -236,6 +360,17 @@ def minimum_detectable_effect(n_per_arm: float, alpha: float = 0.05, power: floa
     0.2837
     """
     return (_z(alpha) + float(stats.norm.ppf(power))) * math.sqrt(2 / n_per_arm)
+
+
+def minimum_detectable_difference(se: float, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Smallest absolute difference a fixed-horizon test at this standard error detects.
+
+    It replaces "observed power", which is only a transform of the p-value.
+
+    >>> round(minimum_detectable_difference(0.05), 4)
+    0.1401
+    """
+    return (_z(alpha) + float(stats.norm.ppf(power))) * se
 
 
 def mde_of_proportion(p_a: float, effect_h: float) -> float:

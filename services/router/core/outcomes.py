@@ -1,0 +1,215 @@
+"""Outcome (attribution) windows: when a prediction's outcome enters the statistics.
+
+Labels arrive late, and often later for one kind of outcome than another. During
+a ramp the challenger's predictions are younger, so counting labels as they
+arrive favours whichever outcome is labelled sooner. Every experiment therefore
+fixes a window when it opens; a prediction's outcome counts only once its window
+has closed, the same way for both arms: labelled within the window → counted
+with its label; no label by then → counted as unlabelled (an input of the
+label-rate guardrail, not of accuracy). Labels after the window are ignored for
+decisions and counted as ``late``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.events import Variant
+
+#: What became of a label: kept for its open window, or ignored.
+LabelStatus = Literal["open", "late", "duplicate"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class OutcomeWindow(_Frozen):
+    """How long after its prediction an outcome may still be labelled."""
+
+    seconds: float = Field(60.0, gt=0, description="Window after the prediction, in seconds.")
+    predictions: int = Field(
+        0, ge=0, description="Or until this many later predictions of the experiment (0: off)."
+    )
+
+
+class PendingOutcome(_Frozen):
+    """A routed prediction whose outcome window is open."""
+
+    request_id: str
+    arm: Variant
+    stratum: str = Field(description="The challenger share in force when it was routed.")
+    predicted_at: float = Field(description="Prediction time, seconds since the epoch.")
+    seq: int = Field(0, description="Its position among the experiment's predictions.")
+
+
+class Label(_Frozen):
+    """Feedback on one prediction, with when it came (time and prediction count)."""
+
+    correct: bool | None = None
+    reward: float | None = None
+    at: float = Field(description="Feedback time, seconds since the epoch.")
+    seq: int = Field(0, description="The experiment's prediction count when it came.")
+
+
+@dataclass(frozen=True)
+class Closing:
+    """Windows found closed at one look, with their labels, and the stored reward shift."""
+
+    outcomes: list[tuple[PendingOutcome, Label | None]]
+    reward_shift: float | None
+
+
+def closes_by(pending: PendingOutcome, now: float, seq_now: int, window: OutcomeWindow) -> bool:
+    """Whether ``pending``'s window has closed at time ``now`` after ``seq_now`` predictions.
+
+    >>> p = PendingOutcome(request_id="r", arm="champion", stratum="0.05", predicted_at=100.0,
+    ...     seq=7)
+    >>> closes_by(p, 159.0, 8, OutcomeWindow(seconds=60)), closes_by(p, 160.0, 8, OutcomeWindow())
+    (False, True)
+    >>> closes_by(p, 101.0, 17, OutcomeWindow(seconds=60, predictions=10))
+    True
+    """
+    if now >= pending.predicted_at + window.seconds:
+        return True
+    return window.predictions > 0 and seq_now - pending.seq >= window.predictions
+
+
+def due_cutoffs(now: float, seq_now: int, window: OutcomeWindow) -> tuple[float, int | None]:
+    """Predicted at or before the first, or numbered at or below the second: closed.
+
+    >>> due_cutoffs(160.0, 17, OutcomeWindow(seconds=60, predictions=10))
+    (100.0, 7)
+    >>> due_cutoffs(160.0, 17, OutcomeWindow(seconds=60))
+    (100.0, None)
+    """
+    seq_cutoff = seq_now - window.predictions if window.predictions > 0 else None
+    return now - window.seconds, seq_cutoff
+
+
+def in_window(pending: PendingOutcome, label: Label, window: OutcomeWindow) -> bool:
+    """Whether ``label`` came before ``pending``'s window closed.
+
+    >>> p = PendingOutcome(request_id="r", arm="champion", stratum="0.05", predicted_at=100.0)
+    >>> in_window(p, Label(correct=True, at=150.0), OutcomeWindow(seconds=60))
+    True
+    >>> in_window(p, Label(correct=True, at=170.0), OutcomeWindow(seconds=60))
+    False
+    """
+    if label.at > pending.predicted_at + window.seconds:
+        return False
+    return window.predictions == 0 or label.seq - pending.seq < window.predictions
+
+
+def closing_increments(
+    pending: PendingOutcome, label: Label | None, window: OutcomeWindow, reward_shift: float
+) -> dict[str, float]:
+    """The counters one closed window adds to its stratum and arm.
+
+    >>> p = PendingOutcome(request_id="r", arm="challenger", stratum="0.5", predicted_at=0.0)
+    >>> closing_increments(p, Label(correct=True, at=5.0), OutcomeWindow(), 0.0)
+    {'0.5|challenger:closed': 1, '0.5|challenger:labelled': 1, '0.5|challenger:correct': 1}
+    >>> closing_increments(p, None, OutcomeWindow(), 0.0)
+    {'0.5|challenger:closed': 1}
+    >>> closing_increments(p, Label(reward=10.5, at=99.0), OutcomeWindow(), 10.0)
+    {'0.5|challenger:closed': 1, '0.5|challenger:late': 1}
+    """
+    key = f"{pending.stratum}|{pending.arm}:"
+    counts: dict[str, float] = {key + "closed": 1}
+    if label is None:
+        return counts
+    if not in_window(pending, label, window):
+        return counts | {key + "late": 1}
+    if label.correct is not None:
+        counts |= {key + "labelled": 1, key + "correct": int(label.correct)}
+    if label.reward is not None:
+        shifted = label.reward - reward_shift
+        counts |= {
+            key + "reward_n": 1,
+            key + "reward_sum": shifted,
+            key + "reward_sumsq": shifted * shifted,
+        }
+    return counts
+
+
+def reward_shift_for(
+    stored: float | None, closing: list[tuple[PendingOutcome, Label | None]]
+) -> float | None:
+    """The experiment's reward shift: the stored one, else the first reward now closing.
+
+    Any constant works; one near the mean keeps the shifted sums small. None while
+    no reward has been seen (nothing to shift).
+
+    >>> p = PendingOutcome(request_id="r", arm="champion", stratum="0.5", predicted_at=0.0)
+    >>> reward_shift_for(None, [(p, None), (p, Label(reward=1e8, at=1.0))])
+    100000000.0
+    >>> reward_shift_for(3.0, [(p, Label(reward=1e8, at=1.0))]), reward_shift_for(None, [])
+    (3.0, None)
+    """
+    if stored is not None:
+        return stored
+    rewards = [lab.reward for _, lab in closing if lab is not None and lab.reward is not None]
+    return rewards[0] if rewards else None
+
+
+def close_increments(
+    closing: Closing, window: OutcomeWindow
+) -> tuple[dict[str, dict[str, float]], float | None]:
+    """Each closing request's counters, and the reward shift they were summed around."""
+    shift = reward_shift_for(closing.reward_shift, closing.outcomes)
+    increments = {
+        pending.request_id: closing_increments(pending, label, window, shift or 0.0)
+        for pending, label in closing.outcomes
+    }
+    return increments, shift
+
+
+def encode_pending(p: PendingOutcome) -> str:
+    """A compact text form for storage.
+
+    >>> encode_pending(PendingOutcome(request_id="r", arm="champion", stratum="0.05",
+    ...     predicted_at=1.5, seq=3))
+    'champion|0.05|1.5|3'
+    """
+    return f"{p.arm}|{p.stratum}|{p.predicted_at!r}|{p.seq}"
+
+
+def decode_pending(request_id: str, text: str) -> PendingOutcome:
+    """The inverse of ``encode_pending``.
+
+    >>> decode_pending("r", "champion|0.05|1.5|3").seq
+    3
+    """
+    arm, stratum, at, seq = text.split("|")
+    return PendingOutcome.model_validate(
+        {"request_id": request_id, "arm": arm, "stratum": stratum, "predicted_at": at, "seq": seq}
+    )
+
+
+def encode_label(label: Label) -> str:
+    """A compact text form for storage (empty fields for what the feedback lacks).
+
+    >>> encode_label(Label(correct=False, at=2.0, seq=9))
+    '0||2.0|9'
+    """
+    correct = "" if label.correct is None else str(int(label.correct))
+    reward = "" if label.reward is None else repr(label.reward)
+    return f"{correct}|{reward}|{label.at!r}|{label.seq}"
+
+
+def decode_label(text: str) -> Label:
+    """The inverse of ``encode_label``.
+
+    >>> decode_label("1|2.5|3.0|4")
+    Label(correct=True, reward=2.5, at=3.0, seq=4)
+    """
+    correct, reward, at, seq = text.split("|")
+    return Label(
+        correct=None if correct == "" else correct == "1",
+        reward=None if reward == "" else float(reward),
+        at=float(at),
+        seq=int(seq),
+    )
