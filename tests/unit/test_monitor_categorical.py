@@ -70,6 +70,7 @@ def test_a_stray_unseen_value_does_not_drift_against_a_reference_without_singlet
     stray = table.test(["basic"] * 500 + ["pro"] * 499 + ["x"])
     assert stray.unseen == 1
     assert stray.p_value > 0.05
-    # The exact test's p for u unseen with n1 = 0 is (W / (N + W))^u, doubled in the feature.
+    # The exact test's p for u unseen with n1 = 0 is (W / (N + W))^u, tripled in the feature.
     several = table.test(["basic"] * 500 + ["pro"] * 496 + ["x", "y", "x", "z"])
-    assert several.p_value == pytest.approx(2 * (1000 / 11_000) ** 4)
+    assert several.unseen_p_value == pytest.approx((1000 / 11_000) ** 4)
+    assert several.p_value == pytest.approx(3 * (1000 / 11_000) ** 4)

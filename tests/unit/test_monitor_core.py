@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.stats import chi2_contingency, ks_2samp
+from scipy.stats import chi2_contingency, ks_2samp, norm
+from statsmodels.stats.contingency_tables import Table
 
 from services.monitor.core import (
     AccuracyCusum,
@@ -68,6 +69,9 @@ def test_chi2_is_the_homogeneity_test_with_unseen_values_in_other_and_counts_the
     assert result.shares_p_value == pytest.approx(expected.pvalue)
     assert table.degrees_of_freedom == 3
     assert result.unseen == 6
+    # The one-share test: the largest adjusted residual (statsmodels), Bonferroni over 4 cells.
+    residuals = Table(np.array([[500, 300, 150, 50], [40, 30, 15, 15]])).standardized_resids
+    assert result.cell_p_value == pytest.approx(4 * 2 * norm.sf(np.abs(residuals[1]).max()))
 
 
 def test_a_too_small_other_cell_takes_in_the_smallest_kept_category() -> None:

@@ -1,7 +1,7 @@
 """Categorical drift that scales with the number of categories.
 
-A categorical feature is tested two ways, each at half the feature's level
-(Bonferroni within the feature):
+A categorical feature is tested three ways, each at a third of the feature's
+level (Bonferroni within the feature):
 
 - **Shares, χ² of homogeneity** between the reference counts and the window
   counts (a 2 × cells table, df = cells − 1). Both samples are noisy, so the
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy.stats import binom, chi2
+from scipy.stats import binom, chi2, norm
 
 #: Smallest expected window count of a χ² cell; rarer categories are merged into "other".
 MIN_EXPECTED = 5.0
@@ -46,9 +46,10 @@ class CategoricalResult:
 
     statistic: float
     p_value: float
-    """Bonferroni within the feature: 2 × the smaller of the two p-values, at most 1."""
+    """Bonferroni within the feature: 3 × the smallest of the three p-values, at most 1."""
     unseen: int
     shares_p_value: float
+    cell_p_value: float
     unseen_p_value: float
 
 
@@ -79,20 +80,21 @@ class CategoryTable:
     """Every category of the reference, kept or merged."""
 
     def test(self, window: Sequence[str]) -> CategoricalResult:
-        """Both tests of one window's values."""
+        """The three tests of one window's values."""
         other = self.reference_counts.size - 1
         cells = np.array([self.cell_of.get(v, other) for v in window], dtype=np.int64)
         observed = np.bincount(cells, minlength=self.reference_counts.size).astype(float)
         unseen = sum(v not in self.seen for v in window)
         statistic = self._homogeneity(observed)
         shares_p = float(chi2.sf(statistic, self.degrees_of_freedom)) if self.cells > 1 else 1.0
+        cell_p = self._cell_p_value(observed)
         unseen_p = self._unseen_p_value(unseen, len(window))
-        combined = min(1.0, 2 * min(shares_p, unseen_p))
-        return CategoricalResult(statistic, combined, unseen, shares_p, unseen_p)
+        combined = min(1.0, 3 * min(shares_p, cell_p, unseen_p))
+        return CategoricalResult(statistic, combined, unseen, shares_p, cell_p, unseen_p)
 
     def critical_value(self, level: float) -> float:
         """The χ² statistic above which the shares test alone rejects at ``level``."""
-        return float(chi2.isf(level / 2, max(self.degrees_of_freedom, 1)))
+        return float(chi2.isf(level / 3, max(self.degrees_of_freedom, 1)))
 
     @property
     def cells(self) -> int:
@@ -112,6 +114,19 @@ class CategoryTable:
         both = r + w
         used = both > 0
         return float(n * m * ((r[used] / n - w[used] / m) ** 2 / both[used]).sum())
+
+    def _cell_p_value(self, observed: np.ndarray) -> float:
+        """Two-sided p of the largest adjusted residual, times the number of cells."""
+        r, w = self.reference_counts, observed
+        n, m = r.sum(), w.sum()
+        if self.cells < 2 or m == 0:
+            return 1.0
+        both = r + w
+        used = both > 0
+        expected = m * both[used] / (n + m)
+        spread = expected * (n / (n + m)) * (1 - both[used] / (n + m))
+        largest = float(np.max(np.abs(w[used] - expected) / np.sqrt(spread)))
+        return min(1.0, self.cells * 2 * float(norm.sf(largest)))
 
     def _unseen_p_value(self, unseen: int, size: int) -> float:
         if unseen == 0:

@@ -110,12 +110,15 @@ class DriftDetector:
         self.rejected.update(rejected)
         return BatchOutcome(self._append(numbers, labels, kept, marks), dict(rejected))
 
-    def add_numeric(self, numbers: np.ndarray) -> list[WindowVerdict]:
-        """Add already validated rows of a numeric-only reference (n × features, in order)."""
-        if self._categorical:
-            raise ValueError("add_numeric needs a reference without categorical features")
+    def add_numeric(
+        self, numbers: np.ndarray, labels: Sequence[Sequence[str]] | None = None
+    ) -> list[WindowVerdict]:
+        """Add already validated rows (n × numeric features, in order; labels per row)."""
         rows = numbers.shape[0]
-        return self._append(numbers, [[] for _ in range(rows)], list(range(rows)), None)
+        if labels is None and self._categorical:
+            raise ValueError("a reference with categorical features needs labels")
+        per_row = [list(r) for r in labels] if labels is not None else [[] for _ in range(rows)]
+        return self._append(numbers, per_row, list(range(rows)), None)
 
     def _append(
         self,
