@@ -1,4 +1,5 @@
-"""One error hierarchy; handlers turn it into retries or dead letters, the gateway into HTTP."""
+"""One error hierarchy; handlers turn it into retries or dead letters, ``shared.http_errors``
+into HTTP statuses (a retryable error answers 503)."""
 
 from __future__ import annotations
 

@@ -19,26 +19,32 @@ from mlflow.tracking import MlflowClient
 
 from shared.errors import DependencyUnavailableError
 
-#: A request to a stopped server fails in about 3 s (retries after 0 s and 2 s), a hung
-#: one in about 17 s (three 5 s timeouts), instead of ~4 minutes.
+#: A request to a stopped server fails at once (one immediate retry), to a hung one in
+#: about 10 s (two 5 s timeouts), instead of after ~4 minutes. Two retries took 3 s and
+#: 17 s; a longer outage is the caller's to retry (handlers redeliver, clients get 503).
 MLFLOW_HTTP_DEFAULTS: dict[str, str] = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
 }
 
-# What MLflow's REST client says when the server did not answer (after its retries).
-_OUTAGE_MARKERS = (
-    "Max retries exceeded",
-    "Connection refused",
-    "Failed to establish a new connection",
-    "Connection aborted",
-    "RemoteDisconnected",
-    "timed out",
-    "timeout exception",
-    "502",
-    "503",
-    "504",
+# What MLflow's REST client says when the server did not answer (after its retries), and
+# the cause in a few words; the most specific first.
+_OUTAGE_CAUSES = (
+    ("Connection refused", "connection refused"),
+    ("Failed to establish a new connection", "no connection"),
+    ("timed out", "timed out"),
+    ("timeout exception", "timed out"),
+    ("Connection aborted", "connection dropped"),
+    ("RemoteDisconnected", "connection dropped"),
+    # After its retries on 5xx ("too many 503 error responses"), or answered without them.
+    ("too many 502", "502 Bad Gateway"),
+    ("too many 503", "503 Service Unavailable"),
+    ("too many 504", "504 Gateway Timeout"),
+    ("error code 502", "502 Bad Gateway"),
+    ("error code 503", "503 Service Unavailable"),
+    ("error code 504", "504 Gateway Timeout"),
+    ("Max retries exceeded", "no answer"),
 )
 
 
@@ -50,7 +56,7 @@ def bound_mlflow_requests(env: MutableMapping[str, str] | None = None) -> None:
     >>> env = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
     >>> bound_mlflow_requests(env)
     >>> env["MLFLOW_HTTP_REQUEST_TIMEOUT"], env["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
-    ('30', '2')
+    ('30', '1')
     """
     env = os.environ if env is None else env
     for name, value in MLFLOW_HTTP_DEFAULTS.items():
@@ -63,21 +69,24 @@ def mlflow_client(tracking_uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
-def is_outage(error: Exception) -> bool:
-    """Tell whether an MLflow error means "the server did not answer" (retrying may help).
+def outage_cause(error: Exception) -> str | None:
+    """The cause, in a few words, when an MLflow error means "the server did not answer".
+
+    None for any other error (a missing model, a bad request): retrying cannot help those.
 
     Examples
     --------
-    >>> is_outage(MlflowException("API request to http://x/api failed with exception "
-    ...                           "Max retries exceeded with url: /api"))
-    True
-    >>> is_outage(MlflowException("RESOURCE_DOES_NOT_EXIST: Registered Model not found"))
-    False
+    >>> outage_cause(MlflowException("API request to http://x/api failed with exception "
+    ...                              "Max retries exceeded (Caused by Connection refused)"))
+    'connection refused'
+    >>> outage_cause(MlflowException("RESOURCE_DOES_NOT_EXIST: Registered Model not found"))
     """
-    if isinstance(error, requests.RequestException):
-        return True
     text = str(error)
-    return "API request to" in text and any(marker in text for marker in _OUTAGE_MARKERS)
+    if not isinstance(error, requests.RequestException) and "API request to" not in text:
+        return None
+    causes = (cause for marker, cause in _OUTAGE_CAUSES if marker in text)
+    default = "no answer" if isinstance(error, requests.RequestException) else None
+    return next(causes, default)
 
 
 @contextlib.contextmanager
@@ -86,7 +95,8 @@ def mlflow_outages() -> Iterator[None]:
     try:
         yield
     except (requests.RequestException, MlflowException) as error:
-        if not is_outage(error):
+        cause = outage_cause(error)
+        if cause is None:
             raise
         message = error.message if isinstance(error, MlflowException) else str(error)
-        raise DependencyUnavailableError(f"MLflow unreachable: {message}") from error
+        raise DependencyUnavailableError(f"MLflow unreachable ({cause}): {message}") from error
