@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.registry.admin import RegistryAdmin
 from services.registry.auth import admin_guard
 from services.registry.core import trigger_chain
 from services.registry.ports import ModelRegistry, VersionInfo
-from shared.errors import InvalidInputError, NotFoundError
+from shared.errors import NotFoundError
 from shared.events import ModelPromoted, ModelRolledBack
 
 
@@ -97,13 +97,11 @@ def _view(v: VersionInfo) -> VersionView:
     )
 
 
-def _http_error(error: Exception) -> HTTPException:
-    status = 404 if isinstance(error, NotFoundError) else 422
-    return HTTPException(status_code=status, detail=str(error))
-
-
 def versions_router(models: ModelRegistry) -> APIRouter:
-    """Read-only routes under ``/v1/models``."""
+    """Read-only routes under ``/v1/models``.
+
+    Errors are answered by ``shared.http_errors`` (404 unknown, 422 bad input, 503 MLflow down).
+    """
     router = APIRouter(prefix="/v1/models", tags=["models"])
 
     @router.get("", summary="Registered models")
@@ -112,18 +110,12 @@ def versions_router(models: ModelRegistry) -> APIRouter:
 
     @router.get("/{name}/versions", summary="Versions with aliases and gate results")
     async def list_versions(name: str) -> VersionsView:
-        try:
-            versions = await asyncio.to_thread(models.list_versions, name)
-        except (NotFoundError, InvalidInputError) as error:
-            raise _http_error(error) from error
+        versions = await asyncio.to_thread(models.list_versions, name)
         return VersionsView(model_name=name, versions=[_view(v) for v in versions])
 
     @router.get("/{name}/versions/{version}/lineage", summary="Run, data, code and trigger chain")
     async def lineage(name: str, version: str) -> LineageView:
-        try:
-            return await asyncio.to_thread(_lineage, models, name, version)
-        except (NotFoundError, InvalidInputError) as error:
-            raise _http_error(error) from error
+        return await asyncio.to_thread(_lineage, models, name, version)
 
     return router
 
@@ -157,23 +149,16 @@ def _lineage(models: ModelRegistry, name: str, version: str) -> LineageView:
 
 def admin_router(admin: RegistryAdmin, token: str | None) -> APIRouter:
     """Promote and rollback, each requiring ``Authorization: Bearer <token>``."""
-
     router = APIRouter(
         prefix="/v1/models", tags=["admin"], dependencies=[Depends(admin_guard(token))]
     )
 
     @router.post("/{name}/promote", summary="Make a version (default: challenger) champion")
     async def promote(name: str, request: PromoteRequest) -> ModelPromoted:
-        try:
-            return await admin.promote(name, request.version, request.reason, request.requested_by)
-        except (NotFoundError, InvalidInputError) as error:
-            raise _http_error(error) from error
+        return await admin.promote(name, request.version, request.reason, request.requested_by)
 
     @router.post("/{name}/rollback", summary="Give champion back to the previous champion")
     async def rollback(name: str, request: RollbackRequest) -> ModelRolledBack:
-        try:
-            return await admin.rollback(name, request.reason, request.requested_by)
-        except (NotFoundError, InvalidInputError) as error:
-            raise _http_error(error) from error
+        return await admin.rollback(name, request.reason, request.requested_by)
 
     return router

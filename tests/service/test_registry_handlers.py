@@ -262,6 +262,7 @@ async def test_versions_route_lists_aliases_and_gates() -> None:
     h = _harness()
     await _send(h, _trained(h, "r1"), _trained(h, "r2", accuracy=0.3))
     app = FastAPI()
+    install_error_handlers(app)  # as service_app does
     app.include_router(versions_router(h.models))
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://registry") as client:
@@ -324,6 +325,7 @@ async def test_nan_output_a_wrong_schema_and_a_blown_latency_budget_are_each_nam
 
 def _admin_app(h: Harness) -> FastAPI:
     app = FastAPI()
+    install_error_handlers(app)  # as service_app does
     app.include_router(versions_router(h.models))
     app.include_router(admin_router(RegistryAdmin(h.models, h.publisher), TOKEN))
     return app
