@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import httpx
 import uvicorn
 from fastapi import APIRouter, FastAPI, Response
+from fastapi.responses import PlainTextResponse
 from faststream.kafka import KafkaBroker
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from redis.asyncio import Redis
@@ -199,7 +200,12 @@ def _add_probe_routes(
     async def healthz() -> dict[str, str]:
         return {"status": "ok", "service": runtime.name}
 
-    @app.get("/readyz", tags=["ops"], summary="Readiness: broker and dependencies reachable")
+    @app.get(
+        "/readyz",
+        tags=["ops"],
+        summary="Readiness: broker and dependencies reachable",
+        responses={503: {"description": "Not ready: the failing checks are false"}},
+    )
     async def readyz(response: Response) -> dict[str, object]:
         results = dict(
             zip(checks, await asyncio.gather(*(c() for c in checks.values())), strict=True)
@@ -216,7 +222,10 @@ def _add_probe_routes(
             "reasons": reasons,
         }
 
-    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics")
+    # Documented as text, as Prometheus serves it (clients and schemathesis check the type).
+    @app.get(
+        "/metrics", tags=["ops"], summary="Prometheus metrics", response_class=PlainTextResponse
+    )
     async def metrics() -> Response:
         return Response(generate_latest(runtime.registry), media_type=CONTENT_TYPE_LATEST)
 

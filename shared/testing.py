@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from faststream.kafka import KafkaBroker
 from prometheus_client import CollectorRegistry
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shared.events import Event
 from shared.messaging import ConsumerContext
@@ -57,3 +58,19 @@ def consumer_context(service: str, broker: KafkaBroker | None = None) -> Consume
         retry_backoff_s=0.0,
         outage_backoff_s=0.0,
     )
+
+
+def without_lifespan(app: ASGIApp) -> ASGIApp:
+    """``app`` as a server without lifespan support sees it: its start-up hooks never run, so
+    nothing connects to Kafka, and the state a test wired by hand is the state served.
+
+    For in-process clients that would otherwise start the lifespan (schemathesis's).
+    """
+
+    async def serve(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            # Refusing the scope before reading a message is how an app says "no lifespan".
+            raise RuntimeError("lifespan not run: the test wires the app itself")
+        await app(scope, receive, send)
+
+    return serve

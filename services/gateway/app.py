@@ -8,6 +8,7 @@ import logging
 from dataclasses import dataclass
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
 from services.gateway.adapters import (
     MlflowModelRegistry,
@@ -20,6 +21,7 @@ from services.gateway.errors import install_error_handlers
 from services.gateway.handlers import register
 from services.gateway.limits import BodyLimit
 from services.gateway.metrics import GatewayMetrics
+from services.gateway.openapi import install_spec_document
 from services.gateway.pool import ModelPool
 from services.gateway.ports import (
     FeatureStore,
@@ -34,7 +36,14 @@ from services.gateway.serving import ServingRefresher
 from services.gateway.settings import Settings
 from services.gateway.shadow import ShadowScorer
 from shared.messaging import BatchEventPublisher
-from shared.runtime import Hook, ServiceRuntime, build_runtime, serve, service_app
+from shared.runtime import (
+    Hook,
+    ReadinessCheck,
+    ServiceRuntime,
+    build_runtime,
+    serve,
+    service_app,
+)
 from shared.spec import load_spec
 
 log = logging.getLogger(__name__)
@@ -93,6 +102,7 @@ def create_app(settings: Settings | None = None, *, ports: GatewayPorts | None =
     resync = PeriodicTask(refresher.load_initial, settings.routing_resync_s, "routing-resync")
     app = service_app(
         runtime,
+        checks={"model_loaded": _models_loaded(pool, refresher)},
         on_startup=[
             events.start,
             _initial_load(refresher, settings.startup_load_timeout_s),
@@ -127,10 +137,34 @@ def create_app(settings: Settings | None = None, *, ports: GatewayPorts | None =
         ),
     )
     app.state.prediction_events = events
+    app.state.refresher = refresher
     app.state.shadow = shadow
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
+    install_spec_document(app, spec, settings.max_batch)
+    _add_health_alias(app)
     return app
+
+
+def _models_loaded(pool: ModelPool, refresher: ServingRefresher) -> ReadinessCheck:
+    """Readiness: a champion is loaded, or the registry names none yet (a fresh system).
+
+    Without one every predict is a 503: a gateway cold-started while MLflow was away
+    reported ready and took traffic it could not answer.
+    """
+
+    async def check() -> bool:
+        return pool.snapshot.champion is not None or refresher.nothing_to_serve
+
+    return check
+
+
+def _add_health_alias(app: FastAPI) -> None:
+    """``/health``, where seed-style clients look: the readiness answer, body and status."""
+    readyz = next(r for r in app.routes if isinstance(r, APIRoute) and r.path == "/readyz")
+    app.add_api_route(
+        "/health", readyz.endpoint, methods=["GET"], tags=["ops"], summary="Alias of /readyz"
+    )
 
 
 def _initial_load(refresher: ServingRefresher, timeout_s: float) -> Hook:

@@ -4,11 +4,28 @@ from __future__ import annotations
 
 from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from shared.events import Variant
 
 Instance = dict[str, Any]
+
+
+def _present(value: Any) -> Any:
+    """Refuse an explicit ``null`` for an optional field: the documented way to leave it
+    out is to leave it out, so what the OpenAPI document calls invalid is refused."""
+    if value is None:
+        raise ValueError("null is not a value here: leave the field out")
+    return value
+
+
+def _only_one(*names: str) -> list[Any]:
+    """JSON-schema branches saying exactly one of ``names`` is present."""
+    return [
+        {"required": [name], "not": {"anyOf": [{"required": [o]} for o in names if o != name]}}
+        for name in names
+    ]
 
 
 class PredictRequest(BaseModel):
@@ -46,15 +63,30 @@ class PredictRequest(BaseModel):
                         }
                     ]
                 },
-            ]
+            ],
+            # What _one_shape checks, said in the document: rows one way, or an entity alone.
+            "anyOf": [
+                *_only_one("instances", "features"),
+                {
+                    "required": ["entity_id"],
+                    "properties": {"entity_id": {"type": "string"}},
+                    "not": {"anyOf": [{"required": ["instances"]}, {"required": ["features"]}]},
+                },
+            ],
         },
     )
 
-    instances: list[Instance] | None = Field(None, description="Feature rows, name → value.")
-    features: Instance | None = Field(None, description="One feature row, name → value.")
+    instances: list[Instance] | SkipJsonSchema[None] = Field(
+        None, description="Feature rows, name → value."
+    )
+    features: Instance | SkipJsonSchema[None] = Field(
+        None, description="One feature row, name → value."
+    )
     entity_id: str | None = Field(
         None, min_length=1, max_length=256, description="Keeps one entity on one variant."
     )
+
+    _rows_present = field_validator("instances", "features", mode="before")(_present)
 
     @model_validator(mode="after")
     def _one_shape(self) -> Self:
@@ -127,13 +159,24 @@ class FeedbackRequest(BaseModel):
             "examples": [
                 {"request_id": "6f1c2a9e-3b1d-4c55-9a57-2e8f0c1d7b42", "true_label": "high_value"},
                 {"request_id": "6f1c2a9e-3b1d-4c55-9a57-2e8f0c1d7b42", "reward": 12.5},
-            ]
+            ],
+            "anyOf": _only_one("true_label", "reward"),
         },
     )
 
     request_id: str = Field(min_length=1, max_length=300)
-    true_label: str | None = None
-    reward: float | None = Field(None, allow_inf_nan=False)
+    true_label: str | SkipJsonSchema[None] = None
+    reward: float | SkipJsonSchema[None] = Field(None, allow_inf_nan=False)
+
+    _label_present = field_validator("true_label", mode="before")(_present)
+
+    @field_validator("reward", mode="before")
+    @classmethod
+    def _a_number(cls, value: Any) -> Any:
+        # Pydantic would read "12.5" or true as a number; the document says a number.
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"expected a number, got {type(value).__name__}")
+        return value
 
     @model_validator(mode="after")
     def _one_outcome(self) -> Self:
@@ -160,6 +203,13 @@ class FeedbackResponse(BaseModel):
     request_id: str
     duplicate: bool = Field(description="True when feedback for this request was already in.")
     correct: bool | None = Field(None, description="Whether the prediction was right (labels).")
+
+
+class ErrorOut(BaseModel):
+    """Why a request was refused: a message (with each bad field, when there are several), a
+    plain sentence, or FastAPI's list of field errors for a body of another shape."""
+
+    detail: dict[str, Any] | list[dict[str, Any]] | str
 
 
 class LoadedModelOut(BaseModel):

@@ -40,6 +40,9 @@ class ServingRefresher:
         self._metrics = metrics
         self._lock = asyncio.Lock()
         self._applied_at: datetime | None = None
+        self.nothing_to_serve = False
+        """True once a refresh found no champion named (a fresh registry): readiness then
+        does not wait for a model. False before any resolution, or while MLflow is away."""
 
     async def load_initial(self) -> None:
         """Serve the router's routing table when the registry's aliases agree with it.
@@ -120,14 +123,30 @@ class ServingRefresher:
     async def _refresh(
         self, champion: str | None, challenger: str | None, routing: RoutingTable
     ) -> None:
+        """Serve the named versions under ``routing``, all or nothing.
+
+        A table is one decision: a version that does not load (a broken artifact, or a
+        forged event naming versions that do not exist) leaves the previous table serving
+        whole, its experiment id and split included. The one exception is a gateway that
+        serves nothing yet: it takes a champion that loaded, alone and outside any split.
+        """
         async with self._lock:
             current = self._pool.snapshot
-            snapshot = ServingSnapshot(
-                champion=await self._model(current, "champion", champion),
-                challenger=await self._model(current, "challenger", challenger),
-                routing=routing,
-            )
+            models = {
+                "champion": await self._model(current, "champion", champion),
+                "challenger": await self._model(current, "challenger", challenger),
+            }
+            named = {"champion": champion, "challenger": challenger}
+            failed = [role for role, version in named.items() if version and not models[role]]
+            if not failed:
+                snapshot = ServingSnapshot(models["champion"], models["challenger"], routing)
+            elif current.champion is None and models["champion"] is not None:
+                snapshot = ServingSnapshot(models["champion"], None, RoutingTable(None, 0.0))
+            else:
+                log.error("routing table refused", extra={"failed": failed, "versions": named})
+                return
             self._pool.swap(snapshot)
+            self.nothing_to_serve = champion is None
             log.info("serving table swapped", extra={"models": snapshot.describe()})
 
     async def _model(
@@ -147,11 +166,11 @@ class ServingRefresher:
                 await asyncio.to_thread(loaded.warm_up, self._spec)
         except Exception as error:
             log.error(
-                "model load failed; the previous model keeps serving",
+                "model load failed; the previous table keeps serving",
                 extra={"role": role, "version": version, "error": repr(error)},
             )
             self._metrics.model_load_errors.labels(role=role).inc()
-            return current.model_for(role)
+            return None
         log.info("model loaded", extra={"role": role, "version": version})
         return loaded
 

@@ -64,6 +64,7 @@ class FakeModelRegistry:
         self.broken: set[str] = set()
         self.unscorable: set[str] = set()
         self.loads: list[str] = []
+        self.down = False
 
     def load(self, name: str, version: str) -> Classifier:
         self.loads.append(version)
@@ -75,6 +76,8 @@ class FakeModelRegistry:
         return model
 
     def aliases(self, name: str) -> dict[Variant, str | None]:
+        if self.down:
+            raise OSError("MLflow unreachable")
         return dict(self.alias_versions)
 
 
@@ -159,6 +162,7 @@ class Gateway:
     records: InMemoryPredictionRecords
     publisher: Any
     store: InMemoryFeatureStore
+    registry: FakeModelRegistry
 
     def serve(self, share: float = 0.0) -> None:
         """Swap in a champion (v1) and, when ``share`` > 0, a challenger (v2)."""
@@ -199,13 +203,17 @@ class InMemoryFeatureStore:
 
 async def open_gateway(publisher: BatchEventPublisher, **settings: Any) -> AsyncIterator[Gateway]:
     """A gateway app over in-memory ports, with a client talking to it in-process."""
-    records, store = InMemoryPredictionRecords(), InMemoryFeatureStore()
-    ports = GatewayPorts(FakeModelRegistry(), FakeRoutingState(), records, publisher, store)
+    records, store, registry = (
+        InMemoryPredictionRecords(),
+        InMemoryFeatureStore(),
+        FakeModelRegistry(),
+    )
+    ports = GatewayPorts(registry, FakeRoutingState(), records, publisher, store)
     # No lifespan runs under ASGITransport: nothing connects, the buffer is drained by hand.
     app = create_app(Settings(max_batch=5, **settings), ports=ports)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
-        yield Gateway(app, client, records, publisher, store)
+        yield Gateway(app, client, records, publisher, store, registry)
 
 
 def rows(n: int) -> list[dict[str, Any]]:

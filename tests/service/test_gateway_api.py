@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pandas as pd
@@ -135,6 +136,57 @@ async def test_models_and_readyz_name_each_loaded_variant(gateway: Gateway) -> N
     ready = (await gateway.client.get("/readyz")).json()
     assert ready["model_loaded"] is True
     assert ready["models"]["challenger"]["version"] == "2"
+
+
+def _dependencies_answer(gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kafka and Redis answer, so readiness turns on the models alone."""
+    runtime = gateway.app.state.runtime
+    runtime.broker_started.set()
+
+    async def answers(*_: Any, **__: Any) -> bool:
+        return True
+
+    monkeypatch.setattr(runtime.broker, "ping", answers)
+    monkeypatch.setattr(runtime.redis, "ping", answers)
+
+
+@pytest.mark.parametrize("path", ["/readyz", "/health"])
+async def test_a_gateway_without_its_champion_is_not_ready(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    _dependencies_answer(gateway, monkeypatch)
+    unready = await gateway.client.get(path)
+    gateway.serve()
+    ready = await gateway.client.get(path)
+    assert (unready.status_code, ready.status_code) == (503, 200)
+    assert (unready.json()["checks"]["model_loaded"], ready.json()["checks"]["model_loaded"]) == (
+        False,
+        True,
+    )
+
+
+async def test_a_fresh_system_with_no_champion_named_is_ready_and_an_mlflow_outage_is_not(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _dependencies_answer(gateway, monkeypatch)
+    gateway.registry.down = True
+    await gateway.app.state.refresher.load_initial()
+    outage = await gateway.client.get("/readyz")
+    gateway.registry.down = False  # MLflow answers: no model was ever approved
+    await gateway.app.state.refresher.load_initial()
+    fresh = await gateway.client.get("/readyz")
+    assert (outage.status_code, fresh.status_code) == (503, 200)
+    assert fresh.json()["model_loaded"] is False
+
+
+async def test_health_is_the_readiness_answer(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _dependencies_answer(gateway, monkeypatch)
+    gateway.serve(share=0.3)
+    health, ready = await gateway.client.get("/health"), await gateway.client.get("/readyz")
+    assert (health.status_code, health.json()) == (ready.status_code, ready.json())
+    assert health.json()["models"]["challenger"]["version"] == "2"
 
 
 async def test_an_entity_stays_on_its_variant(gateway: Gateway) -> None:

@@ -92,6 +92,55 @@ async def test_a_failed_load_keeps_the_previous_model_serving() -> None:
     assert serving.metrics.model_load_errors.labels(role="challenger")._value.get() == 1
 
 
+def forged(champion: str, challenger: str, share: float = 0.5) -> ExperimentUpdated:
+    return table(champion=champion, challenger=challenger, share=share).model_copy(
+        update={"experiment_id": "forged"}
+    )
+
+
+async def test_an_experiment_whose_versions_do_not_load_is_not_adopted_at_all() -> None:
+    serving = Serving()
+    await serving.deliver(table())
+    before = serving.pool.snapshot
+    serving.registry.broken.update({"98", "99"})
+    await serving.deliver(forged("98", "99"))
+    assert serving.pool.snapshot == before  # neither its id nor its 0.5 share
+    assert serving.pool.snapshot.routing.experiment_id == "exp-1-2"
+
+
+async def test_a_challenger_that_does_not_load_keeps_the_whole_previous_table() -> None:
+    serving = Serving()
+    await serving.deliver(table())
+    before = serving.pool.snapshot
+    serving.registry.broken.add("3")
+    await serving.deliver(forged("1", "3"))
+    assert serving.pool.snapshot == before
+    assert serving.metrics.model_load_errors.labels(role="challenger")._value.get() == 1
+
+
+async def test_a_cold_start_serves_the_champion_alone_when_the_challenger_does_not_load() -> None:
+    serving = Serving()
+    serving.registry.broken.add("2")
+    await serving.deliver(table(share=0.5))
+    assert serving.versions() == ("1", None)
+    routing = serving.pool.snapshot.routing
+    assert (routing.experiment_id, routing.challenger_share) == (None, 0.0)
+    serving.registry.broken.clear()  # the next resync serves the experiment whole
+    await serving.deliver(table(share=0.5))
+    assert serving.versions() == ("1", "2")
+    assert serving.pool.snapshot.routing.challenger_share == pytest.approx(0.5)
+
+
+async def test_the_refresher_knows_when_nothing_is_named_to_serve() -> None:
+    serving = Serving()
+    assert serving.refresher.nothing_to_serve is False  # nothing resolved yet
+    await serving.refresher.load_initial()
+    assert serving.refresher.nothing_to_serve is True  # a fresh registry: no champion
+    serving.registry.alias_versions = {"champion": "1", "challenger": None}
+    await serving.refresher.load_initial()
+    assert serving.refresher.nothing_to_serve is False
+
+
 async def test_a_model_that_cannot_score_an_example_row_is_never_swapped_in() -> None:
     serving = Serving()
     await serving.deliver(table(challenger=None, share=0.0, status="champion_only"))

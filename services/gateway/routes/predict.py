@@ -2,24 +2,43 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Response
 
 from services.gateway.deps import PoolDep, PredictionsDep
-from services.gateway.schemas import LoadedModelOut, ModelsResponse, PredictRequest, PredictResponse
+from services.gateway.schemas import (
+    ErrorOut,
+    LoadedModelOut,
+    ModelsResponse,
+    PredictRequest,
+    PredictResponse,
+)
 
 router = APIRouter(prefix="/v1", tags=["predict"])
 
-_ERRORS: dict[int | str, dict[str, str]] = {
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "The body is not JSON"},
+    404: {
+        "model": ErrorOut,
+        "description": "Only an entity_id was sent, and it has no stored features",
+    },
     413: {
+        "model": ErrorOut,
         "description": "More instances than GATEWAY_MAX_BATCH, or a body over "
-        "GATEWAY_MAX_BODY_BYTES"
+        "GATEWAY_MAX_BODY_BYTES",
     },
-    422: {"description": "Unknown, missing or ill-typed features (each one named)"},
+    422: {
+        "model": ErrorOut,
+        "description": "Unknown, missing or ill-typed features, numbers that are not finite "
+        "or outside the spec's bounds (each one named); never charged to a model",
+    },
     500: {
-        "description": "The routed model raised or answered non-finite probabilities "
-        "(counted against its variant: prediction-failed)"
+        "model": ErrorOut,
+        "description": "The routed model raised or answered non-finite probabilities for a "
+        "valid row (counted against its variant: prediction-failed)",
     },
-    503: {"description": "No model loaded for the champion alias"},
+    503: {"model": ErrorOut, "description": "No model loaded for the champion alias"},
 }
 
 
