@@ -9,6 +9,8 @@ fair even when accuracy drifts; comparing pooled arms across a ramp is not
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import cached_property
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -57,7 +59,7 @@ class ArmStats(_Frozen):
 
     def __add__(self, other: ArmStats) -> ArmStats:
         """Field-wise sum (latency bins element-wise)."""
-        summed: dict[str, object] = {
+        summed: dict[str, Any] = {
             name: getattr(self, name) + getattr(other, name)
             for name in ArmStats.model_fields
             if name != "latency_bins"
@@ -66,7 +68,7 @@ class ArmStats(_Frozen):
         mine = self.latency_bins + (0,) * (size - len(self.latency_bins))
         theirs = other.latency_bins + (0,) * (size - len(other.latency_bins))
         summed["latency_bins"] = tuple(a + b for a, b in zip(mine, theirs, strict=True))
-        return ArmStats.model_validate(summed)
+        return ArmStats.model_construct(**summed)  # sums of valid fields are valid
 
 
 class StratumStats(_Frozen):
@@ -83,12 +85,12 @@ class ExperimentStats(_Frozen):
     reward_shift: float = Field(0.0, description="Subtracted from every reward before summing.")
     open_outcomes: int = Field(0, description="Predictions whose outcome window is still open.")
 
-    @property
+    @cached_property
     def champion(self) -> ArmStats:
         """The champion pooled over strata (for counts and display, never for comparisons)."""
         return _pooled(s.champion for s in self.strata.values())
 
-    @property
+    @cached_property
     def challenger(self) -> ArmStats:
         """The challenger pooled over strata (for counts and display, never for comparisons)."""
         return _pooled(s.challenger for s in self.strata.values())
