@@ -27,6 +27,9 @@ ROUTER_ENV = {
     "ROUTER_MIN_CORRECT_PER_ARM": "10",
     "ROUTER_MIN_WRONG_PER_ARM": "10",
     "ROUTER_N_STAR": "600",
+    # Labels come right after their predictions here: a 5 s outcome window holds them all.
+    "ROUTER_OUTCOME_WINDOW_S": "5",
+    "ROUTER_LOOK_INTERVAL_S": "1",
     # The latency guardrail has its own unit tests; here a 2-core CI box's scheduling
     # noise must not decide whether the loop reaches its verdict.
     "ROUTER_LATENCY_SLOWDOWN": "2.0",
