@@ -13,6 +13,7 @@ from services.router.handlers import (
     register,
 )
 from services.router.metrics import RouterMetrics
+from services.router.recovery import StateGuard, mlflow_alias_reader
 from services.router.routes import experiments_router
 from services.router.settings import Settings
 from shared.runtime import build_runtime, serve, service_app
@@ -35,11 +36,21 @@ def create_app(settings: Settings | None = None, name: str = "router") -> FastAP
     overrides = OverrideHandler(store, runtime.publisher, metrics, outcomes.lock)
     register(runtime.consumer, approvals, outcomes, overrides)
     ticker = Ticker(outcomes.tick, settings.look_interval_s)
+    guard = StateGuard(
+        runtime.redis,
+        store,
+        mlflow_alias_reader(settings.mlflow_tracking_uri),
+        runtime.publisher,
+        runtime.registry,
+        settings.model_name,
+    )
     return service_app(
         runtime,
-        on_startup=[ticker.start],
-        on_shutdown=[ticker.stop],
+        checks={"state": guard.ready},
+        on_startup=[ticker.start, guard.start],
+        on_shutdown=[guard.stop, ticker.stop],
         routers=[experiments_router(store, tally)],
+        details=guard.details,
         description="Runs champion/challenger experiments: ramp, always-valid looks, verdicts.",
     )
 

@@ -1,0 +1,144 @@
+"""Notices a Redis that came back without the router's state, and rebuilds what it can.
+
+A marker key lives beside the router's state. The append-only file keeps it
+across restarts; when it is missing and no experiment is stored either, Redis
+lost its data: the routing table is rebuilt from MLflow's aliases
+(``core.recovery``), a lost experiment is counted in
+``router_state_lost_total`` (alert ``RouterStateLost``) and logged as an error,
+and ``/readyz`` is 503 until the rebuild is done. This module is the guard and
+its one MLflow adapter (an adapter module of its own, beside ``adapters.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from mlflow.exceptions import MlflowException
+from prometheus_client import CollectorRegistry, Counter
+from redis.asyncio import Redis
+
+from services.router.core.recovery import STATE_LOST, rebuilt_state
+from services.router.ports import ExperimentStore
+from shared.events import ExperimentUpdated
+from shared.messaging import EventPublisher
+from shared.mlflow_client import mlflow_client
+
+log = logging.getLogger(__name__)
+
+#: Written once the router's state is known to be whole; gone only when Redis lost its data.
+STATE_MARKER_KEY = "flywheel:router:state-marker"
+_MISSING = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}
+
+AliasReader = Callable[[str], tuple[str | None, str | None]]
+"""Blocking: a model's (champion, challenger) versions in the registry."""
+
+
+def mlflow_alias_reader(tracking_uri: str) -> AliasReader:
+    """Read ``champion`` and ``challenger`` from MLflow (None where unset or no such model)."""
+
+    def read(model_name: str) -> tuple[str | None, str | None]:
+        client = mlflow_client(tracking_uri)
+        try:
+            aliases = client.get_registered_model(model_name).aliases
+        except MlflowException as error:
+            if error.error_code in _MISSING:
+                return None, None
+            raise
+        found = {alias: str(version) for alias, version in aliases.items()}
+        return found.get("champion"), found.get("challenger")
+
+    return read
+
+
+class StateGuard:
+    """Checks the marker at start and every ``period_s``; rebuilds and alarms on a loss."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        store: ExperimentStore,
+        aliases: AliasReader,
+        publisher: EventPublisher,
+        registry: CollectorRegistry,
+        model_name: str,
+        period_s: float = 5.0,
+    ) -> None:
+        self._redis, self._store, self._aliases = redis, store, aliases
+        self._publisher, self._model_name, self._period_s = publisher, model_name, period_s
+        self._lost = Counter(
+            "router_state_lost_total",
+            "Times Redis came back without the router's state while an experiment ran "
+            "(it cannot be resumed: its outcome counts are gone).",
+            ["model_name"],
+            registry=registry,
+        )
+        self._last_rebuild: str | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Check once in the background now, then every ``period_s``."""
+        self._task = asyncio.create_task(self._loop(), name="router-state-guard")
+
+    async def stop(self) -> None:
+        """Stop checking."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def ready(self) -> bool:
+        """Readiness: the state is whole (the marker is there)."""
+        try:
+            return bool(await self._redis.exists(STATE_MARKER_KEY))
+        except Exception:
+            return False
+
+    def details(self) -> dict[str, object]:
+        """For ``/readyz``: what the last rebuild did, if any happened."""
+        return {"state_rebuilt": self._last_rebuild}
+
+    async def check(self) -> None:
+        """Do nothing while the marker is there; else rebuild from MLflow and set it."""
+        if await self._redis.exists(STATE_MARKER_KEY):
+            return
+        if not await self._store.all():
+            await self._rebuild()
+        await self._redis.set(STATE_MARKER_KEY, datetime.now(UTC).isoformat())
+
+    async def _rebuild(self) -> None:
+        champion, challenger = await asyncio.to_thread(self._aliases, self._model_name)
+        state = rebuilt_state(self._model_name, champion, challenger, datetime.now(UTC))
+        if state is None:
+            return  # nothing registered: a first start, nothing was lost
+        update = ExperimentUpdated(
+            producer="router",
+            experiment_id=state.experiment_id,
+            model_name=state.model_name,
+            status=state.status,
+            champion_version=state.champion_version,
+            challenger_share=0.0,
+            reason=",".join(state.reasons),
+        )
+        await self._publisher.publish(update)
+        await self._store.save(state.model_copy(update={"last_event_id": update.event_id}), update)
+        self._last_rebuild = f"{update.occurred_at.isoformat()}: {update.reason}"
+        if STATE_LOST in state.reasons:
+            self._lost.labels(model_name=self._model_name).inc()
+            log.error(
+                "Redis lost the router's state: the experiment is gone, the champion serves alone",
+                extra={"champion": champion, "challenger": challenger},
+            )
+        else:
+            log.warning("routing table rebuilt from the registry", extra={"champion": champion})
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.check()
+            except Exception as error:  # Redis or MLflow down: stay not-ready, try again
+                log.warning("router state not checked", extra={"error": repr(error)})
+            await asyncio.sleep(self._period_s)
