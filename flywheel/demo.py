@@ -2,6 +2,12 @@
 
 ``flywheel demo`` prints each step with its time; the end-to-end test runs the
 same steps and asserts on what they return.
+
+On a used stack (the router already has a routing table) the demo starts from
+the champion that serves instead of training a first model: a first batch would
+become a challenger, and the experiment it opens holds the monitor's drift
+alarm that the next step waits for. Its generated data then comes from other
+seeds, since the trainer skips content it has seen.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +24,7 @@ import httpx
 import pandas as pd
 
 from flywheel.demo_experiment import ExperimentRun, drive_to_verdict, open_experiment, render_report
-from flywheel.loop import EventTap, announce
+from flywheel.loop import EventTap, announce, current_routing
 from shared.datasets import generate_customers, write_batch
 from shared.events import (
     DataArrived,
@@ -74,6 +80,34 @@ class LoopRun:
     challenger: ModelApproved | None = None
     experiment: ExperimentUpdated | None = None
     verdict: ExperimentRun | None = None
+    #: On a used stack: the routing table the demo found and started from.
+    started_from: ExperimentUpdated | None = None
+
+
+class ExperimentStillRunningError(RuntimeError):
+    """An experiment from an earlier run still runs: the drift step could never succeed."""
+
+
+def refuse_a_running_experiment(table: ExperimentUpdated | None) -> None:
+    """Stop at once, saying what to do, when ``table`` is a running experiment."""
+    if table is None or table.status != "running":
+        return
+    raise ExperimentStillRunningError(
+        f"experiment {table.experiment_id[:8]} (challenger {table.challenger_version} against "
+        f"champion {table.champion_version}) is still running from an earlier run, and the "
+        "monitor holds drift alarms while an experiment runs, so the demo's drift step "
+        f"would wait in vain. End it first: `flywheel promote {table.champion_version}` keeps "
+        f"the champion, `flywheel promote {table.challenger_version}` promotes the challenger."
+    )
+
+
+def config_for_stack(config: DemoConfig, table: ExperimentUpdated | None) -> DemoConfig:
+    """``config`` on a fresh stack; on a used one, seeds no earlier run used."""
+    if table is None:
+        return config
+    version = table.champion_version
+    offset = int(version) if version.isdigit() else len(version)
+    return replace(config, seed=config.seed + 1000 * offset)
 
 
 class Steps:
@@ -126,11 +160,14 @@ async def wait_until_serving(
 async def run_demo(config: DemoConfig, say: Say = print) -> LoopRun:
     """Drive one turn of the loop: data → champion → traffic → drift → retrained challenger."""
     steps, run = Steps(say), LoopRun()
+    table = await current_routing(config.router_url)
+    refuse_a_running_experiment(table)
+    config = config_for_stack(config, table)
     async with (
         EventTap(config.kafka) as tap,
         httpx.AsyncClient(base_url=config.gateway_url, timeout=30) as client,
     ):
-        await _first_model(config, tap, client, steps, run)
+        await first_model(config, tap, client, steps, run, table)
         await _drift_and_retrain(config, tap, client, steps, run)
         if config.router_url is not None:
             run.verdict = await _experiment_to_verdict(config, tap, client, steps)
@@ -165,7 +202,28 @@ async def _experiment_to_verdict(
     return experiment
 
 
-async def _first_model(
+async def first_model(
+    config: DemoConfig,
+    tap: EventTap,
+    client: httpx.AsyncClient,
+    steps: Steps,
+    run: LoopRun,
+    table: ExperimentUpdated | None,
+) -> None:
+    """A first champion trained from a new batch, or on a used stack the one that serves."""
+    if table is None:
+        await _train_first_champion(config, tap, client, steps, run)
+    else:
+        run.started_from = table
+        steps.done(
+            f"a used stack: version {table.champion_version} serves as champion "
+            f"(experiment-updated: {table.status}); the demo starts from it"
+        )
+        await wait_until_serving(client, table.champion_version, "champion", config.step_timeout_s)
+    await _normal_traffic(config, client, steps, run)
+
+
+async def _train_first_champion(
     config: DemoConfig, tap: EventTap, client: httpx.AsyncClient, steps: Steps, run: LoopRun
 ) -> None:
     frame = generate_customers(config.training_rows, config.seed)
@@ -186,6 +244,11 @@ async def _first_model(
     )
     steps.done(f"experiment-updated: {run.first_experiment.status}")
     await wait_until_serving(client, run.champion.version, run.champion.alias, wait)
+
+
+async def _normal_traffic(
+    config: DemoConfig, client: httpx.AsyncClient, steps: Steps, run: LoopRun
+) -> None:
     normal = rows_of(generate_customers(config.normal_requests, config.seed + 1))
     answers = await send_traffic(client, normal)
     run.first_prediction = answers[0]

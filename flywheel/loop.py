@@ -13,11 +13,20 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self, TypeVar
 
+import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pydantic import ValidationError
 
-from shared.events import DataArrived, DatasetRef, Event, Topic, dead_letter_topic, parse_event
+from shared.events import (
+    DataArrived,
+    DatasetRef,
+    Event,
+    ExperimentUpdated,
+    Topic,
+    dead_letter_topic,
+    parse_event,
+)
 from shared.kafka_security import KafkaConnection, as_connection
 
 E = TypeVar("E", bound=Event)
@@ -49,6 +58,18 @@ async def publish_raw(kafka: KafkaConnection | str, topic: str, value: bytes) ->
         await producer.send_and_wait(topic, value)
     finally:
         await producer.stop()
+
+
+async def current_routing(router_url: str | None) -> ExperimentUpdated | None:
+    """The router's routing table; None on a fresh stack (no model approved) or no router."""
+    if router_url is None:
+        return None
+    async with httpx.AsyncClient(base_url=router_url, timeout=30) as client:
+        response = await client.get("/v1/experiments/current")
+    if response.status_code == 404:
+        return None
+    response.raise_for_status()
+    return ExperimentUpdated.model_validate(response.json())
 
 
 async def announce(
