@@ -36,7 +36,7 @@ from drift_simulation import poisson, wilson
 
 from services.monitor.core import DriftDetector, Reference
 
-WINDOW, HORIZON, CHUNK = 1_000, 6_000, 50_000
+WINDOW, HORIZON, CHUNK = 1_000, 10_000, 50_000
 TARGET_DELAY = 2_000
 Shift = Callable[[np.random.Generator, Sample], Sample]
 

@@ -74,3 +74,26 @@ def test_a_stray_unseen_value_does_not_drift_against_a_reference_without_singlet
     several = table.test(["basic"] * 500 + ["pro"] * 496 + ["x", "y", "x", "z"])
     assert several.unseen_p_value == pytest.approx((1000 / 11_000) ** 4)
     assert several.p_value == pytest.approx(3 * (1000 / 11_000) ** 4)
+
+
+def test_a_small_lasting_share_move_is_found_pooled_and_survives_a_restart() -> None:
+    rng = np.random.default_rng(3)
+    reference = Reference.from_columns("1", {}, {"city": _zipf(rng, 10_000)})
+    quiet = {"persistence": 99, "strong_alpha": 1e-300}  # only the pooled test may alarm
+    cities = _zipf(rng, 8000)
+    moved = [i for i, c in enumerate(cities) if c != "c0" and rng.random() < 0.03 / 0.83]
+    for i in moved:  # c0 gains 3 points: too little for one window at this level
+        cities[i] = "c0"
+    labels = [[c] for c in cities]
+    empty = np.empty((8000, 0))
+    without = DriftDetector(reference, pooled_windows=0, **quiet)  # type: ignore[arg-type]
+    assert not any(v.alarm for v in without.add_numeric(empty, labels))
+    first = DriftDetector(reference, **quiet)  # type: ignore[arg-type]
+    assert not any(v.alarm for v in first.add_numeric(empty[:5000], labels[:5000]))
+    second = DriftDetector(reference, **quiet)  # type: ignore[arg-type]
+    second.restore(first.state(), [], first.pooled_chunks(8))
+    verdicts = second.add_numeric(empty[5000:], labels[5000:])
+    assert [v.alarm for v in verdicts] == [False, False, True]
+    look = verdicts[2].features[0]
+    assert look.pooled_statistic is not None
+    assert look.pooled_threshold is not None

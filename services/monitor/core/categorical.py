@@ -29,8 +29,10 @@ of the χ² would make every kept category look more frequent by ``1 / (1 − M)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -51,6 +53,17 @@ class CategoricalResult:
     shares_p_value: float
     cell_p_value: float
     unseen_p_value: float
+
+
+@dataclass(frozen=True)
+class WindowCounts:
+    """A window's values counted into a table's cells; counts of windows add up."""
+
+    observed: np.ndarray
+    unseen: int
+
+    def __add__(self, other: WindowCounts) -> WindowCounts:
+        return WindowCounts(self.observed + other.observed, self.unseen + other.unseen)
 
 
 @dataclass(frozen=True)
@@ -81,14 +94,22 @@ class CategoryTable:
 
     def test(self, window: Sequence[str]) -> CategoricalResult:
         """The three tests of one window's values."""
+        return self.test_counts(self.count(window))
+
+    def count(self, window: Sequence[str]) -> WindowCounts:
+        """The window's values in the table's cells, and how many the reference never saw."""
         other = self.reference_counts.size - 1
         cells = np.array([self.cell_of.get(v, other) for v in window], dtype=np.int64)
         observed = np.bincount(cells, minlength=self.reference_counts.size).astype(float)
-        unseen = sum(v not in self.seen for v in window)
+        return WindowCounts(observed, sum(v not in self.seen for v in window))
+
+    def test_counts(self, counts: WindowCounts) -> CategoricalResult:
+        """The three tests of counted values (one window, or several added up)."""
+        observed, unseen = counts.observed, counts.unseen
         statistic = self._homogeneity(observed)
         shares_p = float(chi2.sf(statistic, self.degrees_of_freedom)) if self.cells > 1 else 1.0
         cell_p = self._cell_p_value(observed)
-        unseen_p = self._unseen_p_value(unseen, len(window))
+        unseen_p = self._unseen_p_value(unseen, int(observed.sum()))
         combined = min(1.0, 3 * min(shares_p, cell_p, unseen_p))
         return CategoricalResult(statistic, combined, unseen, shares_p, cell_p, unseen_p)
 
@@ -174,3 +195,43 @@ class CategoricalReference:
         return CategoryTable(
             cell_of, counts.astype(float), self.singletons, window_size, frozenset(self.categories)
         )
+
+
+@dataclass
+class PooledCategories:
+    """The categorical half of the pooled test: cell counts of the last ``windows`` windows.
+
+    Counts add up, so a look costs one sum per feature; the three tests then run
+    on the pooled counts at ``level`` (a small lasting change of shares, which no
+    single window shows, as ``PooledKS`` does for numbers).
+    """
+
+    tables: Sequence[CategoryTable]
+    windows: int
+    level: float
+    _ring: deque[list[WindowCounts]] = field(default_factory=deque)
+
+    def __post_init__(self) -> None:
+        self._ring = deque(maxlen=self.windows)
+        self.thresholds = [table.critical_value(self.level) for table in self.tables]
+
+    def add(self, counts: list[WindowCounts]) -> list[CategoricalResult] | None:
+        """Add one closed window's counts; the pooled results once the ring is full."""
+        self._ring.append(counts)
+        if len(self._ring) < self.windows:
+            return None
+        pooled = [sum(column[1:], column[0]) for column in zip(*self._ring, strict=True)]
+        return [table.test_counts(c) for table, c in zip(self.tables, pooled, strict=True)]
+
+    def chunks(self, last: int) -> list[dict[str, Any]]:
+        """The last ``last`` windows' counts, JSON-ready (one chunk per window)."""
+        kept = list(self._ring)[max(len(self._ring) - last, 0) :]
+        return [{"categories": [[*c.observed.tolist(), c.unseen] for c in w]} for w in kept]
+
+    def restore(self, chunks: Sequence[Mapping[str, Any]]) -> None:
+        """Refill the ring from saved chunks (oldest first); chunks without counts are skipped."""
+        for chunk in [c for c in chunks if "categories" in c][-self.windows :]:
+            saved = chunk["categories"]
+            self._ring.append(
+                [WindowCounts(np.array(c[:-1], dtype=float), int(c[-1])) for c in saved]
+            )

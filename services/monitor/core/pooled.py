@@ -50,11 +50,13 @@ class PooledKS:
     windows: int
     window_size: int
     alpha: float
+    features: int = 0
+    """Features sharing ``alpha`` (Bonferroni); 0 means the numeric ones alone."""
     _ring: deque[np.ndarray] = field(default_factory=deque)
 
     def __post_init__(self) -> None:
         rows = self.windows * self.window_size
-        level = self.alpha / max(len(self.sorted_references), 1)
+        level = self.alpha / max(self.features or len(self.sorted_references), 1)
         self.thresholds = np.array(
             [ks_critical_value(level, r.size, rows) for r in self.sorted_references]
         )

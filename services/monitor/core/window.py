@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from services.monitor.core.categorical import PooledCategories, WindowCounts
 from services.monitor.core.correction import Correction, rejections
 from services.monitor.core.ks import ks_critical_value, ks_p_values, ks_statistics_and_ranks
 from services.monitor.core.pooled import PooledKS
@@ -35,6 +36,14 @@ class WindowVerdict:
     alarm: bool
     first: WindowMark | None = None
     last: WindowMark | None = None
+
+
+class PooledLook(NamedTuple):
+    """A feature's pooled test at one look (all None before the ring of windows is full)."""
+
+    statistic: float | None = None
+    threshold: float | None = None
+    drifted: bool = False
 
 
 @dataclass(frozen=True)
@@ -91,9 +100,17 @@ class DriftDetector:
         self._strong_level = self.strong_alpha / features
         self.thresholds = self._critical_values(self._level)
         self.strong_thresholds = self._critical_values(self._strong_level)
+        pooling = self.pooled_windows > 1
         self.pooled = (
-            PooledKS(self._sorted, self.pooled_windows, self.window_size, self.pooled_alpha)
-            if self.pooled_windows > 1 and self._numeric
+            PooledKS(
+                self._sorted, self.pooled_windows, self.window_size, self.pooled_alpha, features
+            )
+            if pooling and self._numeric
+            else None
+        )
+        self.pooled_categories = (
+            PooledCategories(self._tables, self.pooled_windows, self.pooled_alpha / features)
+            if pooling and self._tables
             else None
         )
 
@@ -186,16 +203,16 @@ class DriftDetector:
         """Every feature's result; whether the window drifted, strongly, and pooled."""
         statistics, ranks = ks_statistics_and_ranks(self._sorted, self._numbers)
         p_values = ks_p_values(statistics, self._sizes, self.window_size)
-        categorical = [
-            table.test([row[j] for row in self._labels]) for j, table in enumerate(self._tables)
+        counts = [
+            table.count([row[j] for row in self._labels]) for j, table in enumerate(self._tables)
         ]
+        categorical = [table.test_counts(c) for table, c in zip(self._tables, counts, strict=True)]
         statistics = np.r_[statistics, [c.statistic for c in categorical]]
         p_values = np.r_[p_values, [c.p_value for c in categorical]]
         unseen = [0] * len(self._numeric) + [c.unseen for c in categorical]
         drifted, thresholds = self._decide(statistics, p_values)
         strong = self._beyond(statistics, p_values, self.strong_thresholds, self._strong_level)
-        pooled = self.pooled.add(self._numbers, ranks) if self.pooled else None
-        pooled_drift = [self._pooled_drift(pooled, j) for j in range(drifted.size)]
+        pooled = self._pooled_looks(ranks, counts)
         names = self._numeric + self._categorical
         features = [
             FeatureDrift(
@@ -203,14 +220,31 @@ class DriftDetector:
                 statistic=float(statistics[j]),
                 p_value=float(p_values[j]),
                 threshold=float(thresholds[j]),
-                drifted=bool(drifted[j]) or pooled_drift[j],
+                drifted=bool(drifted[j]) or pooled[j].drifted,
                 test="ks" if j < len(self._numeric) else "chi2",
                 unseen=unseen[j],
-                **self._pooled_fields(pooled, j),
+                pooled_statistic=pooled[j].statistic,
+                pooled_threshold=pooled[j].threshold,
             )
             for j, name in enumerate(names)
         ]
-        return features, bool(drifted.any()), bool(strong.any()), any(pooled_drift)
+        return features, bool(drifted.any()), bool(strong.any()), any(p.drifted for p in pooled)
+
+    def _pooled_looks(
+        self, ranks: tuple[np.ndarray, np.ndarray], counts: list[WindowCounts]
+    ) -> list[PooledLook]:
+        """The pooled test of every feature, once its ring of windows is full."""
+        looks = [PooledLook()] * (len(self._numeric) + len(self._tables))
+        numeric = self.pooled.add(self._numbers, ranks) if self.pooled else None
+        if self.pooled is not None and numeric is not None:
+            for j, (d, t) in enumerate(zip(numeric, self.pooled.thresholds, strict=True)):
+                looks[j] = PooledLook(float(d), float(t), bool(d > t))
+        shares = self.pooled_categories.add(counts) if self.pooled_categories else None
+        if self.pooled_categories is not None and shares is not None:
+            level, k = self.pooled_categories.level, len(self._numeric)
+            for j, (r, t) in enumerate(zip(shares, self.pooled_categories.thresholds, strict=True)):
+                looks[k + j] = PooledLook(r.statistic, t, r.p_value <= level)
+        return looks
 
     def _beyond(
         self, statistics: np.ndarray, p_values: np.ndarray, thresholds: np.ndarray, level: float
@@ -224,20 +258,6 @@ class DriftDetector:
         numeric = statistics[:k] > thresholds[:k]
         result: np.ndarray = np.r_[numeric, p_values[k:] <= level]
         return result
-
-    def _pooled_drift(self, pooled: np.ndarray | None, j: int) -> bool:
-        return bool(
-            self.pooled and pooled is not None and j < pooled.size
-            and pooled[j] > self.pooled.thresholds[j]
-        )  # fmt: skip
-
-    def _pooled_fields(self, pooled: np.ndarray | None, j: int) -> dict[str, float]:
-        if self.pooled is None or pooled is None or j >= pooled.size:
-            return {}
-        return {
-            "pooled_statistic": float(pooled[j]),
-            "pooled_threshold": float(self.pooled.thresholds[j]),
-        }
 
     def _decide(
         self, statistics: np.ndarray, p_values: np.ndarray
@@ -292,7 +312,11 @@ class DriftDetector:
 
     def pooled_chunks(self, last: int) -> list[dict[str, Any]]:
         """The last ``last`` closed windows the pooled test holds, JSON-ready."""
-        return self.pooled.chunks(last) if self.pooled else []
+        numeric = self.pooled.chunks(last) if self.pooled else []
+        shares = self.pooled_categories.chunks(last) if self.pooled_categories else []
+        if numeric and shares:
+            return [{**n, **c} for n, c in zip(numeric, shares, strict=True)]
+        return numeric or shares
 
     def restore(
         self,
@@ -303,6 +327,8 @@ class DriftDetector:
         """Continue from ``state()``, the open window's ``rows()`` and ``pooled_chunks()``."""
         if self.pooled:
             self.pooled.restore(pooled)
+        if self.pooled_categories:
+            self.pooled_categories.restore(pooled)
         if state["version"] != self.reference.version:
             raise ValueError("state belongs to another reference version")
         width = len(self._numeric)
