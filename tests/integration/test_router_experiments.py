@@ -42,6 +42,9 @@ SETTINGS = {
     "min_labelled_per_arm": 60,
     "min_correct_per_arm": 5,
     "min_wrong_per_arm": 5,
+    # Labels follow their predictions at once: a 2 s outcome window holds them all.
+    "outcome_window_s": 2.0,
+    "look_interval_s": 0.5,
 }
 
 

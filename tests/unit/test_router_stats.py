@@ -232,3 +232,20 @@ def test_shifted_sums_keep_the_variance_of_rewards_near_1e8() -> None:
     assert arm.var == pytest.approx(float(rewards.var(ddof=1)), rel=1e-9)
     raw = stats.shifted_mean_var(rewards.size, rewards.sum(), (rewards**2).sum(), 0.0)
     assert abs(raw.var - rewards.var(ddof=1)) > 0.01  # what raw sums of squares lose
+
+
+def test_reward_experiments_near_1e8_are_welchs_test_on_the_shifted_sums() -> None:
+    rng = np.random.default_rng(10)
+    a, b = 1e8 + rng.normal(0, 1, 300), 1e8 + rng.normal(0.2, 1.5, 200)
+    shift = float(a[0])
+
+    def arm(x: np.ndarray) -> ArmStats:
+        d = x - shift
+        return ArmStats(reward_n=x.size, reward_sum=float(d.sum()), reward_sumsq=float(d @ d))
+
+    s = ExperimentStats.single(arm(a), arm(b), 0.5).model_copy(update={"reward_shift": shift})
+    primary = evaluate(s, DecisionConfig(metric="reward"), {}).primary
+    assert primary is not None
+    scipy = sps.ttest_ind(b, a, equal_var=False)
+    assert primary.fixed_horizon_p == pytest.approx(scipy.pvalue, rel=1e-6)
+    assert primary.diff == pytest.approx(float(b.mean() - a.mean()), rel=1e-6)
