@@ -562,3 +562,30 @@ async def test_a_hold_is_published_with_its_cause(router: Router) -> None:
     held = router.updates()[-1]
     assert (held.status, held.decision) == ("running", "hold")
     assert held.hold_cause == "sample_ratio_mismatch_assigned"
+
+
+async def test_the_periodic_tick_closes_windows_and_ends_an_experiment_past_its_duration(
+    router: Router,
+) -> None:
+    experiment_id = await open_experiment(router)
+    for _ in range(5):
+        prediction, feedback = outcome_pair(experiment_id, "champion", 0.1, True)
+        await router.outcomes.on_prediction(prediction)
+        await router.outcomes.on_feedback(feedback)
+    assert (await router.tally.stats(experiment_id)).open_outcomes == 5
+    router.now += timedelta(hours=2)
+    await router.outcomes.tick()
+    stats = await router.tally.stats(experiment_id)
+    assert (stats.open_outcomes, stats.champion.labelled) == (0, 5)
+    # No traffic at all after that: the tick alone ends it at its maximum duration.
+    router.now += timedelta(seconds=PLAN.max_duration_s)
+    await router.outcomes.tick()
+    ended = await router.store.get(experiment_id)
+    assert ended is not None
+    assert (ended.status, ended.challenger_share, ended.reasons[0]) == (
+        "inconclusive",
+        0.0,
+        "max_duration",
+    )
+    assert router.aliases.calls == [("drop_challenger", "2")]
+    assert router.updates()[-1].status == "inconclusive"
