@@ -56,7 +56,7 @@ class Settings(BaseServiceSettings):
     """Tolerated drop of the share of predictions labelled within their window (absolute)."""
     label_rate_relative_margin: float = Field(0.0, ge=0)
     """Tolerated label-rate drop as a share of the champion's (the wider margin applies)."""
-    outcome_window_s: float = Field(60.0, gt=0)
+    outcome_window_s: float = Field(30.0, gt=0)
     """A prediction's outcome counts once this many seconds have passed: labelled by then
     or unlabelled; later labels are ignored (fixed per experiment when it opens)."""
     outcome_window_predictions: int = Field(0, ge=0)

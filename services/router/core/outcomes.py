@@ -30,7 +30,7 @@ class _Frozen(BaseModel):
 class OutcomeWindow(_Frozen):
     """How long after its prediction an outcome may still be labelled."""
 
-    seconds: float = Field(60.0, gt=0, description="Window after the prediction, in seconds.")
+    seconds: float = Field(30.0, gt=0, description="Window after the prediction, in seconds.")
     predictions: int = Field(
         0, ge=0, description="Or until this many later predictions of the experiment (0: off)."
     )
@@ -68,7 +68,7 @@ def closes_by(pending: PendingOutcome, now: float, seq_now: int, window: Outcome
 
     >>> p = PendingOutcome(request_id="r", arm="champion", stratum="0.05", predicted_at=100.0,
     ...     seq=7)
-    >>> closes_by(p, 159.0, 8, OutcomeWindow(seconds=60)), closes_by(p, 160.0, 8, OutcomeWindow())
+    >>> closes_by(p, 159.0, 8, OutcomeWindow(seconds=60)), closes_by(p, 130.0, 8, OutcomeWindow())
     (False, True)
     >>> closes_by(p, 101.0, 17, OutcomeWindow(seconds=60, predictions=10))
     True
