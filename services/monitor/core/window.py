@@ -15,9 +15,8 @@ from services.monitor.core.correction import Correction, rejections
 from services.monitor.core.ks import ks_critical_value, ks_p_values, ks_statistics_and_ranks
 from services.monitor.core.pooled import PooledKS
 from services.monitor.core.reference import Reference
+from services.monitor.core.rows import Row, validate_rows
 from shared.events import FeatureDrift
-
-Row = Mapping[str, object]
 
 
 class WindowMark(NamedTuple):
@@ -59,15 +58,17 @@ class DriftDetector:
     """Tumbling windows of live rows tested feature by feature against a reference.
 
     Numeric features use KS with a critical value precomputed for the window
-    size; categorical features use Pearson χ² with unseen categories in a
-    bucket of their own. Rows with a missing feature, a non-finite number or a
-    value of the wrong type are counted by reason and left out. Drift must
-    persist for ``persistence`` consecutive windows before it is reported, unless
-    one window alone is beyond the far stricter ``strong_alpha`` level, or the
-    last ``pooled_windows`` windows pooled drift at level ``pooled_alpha`` (small
-    shifts that no single window shows); after a report the detector ignores
-    ``cooldown_windows`` windows, so one shift yields one alarm per reference
-    version.
+    size; categorical features use the χ² of homogeneity over cells merged by
+    reference frequency, the largest cell residual and a test of the unseen
+    share (``categorical.py``), decided on their combined p-value; levels are
+    Bonferroni over the features. Rows with a missing feature, a non-finite
+    number or a value of the wrong type are counted by reason and left out.
+    Drift must persist for ``persistence`` consecutive windows before it is
+    reported, unless one window alone is beyond the far stricter
+    ``strong_alpha`` level, or the last ``pooled_windows`` windows pooled drift
+    at level ``pooled_alpha`` (small shifts that no single window shows); after
+    a report the detector ignores ``cooldown_windows`` windows, so one shift
+    yields one alarm per reference version.
     """
 
     reference: Reference
@@ -123,7 +124,7 @@ class DriftDetector:
         self, rows: Sequence[Row], marks: Sequence[WindowMark] | None = None
     ) -> BatchOutcome:
         """Add a batch of rows; return the windows it closed and the rows it rejected."""
-        numbers, labels, kept, rejected = self._validate(rows)
+        numbers, labels, kept, rejected = validate_rows(rows, self._numeric, self._categorical)
         self.rejected.update(rejected)
         return BatchOutcome(self._append(numbers, labels, kept, marks), dict(rejected))
 
@@ -159,37 +160,6 @@ class DriftDetector:
                 last = marks[kept[start - 1]] if marks is not None else None
                 verdicts.append(self._close(last))
         return verdicts
-
-    def _validate(
-        self, rows: Sequence[Row]
-    ) -> tuple[np.ndarray, list[list[str]], list[int], Counter[str]]:
-        rejected: Counter[str] = Counter()
-        numbers: list[list[Any]] = []
-        labels: list[list[str]] = []
-        kept: list[int] = []
-        for i, row in enumerate(rows):
-            try:
-                values = [row[n] for n in self._numeric]
-                cats = [row[c] for c in self._categorical]
-            except KeyError:
-                rejected["missing_feature"] += 1
-                continue
-            if not all(type(v) is float or type(v) is int for v in values) or not all(
-                type(c) is str for c in cats
-            ):
-                rejected["wrong_type"] += 1
-                continue
-            numbers.append(values)
-            labels.append(cats)  # type: ignore[arg-type]
-            kept.append(i)
-        matrix = np.array(numbers, dtype=float).reshape(len(numbers), len(self._numeric))
-        finite = np.isfinite(matrix).all(axis=1)
-        if not finite.all():
-            rejected["non_finite"] += int((~finite).sum())
-            labels = [c for c, ok in zip(labels, finite, strict=True) if ok]
-            kept = [i for i, ok in zip(kept, finite, strict=True) if ok]
-            matrix = matrix[finite]
-        return matrix, labels, kept, rejected
 
     def _close(self, last: WindowMark | None) -> WindowVerdict:
         features, window_drift, strong, pooled_drift = self._score()
