@@ -20,6 +20,11 @@ beyond the strict α = 1e-4 level, or the last 8 windows pooled drift at
   (its delays are a lower bound, its false alarms before the shift an
   underestimate) and its stationary rate is measured on one feature and scaled by
   20 (the union bound for 20 features).
+
+The stationary rate here comes from one reference; a false-alarm rate is a
+random quantity that varies with the reference, so ``drift_quality.py`` (which
+reuses ``wilson`` and ``poisson`` from here) reports it over many references,
+on the Gaussian setting and on real tables with ties and many categories.
 """
 
 from __future__ import annotations
