@@ -11,7 +11,11 @@ from typing import Any, ParamSpec, TypeVar
 import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+from mlflow.protos.databricks_pb2 import (
+    INVALID_PARAMETER_VALUE,
+    RESOURCE_DOES_NOT_EXIST,
+    ErrorCode,
+)
 
 from services.registry.ports import VersionInfo
 from shared.errors import InvalidInputError, NotFoundError
@@ -107,7 +111,8 @@ class MlflowModelRegistry:
         try:
             aliases: dict[str, Any] = self._client.get_registered_model(name).aliases
         except MlflowException as error:
-            if _missing(error):
+            # A name MLflow refuses (a ':' or '/' in it) names no model either: a 404, not a 500.
+            if _missing(error) or error.error_code == ErrorCode.Name(INVALID_PARAMETER_VALUE):
                 raise NotFoundError(f"no registered model named {name!r}") from error
             raise
         # search_model_versions leaves aliases out; the registered model has them all.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
@@ -97,6 +98,22 @@ def _view(v: VersionInfo) -> VersionView:
     )
 
 
+# Every status a route answers is documented: clients (and schemathesis) check them.
+_UNAVAILABLE: dict[int | str, dict[str, Any]] = {
+    503: {"description": "MLflow unavailable: retry after Retry-After seconds"}
+}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No such model, or no such version of it"},
+    **_UNAVAILABLE,
+}
+_ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "The body is not JSON"},
+    401: {"description": "Missing or wrong bearer token"},
+    422: {"description": "The body does not fit, or the move is impossible (e.g. no challenger)"},
+    **_ERRORS,
+}
+
+
 def versions_router(models: ModelRegistry) -> APIRouter:
     """Read-only routes under ``/v1/models``.
 
@@ -104,16 +121,22 @@ def versions_router(models: ModelRegistry) -> APIRouter:
     """
     router = APIRouter(prefix="/v1/models", tags=["models"])
 
-    @router.get("", summary="Registered models")
+    @router.get("", summary="Registered models", responses=_UNAVAILABLE)
     async def list_models() -> ModelsView:
         return ModelsView(models=await asyncio.to_thread(models.list_models))
 
-    @router.get("/{name}/versions", summary="Versions with aliases and gate results")
+    @router.get(
+        "/{name}/versions", summary="Versions with aliases and gate results", responses=_ERRORS
+    )
     async def list_versions(name: str) -> VersionsView:
         versions = await asyncio.to_thread(models.list_versions, name)
         return VersionsView(model_name=name, versions=[_view(v) for v in versions])
 
-    @router.get("/{name}/versions/{version}/lineage", summary="Run, data, code and trigger chain")
+    @router.get(
+        "/{name}/versions/{version}/lineage",
+        summary="Run, data, code and trigger chain",
+        responses=_ERRORS,
+    )
     async def lineage(name: str, version: str) -> LineageView:
         return await asyncio.to_thread(_lineage, models, name, version)
 
@@ -153,11 +176,19 @@ def admin_router(admin: RegistryAdmin, token: str | None) -> APIRouter:
         prefix="/v1/models", tags=["admin"], dependencies=[Depends(admin_guard(token))]
     )
 
-    @router.post("/{name}/promote", summary="Make a version (default: challenger) champion")
+    @router.post(
+        "/{name}/promote",
+        summary="Make a version (default: challenger) champion",
+        responses=_ADMIN_ERRORS,
+    )
     async def promote(name: str, request: PromoteRequest) -> ModelPromoted:
         return await admin.promote(name, request.version, request.reason, request.requested_by)
 
-    @router.post("/{name}/rollback", summary="Give champion back to the previous champion")
+    @router.post(
+        "/{name}/rollback",
+        summary="Give champion back to the previous champion",
+        responses=_ADMIN_ERRORS,
+    )
     async def rollback(name: str, request: RollbackRequest) -> ModelRolledBack:
         return await admin.rollback(name, request.reason, request.requested_by)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, HTTPException
 from redis.exceptions import RedisError
@@ -23,15 +23,25 @@ async def _read(call: Awaitable[T]) -> T:
         raise HTTPException(503, f"experiment state unavailable: {error}") from error
 
 
+# Every status a route answers is documented: clients (and schemathesis) check them.
+_UNAVAILABLE: dict[int | str, dict[str, Any]] = {
+    503: {"description": "Experiment state (Redis) unavailable: retry"}
+}
+
+
 def experiments_router(store: ExperimentStore, tally: OutcomeTally) -> APIRouter:
     """Routes reading the experiment store and the outcome tallies."""
     router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
 
-    @router.get("", summary="Every experiment, newest first")
+    @router.get("", summary="Every experiment, newest first", responses=_UNAVAILABLE)
     async def experiments() -> list[Experiment]:
         return await _read(store.all())
 
-    @router.get("/current", summary="The routing table the gateway follows")
+    @router.get(
+        "/current",
+        summary="The routing table the gateway follows",
+        responses={404: {"description": "No routing table yet"}, **_UNAVAILABLE},
+    )
     async def current() -> ExperimentUpdated:
         table = await _read(store.routing_table())
         if table is None:
@@ -41,7 +51,7 @@ def experiments_router(store: ExperimentStore, tally: OutcomeTally) -> APIRouter
     @router.get(
         "/{experiment_id}/report",
         summary="The A/B report: estimates, always-valid intervals, guardrails, SRM, decision",
-        responses={404: {"description": "No experiment with this id"}},
+        responses={404: {"description": "No experiment with this id"}, **_UNAVAILABLE},
     )
     async def report(experiment_id: str) -> ExperimentReport:
         experiment = await _read(store.get(experiment_id))
