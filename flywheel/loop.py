@@ -38,8 +38,8 @@ DLQ_TOPICS = [dead_letter_topic(t) for t in Topic]
 async def ensure_topics(kafka: KafkaConnection | str, topics: list[str]) -> None:
     """Create missing topics (one partition, replication 1, as on a single local broker)."""
     admin = AIOKafkaAdminClient(**as_connection(kafka).client_options())
-    await admin.start()
     try:
+        await admin.start()
         existing = set(await admin.list_topics())
         missing = [
             NewTopic(t, num_partitions=1, replication_factor=1) for t in topics if t not in existing
@@ -53,8 +53,8 @@ async def ensure_topics(kafka: KafkaConnection | str, topics: list[str]) -> None
 async def publish_raw(kafka: KafkaConnection | str, topic: str, value: bytes) -> None:
     """Publish raw bytes (used to show what happens to a malformed event)."""
     producer = AIOKafkaProducer(**as_connection(kafka).client_options())
-    await producer.start()
     try:
+        await producer.start()  # inside: a refused start still closes the client
         await producer.send_and_wait(topic, value)
     finally:
         await producer.stop()

@@ -274,7 +274,7 @@ def operator_connection(settings: BaseServiceSettings, config: InfraConfig) -> K
     return config.endpoints(credentials).kafka
 
 
-def _prepare_credentials(config: InfraConfig) -> KafkaCredentials | None:
+def prepare_credentials(config: InfraConfig) -> KafkaCredentials | None:
     """The credentials to start with: generated at first start, refused for old storage."""
     if not config.kafka_auth:
         return None
@@ -291,7 +291,7 @@ def start_kafka(config: InfraConfig, timeout: float = 90.0) -> str:
 
     With authentication on, the services' ACLs are (re)applied on every start.
     """
-    credentials = _prepare_credentials(config)
+    credentials = prepare_credentials(config)
     admin = config.endpoints(credentials).kafka
     ensure_running(
         NAME,

@@ -9,8 +9,8 @@ import pytest
 
 from flywheel.infra import Endpoints, InfraConfig, StartupError
 from flywheel.infra.kafka import (
-    _prepare_credentials,
     operator_connection,
+    prepare_credentials,
     server_properties,
 )
 from flywheel.infra.kafka_acl import Acl, Operation, Pattern, Resource, all_service_acls
@@ -94,8 +94,8 @@ def test_storage_formatted_without_authentication_is_refused_with_the_fix(tmp_pa
     (config.kafka_dir / "data").mkdir(parents=True)
     (config.kafka_dir / "data" / "meta.properties").write_text("version=1\n")
     with pytest.raises(StartupError, match="FLYWHEEL_KAFKA_AUTH=0"):
-        _prepare_credentials(config)
-    assert _prepare_credentials(InfraConfig(tmp_path, kafka_auth=False)) is None
+        prepare_credentials(config)
+    assert prepare_credentials(InfraConfig(tmp_path, kafka_auth=False)) is None
 
 
 def test_auth_is_on_unless_the_environment_turns_it_off() -> None:
