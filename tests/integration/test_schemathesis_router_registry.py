@@ -33,7 +33,7 @@ from shared.testing import without_lifespan
 
 pytestmark = pytest.mark.integration
 
-#: Examples per operation and generation phase (see tests/service/test_schemathesis.py).
+#: Examples per operation and generation phase (see tests/service/test_schemathesis_gateway.py).
 EXAMPLES = 30
 
 bounded = settings(
