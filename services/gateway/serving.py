@@ -123,27 +123,18 @@ class ServingRefresher:
     async def _refresh(
         self, champion: str | None, challenger: str | None, routing: RoutingTable
     ) -> None:
-        """Serve the named versions under ``routing``, all or nothing.
-
-        A table is one decision: a version that does not load (a broken artifact, or a
-        forged event naming versions that do not exist) leaves the previous table serving
-        whole, its experiment id and split included. The one exception is a gateway that
-        serves nothing yet: it takes a champion that loaded, alone and outside any split.
-        """
         async with self._lock:
             current = self._pool.snapshot
-            models = {
-                "champion": await self._model(current, "champion", champion),
-                "challenger": await self._model(current, "challenger", challenger),
-            }
-            named = {"champion": champion, "challenger": challenger}
-            failed = [role for role, version in named.items() if version and not models[role]]
-            if not failed:
-                snapshot = ServingSnapshot(models["champion"], models["challenger"], routing)
-            elif current.champion is None and models["champion"] is not None:
-                snapshot = ServingSnapshot(models["champion"], None, RoutingTable(None, 0.0))
-            else:
-                log.error("routing table refused", extra={"failed": failed, "versions": named})
+            wanted = ServingSnapshot(
+                champion=await self._model(current, "champion", champion),
+                challenger=await self._model(current, "challenger", challenger),
+                routing=routing,
+            )
+            snapshot = all_or_nothing(current, wanted, champion, challenger)
+            if snapshot is None:
+                log.error(
+                    "routing table refused", extra={"champion": champion, "challenger": challenger}
+                )
                 return
             self._pool.swap(snapshot)
             self.nothing_to_serve = champion is None
@@ -173,6 +164,26 @@ class ServingRefresher:
             return None
         log.info("model loaded", extra={"role": role, "version": version})
         return loaded
+
+
+def all_or_nothing(
+    current: ServingSnapshot, wanted: ServingSnapshot, champion: str | None, challenger: str | None
+) -> ServingSnapshot | None:
+    """What to serve once the versions a table names were loaded; None keeps ``current``.
+
+    A table is one decision: a version that did not load (a broken artifact, or a forged
+    event naming versions that do not exist) leaves the previous table serving whole, its
+    experiment id and split included. The one exception is a gateway that serves nothing
+    yet: it takes a champion that loaded, alone and outside any split.
+    """
+    complete = (champion is None or wanted.champion is not None) and (
+        challenger is None or wanted.challenger is not None
+    )
+    if complete:
+        return wanted
+    if current.champion is None and wanted.champion is not None:
+        return ServingSnapshot(champion=wanted.champion)
+    return None
 
 
 def agrees_with_aliases(table: ExperimentUpdated, aliases: dict[Variant, str | None]) -> bool:
