@@ -155,6 +155,21 @@ def stop(run_dir: Path, name: str, timeout: float = 15.0) -> bool:
     return bool(stop_all(run_dir, [name], timeout))
 
 
+def kill(run_dir: Path, name: str, timeout: float = 10.0) -> bool:
+    """SIGKILL one component's whole process group, as a crash would; return whether it ran.
+
+    No shutdown hook runs. The pid file stays, as after a real crash: the next
+    start finds the group dead and replaces it.
+    """
+    group = _recorded(run_dir, name)
+    if group is None or not _group_alive(group):
+        return False
+    _signal_group(group.pgid, signal.SIGKILL)
+    if not _wait_exit([group], timeout):
+        raise StartupError(f"{name} (group {group.pgid}) survived SIGKILL; stop it by hand.")
+    return True
+
+
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
     """Tell whether something accepts TCP connections on a port."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -18,7 +18,10 @@ from flywheel.infra.processes import (
     ComponentStatus,
     ensure_port_free,
     is_alive,
+    kill,
     log_path,
+    port_bindable,
+    port_open,
     running_pid,
     spawn,
     stop,
@@ -156,6 +159,22 @@ def start_services(
 def stop_services(run_dir: Path, names: Iterable[str] = SERVICES) -> list[str]:
     """Stop the services Flywheel started; return those that ran."""
     return stop_all(run_dir, reversed(list(names)))
+
+
+def crash_service(run_dir: Path, name: str, port: int, timeout: float = 30.0) -> bool:
+    """SIGKILL one service's process group (the fault tests' crash); return whether it ran.
+
+    Returns once its port is free: a killed process's leader is a zombie before its
+    other threads have exited and closed the listening socket.
+    ``start_services(endpoints, ports, names=[name])`` brings it back.
+    """
+    ran = kill(run_dir, name)
+    wait_until(
+        lambda: port_bindable(port) and not port_open(port),
+        timeout,
+        f"port {port} of the killed {name} service to be released",
+    )
+    return ran
 
 
 def services_status(run_dir: Path, ports: Mapping[str, int] | None = None) -> list[ComponentStatus]:
