@@ -78,13 +78,24 @@ return #KEYS
 """
 
 
+#: Feedback markers: claimed (publishing now, or its gateway died doing so) and recorded.
+_CLAIMED, _RECORDED = b"claimed", b"1"
+
+
 class RedisPredictionRecords:
     """One JSON record per request id (without features) and a once-only feedback marker."""
 
-    def __init__(self, redis: Redis, ttl_s: int, prefix: str = "flywheel:gateway:") -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        ttl_s: int,
+        prefix: str = "flywheel:gateway:",
+        claim_hold_s: float = 30.0,
+    ) -> None:
         self._redis = redis
         self._ttl_s = ttl_s
         self._prefix = prefix
+        self._claim_hold_ms = max(1, int(claim_hold_s * 1000))
 
     async def remember(self, events: Sequence[PredictionLogged]) -> None:
         """Write all records with one command (a script setting each key with its expiry).
@@ -104,9 +115,17 @@ class RedisPredictionRecords:
         return PredictionLogged.model_validate({"features": {}, **json.loads(raw)})
 
     async def claim_feedback(self, request_id: str) -> bool:
-        """SET NX the feedback marker: True only for the first feedback."""
+        """SET NX a short-lived claim: True only for the first feedback (or after it lapsed)."""
         key = self._key("feedback", request_id)
-        return bool(await self._redis.set(key, b"1", nx=True, ex=self._ttl_s))
+        return bool(await self._redis.set(key, _CLAIMED, nx=True, px=self._claim_hold_ms))
+
+    async def confirm_feedback(self, request_id: str) -> None:
+        """Turn the claim into the recorded marker, kept for the feedback window."""
+        await self._redis.set(self._key("feedback", request_id), _RECORDED, ex=self._ttl_s)
+
+    async def feedback_recorded(self, request_id: str) -> bool:
+        """Whether the marker says recorded (markers of older gateways all do)."""
+        return await self._redis.get(self._key("feedback", request_id)) == _RECORDED
 
     async def release_feedback(self, request_id: str) -> None:
         """Delete the feedback marker so the client may retry."""

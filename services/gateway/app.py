@@ -65,7 +65,10 @@ def default_ports(runtime: ServiceRuntime, settings: Settings) -> GatewayPorts:
     return GatewayPorts(
         registry=MlflowModelRegistry(settings.mlflow_tracking_uri),
         routing_state=RedisRoutingState(runtime.redis),
-        records=RedisPredictionRecords(runtime.redis, settings.feedback_ttl_s),
+        # A claim outlives the publish it guards, so a slow live publish is never doubled.
+        records=RedisPredictionRecords(
+            runtime.redis, settings.feedback_ttl_s, claim_hold_s=settings.publish_timeout_s + 5
+        ),
         publisher=runtime.publisher,
         features=RedisFeatureStore(runtime.redis),
     )

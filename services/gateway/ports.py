@@ -49,7 +49,17 @@ class PredictionRecords(Protocol):
         """The logged prediction of ``request_id`` (features omitted), if still kept."""
 
     async def claim_feedback(self, request_id: str) -> bool:
-        """Mark feedback for ``request_id`` as received; False when it already was."""
+        """Claim publishing feedback for ``request_id``; False when claimed or recorded already.
+
+        A claim not confirmed lapses after a short hold: its gateway may have died
+        between claiming and publishing, and the client's retry must then count.
+        """
+
+    async def confirm_feedback(self, request_id: str) -> None:
+        """Mark the claimed feedback as published, for the whole feedback window."""
+
+    async def feedback_recorded(self, request_id: str) -> bool:
+        """Whether feedback for ``request_id`` was published (not merely claimed)."""
 
     async def release_feedback(self, request_id: str) -> None:
         """Undo ``claim_feedback`` when recording the feedback failed."""

@@ -305,8 +305,7 @@ class FeedbackService:
             )
         correct = None if true_label is None else true_label == prediction.predicted_class
         if not await self._guarded(self._records.claim_feedback(request_id)):
-            self._metrics.feedback.labels(outcome="duplicate").inc()
-            return FeedbackResponse(request_id=request_id, duplicate=True, correct=correct)
+            return await self._duplicate(request_id, correct)
         event = FeedbackReceived.caused_by(
             prediction,
             producer="gateway",
@@ -322,8 +321,27 @@ class FeedbackService:
             challenger_share=prediction.challenger_share,
         )
         await self._publish(event)
+        await self._confirm(request_id)
         self._metrics.feedback.labels(outcome="recorded").inc()
         return FeedbackResponse(request_id=request_id, duplicate=False, correct=correct)
+
+    async def _duplicate(self, request_id: str, correct: bool | None) -> FeedbackResponse:
+        if not await self._guarded(self._records.feedback_recorded(request_id)):
+            # Claimed, not published: in flight, or its gateway was killed before publishing.
+            # Answering "duplicate" would lose it for good; the claim lapses, so retry.
+            raise DependencyUnavailableError(
+                f"feedback for {request_id!r} is being recorded; retry in a few seconds"
+            )
+        self._metrics.feedback.labels(outcome="duplicate").inc()
+        return FeedbackResponse(request_id=request_id, duplicate=True, correct=correct)
+
+    async def _confirm(self, request_id: str) -> None:
+        try:
+            await self._records.confirm_feedback(request_id)
+        except (RedisError, OSError) as error:
+            # Published already: the feedback counts. Its claim lapses, so a retry could
+            # publish it again; consumers keep one label per request.
+            log.warning("feedback marker not confirmed", extra={"error": repr(error)})
 
     async def _recall(self, request_id: str) -> PredictionLogged:
         # Feedback can overtake the prediction's record, still queued in this process.

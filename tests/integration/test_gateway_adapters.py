@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -64,11 +65,25 @@ async def test_records_expire_and_feedback_is_claimed_once(redis: Redis) -> None
     assert await records.recall("unknown") is None
     assert await records.claim_feedback("req-1") is True
     assert await records.claim_feedback("req-1") is False
+    assert await records.feedback_recorded("req-1") is False
     await records.release_feedback("req-1")
     assert await records.claim_feedback("req-1") is True
+    await records.confirm_feedback("req-1")
+    assert await records.feedback_recorded("req-1") is True
+    assert await records.claim_feedback("req-1") is False
     ttls = [await redis.ttl(key) for key in await redis.keys(f"{records._prefix}*")]
     assert ttls
     assert all(0 < ttl <= 60 for ttl in ttls)
+
+
+async def test_a_feedback_claim_never_confirmed_lapses(redis: Redis) -> None:
+    prefix = f"test:gw:{uuid.uuid4().hex}:"
+    records = RedisPredictionRecords(redis, ttl_s=60, prefix=prefix, claim_hold_s=0.2)
+    assert await records.claim_feedback("req-1") is True
+    assert await records.claim_feedback("req-1") is False
+    await asyncio.sleep(0.5)
+    # Its gateway died between claiming and publishing: the client's retry counts.
+    assert await records.claim_feedback("req-1") is True
 
 
 def _pipeline() -> Pipeline:

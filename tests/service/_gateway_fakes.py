@@ -97,6 +97,7 @@ class InMemoryPredictionRecords:
     def __init__(self) -> None:
         self.records: dict[str, PredictionLogged] = {}
         self.claimed: set[str] = set()
+        self.recorded: set[str] = set()
 
     async def remember(self, events: Sequence[PredictionLogged]) -> None:
         for event in events:
@@ -106,10 +107,17 @@ class InMemoryPredictionRecords:
         return self.records.get(request_id)
 
     async def claim_feedback(self, request_id: str) -> bool:
-        if request_id in self.claimed:
+        if request_id in self.claimed or request_id in self.recorded:
             return False
         self.claimed.add(request_id)
         return True
+
+    async def confirm_feedback(self, request_id: str) -> None:
+        self.claimed.discard(request_id)
+        self.recorded.add(request_id)
+
+    async def feedback_recorded(self, request_id: str) -> bool:
+        return request_id in self.recorded
 
     async def release_feedback(self, request_id: str) -> None:
         self.claimed.discard(request_id)

@@ -448,3 +448,21 @@ def test_openapi_documents_the_predict_answer_and_every_error() -> None:
     answer = operation["responses"]["200"]["content"]["application/json"]["schema"]
     assert answer == {"$ref": "#/components/schemas/PredictResponse"}
     assert set(operation["responses"]) >= {"200", "413", "422", "500", "503"}
+
+
+async def test_feedback_claimed_by_a_gateway_killed_before_publishing_is_not_lost(
+    gateway: Gateway,
+) -> None:
+    gateway.serve()
+    body = (await gateway.client.post("/v1/predict", json={"features": rows(1)[0]})).json()
+    await gateway.drain()
+    # Another gateway claimed this feedback and died before publishing it (kill -9).
+    await gateway.records.claim_feedback(body["request_id"])
+    feedback = {"request_id": body["request_id"], "true_label": "steady"}
+    retried = await gateway.client.post("/v1/feedback", json=feedback)
+    assert retried.status_code == 503, retried.text  # not "duplicate": nothing was published
+    assert not gateway.publisher.of_type(FeedbackReceived)
+    await gateway.records.release_feedback(body["request_id"])  # the claim lapses
+    again = await gateway.client.post("/v1/feedback", json=feedback)
+    assert (again.status_code, again.json()["duplicate"]) == (200, False)
+    assert len(gateway.publisher.of_type(FeedbackReceived)) == 1
