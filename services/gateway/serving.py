@@ -131,13 +131,14 @@ class ServingRefresher:
                 routing=routing,
             )
             snapshot = all_or_nothing(current, wanted, champion, challenger)
+            # What was named, loaded or not: a champion that failed to load is still awaited.
+            self.nothing_to_serve = champion is None
             if snapshot is None:
                 log.error(
                     "routing table refused", extra={"champion": champion, "challenger": challenger}
                 )
                 return
             self._pool.swap(snapshot)
-            self.nothing_to_serve = champion is None
             log.info("serving table swapped", extra={"models": snapshot.describe()})
 
     async def _model(

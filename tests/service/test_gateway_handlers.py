@@ -137,8 +137,10 @@ async def test_the_refresher_knows_when_nothing_is_named_to_serve() -> None:
     await serving.refresher.load_initial()
     assert serving.refresher.nothing_to_serve is True  # a fresh registry: no champion
     serving.registry.alias_versions = {"champion": "1", "challenger": None}
+    serving.registry.broken.add("1")  # named but not loadable: still awaited
     await serving.refresher.load_initial()
     assert serving.refresher.nothing_to_serve is False
+    assert serving.versions() == (None, None)
 
 
 async def test_a_model_that_cannot_score_an_example_row_is_never_swapped_in() -> None:
