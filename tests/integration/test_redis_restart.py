@@ -16,6 +16,7 @@ import os
 import random
 import shutil
 import signal
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -219,12 +220,13 @@ async def test_a_redis_crash_mid_experiment_ends_in_one_verdict_with_every_outco
                 await traffic.send(share)
                 await asyncio.sleep(0.5)
             await asyncio.to_thread(start_redis, config)  # same port, same data directory
-            for _ in range(360):
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline:  # a bounded wait, so a lost experiment fails
                 if _verdicts(tap, model):
                     break
                 await traffic.send(_share(tap, experiment_id))
                 await asyncio.sleep(0.5)
-            for _ in range(120):  # until the router has handled every outcome sent
+            for _ in range(60):  # until the router has handled every outcome sent
                 if not await _unprocessed(redis, group, traffic.feedback_ids):
                     break
                 await asyncio.sleep(0.5)
