@@ -16,6 +16,7 @@ from flywheel.infra import PortTakenError
 from flywheel.infra.processes import (
     ensure_port_free,
     is_alive,
+    kill,
     port_open,
     running_pid,
     spawn,
@@ -93,3 +94,11 @@ def test_stop_ends_the_whole_group(orphaned_worker: tuple[Path, int, int]) -> No
     assert not is_alive(worker)
     assert not port_open(port)
     assert running_pid(run_dir, "server") is None
+
+
+def test_kill_ends_the_whole_group_at_once(orphaned_worker: tuple[Path, int, int]) -> None:
+    run_dir, _, worker = orphaned_worker
+    assert kill(run_dir, "server")
+    assert not is_alive(worker)
+    assert running_pid(run_dir, "server") is None
+    assert not kill(run_dir, "server")  # nothing runs any more
