@@ -208,7 +208,7 @@ async def test_a_better_challenger_ramps_survives_a_restart_and_is_promoted(
     assert report["decision"] == "promote"
     assert report["primary"]["always_valid_ci"][0] > 0
     assert report["srm"]["mismatch"] is False
-    labelled = report["sufficient_statistics"]["champion"]["labelled"]
+    labelled = report["arms"]["champion"]["labelled"]
     assert labelled >= SETTINGS["min_labelled_per_arm"]
 
 
