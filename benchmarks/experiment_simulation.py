@@ -46,7 +46,7 @@ from services.router.core.tally import stats_from_counters
 
 RATE = 10.0  # predictions per second
 BATCH = 1000  # predictions between chances to look (100 s)
-WINDOW_S = 600.0
+WINDOW_S = 600.0  # no consumer lag in simulated time: windows close with no grace
 FAST_S, SLOW_S = 30.0, 900.0  # mean label delays (exponential)
 OPENED = datetime(2026, 11, 24, tzinfo=UTC)
 ARMS = ("champion", "challenger")
@@ -99,7 +99,7 @@ def _plan(s: Scenario) -> ExperimentPlan:
         look_every=1000,
         max_duration_s=s.max_duration_s,
         decision=DecisionConfig(),
-        outcome_window=OutcomeWindow(seconds=WINDOW_S),
+        outcome_window=OutcomeWindow(seconds=WINDOW_S, grace_seconds=0.0),
     )
 
 
@@ -204,7 +204,7 @@ class Hash:
 
 def _check_against_core(tape: dict[str, np.ndarray], strata: list[str]) -> None:
     """Closing every outcome one by one with ``closing_increments`` gives the same counters."""
-    window = OutcomeWindow(seconds=WINDOW_S)
+    window = OutcomeWindow(seconds=WINDOW_S, grace_seconds=0.0)
     by_core: dict[str, float] = {}
     for i in np.flatnonzero(~tape["failed"]):
         pending = PendingOutcome(

@@ -61,6 +61,10 @@ class Settings(BaseServiceSettings):
     or unlabelled; later labels are ignored (fixed per experiment when it opens)."""
     outcome_window_predictions: int = Field(0, ge=0)
     """Or once this many later predictions of the experiment were routed (0: off)."""
+    outcome_grace_s: float = Field(10.0, ge=0)
+    """Allowed lateness: a closed window is counted this many seconds after it ends, so
+    feedback still in the consumer's lag is not taken for missing (timeliness is judged
+    on the events' own times)."""
     look_interval_s: float = Field(5.0, gt=0)
     """How often running experiments have their closed windows counted and are looked at."""
 
@@ -89,6 +93,8 @@ class Settings(BaseServiceSettings):
             max_duration_s=self.max_duration_s,
             decision=decision,
             outcome_window=OutcomeWindow(
-                seconds=self.outcome_window_s, predictions=self.outcome_window_predictions
+                seconds=self.outcome_window_s,
+                predictions=self.outcome_window_predictions,
+                grace_seconds=self.outcome_grace_s,
             ),
         )

@@ -29,6 +29,7 @@ ROUTER_ENV = {
     "ROUTER_N_STAR": "600",
     # Labels come right after their predictions here: a 5 s outcome window holds them all.
     "ROUTER_OUTCOME_WINDOW_S": "5",
+    "ROUTER_OUTCOME_GRACE_S": "2",
     "ROUTER_LOOK_INTERVAL_S": "1",
     # The latency guardrail has its own unit tests; here a 2-core CI box's scheduling
     # noise must not decide whether the loop reaches its verdict.

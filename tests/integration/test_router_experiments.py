@@ -44,6 +44,7 @@ SETTINGS = {
     "min_wrong_per_arm": 5,
     # Labels follow their predictions at once: a 2 s outcome window holds them all.
     "outcome_window_s": 2.0,
+    "outcome_grace_s": 1.0,
     "look_interval_s": 0.5,
 }
 

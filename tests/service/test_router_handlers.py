@@ -471,7 +471,7 @@ async def test_routes_list_experiments_and_report_them(router: Router) -> None:
     assert report["srm"]["mismatch"] is False
     assert {g["name"] for g in report["guardrails"]} == {"log_latency", "label_rate"}
     assert report["arms"]["challenger"]["labelled"] >= 100
-    assert report["outcome_window"] == {"seconds": 3600.0, "predictions": 20}
+    assert report["outcome_window"] == {"seconds": 3600.0, "predictions": 20, "grace_seconds": 10.0}
     assert report["open_outcomes"] > 0  # the last 20 predictions' windows
     assert len(report["history"]) >= 2
 

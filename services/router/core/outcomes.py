@@ -34,6 +34,11 @@ class OutcomeWindow(_Frozen):
     predictions: int = Field(
         0, ge=0, description="Or until this many later predictions of the experiment (0: off)."
     )
+    grace_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="Allowed lateness: how long past its end a window waits for events in flight.",
+    )
 
 
 class PendingOutcome(_Frozen):
@@ -68,12 +73,17 @@ def closes_by(pending: PendingOutcome, now: float, seq_now: int, window: Outcome
 
     >>> p = PendingOutcome(request_id="r", arm="champion", stratum="0.05", predicted_at=100.0,
     ...     seq=7)
-    >>> closes_by(p, 159.0, 8, OutcomeWindow(seconds=60)), closes_by(p, 130.0, 8, OutcomeWindow())
+    >>> closes_by(p, 159.0, 8, OutcomeWindow(seconds=60)), closes_by(p, 140.0, 8, OutcomeWindow())
     (False, True)
+    >>> closes_by(p, 135.0, 8, OutcomeWindow())  # ended at 130, waits 10 s for events in flight
+    False
     >>> closes_by(p, 101.0, 17, OutcomeWindow(seconds=60, predictions=10))
     True
     """
-    if now >= pending.predicted_at + window.seconds:
+    # Whether a label was in time is judged on event time (``in_window``); the grace only
+    # keeps the window open for feedback still in the consumer's lag, so a slow consumer
+    # does not turn timely labels into missing ones.
+    if now >= pending.predicted_at + window.seconds + window.grace_seconds:
         return True
     return window.predictions > 0 and seq_now - pending.seq >= window.predictions
 
@@ -81,13 +91,13 @@ def closes_by(pending: PendingOutcome, now: float, seq_now: int, window: Outcome
 def due_cutoffs(now: float, seq_now: int, window: OutcomeWindow) -> tuple[float, int | None]:
     """Predicted at or before the first, or numbered at or below the second: closed.
 
-    >>> due_cutoffs(160.0, 17, OutcomeWindow(seconds=60, predictions=10))
+    >>> due_cutoffs(160.0, 17, OutcomeWindow(seconds=60, predictions=10, grace_seconds=0))
     (100.0, 7)
     >>> due_cutoffs(160.0, 17, OutcomeWindow(seconds=60))
-    (100.0, None)
+    (90.0, None)
     """
     seq_cutoff = seq_now - window.predictions if window.predictions > 0 else None
-    return now - window.seconds, seq_cutoff
+    return now - window.seconds - window.grace_seconds, seq_cutoff
 
 
 def in_window(pending: PendingOutcome, label: Label, window: OutcomeWindow) -> bool:
