@@ -48,6 +48,7 @@ ROUTER_ENV = {
     "ROUTER_MIN_WRONG_PER_ARM": "10",
     "ROUTER_N_STAR": "600",
     "ROUTER_OUTCOME_WINDOW_S": "5",
+    "ROUTER_OUTCOME_GRACE_S": "2",
     "ROUTER_LOOK_INTERVAL_S": "1",
     # A restarting service's CPU on a 2-core box must not look like the challenger's latency.
     "ROUTER_LATENCY_SLOWDOWN": "5.0",

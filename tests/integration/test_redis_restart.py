@@ -64,7 +64,7 @@ SETTINGS: dict[str, object] = {
 }
 #: Outcomes arrive right after their predictions; a 15 s window outlasts the outage and the
 #: consumers' catching up after it (with 1 s, every label of a loaded machine came late).
-FAST_WINDOWS = {"outcome_window_s": 15.0, "look_interval_s": 1.0}
+FAST_WINDOWS = {"outcome_window_s": 15.0, "outcome_grace_s": 2.0, "look_interval_s": 1.0}
 ACCURACY = {"champion": 0.55, "challenger": 0.95}
 
 
