@@ -300,6 +300,7 @@ def test_no_feedback_the_gateway_accepted_is_lost(fault_run: FaultRun) -> None:
     # Nothing the client did not get accepted was counted for the experiment either.
     assert published <= accepted
     # A router re-reading feedback after its restart counted none of it twice.
+    assert "arms" in fault_run.report, fault_run.report  # the router still knows the experiment
     arms = fault_run.report["arms"].values()
     counted = sum(arm["labelled"] + arm["late"] for arm in arms)
     minimum = int(ROUTER_ENV["ROUTER_MIN_LABELLED_PER_ARM"])
