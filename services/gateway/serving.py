@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from datetime import datetime
 
 from services.gateway.metrics import GatewayMetrics
@@ -174,14 +175,16 @@ def all_or_nothing(
 
     A table is one decision: a version that did not load (a broken artifact, or a forged
     event naming versions that do not exist) leaves the previous table serving whole, its
-    experiment id and split included. The one exception is a gateway that serves nothing
-    yet: it takes a champion that loaded, alone and outside any split.
+    experiment id and split included. Two exceptions, where no traffic decision rides on
+    what failed: a table without a split takes its champion (a promotion is not held up by
+    a challenger that gets nothing anyway), and a gateway that serves nothing yet takes a
+    champion that loaded, alone and outside any split.
     """
-    complete = (champion is None or wanted.champion is not None) and (
-        challenger is None or wanted.challenger is not None
-    )
-    if complete:
+    champion_loaded = champion is None or wanted.champion is not None
+    if champion_loaded and (challenger is None or wanted.challenger is not None):
         return wanted
+    if champion_loaded and wanted.routing.challenger_share == 0.0:
+        return replace(wanted, challenger=None)
     if current.champion is None and wanted.champion is not None:
         return ServingSnapshot(champion=wanted.champion)
     return None

@@ -118,6 +118,16 @@ async def test_a_challenger_that_does_not_load_keeps_the_whole_previous_table() 
     assert serving.metrics.model_load_errors.labels(role="challenger")._value.get() == 1
 
 
+async def test_a_promotion_is_not_held_up_by_a_challenger_that_does_not_load() -> None:
+    serving = Serving(registry=FakeModelRegistry({"champion": "1", "challenger": None}))
+    await serving.refresher.load_initial()
+    serving.registry.alias_versions = {"champion": "4", "challenger": "5"}
+    serving.registry.broken.add("5")
+    await serving.refresher.follow_aliases(keep_split=False)
+    assert serving.versions() == ("4", None)
+    assert serving.pool.snapshot.routing.challenger_share == 0.0
+
+
 async def test_a_cold_start_serves_the_champion_alone_when_the_challenger_does_not_load() -> None:
     serving = Serving()
     serving.registry.broken.add("2")
