@@ -349,3 +349,11 @@ def test_dockerfile_runs_flywheel_service_as_a_non_root_user() -> None:
     entrypoints = [args for keyword, args in final if keyword == "ENTRYPOINT"]
     assert entrypoints, "no ENTRYPOINT"
     assert json.loads(entrypoints[-1]) == ["flywheel", "service"]
+
+
+def test_the_registry_requires_an_admin_token_from_the_environment(
+    services: dict[str, Service],
+) -> None:
+    token = _environment(services["registry"]).get("REGISTRY_ADMIN_TOKEN", "")
+    # ``${VAR:?message}``: compose stops with the message when the variable is unset.
+    assert token.startswith("${FLYWHEEL_ADMIN_TOKEN:?"), token
