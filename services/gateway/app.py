@@ -30,6 +30,7 @@ from services.gateway.ports import (
     RoutingStateSource,
 )
 from services.gateway.prediction_log import PredictionEventBuffer
+from services.gateway.recovery import GatewayStateGuard
 from services.gateway.routes import feedback, predict
 from services.gateway.service import FeedbackService, PredictionService
 from services.gateway.serving import ServingRefresher
@@ -103,6 +104,12 @@ def create_app(settings: Settings | None = None, *, ports: GatewayPorts | None =
     )
     register(runtime.consumer, refresher)
     resync = PeriodicTask(refresher.load_initial, settings.routing_resync_s, "routing-resync")
+    guard = GatewayStateGuard(
+        runtime.redis,
+        lambda: pool.snapshot.champion is not None,
+        runtime.registry,
+        settings.model_name,
+    )
     app = service_app(
         runtime,
         checks={"model_loaded": _models_loaded(pool, refresher)},
@@ -110,8 +117,9 @@ def create_app(settings: Settings | None = None, *, ports: GatewayPorts | None =
             events.start,
             _initial_load(refresher, settings.startup_load_timeout_s),
             resync.start,
+            guard.start,  # after the initial load: a loaded model tells a loss from a first start
         ],
-        on_shutdown=[resync.stop, shadow.drain, events.stop],
+        on_shutdown=[guard.stop, resync.stop, shadow.drain, events.stop],
         routers=[predict.router, feedback.router],
         description="Serves champion and challenger predictions and takes feedback.",
         details=lambda: _model_details(pool),
@@ -141,6 +149,7 @@ def create_app(settings: Settings | None = None, *, ports: GatewayPorts | None =
     )
     app.state.prediction_events = events
     app.state.refresher = refresher
+    app.state.state_guard = guard
     app.state.shadow = shadow
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)

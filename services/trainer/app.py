@@ -17,6 +17,7 @@ from services.trainer.coalesce import CoalescePolicy
 from services.trainer.core import TrainingConfig
 from services.trainer.handlers import TrainerHandlers, TrainerPorts, register
 from services.trainer.metrics import TrainerMetrics
+from services.trainer.recovery import TrainerStateGuard, mlflow_last_trained
 from services.trainer.scheduler import PendingTrainingScheduler
 from services.trainer.settings import Settings
 from shared.runtime import build_runtime, mlflow_check, serve, service_app
@@ -32,9 +33,10 @@ def create_app(settings: Settings | None = None, name: str = "trainer") -> FastA
     _fail_fast_on_mlflow_outages(settings)
     runtime = build_runtime(name, settings)
     spec = load_spec(settings.model_spec_path)
+    history = RedisBatchHistory(runtime.redis, settings.history_batches)
     ports = TrainerPorts(
         batches=FileBatchSource(spec),
-        history=RedisBatchHistory(runtime.redis, settings.history_batches),
+        history=history,
         pending=RedisPendingTriggers(runtime.redis),
         lock=RedisTrainingLock(runtime.redis, settings.lock_ttl_s, settings.lock_wait_s),
         store=MlflowModelStore(settings.mlflow_tracking_uri, spec.label),
@@ -56,12 +58,20 @@ def create_app(settings: Settings | None = None, name: str = "trainer") -> FastA
     scheduler = PendingTrainingScheduler(
         handlers, tick_s=settings.scheduler_tick_s, every_s=settings.retrain_every_s
     )
+    guard = TrainerStateGuard(
+        runtime.redis,
+        history,
+        mlflow_last_trained(settings.mlflow_tracking_uri),
+        runtime.registry,
+        settings.model_name,
+    )
     return service_app(
         runtime,
-        checks={"mlflow": mlflow_check(settings.mlflow_tracking_uri)},
-        on_startup=[scheduler.start],
-        on_shutdown=[scheduler.stop],
+        checks={"mlflow": mlflow_check(settings.mlflow_tracking_uri), "state": guard.ready},
+        on_startup=[guard.start, scheduler.start],
+        on_shutdown=[scheduler.stop, guard.stop],
         description="Trains a candidate model when data arrives or drift is detected.",
+        details=guard.details,
     )
 
 
