@@ -167,10 +167,12 @@ def _report_event(run: ExperimentRun, event: Event, done: Done) -> None:
     turn = f"[{event.correlation_id[:8]}]"
     if isinstance(event, ExperimentUpdated):
         run.updates.append(event)
+        looked = f"{event.decision}: {event.reason}" if event.decision else "no look yet"
+        held = f", held: {event.hold_cause}" if event.hold_cause else ""
         done(
             f"experiment-updated: {event.status}, challenger {event.challenger_version} at "
-            f"{event.challenger_share:.0%} (stage {event.stage}, {event.decision}: "
-            f"{event.reason}) after {run.requests} customers {turn}"
+            f"{event.challenger_share:.0%} (stage {event.stage}, {looked}{held}) "
+            f"after {run.requests} customers {turn}"
         )
     elif isinstance(event, ModelPromoted):
         run.verdict = event
