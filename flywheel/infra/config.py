@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from flywheel.infra.kafka_auth import ADMIN, KafkaCredentials
 from shared.kafka_security import KafkaConnection
@@ -97,3 +98,18 @@ class Endpoints:
         if self.kafka_credentials is None:
             return KafkaConnection(self.kafka_bootstrap)
         return KafkaConnection(self.kafka_bootstrap, self.kafka_credentials.security(principal))
+
+    def with_redis_db(self, db: int) -> Endpoints:
+        """The same endpoints on Redis database ``db``: one stack's state apart on a shared server.
+
+        Routing, experiments and windows live under fixed key names, so two stacks on
+        one database would read each other's.
+
+        >>> e = Endpoints("k:9092", "redis://127.0.0.1:6379/0", "http://m", Path("."))
+        >>> e.with_redis_db(3).redis_url
+        'redis://127.0.0.1:6379/3'
+        >>> Endpoints("k", "redis://h:1", "m", Path(".")).with_redis_db(2).redis_url
+        'redis://h:1/2'
+        """
+        url = urlsplit(self.redis_url)._replace(path=f"/{db}").geturl()
+        return replace(self, redis_url=url)

@@ -96,6 +96,9 @@ class Stack:
 def stack(infra: Endpoints) -> Iterator[Stack]:
     """The five services on free ports, with small experiment sizes and a fresh model name."""
     ports = _free_ports()
+    # A Redis database of its own: the routing table is one key per deployment, and
+    # this stack's would otherwise be the next e2e module's starting point.
+    infra = infra.with_redis_db(1)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("FLYWHEEL_MODEL_NAME", f"faults-{uuid.uuid4().hex[:8]}")
         patch.setenv("TRAINER_CANDIDATES", '["logistic_regression"]')

@@ -57,7 +57,8 @@ def stack(infra: Endpoints) -> Iterator[dict[str, str]]:
         for name, value in ROUTER_ENV.items():
             patch.setenv(name, value)
         try:
-            yield start_services(infra, ports=_free_ports(), timeout=180)
+            # A Redis database of its own: other modules' stacks leave their routing table.
+            yield start_services(infra.with_redis_db(2), ports=_free_ports(), timeout=180)
         finally:
             stop_services(infra.run_dir)
 
