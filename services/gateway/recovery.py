@@ -23,6 +23,12 @@ log = logging.getLogger(__name__)
 #: Written once the gateway's state is known to be whole; gone only when Redis lost its data.
 STATE_MARKER_KEY = "flywheel:gateway:state-marker"
 
+
+def marker_key(model_name: str) -> str:
+    """The marker of one model's state: each model's gateway notices its own loss."""
+    return f"{STATE_MARKER_KEY}:{model_name}"
+
+
 Served = Callable[[], bool]
 """Whether a model is loaded: predictions were (or are being) recorded."""
 
@@ -40,7 +46,7 @@ class GatewayStateGuard:
     ) -> None:
         self._served, self._model_name = served, model_name
         self._marker = MarkerGuard(
-            redis, STATE_MARKER_KEY, self._recover, "gateway-state-guard", period_s
+            redis, marker_key(model_name), self._recover, "gateway-state-guard", period_s
         )
         self._lost = Counter(
             "gateway_state_lost_total",

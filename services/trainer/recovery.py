@@ -33,6 +33,13 @@ log = logging.getLogger(__name__)
 
 #: Written once the batch list is known to be whole; gone only when Redis lost its data.
 STATE_MARKER_KEY = "flywheel:trainer:state-marker"
+
+
+def marker_key(model_name: str) -> str:
+    """The marker of one model's state: each model's trainer notices its own loss."""
+    return f"{STATE_MARKER_KEY}:{model_name}"
+
+
 #: The ``/readyz`` reason while the batch list is lost and not rebuilt.
 NEEDS_BATCHES = "Redis lost the trainer's batch list; announce the batches again"
 
@@ -79,7 +86,7 @@ class TrainerStateGuard:
     ) -> None:
         self._history, self._last_trained, self._model_name = history, last_trained, model_name
         self._marker = MarkerGuard(
-            redis, STATE_MARKER_KEY, self._recover, "trainer-state-guard", period_s
+            redis, marker_key(model_name), self._recover, "trainer-state-guard", period_s
         )
         self._lost = Counter(
             "trainer_state_lost_total",

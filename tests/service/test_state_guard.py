@@ -9,8 +9,7 @@ from redis.asyncio import Redis
 from test_router_recovery import MarkerRedis
 from test_trainer_handlers import MODEL, InMemoryHistory
 
-from services.gateway.recovery import STATE_MARKER_KEY as GATEWAY_MARKER
-from services.gateway.recovery import GatewayStateGuard
+from services.gateway.recovery import GatewayStateGuard, marker_key
 from services.trainer.recovery import NEEDS_BATCHES, TrainerStateGuard
 from shared.events import DatasetRef
 
@@ -102,7 +101,7 @@ async def test_a_gateway_first_start_without_a_model_loses_nothing() -> None:
     gateway = Gateway(serving=False)
     await gateway.guard.check()
     assert gateway.lost() == 0
-    assert GATEWAY_MARKER in gateway.redis.keys
+    assert marker_key(MODEL) in gateway.redis.keys
 
 
 async def test_a_gateway_serving_a_model_counts_an_emptied_redis_at_start() -> None:
