@@ -5,8 +5,8 @@ the state is known to be whole stays until Redis loses everything: a lost data
 directory, a ``FLUSHALL``, a volume removed by ``flywheel down``. A guard checks
 the marker at start and every ``period_s``; when it is missing it runs the
 service's ``recover`` (rebuild what a durable source holds, count and log what is
-lost) and writes the marker again. The router keeps its own guard
-(``services.router.recovery``); the trainer and the gateway use this one.
+lost) and writes the marker again. The router, the trainer and the gateway each
+wrap one in their ``recovery`` module.
 """
 
 from __future__ import annotations

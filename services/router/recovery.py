@@ -12,7 +12,6 @@ its one MLflow adapter (an adapter module of its own, beside ``adapters.py``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -26,6 +25,7 @@ from services.router.ports import ExperimentStore
 from shared.events import ExperimentUpdated
 from shared.messaging import EventPublisher
 from shared.mlflow_client import mlflow_client
+from shared.state_marker import MarkerGuard
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,11 @@ class StateGuard:
         model_name: str,
         period_s: float = 5.0,
     ) -> None:
-        self._redis, self._store, self._aliases = redis, store, aliases
-        self._publisher, self._model_name, self._period_s = publisher, model_name, period_s
+        self._store, self._aliases = store, aliases
+        self._marker = MarkerGuard(
+            redis, STATE_MARKER_KEY, self._recover, "router-state-guard", period_s
+        )
+        self._publisher, self._model_name = publisher, model_name
         self._lost = Counter(
             "router_state_lost_total",
             "Times Redis came back without the router's state while an experiment ran "
@@ -77,25 +80,18 @@ class StateGuard:
             registry=registry,
         )
         self._last_rebuild: str | None = None
-        self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Check once in the background now, then every ``period_s``."""
-        self._task = asyncio.create_task(self._loop(), name="router-state-guard")
+        await self._marker.start()
 
     async def stop(self) -> None:
         """Stop checking."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._marker.stop()
 
     async def ready(self) -> bool:
         """Readiness: the state is whole (the marker is there)."""
-        try:
-            return bool(await self._redis.exists(STATE_MARKER_KEY))
-        except Exception:
-            return False
+        return await self._marker.marked()
 
     def details(self) -> dict[str, object]:
         """For ``/readyz``: what the last rebuild did, if any happened."""
@@ -103,11 +99,11 @@ class StateGuard:
 
     async def check(self) -> None:
         """Do nothing while the marker is there; else rebuild from MLflow and set it."""
-        if await self._redis.exists(STATE_MARKER_KEY):
-            return
+        await self._marker.check()
+
+    async def _recover(self) -> None:
         if not await self._store.all():
             await self._rebuild()
-        await self._redis.set(STATE_MARKER_KEY, datetime.now(UTC).isoformat())
 
     async def _rebuild(self) -> None:
         champion, challenger = await asyncio.to_thread(self._aliases, self._model_name)
@@ -134,11 +130,3 @@ class StateGuard:
             )
         else:
             log.warning("routing table rebuilt from the registry", extra={"champion": champion})
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.check()
-            except Exception as error:  # Redis or MLflow down: stay not-ready, try again
-                log.warning("router state not checked", extra={"error": repr(error)})
-            await asyncio.sleep(self._period_s)
