@@ -167,7 +167,10 @@ class TrainerHandlers:
         count = self.window_batches + self.older_batches
         refs = await self.ports.history.recent(self.model_name, count)
         if not refs:
-            raise NotFoundError(f"no batches recorded for {self.model_name}; nothing to train on")
+            raise NotFoundError(
+                f"no batches recorded for {self.model_name}; nothing to train on "
+                "(announce the batches; /readyz says whether Redis lost the list)"
+            )
         ids = tuple(dict.fromkeys([cause.event_id, *(p.event.event_id for p in covered)]))
         started = time.perf_counter()
         try:
