@@ -87,7 +87,7 @@ def _crash(config: InfraConfig) -> None:
         pass
 
 
-def _two_versions(uri: str, name: str) -> None:
+def _two_versions(uri: str, name: str, challenger: bool = True) -> None:
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(name)
     for _ in range(2):
@@ -97,7 +97,18 @@ def _two_versions(uri: str, name: str) -> None:
         mlflow.register_model(f"runs:/{run.info.run_id}/model", name)
     client = MlflowClient(uri)
     client.set_registered_model_alias(name, "champion", "1")
-    client.set_registered_model_alias(name, "challenger", "2")
+    if challenger:
+        client.set_registered_model_alias(name, "challenger", "2")
+
+
+async def _ready(router: httpx.AsyncClient) -> httpx.Response:
+    """The router's /readyz once it says ready (or its last answer after 30 s)."""
+    for _ in range(60):
+        ready = await router.get("/readyz")
+        if ready.status_code == 200:
+            break
+        await asyncio.sleep(0.5)
+    return ready
 
 
 @asynccontextmanager
@@ -261,7 +272,9 @@ async def test_a_redis_that_comes_back_empty_ends_the_lost_experiment_loudly(
     model, group = f"it-emptied-{uuid.uuid4().hex[:8]}", f"router-emptied-{uuid.uuid4().hex[:8]}"
     monkeypatch.setenv("REDIS_URL", config.redis_url)
     monkeypatch.setenv("FLYWHEEL_MODEL_NAME", model)
-    await asyncio.to_thread(_two_versions, infra.mlflow_uri, model)
+    # The challenger alias comes with the approval, once the router has started: a fresh
+    # Redis beside a registry that already names a challenger is itself a lost state.
+    await asyncio.to_thread(_two_versions, infra.mlflow_uri, model, False)
     approval = ModelApproved(
         producer="it",
         model_name=model,
@@ -275,24 +288,26 @@ async def test_a_redis_that_comes_back_empty_ends_the_lost_experiment_loudly(
     await producer.start()
     try:
         async with EventTap(infra.kafka) as tap, _router(group) as router:
+            await _ready(router)
+            await asyncio.to_thread(
+                MlflowClient(infra.mlflow_uri).set_registered_model_alias, model, "challenger", "2"
+            )
             await producer.send_and_wait(
                 Topic.MODEL_APPROVED.value, approval.model_dump_json().encode()
             )
-            await tap.wait_for(ExperimentUpdated, lambda e: e.model_name == model, 60)
+            await tap.wait_for(
+                ExperimentUpdated, lambda e: e.model_name == model and e.status == "running", 60
+            )
             await asyncio.to_thread(_crash, config)
             shutil.rmtree(config.run_dir / "redis")  # the data directory is lost with it
             (config.run_dir / "redis").mkdir()
             await asyncio.to_thread(start_redis, config)
             rebuilt = await tap.wait_for(
                 ExperimentUpdated,
-                lambda e: e.model_name == model and e.status == "champion_only",
+                lambda e: e.model_name == model and e.reason == "state_lost",
                 30,
             )
-            for _ in range(60):
-                ready = await router.get("/readyz")
-                if ready.status_code == 200:
-                    break
-                await asyncio.sleep(0.5)
+            ready = await _ready(router)
             metrics = (await router.get("/metrics")).text
             table = (await router.get("/v1/experiments/current")).json()
     finally:
