@@ -168,6 +168,17 @@ class ModelRejected(Event):
 
 Variant = Literal["champion", "challenger"]
 
+#: Where an experiment stands; the router's state and ``experiment-updated`` share it.
+ExperimentStatus = Literal[
+    "running",
+    "promoted",
+    "rolled_back",
+    "superseded",
+    "champion_only",
+    "overridden",
+    "inconclusive",
+]
+
 
 class FeatureDrift(BaseModel):
     """Drift statistics of one feature over one window."""
@@ -295,15 +306,7 @@ class ExperimentUpdated(Event):
     type: Literal["experiment-updated"] = "experiment-updated"
     experiment_id: str
     model_name: str
-    status: Literal[
-        "running",
-        "promoted",
-        "rolled_back",
-        "superseded",
-        "champion_only",
-        "overridden",
-        "inconclusive",
-    ] = Field(
+    status: ExperimentStatus = Field(
         description="``overridden``: a person promoted or rolled back while it ran; "
         "the champion named here serves alone. ``inconclusive``: no verdict by the maximum "
         "duration or sample (held or not); the champion serves alone."

@@ -2,11 +2,11 @@
 
 from services.router.core.experiment import (
     Experiment,
-    ExperimentStatus,
     decide_on_approval,
     experiment_id_for,
     is_newer,
 )
+from shared.events import ExperimentStatus
 
 __all__ = [
     "Experiment",

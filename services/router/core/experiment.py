@@ -19,17 +19,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from services.router.core.decision import Action, Decision, DecisionConfig, RunningBounds
 from services.router.core.outcomes import OutcomeWindow
-from shared.events import ModelApproved
-
-ExperimentStatus = Literal[
-    "running",
-    "promoted",
-    "rolled_back",
-    "superseded",
-    "champion_only",
-    "overridden",
-    "inconclusive",
-]
+from shared.events import ExperimentStatus, ModelApproved
 
 _EXPERIMENT_NAMESPACE = uuid.UUID("6f1d0c52-3f4e-4b7a-9a8e-2f0c1d5e7a90")
 

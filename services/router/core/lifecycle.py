@@ -12,7 +12,8 @@ from __future__ import annotations
 from datetime import datetime
 
 from services.router.core.decision import Action, Decision, ExperimentStats, evaluate
-from services.router.core.experiment import Experiment, ExperimentStatus
+from services.router.core.experiment import Experiment
+from shared.events import ExperimentStatus
 
 
 def labelled_total(s: ExperimentStats) -> int:
