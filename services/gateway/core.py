@@ -239,14 +239,26 @@ class RowPrediction:
 
 
 def rows_from_probabilities(
-    classes: Sequence[str], probabilities: np.ndarray
+    classes: Sequence[str], probabilities: np.ndarray, spec_classes: Sequence[str] = ()
 ) -> list[RowPrediction]:
-    """One prediction per row of ``probabilities`` (columns in the order of ``classes``)."""
+    """One prediction per row of ``probabilities`` (columns in the order of ``classes``).
+
+    ``class_id`` is the class's position in ``spec_classes`` (the spec's order, the same
+    for every version; a model orders its classes its own way, scikit-learn sorted),
+    or in ``classes`` for a class the spec does not list.
+
+    >>> probabilities = np.array([[0.1, 0.7, 0.2]])  # columns sorted: at_risk, high_value, steady
+    >>> row, = rows_from_probabilities(("at_risk", "high_value", "steady"), probabilities,
+    ...     ("at_risk", "steady", "high_value"))
+    >>> row.predicted_class, row.class_id
+    ('high_value', 2)
+    """
+    ids = {str(c): i for i, c in enumerate(spec_classes)}
     best = probabilities.argmax(axis=1)
     return [
         RowPrediction(
             predicted_class=str(classes[int(k)]),
-            class_id=int(k),
+            class_id=ids.get(str(classes[int(k)]), int(k)),
             confidence=min(1.0, float(row[k])),
             probabilities={str(c): float(p) for c, p in zip(classes, row, strict=True)},
         )

@@ -111,7 +111,9 @@ class RowPredictionOut(BaseModel):
 
     request_id: str = Field(description="Id to send feedback for this row with.")
     predicted_class: str
-    class_id: int = Field(description="Index of the class in the model's class list.")
+    class_id: int = Field(
+        description="Index of the class in the spec's `classes` (stable across versions)."
+    )
     confidence: float = Field(ge=0, le=1, description="Probability of the predicted class.")
     probabilities: dict[str, float]
 
@@ -131,7 +133,7 @@ class PredictResponse(BaseModel):
                         {
                             "request_id": "6f1c2a9e-3b1d-4c55-9a57-2e8f0c1d7b42",
                             "predicted_class": "high_value",
-                            "class_id": 1,
+                            "class_id": 2,
                             "confidence": 0.81,
                             "probabilities": {"at_risk": 0.07, "high_value": 0.81, "steady": 0.12},
                         }

@@ -169,7 +169,7 @@ class PredictionService:
                 f"model {model.name} version {model.version} failed: "
                 f"{type(error).__name__}: {error}"
             ) from error
-        return rows_from_probabilities(model.classes, probabilities)
+        return rows_from_probabilities(model.classes, probabilities, self._spec.classes)
 
     def _count_error(self, error: Exception, variant: str, version: str) -> None:
         cause = error.__cause__ if isinstance(error, ModelFailedError) else None

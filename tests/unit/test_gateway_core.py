@@ -237,3 +237,16 @@ def test_rows_scored_straight_match_the_pipeline_on_a_frame(algorithm: str) -> N
 
 def test_other_models_are_given_a_frame() -> None:
     assert row_scorer(LogisticRegression()) is None
+
+
+def test_class_ids_follow_the_specs_order_not_the_models() -> None:
+    # scikit-learn sorts classes; the spec lists at_risk, steady, high_value.
+    model_order = ("at_risk", "high_value", "steady")
+    rows = rows_from_probabilities(
+        model_order, np.array([[0.1, 0.2, 0.7], [0.1, 0.8, 0.1]]), SPEC.classes
+    )
+    assert [(r.predicted_class, r.class_id) for r in rows] == [
+        ("steady", SPEC.classes.index("steady")),
+        ("high_value", SPEC.classes.index("high_value")),
+    ]
+    assert SPEC.classes.index("steady") != model_order.index("steady")  # the case that matters
