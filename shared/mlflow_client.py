@@ -20,10 +20,12 @@ from mlflow.tracking import MlflowClient
 from shared.errors import DependencyUnavailableError
 
 #: A request to a stopped server fails at once (one immediate retry), to a hung one in
-#: about 10 s (two 5 s timeouts), instead of after ~4 minutes. Two retries took 3 s and
-#: 17 s; a longer outage is the caller's to retry (handlers redeliver, clients get 503).
+#: about 30 s (two 15 s timeouts), instead of after ~4 minutes; a longer outage is the
+#: caller's to retry (handlers redeliver, clients get 503). 5 s was too short for a
+#: server that is merely slow: on a saturated 2-core CI box (load ~50 while five
+#: services started cold) alias look-ups took longer, and the gateway never loaded.
 MLFLOW_HTTP_DEFAULTS: dict[str, str] = {
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
 }
