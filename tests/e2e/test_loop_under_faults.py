@@ -2,7 +2,7 @@
 
 Named to run after test_loop.py, on the infrastructure that module has warmed: started
 first on a freshly installed machine, five cold service starts saturated the two cores
-(load ~50), MLflow answered slower than the gateway's 5 s timeout of the time and the
+(load ~50), MLflow answered slower than the gateway's 5 s timeout allowed and the
 module failed before its first fault.
 
 The five services run as processes on a real Kafka, Redis and MLflow. A champion
