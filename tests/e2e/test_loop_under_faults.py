@@ -93,7 +93,13 @@ class Stack:
         port = self.ports[name]
         assert await asyncio.to_thread(crash_service, self.infra.run_dir, name, port), name
         await asyncio.to_thread(
-            start_services, self.infra, ports=self.ports, names=[name], timeout=120
+            # A restarted consumer waits for its group to drop the killed member (session
+            # timeout) and rebalance; on a saturated broker that took over 120 s once.
+            start_services,
+            self.infra,
+            ports=self.ports,
+            names=[name],
+            timeout=240,
         )
 
 
