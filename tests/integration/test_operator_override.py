@@ -139,7 +139,15 @@ async def test_a_manual_rollback_ends_the_experiment_and_the_split_within_second
         assert rollback.json()["version"] == "1"
         await _until(lambda: _only(gateway, rows[:20], "champion:1"), 10, "v1 alone")
         after = await _served(gateway, rows)
-        experiments = (await router.get("/v1/experiments")).json()
+
+        async def concluded() -> list[dict[str, Any]] | None:
+            # The gateway acts on the manual event itself; the router's own consumer of it
+            # may come a moment later (it was still "running" once at load ~4 in CI).
+            listed: list[dict[str, Any]] = (await router.get("/v1/experiments")).json()
+            mine = [e for e in listed if e["experiment_id"] == experiment_id_for(approval)]
+            return listed if mine and mine[0]["status"] != "running" else None
+
+        experiments = await _until(concluded, 10, "the router concluded the experiment")
     assert before["challenger:3"] > 0
     assert before["champion:2"] > 0
     assert after == Counter({"champion:1": 100})
