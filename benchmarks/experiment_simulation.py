@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
-from scipy.stats import norm
+from drift_simulation import wilson
 
 from services.router.core.arms import LATENCY_EDGES_MS, share_key
 from services.router.core.decision import DecisionConfig
@@ -276,16 +276,6 @@ def run_one(s: Scenario, seed: int, check: bool = False) -> dict[str, object]:
             sum(v for k, v in counters.counters.items() if k.endswith("challenger:requests"))
         ),
     }
-
-
-def wilson(successes: int, n: int, z: float = float(norm.ppf(0.975))) -> tuple[float, float]:
-    """Wilson score 95 % interval of a proportion."""
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def _job(args: tuple[int, int]) -> tuple[int, dict[str, object]]:
