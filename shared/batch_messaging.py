@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from shared.errors import FlywheelError
 from shared.events import Event, Topic
 from shared.messaging import (
+    HEARTBEAT_INTERVAL_MS,
     OUTAGE_ERRORS,
     ConsumerContext,
     IdempotencyStore,
@@ -59,6 +60,8 @@ def subscribe_batch(
         topic.value,
         group_id=ctx.group_id,
         auto_offset_reset="earliest",
+        heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
+        listener=ctx.health.listener(topic.value),
         ack_policy=AckPolicy.NACK_ON_ERROR,
         batch=True,
         max_records=max_records,

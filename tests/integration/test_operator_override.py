@@ -130,6 +130,9 @@ async def test_a_manual_rollback_ends_the_experiment_and_the_split_within_second
         registry = await stack.enter_async_context(
             _serving(registry_app(RegistrySettings(), name=f"registry-{suffix}"), "http://reg")
         )
+        # Every subscription of the router joined its group (it says so in /readyz), as
+        # an operator's router would have long before anyone rolls back.
+        await _until(lambda: _ready(router), 60, "the router ready")
         rollback = await registry.post(
             f"/v1/models/{name}/rollback",
             json={"reason": "complaints from sales", "requested_by": "ana"},
@@ -141,8 +144,7 @@ async def test_a_manual_rollback_ends_the_experiment_and_the_split_within_second
         after = await _served(gateway, rows)
 
         async def concluded() -> list[dict[str, Any]] | None:
-            # The gateway acts on the manual event itself; the router's own consumer of it
-            # may come a moment later (it was still "running" once at load ~4 in CI).
+            # The gateway acts on the manual event itself; the router's record follows.
             listed: list[dict[str, Any]] = (await router.get("/v1/experiments")).json()
             mine = [e for e in listed if e["experiment_id"] == experiment_id_for(approval)]
             return listed if mine and mine[0]["status"] != "running" else None
@@ -170,6 +172,10 @@ async def test_a_manual_rollback_ends_the_experiment_and_the_split_within_second
 async def _split_served(gateway: httpx.AsyncClient, rows: list[dict[str, Any]]) -> Counter[str]:
     answered = await _served(gateway, rows)
     return answered if len(answered) == 2 else Counter()
+
+
+async def _ready(service: httpx.AsyncClient) -> bool:
+    return (await service.get("/readyz")).status_code == 200
 
 
 async def _only(gateway: httpx.AsyncClient, rows: list[dict[str, Any]], which: str) -> bool:

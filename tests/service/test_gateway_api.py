@@ -139,9 +139,11 @@ async def test_models_and_readyz_name_each_loaded_variant(gateway: Gateway) -> N
 
 
 def _dependencies_answer(gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Kafka and Redis answer, so readiness turns on the models alone."""
+    """Kafka and Redis answer and every consumer joined its group: readiness is the models'."""
     runtime = gateway.app.state.runtime
     runtime.broker_started.set()
+    for topic in runtime.consumer.health.waiting:
+        runtime.consumer.health.assigned(topic)
 
     async def answers(*_: Any, **__: Any) -> bool:
         return True

@@ -175,7 +175,8 @@ async def test_a_dead_letter_carries_the_event_s_correlation_id() -> None:
 
 
 def _ready(ctx: ConsumerContext) -> list[str]:
-    return ctx.health.problems()
+    """The dead-letter problems (the in-memory broker never runs a rebalance listener)."""
+    return [p for p in ctx.health.problems() if not p.startswith("waiting for")]
 
 
 async def test_readiness_fails_while_a_subscription_dead_letters_everything_it_reads() -> None:
@@ -221,6 +222,15 @@ async def test_readiness_fails_when_every_batch_event_is_dead_lettered() -> None
     assert [p.split(":")[0] for p in _ready(ctx)] == [
         f"dead-lettering every event on {Topic.DATA_ARRIVED.value}"
     ]
+
+
+async def test_a_subscription_is_ready_once_its_consumer_group_assigned_it() -> None:
+    ctx = consumer_context("svc")
+    listener = ctx.health.listener(Topic.DATA_ARRIVED.value)
+    waiting = ctx.health.problems()
+    await listener.on_partitions_assigned(set())  # more replicas than partitions: still joined
+    assert waiting == [f"waiting for the consumer group to assign {Topic.DATA_ARRIVED.value}"]
+    assert ctx.health.problems() == []
 
 
 async def test_readyz_says_not_ready_and_why() -> None:

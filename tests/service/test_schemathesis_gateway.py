@@ -63,6 +63,8 @@ def serving_gateway() -> FastAPI:
     )
     runtime = app.state.runtime
     runtime.broker_started.set()
+    for topic in runtime.consumer.health.waiting:  # the consumers joined their groups
+        runtime.consumer.health.assigned(topic)
     runtime.broker.ping = _answers
     runtime.redis.ping = _answers
     return app
