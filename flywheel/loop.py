@@ -26,13 +26,16 @@ from shared.events import (
     Topic,
     dead_letter_topic,
     parse_event,
+    topic_name,
 )
 from shared.kafka_security import KafkaConnection, as_connection
 
 E = TypeVar("E", bound=Event)
 
-ALL_TOPICS = [t.value for t in Topic]
-DLQ_TOPICS = [dead_letter_topic(t) for t in Topic]
+
+def deployment_topics() -> list[str]:
+    """Every topic of this deployment (its prefix applied), dead-letter topics included."""
+    return [topic_name(t) for t in Topic] + [dead_letter_topic(t) for t in Topic]
 
 
 async def ensure_topics(kafka: KafkaConnection | str, topics: list[str]) -> None:
@@ -77,7 +80,7 @@ async def announce(
 ) -> DataArrived:
     """Publish ``data-arrived`` for a batch; return the event."""
     event = DataArrived(producer=producer, dataset=dataset)
-    await publish_raw(kafka, event.topic.value, event.model_dump_json().encode())
+    await publish_raw(kafka, topic_name(event.topic), event.model_dump_json().encode())
     return event
 
 
@@ -102,13 +105,14 @@ class EventTap:
     _task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Self:
-        await ensure_topics(self.kafka, ALL_TOPICS + DLQ_TOPICS)
+        topics = deployment_topics()
+        await ensure_topics(self.kafka, topics)
         options = as_connection(self.kafka).client_options()
         consumer = AIOKafkaConsumer(**options, enable_auto_commit=False)
         await consumer.start()
         partitions = [
             TopicPartition(topic, p)
-            for topic in ALL_TOPICS + DLQ_TOPICS
+            for topic in topics
             for p in (consumer.partitions_for_topic(topic) or {0})
         ]
         consumer.assign(partitions)

@@ -13,7 +13,7 @@ from flywheel.infra.aio import run_sync
 from flywheel.infra.config import InfraConfig
 from flywheel.infra.kafka import operator_connection
 from flywheel.loop import publish_raw
-from shared.events import RetrainModel
+from shared.events import RetrainModel, topic_name
 from shared.settings import SERVICE_PORTS, BaseServiceSettings
 
 DEFAULT_REGISTRY = f"http://127.0.0.1:{SERVICE_PORTS['registry']}"
@@ -42,7 +42,7 @@ def retrain(
     )
     payload = command.model_dump_json().encode()
     kafka = operator_connection(settings, InfraConfig.from_env())
-    run_sync(publish_raw(kafka, command.topic.value, payload))
+    run_sync(publish_raw(kafka, topic_name(command.topic), payload))
     typer.echo(f"retrain-model {command.event_id} sent (correlation {command.correlation_id})")
 
 

@@ -25,6 +25,7 @@ PUBLISHERS: dict[Topic, tuple[str, ...]] = {
     Topic.MODEL_PROMOTED: ("router", "registry"),
     Topic.MODEL_ROLLED_BACK: ("router", "registry"),
     Topic.RETRAIN_MODEL: ("cli",),
+    Topic.MODEL_REGISTERED: ("registry",),
 }
 CONSUMERS: dict[Topic, tuple[str, ...]] = {
     Topic.DATA_ARRIVED: ("trainer",),
@@ -39,6 +40,7 @@ CONSUMERS: dict[Topic, tuple[str, ...]] = {
     Topic.MODEL_PROMOTED: ("gateway", "monitor", "registry", "router"),
     Topic.MODEL_ROLLED_BACK: ("gateway", "monitor", "registry", "router"),
     Topic.RETRAIN_MODEL: ("trainer",),
+    Topic.MODEL_REGISTERED: (),
 }
 
 

@@ -22,7 +22,7 @@ from faststream.kafka.annotations import KafkaMessage
 from pydantic import ValidationError
 
 from shared.errors import FlywheelError
-from shared.events import Event, Topic
+from shared.events import Event, Topic, topic_name
 from shared.messaging import (
     HEARTBEAT_INTERVAL_MS,
     OUTAGE_ERRORS,
@@ -57,16 +57,16 @@ def subscribe_batch(
 
     on_batch.__name__ = f"{ctx.service}_{topic.name.lower()}_batch"
     ctx.broker.subscriber(
-        topic.value,
+        topic_name(topic),
         group_id=ctx.group_id,
         auto_offset_reset="earliest",
         heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
-        listener=ctx.health.listener(topic.value),
+        listener=ctx.health.listener(topic_name(topic)),
         ack_policy=AckPolicy.NACK_ON_ERROR,
         batch=True,
         max_records=max_records,
         batch_timeout_ms=batch_timeout_ms,
-        title=f"{ctx.service}:{topic.value}",
+        title=f"{ctx.service}:{topic_name(topic)}",
         description=event_type.__doc__,
     )(on_batch)
 
@@ -108,7 +108,7 @@ async def _drop_handled(
     duplicates = len(events) - len(fresh)
     if duplicates:
         log.info("duplicate events ignored", extra={"count": duplicates})
-        ctx.metrics.consumed.labels(ctx.service, topic.value, "duplicate").inc(duplicates)
+        ctx.metrics.consumed.labels(ctx.service, topic_name(topic), "duplicate").inc(duplicates)
     return list(fresh.values())
 
 
@@ -120,7 +120,7 @@ async def _handle_batch(
     outcomes = {"handled": len(events)}
     try:
         await _retry_batch(ctx, handle, events)
-        ctx.health.handled(topic.value)
+        ctx.health.handled(topic_name(topic))
     except OUTAGE_ERRORS:
         raise
     except Exception:
@@ -129,13 +129,13 @@ async def _handle_batch(
         for event, raw in batch:
             outcome = await _run_with_retries(ctx, topic, event, _single(handle), raw)
             outcomes[outcome] += 1
-    ctx.metrics.handler_seconds.labels(ctx.service, topic.value).observe(
+    ctx.metrics.handler_seconds.labels(ctx.service, topic_name(topic)).observe(
         time.perf_counter() - started
     )
     await mark_many(ctx.processed, [e.event_id for e in events])
     for outcome, count in outcomes.items():
         if count:
-            ctx.metrics.consumed.labels(ctx.service, topic.value, outcome).inc(count)
+            ctx.metrics.consumed.labels(ctx.service, topic_name(topic), outcome).inc(count)
 
 
 async def _retry_batch(ctx: ConsumerContext, handle: BatchHandler[E], events: list[E]) -> None:

@@ -9,12 +9,15 @@ URI plus a content hash, never the rows themselves.
 
 from __future__ import annotations
 
+import os
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
+
+from shared.spec import ModelSpec
 
 
 class Topic(StrEnum):
@@ -32,16 +35,68 @@ class Topic(StrEnum):
     MODEL_PROMOTED = "flywheel.model-promoted"
     MODEL_ROLLED_BACK = "flywheel.model-rolled-back"
     RETRAIN_MODEL = "flywheel.retrain-model"
+    MODEL_REGISTERED = "flywheel.model-registered"
+
+
+#: Names this deployment's topics and consumer groups, so that two deployments
+#: can share one broker. The same in every process of a deployment (services,
+#: CLI, tests), hence an environment variable rather than a per-service setting.
+TOPIC_PREFIX_ENV = "FLYWHEEL_TOPIC_PREFIX"
+DEFAULT_TOPIC_PREFIX = "flywheel."
+
+
+def topic_prefix() -> str:
+    """This deployment's topic prefix (``FLYWHEEL_TOPIC_PREFIX``, default ``flywheel.``)."""
+    return os.environ.get(TOPIC_PREFIX_ENV, DEFAULT_TOPIC_PREFIX)
+
+
+def topic_name(topic: Topic) -> str:
+    """``topic``'s name on the broker, under this deployment's prefix.
+
+    >>> topic_name(Topic.DATA_ARRIVED)
+    'flywheel.data-arrived'
+    """
+    return topic_prefix() + topic.value.removeprefix(DEFAULT_TOPIC_PREFIX)
 
 
 def dead_letter_topic(topic: Topic) -> str:
     """Where events of ``topic`` that cannot be handled are parked."""
-    return f"{topic.value}.dlq"
+    return f"{topic_name(topic)}.dlq"
 
 
-#: Redis key holding the JSON of the latest ExperimentUpdated: the routing table
-#: the gateway reads at start-up, before the next event reaches it.
+def consumer_group(service: str) -> str:
+    """The consumer group of ``service`` in this deployment (``flywheel-router`` by default).
+
+    >>> consumer_group("router")
+    'flywheel-router'
+    """
+    return f"{topic_prefix().rstrip('.')}-{service}"
+
+
+#: The single-model routing key, read by services not yet moved to ``routing_state_key``.
 ROUTING_STATE_KEY = "flywheel:routing:current"
+
+
+def model_key(service: str, model_name: str, kind: str) -> str:
+    """A Redis key of one model's state, hash-tagged by model.
+
+    Every key of one model shares the ``{model}`` hash tag, so a multi-key
+    operation on one model's state touches one Redis Cluster slot.
+
+    >>> model_key("router", "churn", "experiment")
+    'flywheel:router:{churn}:experiment'
+    """
+    return f"flywheel:{service}:{{{model_name}}}:{kind}"
+
+
+def routing_state_key(model_name: str) -> str:
+    """Redis key holding the JSON of ``model_name``'s latest ExperimentUpdated: its
+    routing table, which the gateway reads at start-up before the next event reaches it.
+
+    >>> routing_state_key("churn")
+    'flywheel:routing:{churn}:current'
+    """
+    return model_key("routing", model_name, "current")
 
 
 def _now() -> datetime:
@@ -100,6 +155,13 @@ class DataArrived(Event):
 
     topic: ClassVar[Topic] = Topic.DATA_ARRIVED
     type: Literal["data-arrived"] = "data-arrived"
+    model_name: str | None = Field(
+        None,
+        description=(
+            "The model the batch is for. Unset: the deployment's default model "
+            "(FLYWHEEL_MODEL_NAME); deprecated, required from the next release."
+        ),
+    )
     dataset: DatasetRef
 
 
@@ -368,6 +430,17 @@ class RetrainModel(Event):
     requested_by: str | None = None
 
 
+class ModelRegistered(Event):
+    """A model was registered or its spec changed: every service refreshes its copy of it."""
+
+    topic: ClassVar[Topic] = Topic.MODEL_REGISTERED
+    type: Literal["model-registered"] = "model-registered"
+    model_name: str
+    spec_revision: int = Field(ge=1, description="1 for a new model, one more per spec change.")
+    spec: ModelSpec
+    requested_by: str | None = None
+
+
 EVENT_TYPES: tuple[type[Event], ...] = (
     DataArrived,
     ModelTrained,
@@ -381,6 +454,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ModelPromoted,
     ModelRolledBack,
     RetrainModel,
+    ModelRegistered,
 )
 
 AnyEvent = Annotated[
@@ -395,7 +469,8 @@ AnyEvent = Annotated[
     | ExperimentUpdated
     | ModelPromoted
     | ModelRolledBack
-    | RetrainModel,
+    | RetrainModel
+    | ModelRegistered,
     Field(discriminator="type"),
 ]
 

@@ -33,7 +33,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.errors import DependencyUnavailableError, FlywheelError
-from shared.events import Event, Topic, dead_letter_topic
+from shared.events import Event, Topic, consumer_group, dead_letter_topic, topic_name
 from shared.logging import correlation_id_var
 from shared.metrics import MessagingMetrics
 
@@ -72,8 +72,15 @@ BATCH_BYTES = 512 * 1024
 PRODUCER_MAX_BATCH_BYTES = 1024 * 1024
 
 
+def message_key(event: Event) -> bytes:
+    """The Kafka key of ``event``: its model, so one model's events keep their order in one
+    partition (the correlation id for the rare event that names no model)."""
+    model_name = getattr(event, "model_name", None)
+    return (model_name or event.correlation_id).encode()
+
+
 class KafkaEventPublisher:
-    """Publishes events as JSON on their topic, keyed by correlation id."""
+    """Publishes events as JSON on their topic, keyed by model name."""
 
     def __init__(self, broker: KafkaBroker, service: str, metrics: MessagingMetrics) -> None:
         self._broker = broker
@@ -84,12 +91,12 @@ class KafkaEventPublisher:
         """Publish one event on its topic."""
         await self._broker.publish(
             event.model_dump_json().encode(),
-            topic=event.topic.value,
-            key=event.correlation_id.encode(),
+            topic=topic_name(event.topic),
+            key=message_key(event),
             headers={"content-type": "application/json", "x-event-type": event.type_name()},
             correlation_id=event.correlation_id,
         )
-        self._metrics.published.labels(self._service, event.topic.value).inc()
+        self._metrics.published.labels(self._service, topic_name(event.topic)).inc()
 
     async def publish_batch(self, events: Sequence[Event]) -> None:
         """Publish ``events`` as few batch requests: one per topic and type, by size.
@@ -112,7 +119,7 @@ def _batches(events: Sequence[Event]) -> list[tuple[tuple[str, str], list[bytes]
     groups: dict[tuple[str, str], list[list[bytes]]] = {}
     sizes: dict[tuple[str, str], int] = {}
     for event in events:
-        key = (event.topic.value, event.type_name())
+        key = (topic_name(event.topic), event.type_name())
         body = event.model_dump_json().encode()
         chunks = groups.setdefault(key, [[]])
         if chunks[-1] and sizes[key] + len(body) > BATCH_BYTES:
@@ -255,7 +262,7 @@ class ConsumerContext:
     @property
     def group_id(self) -> str:
         """One consumer group per service (per replica for broadcast subscriptions)."""
-        base = f"flywheel-{self.service}"
+        base = consumer_group(self.service)
         return f"{base}-{self.instance}" if self.instance else base
 
 
@@ -277,14 +284,14 @@ def subscribe(ctx: ConsumerContext, topic: Topic, event_type: type[E], handle: H
 
     on_message.__name__ = f"{ctx.service}_{topic.name.lower()}"
     ctx.broker.subscriber(
-        topic.value,
+        topic_name(topic),
         group_id=ctx.group_id,
         # A replica's own group starts at the end: it reads current state at start-up.
         auto_offset_reset="latest" if ctx.instance else "earliest",
         heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
-        listener=ctx.health.listener(topic.value),
+        listener=ctx.health.listener(topic_name(topic)),
         ack_policy=AckPolicy.NACK_ON_ERROR,
-        title=f"{ctx.service}:{topic.value}",
+        title=f"{ctx.service}:{topic_name(topic)}",
         description=event_type.__doc__,
     )(on_message)
 
@@ -330,15 +337,15 @@ async def _handle_once(
     try:
         if await ctx.processed.seen(event.event_id):
             log.info("duplicate event ignored", extra={"event_id": event.event_id})
-            ctx.metrics.consumed.labels(ctx.service, topic.value, "duplicate").inc()
+            ctx.metrics.consumed.labels(ctx.service, topic_name(topic), "duplicate").inc()
             return
         started = time.perf_counter()
         outcome = await _run_with_retries(ctx, topic, event, handle, raw)
-        ctx.metrics.handler_seconds.labels(ctx.service, topic.value).observe(
+        ctx.metrics.handler_seconds.labels(ctx.service, topic_name(topic)).observe(
             time.perf_counter() - started
         )
         await ctx.processed.mark(event.event_id)
-        ctx.metrics.consumed.labels(ctx.service, topic.value, outcome).inc()
+        ctx.metrics.consumed.labels(ctx.service, topic_name(topic), outcome).inc()
     except OUTAGE_ERRORS as error:
         # Not the event's fault: rewind (NACK) and try again once the dependency is back.
         log.warning("dependency unavailable, will retry", extra={"error": repr(error)})
@@ -353,7 +360,7 @@ async def _run_with_retries(
     for attempt in range(1, ctx.max_attempts + 1):
         try:
             await handle(event)
-            ctx.health.handled(topic.value)
+            ctx.health.handled(topic_name(topic))
             return "handled"
         except OUTAGE_ERRORS:
             raise
@@ -385,7 +392,9 @@ async def dead_letter(
     The record keeps the event's correlation id (header and key), so the trace of
     a turn of the loop leads to its dead letter; FastStream would make up a new one.
     """
-    log.error("event dead-lettered", extra={"topic": topic.value, "reason": reason, "error": error})
+    log.error(
+        "event dead-lettered", extra={"topic": topic_name(topic), "reason": reason, "error": error}
+    )
     await ctx.broker.publish(
         raw,
         topic=dead_letter_topic(topic),
@@ -393,13 +402,13 @@ async def dead_letter(
         headers={
             "x-error": error[:2000],
             "x-error-reason": reason,
-            "x-original-topic": topic.value,
+            "x-original-topic": topic_name(topic),
             "x-consumer-group": ctx.group_id,
         },
         correlation_id=correlation_id,
     )
-    ctx.metrics.dead_letters.labels(ctx.service, topic.value, reason).inc()
-    ctx.health.dead_lettered(topic.value, f"{reason}: {error}"[:500])
+    ctx.metrics.dead_letters.labels(ctx.service, topic_name(topic), reason).inc()
+    ctx.health.dead_lettered(topic_name(topic), f"{reason}: {error}"[:500])
 
 
 def correlation_id_of(raw: bytes) -> str | None:

@@ -20,7 +20,7 @@ from aiokafka.protocol.api import Request
 
 from flywheel.infra.errors import StartupError
 from shared.asyncapi import CONSUMERS, PUBLISHERS
-from shared.events import Topic, dead_letter_topic
+from shared.events import Topic, consumer_group, dead_letter_topic, topic_name
 from shared.kafka_security import KafkaConnection
 from shared.settings import SERVICE_PORTS
 
@@ -85,14 +85,14 @@ def service_acls(
     acls: list[Acl] = []
     for topic, names in publishers.items():
         if service in names:
-            acls += _topic_acls(service, topic.value, Operation.WRITE, Operation.CREATE)
+            acls += _topic_acls(service, topic_name(topic), Operation.WRITE, Operation.CREATE)
     for topic, names in consumers.items():
         if service in names:
-            acls += _topic_acls(service, topic.value, Operation.READ, Operation.CREATE)
+            acls += _topic_acls(service, topic_name(topic), Operation.READ, Operation.CREATE)
             acls += _topic_acls(
                 service, dead_letter_topic(topic), Operation.WRITE, Operation.CREATE
             )
-    group = Acl(service, Resource.GROUP, f"flywheel-{service}", Operation.READ, Pattern.PREFIXED)
+    group = Acl(service, Resource.GROUP, consumer_group(service), Operation.READ, Pattern.PREFIXED)
     return [*sorted(set(acls)), group]
 
 
