@@ -20,9 +20,9 @@ from shared.settings import BaseServiceSettings
 from shared.testing import consumer_context
 
 
-def _data_arrived() -> DataArrived:
+def _data_arrived(model_name: str | None = None) -> DataArrived:
     ref = DatasetRef(uri="file:///tmp/x.parquet", sha256="0" * 64, rows=10)
-    return DataArrived(producer="test", dataset=ref)
+    return DataArrived(producer="test", dataset=ref, model_name=model_name)
 
 
 async def test_handled_once_even_when_delivered_twice() -> None:
@@ -137,16 +137,25 @@ async def test_a_published_batch_reaches_subscribers_event_by_event() -> None:
     assert published._value.get() == 5
 
 
-def test_batches_are_grouped_by_topic_and_cut_by_size(monkeypatch: pytest.MonkeyPatch) -> None:
-    events = [_data_arrived() for _ in range(5)]
-    size = len(events[0].model_dump_json().encode())
+def test_batches_are_grouped_by_topic_and_model_and_cut_by_size(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    churn, fraud = [_data_arrived("churn") for _ in range(5)], [_data_arrived("fraud")]
+    events = [*churn[:3], *fraud, *churn[3:]]
+    size = len(churn[0].model_dump_json().encode())
     monkeypatch.setattr(messaging, "BATCH_BYTES", 2 * size)
     batches = messaging._batches(events)
-    assert [len(bodies) for _, bodies in batches] == [2, 2, 1]
-    assert {key for key, _ in batches} == {(Topic.DATA_ARRIVED.value, "data-arrived")}
-    assert [b for _, bodies in batches for b in bodies] == [
-        e.model_dump_json().encode() for e in events
+    assert [(group.key, len(bodies)) for group, bodies in batches] == [
+        (b"churn", 2),
+        (b"churn", 2),
+        (b"churn", 1),
+        (b"fraud", 1),
     ]
+    assert {(g.topic, g.type_name) for g, _ in batches} == {
+        (Topic.DATA_ARRIVED.value, "data-arrived")
+    }
+    churn_bodies = [b for group, bodies in batches if group.key == b"churn" for b in bodies]
+    assert churn_bodies == [e.model_dump_json().encode() for e in churn]  # in order
 
 
 async def test_a_dead_letter_carries_the_event_s_correlation_id() -> None:
