@@ -1,0 +1,116 @@
+"""The demo's models: each one's spec and a seeded generator of labelled batches.
+
+Flywheel itself has no built-in model: a deployment registers its models
+(``flywheel models create``). The demo registers these two, side by side:
+customer-segment (three classes) and card-fraud (two classes, other features).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from shared.datasets import generate_customers
+from shared.spec import ModelSpec, load_spec
+
+MERCHANTS = ("grocery", "fuel", "travel", "electronics", "restaurant", "online")
+CHANNELS = ("chip", "contactless", "online")
+
+#: (rows, seed, covariate_shift, concept_drift) → a labelled batch.
+Generator = Callable[[int, int, float, bool], pd.DataFrame]
+
+
+def generate_transactions(
+    rows: int, seed: int, *, covariate_shift: float = 0.0, concept_drift: bool = False
+) -> pd.DataFrame:
+    """A labelled card-fraud batch (about a quarter fraud, so the demo learns fast).
+
+    ``covariate_shift`` moves amounts and distances up by half that many standard
+    deviations of their logs (data drift); ``concept_drift`` changes which
+    transactions are fraud while leaving the features' distribution alone.
+
+    >>> batch = generate_transactions(2000, 1)
+    >>> sorted(batch["outcome"].unique()), bool(0.1 < (batch["outcome"] == "fraud").mean() < 0.4)
+    (['fraud', 'legit'], True)
+    """
+    rng = np.random.default_rng(seed)
+    log_amount = rng.normal(3.5 + 0.45 * covariate_shift, 0.9, rows)
+    log_distance = rng.normal(2.0 + 0.6 * covariate_shift, 1.2, rows)
+    frame = pd.DataFrame(
+        {
+            "amount": np.exp(log_amount).round(2),
+            "hour": rng.integers(0, 24, rows).astype(float),
+            "card_age_days": rng.gamma(2.0, 400.0, rows).round(0),
+            "distance_km": np.exp(log_distance).clip(0, 20040).round(1),
+            "transactions_24h": rng.poisson(3.0, rows).astype(float),
+            "merchant": rng.choice(MERCHANTS, size=rows, p=[0.3, 0.15, 0.1, 0.1, 0.2, 0.15]),
+            "channel": rng.choice(CHANNELS, size=rows, p=[0.4, 0.35, 0.25]),
+        }
+    )
+    frame["outcome"] = _outcomes(frame, log_amount, log_distance, rng, concept_drift)
+    return frame
+
+
+def _outcomes(
+    frame: pd.DataFrame,
+    log_amount: np.ndarray,
+    log_distance: np.ndarray,
+    rng: np.random.Generator,
+    concept_drift: bool,
+) -> np.ndarray:
+    # Fixed standardisation constants, so a covariate shift also moves the fraud rate.
+    amount = (log_amount - 3.5) / 0.9
+    distance = (log_distance - 2.0) / 1.2
+    night = np.isin(frame["hour"].to_numpy(), [0, 1, 2, 3, 4]).astype(float)
+    new_card = (frame["card_age_days"].to_numpy() < 90).astype(float)
+    burst = (frame["transactions_24h"].to_numpy() - 3.0) / 1.7
+    online = (frame["channel"].to_numpy() == "online").astype(float)
+    risky = np.isin(frame["merchant"].to_numpy(), ["electronics", "travel"]).astype(float)
+    if concept_drift:
+        # Fraudsters moved to small, frequent, nearby purchases at ordinary hours.
+        score = -1.0 * amount + 1.4 * burst + 1.0 * online - 0.6 * distance + 0.8 * new_card
+    else:
+        score = 1.0 * amount + 0.9 * distance + 1.2 * night + 1.0 * new_card + 0.8 * risky
+    fraud = score + rng.logistic(0.0, 0.5, len(frame)) > 2.0
+    return np.where(fraud, "fraud", "legit").astype(object)
+
+
+def _customers(rows: int, seed: int, shift: float, concept: bool) -> pd.DataFrame:
+    return generate_customers(rows, seed, covariate_shift=shift, concept_drift=concept)
+
+
+def _transactions(rows: int, seed: int, shift: float, concept: bool) -> pd.DataFrame:
+    return generate_transactions(rows, seed, covariate_shift=shift, concept_drift=concept)
+
+
+@dataclass(frozen=True)
+class DemoModel:
+    """A model the demo registers, with its spec and how to generate its data."""
+
+    spec: ModelSpec
+    generate: Generator
+
+    @property
+    def name(self) -> str:
+        """The registered model's name (the spec's)."""
+        return self.spec.name
+
+
+def card_fraud_spec() -> ModelSpec:
+    """The packaged card-fraud spec."""
+    text = resources.files("flywheel.demo_models").joinpath("card-fraud.yaml").read_text()
+    return ModelSpec.model_validate(yaml.safe_load(text))
+
+
+def demo_models() -> tuple[DemoModel, ...]:
+    """The demo's two models: customer-segment first, then card-fraud.
+
+    >>> [(m.name, m.spec.classes) for m in demo_models()]
+    [('customer-segment', ('at_risk', 'steady', 'high_value')), ('card-fraud', ('legit', 'fraud'))]
+    """
+    return (DemoModel(load_spec(), _customers), DemoModel(card_fraud_spec(), _transactions))
