@@ -23,16 +23,10 @@ from pydantic import ValidationError
 
 from shared.errors import FlywheelError
 from shared.events import Event, Topic, topic_name
-from shared.messaging import (
-    HEARTBEAT_INTERVAL_MS,
-    OUTAGE_ERRORS,
-    ConsumerContext,
-    IdempotencyStore,
-    _run_with_retries,
-    _validation_summary,
-    correlation_id_of,
-    dead_letter,
-)
+from shared.messaging.dead_letters import correlation_id_of, dead_letter, validation_summary
+from shared.messaging.health import HEARTBEAT_INTERVAL_MS, ConsumerContext
+from shared.messaging.idempotency import IdempotencyStore
+from shared.messaging.subscriber import OUTAGE_ERRORS, run_with_retries
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +77,7 @@ async def _consume_batch(
         try:
             events.append((event_type.model_validate_json(raw), raw))
         except ValidationError as error:
-            summary = _validation_summary(error)
+            summary = validation_summary(error)
             await dead_letter(ctx, topic, raw, "invalid", summary, correlation_id_of(raw))
     try:
         fresh = await _drop_handled(ctx, topic, events)
@@ -127,7 +121,7 @@ async def _handle_batch(
         # Find the event at fault: one at a time, each with the usual retries.
         outcomes = {"handled": 0, "dead_lettered": 0}
         for event, raw in batch:
-            outcome = await _run_with_retries(ctx, topic, event, _single(handle), raw)
+            outcome = await run_with_retries(ctx, topic, event, _single(handle), raw)
             outcomes[outcome] += 1
     ctx.metrics.handler_seconds.labels(ctx.service, topic_name(topic)).observe(
         time.perf_counter() - started

@@ -10,11 +10,17 @@ import pytest
 from faststream.kafka import KafkaBroker, TestKafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
-from shared import messaging
 from shared.batch_messaging import subscribe_batch
 from shared.errors import InvalidInputError
 from shared.events import DataArrived, DatasetRef, Topic, dead_letter_topic
-from shared.messaging import ConsumerContext, KafkaEventPublisher, subscribe, subscribe_broadcast
+from shared.messaging import (
+    DEAD_LETTER_STREAK,
+    ConsumerContext,
+    KafkaEventPublisher,
+    publisher,
+    subscribe,
+    subscribe_broadcast,
+)
 from shared.runtime import build_runtime, service_app
 from shared.settings import BaseServiceSettings
 from shared.testing import consumer_context
@@ -143,8 +149,8 @@ def test_batches_are_grouped_by_topic_and_model_and_cut_by_size(
     churn, fraud = [_data_arrived("churn") for _ in range(5)], [_data_arrived("fraud")]
     events = [*churn[:3], *fraud, *churn[3:]]
     size = len(churn[0].model_dump_json().encode())
-    monkeypatch.setattr(messaging, "BATCH_BYTES", 2 * size)
-    batches = messaging._batches(events)
+    monkeypatch.setattr(publisher, "BATCH_BYTES", 2 * size)
+    batches = publisher.batches_of(events)
     assert [(group.key, len(bodies)) for group, bodies in batches] == [
         (b"churn", 2),
         (b"churn", 2),
@@ -205,7 +211,7 @@ async def test_readiness_fails_while_a_subscription_dead_letters_everything_it_r
                 body = _data_arrived().model_dump_json().encode()
                 await test_broker.publish(body, Topic.DATA_ARRIVED.value)
 
-        await send(messaging.DEAD_LETTER_STREAK - 1)
+        await send(DEAD_LETTER_STREAK - 1)
         assert _ready(ctx) == []  # a run of failures shorter than the streak: still ready
         await send(1)
         assert _ready(ctx) == [
@@ -246,7 +252,7 @@ async def test_readyz_says_not_ready_and_why() -> None:
     runtime = build_runtime("svc", BaseServiceSettings())
     runtime.broker_started.set()
     app = service_app(runtime, checks={"broker": _always, "redis": _always})
-    for _ in range(messaging.DEAD_LETTER_STREAK):
+    for _ in range(DEAD_LETTER_STREAK):
         runtime.consumer.health.dead_lettered(Topic.DATA_ARRIVED.value, "invalid: x: bad")
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://svc") as client:
