@@ -76,10 +76,14 @@ async def current_routing(router_url: str | None) -> ExperimentUpdated | None:
 
 
 async def announce(
-    kafka: KafkaConnection | str, dataset: DatasetRef, producer: str = "cli"
+    kafka: KafkaConnection | str,
+    dataset: DatasetRef,
+    producer: str = "cli",
+    *,
+    model_name: str | None = None,
 ) -> DataArrived:
-    """Publish ``data-arrived`` for a batch; return the event."""
-    event = DataArrived(producer=producer, dataset=dataset)
+    """Publish ``data-arrived`` for a batch of ``model_name`` (None: the default model)."""
+    event = DataArrived(producer=producer, dataset=dataset, model_name=model_name)
     await publish_raw(kafka, topic_name(event.topic), event.model_dump_json().encode())
     return event
 
