@@ -8,7 +8,7 @@ customer-segment (three classes) and card-fraud (two classes, other features).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 
 import numpy as np
@@ -84,6 +84,13 @@ def _customers(rows: int, seed: int, shift: float, concept: bool) -> pd.DataFram
     return generate_customers(rows, seed, covariate_shift=shift, concept_drift=concept)
 
 
+def _customer_values(rows: int, seed: int, shift: float, concept: bool) -> pd.DataFrame:
+    frame = generate_customers(rows, seed, covariate_shift=shift, concept_drift=concept)
+    value = np.where(frame.pop("segment") == "high_value", "high_value", "standard")
+    columns = [f.name for f in customer_value_spec().features]
+    return frame[columns].assign(value=value.astype(object))
+
+
 def _transactions(rows: int, seed: int, shift: float, concept: bool) -> pd.DataFrame:
     return generate_transactions(rows, seed, covariate_shift=shift, concept_drift=concept)
 
@@ -100,11 +107,28 @@ class DemoModel:
         """The registered model's name (the spec's)."""
         return self.spec.name
 
+    def named(self, name: str) -> DemoModel:
+        """The same model registered as ``name`` (tests give each run its own names).
+
+        >>> demo_models()[1].named("fraud-1").spec.name
+        'fraud-1'
+        """
+        return replace(self, spec=self.spec.model_copy(update={"name": name}))
+
+
+def _packaged(file: str) -> ModelSpec:
+    text = resources.files("flywheel.demo_models").joinpath(file).read_text()
+    return ModelSpec.model_validate(yaml.safe_load(text))
+
 
 def card_fraud_spec() -> ModelSpec:
     """The packaged card-fraud spec."""
-    text = resources.files("flywheel.demo_models").joinpath("card-fraud.yaml").read_text()
-    return ModelSpec.model_validate(yaml.safe_load(text))
+    return _packaged("card-fraud.yaml")
+
+
+def customer_value_spec() -> ModelSpec:
+    """The packaged customer-value spec (the end-to-end tests' third model)."""
+    return _packaged("customer-value.yaml")
 
 
 def demo_models() -> tuple[DemoModel, ...]:
@@ -114,3 +138,16 @@ def demo_models() -> tuple[DemoModel, ...]:
     [('customer-segment', ('at_risk', 'steady', 'high_value')), ('card-fraud', ('legit', 'fraud'))]
     """
     return (DemoModel(load_spec(), _customers), DemoModel(card_fraud_spec(), _transactions))
+
+
+def customer_value_model() -> DemoModel:
+    """A third model, two classes from the customers' data.
+
+    >>> model = customer_value_model()
+    >>> batch = model.generate(500, 3, 0.0, False)
+    >>> list(batch.columns) == [*model.spec.feature_names, model.spec.label]
+    True
+    >>> sorted(batch["value"].unique())
+    ['high_value', 'standard']
+    """
+    return DemoModel(customer_value_spec(), _customer_values)
