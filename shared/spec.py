@@ -89,3 +89,63 @@ def load_spec(path: Path | None = None) -> ModelSpec:
         else resources.files("shared").joinpath("model_spec.yaml").read_text()
     )
     return ModelSpec.model_validate(yaml.safe_load(text))
+
+
+def serving_incompatibilities(old: ModelSpec, new: ModelSpec) -> list[str]:
+    """Why a model trained and served under ``old`` cannot be served under ``new``.
+
+    One reason per break; an empty list means the change is safe. A served model
+    takes its features by name, type and position and answers in the spec's
+    classes in order (a class id is its position), so all of those must stay.
+    Descriptions, numeric bounds and new categories may change: they only widen
+    or document what is served.
+
+    Examples
+    --------
+    >>> spec = load_spec()
+    >>> serving_incompatibilities(spec, spec)
+    []
+    >>> wider = spec.model_copy(update={"classes": (*spec.classes, "churned")})
+    >>> serving_incompatibilities(spec, wider)
+    ["classes changed: ['at_risk', 'steady', 'high_value'] -> \
+['at_risk', 'steady', 'high_value', 'churned']"]
+    """
+    reasons = []
+    if old.name != new.name:
+        reasons.append(f"name changed: {old.name!r} -> {new.name!r}")
+    if old.label != new.label:
+        reasons.append(f"label changed: {old.label!r} -> {new.label!r}")
+    if old.classes != new.classes:
+        reasons.append(f"classes changed: {list(old.classes)} -> {list(new.classes)}")
+    reasons += _feature_set_changes(old.feature_names, new.feature_names)
+    for name in old.feature_names:
+        if name in new.feature_names:
+            reasons += _feature_changes(old.feature(name), new.feature(name))
+    return reasons
+
+
+def _feature_set_changes(old: tuple[str, ...], new: tuple[str, ...]) -> list[str]:
+    """Features renamed (same position, both names new to the other side), removed, added,
+    or kept in another order."""
+    removed = [n for n in old if n not in new]
+    added = [n for n in new if n not in old]
+    renamed = [
+        (before, after)
+        for before, after in zip(old, new, strict=False)
+        if before in removed and after in added
+    ]
+    reasons = [f"feature {before!r} renamed to {after!r}" for before, after in renamed]
+    reasons += [f"feature {n!r} removed" for n in removed if n not in dict(renamed)]
+    renamed_to = {after for _, after in renamed}
+    reasons += [f"feature {n!r} added" for n in added if n not in renamed_to]
+    kept_old, kept_new = [n for n in old if n in new], [n for n in new if n in old]
+    if kept_old != kept_new:
+        reasons.append(f"features reordered: {kept_old} -> {kept_new}")
+    return reasons
+
+
+def _feature_changes(old: FeatureSpec, new: FeatureSpec) -> list[str]:
+    if old.type != new.type:
+        return [f"feature {old.name!r} type changed: {old.type} -> {new.type}"]
+    gone = [c for c in old.categories if c not in new.categories]
+    return [f"feature {old.name!r} categories removed: {gone}"] if gone else []
