@@ -11,14 +11,15 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+import pyarrow.parquet as pq
 import sklearn
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from redis.asyncio import Redis
-from redis.exceptions import LockError
+from redis.exceptions import LockError, ResponseError
 
 from services.trainer.coalesce import PendingArrival
-from services.trainer.core import TrainedModel
+from services.trainer.core import TrainedModel, column_misfit
 from services.trainer.ports import RunContext
 from services.trainer.tracking import (
     code_version,
@@ -27,9 +28,9 @@ from services.trainer.tracking import (
     log_holdout,
     run_metrics,
 )
-from shared.datasets import load_batch
-from shared.errors import DependencyUnavailableError
-from shared.events import DataArrived, DatasetRef
+from shared.datasets import load_batch, path_of
+from shared.errors import DependencyUnavailableError, InvalidInputError
+from shared.events import DataArrived, DatasetRef, model_key
 from shared.mlflow_client import mlflow_client, mlflow_outages
 from shared.spec import ModelSpec
 from shared.torch_mlp import TRUSTED_TYPES
@@ -38,14 +39,34 @@ log = logging.getLogger(__name__)
 
 
 class FileBatchSource:
-    """Batches from local Parquet/CSV files, verified against hash and spec."""
+    """Batches from local Parquet/CSV files, verified against hash and their model's spec."""
 
-    def __init__(self, spec: ModelSpec) -> None:
-        self._spec = spec
+    def load(self, ref: DatasetRef, spec: ModelSpec) -> pd.DataFrame:
+        """The batch's rows (NotFoundError / InvalidInputError when missing or misfit).
 
-    def load(self, ref: DatasetRef) -> pd.DataFrame:
-        """The batch's rows (NotFoundError / InvalidInputError when missing or misfit)."""
-        return load_batch(ref, self._spec)
+        A batch missing columns of the spec is named with its columns the spec does
+        not know too: a batch announced for the wrong model says so at a glance.
+        """
+        try:
+            return load_batch(ref, spec)
+        except InvalidInputError as error:
+            misfit = column_misfit(_columns_of(ref), spec)
+            if misfit is None:
+                raise
+            raise InvalidInputError(
+                f"dataset {ref.uri} does not fit {spec.name}: {misfit}"
+            ) from error
+
+
+def _columns_of(ref: DatasetRef) -> list[str] | None:
+    """The file's column names (header only); None when it cannot be read."""
+    try:
+        path = path_of(ref.uri)
+        if ref.format == "csv":
+            return [str(c) for c in pd.read_csv(path, nrows=0).columns]
+        return list(pq.read_schema(path).names)
+    except Exception:  # unreadable: the original error says why
+        return None
 
 
 #: Drop every entry with the new batch's content hash, append the batch, trim to the cap;
@@ -72,8 +93,8 @@ class RedisBatchHistory:
 
     @staticmethod
     def key(model_name: str) -> str:
-        """The Redis key of a model's batch list."""
-        return f"flywheel:trainer:batches:{model_name}"
+        """The Redis key of a model's batch list (hash-tagged by model)."""
+        return model_key("trainer", model_name, "batches")
 
     async def record(self, model_name: str, ref: DatasetRef) -> bool:
         """Append ``ref``; a batch seen before moves to the end instead of appearing twice.
@@ -101,8 +122,8 @@ class RedisPendingTriggers:
 
     @staticmethod
     def key(model_name: str) -> str:
-        """The Redis key of a model's pending arrivals."""
-        return f"flywheel:trainer:pending:{model_name}"
+        """The Redis key of a model's pending arrivals (hash-tagged by model)."""
+        return model_key("trainer", model_name, "pending")
 
     async def add(self, model_name: str, arrival: PendingArrival) -> None:
         """Append ``arrival``."""
@@ -125,6 +146,32 @@ class RedisPendingTriggers:
             await pipe.execute()
 
 
+#: Keys of the single-model releases, before every key was hash-tagged by its model.
+_LEGACY_KEYS = {
+    "batches": "flywheel:trainer:batches:{}",
+    "pending": "flywheel:trainer:pending:{}",
+}
+
+
+async def adopt_legacy_keys(redis: Redis, model_name: str) -> list[str]:
+    """Move a model's batch list and pending arrivals from the single-model keys to its own.
+
+    Run once at start-up, before anything consumes: after an upgrade the default
+    model keeps its history instead of looking lost. A key already at the new
+    place wins (RENAMENX). Returns the kinds moved. Remove with the default model.
+    """
+    moved = []
+    for kind, pattern in _LEGACY_KEYS.items():
+        try:
+            if await redis.renamenx(
+                pattern.format(model_name), model_key("trainer", model_name, kind)
+            ):
+                moved.append(kind)
+        except ResponseError:  # no legacy key: the usual case
+            continue
+    return moved
+
+
 def _arrival_json(arrival: PendingArrival) -> str:
     return json.dumps(
         {"received_at": arrival.received_at, "event": arrival.event.model_dump(mode="json")},
@@ -145,11 +192,16 @@ class RedisTrainingLock:
         self._ttl_s = ttl_s
         self._wait_s = wait_s
 
+    @staticmethod
+    def key(model_name: str) -> str:
+        """The Redis key of a model's lock: one model's training never waits for another's."""
+        return model_key("trainer", model_name, "lock")
+
     @contextlib.asynccontextmanager
     async def hold(self, model_name: str) -> AsyncIterator[None]:
         """Wait up to ``wait_s`` for the lock, hold it for the block, release it after."""
         lock = self._redis.lock(
-            f"flywheel:trainer:lock:{model_name}",
+            self.key(model_name),
             timeout=self._ttl_s,
             blocking_timeout=self._wait_s,
         )
@@ -168,7 +220,11 @@ class RedisTrainingLock:
 
 
 class MlflowModelStore:
-    """Logs each training as an MLflow run in an experiment named after the model."""
+    """Logs each training as an MLflow run in an experiment named after the model.
+
+    Every model has its own experiment (created on its first training), so one
+    model's runs, lineage and the batch list recovery reads never mix with another's.
+    """
 
     def __init__(self, tracking_uri: str, label: str = "segment") -> None:
         mlflow.set_tracking_uri(tracking_uri)
@@ -198,7 +254,7 @@ class MlflowModelStore:
                 },
                 "datasets.json",
             )
-            log_datasets(model, context, self._label)
+            log_datasets(model, context, context.label or self._label)
             log_confusion_matrix(model)
             _log_model(model)
             _log_reference(model.reference)

@@ -105,6 +105,31 @@ def check_announced_rows(ref: DatasetRef, frame: pd.DataFrame) -> None:
         )
 
 
+def column_misfit(columns: Sequence[str] | None, spec: ModelSpec) -> str | None:
+    """Which of the spec's columns a batch lacks, and which of its own the spec does not know.
+
+    None when nothing is missing (or the columns are unknown): extra columns alone
+    are dropped, not an error.
+
+    >>> from shared.spec import FeatureSpec
+    >>> x = FeatureSpec(name="x", type="numeric")
+    >>> spec = ModelSpec(name="m", label="y", classes=("a", "b"), features=(x,))
+    >>> column_misfit(["x", "y", "note"], spec) is None
+    True
+    >>> column_misfit(["amount", "y"], spec)
+    "missing columns ['x']; columns the spec does not know: ['amount']"
+    """
+    if columns is None:
+        return None
+    wanted = [*spec.feature_names, spec.label]
+    missing = [c for c in wanted if c not in columns]
+    if not missing:
+        return None
+    unknown = [c for c in columns if c not in wanted]
+    known = f"; columns the spec does not know: {unknown}" if unknown else ""
+    return f"missing columns {missing}{known}"
+
+
 def combine_batches(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
     """Stack validated batches into one training frame."""
     if not frames:

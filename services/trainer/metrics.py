@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 @dataclass(frozen=True)
 class TrainerMetrics:
-    """How many trainings ran, why, how they ended and how long they took."""
+    """How many trainings of each model ran, why, how they ended and how long they took."""
 
     trainings: Counter
     training_seconds: Histogram
@@ -22,26 +22,27 @@ class TrainerMetrics:
         return cls(
             trainings=Counter(
                 "flywheel_trainer_trainings_total",
-                "Trainings by trigger and outcome (succeeded, failed, deferred by an outage).",
-                ["trigger", "outcome"],
+                "Trainings by model, trigger and outcome (succeeded, failed, deferred: an outage).",
+                ["model_name", "trigger", "outcome"],
                 registry=registry,
             ),
             training_seconds=Histogram(
                 "flywheel_trainer_training_duration_seconds",
                 "Time to load batches, fit, evaluate and log one model.",
-                ["trigger"],
+                ["model_name", "trigger"],
                 buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
                 registry=registry,
             ),
             triggers=Counter(
                 "flywheel_trainer_triggers_total",
-                "Triggers by kind and outcome (accepted, duplicate batch, other model ignored).",
-                ["trigger", "outcome"],
+                "Triggers by model, kind and outcome (accepted, duplicate batch).",
+                ["model_name", "trigger", "outcome"],
                 registry=registry,
             ),
             coalesced=Counter(
                 "flywheel_trainer_coalesced_triggers_total",
                 "Data-arrived events folded into another event's training (burst coalescing).",
+                ["model_name"],
                 registry=registry,
             ),
         )

@@ -13,15 +13,17 @@ if TYPE_CHECKING:
 
     from services.trainer.coalesce import PendingArrival
     from services.trainer.core import TrainedModel
+    from shared.spec import ModelSpec
 
 
 class BatchSource(Protocol):
     """Reads referenced batches (blocking)."""
 
-    def load(self, ref: DatasetRef) -> pd.DataFrame:
-        """The batch's rows, checked against its hash and the spec.
+    def load(self, ref: DatasetRef, spec: ModelSpec) -> pd.DataFrame:
+        """The batch's rows, checked against its hash and its model's ``spec``.
 
-        Raises NotFoundError or InvalidInputError when it is missing or does not fit.
+        Raises NotFoundError or InvalidInputError when it is missing or does not fit
+        (a misfit names the missing columns and the ones the spec does not know).
         """
 
 
@@ -69,6 +71,8 @@ class RunContext:
     """Every event this training answers (a coalesced burst has several)."""
     sampled: tuple[DatasetRef, ...] = ()
     """Older batches a share of whose rows joined the recent window."""
+    label: str = ""
+    """The model's label column (its spec's); empty: the store's default."""
 
 
 class ModelStore(Protocol):

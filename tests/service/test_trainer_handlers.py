@@ -16,6 +16,7 @@ from faststream.kafka import KafkaBroker, TestKafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from prometheus_client import CollectorRegistry
 
+from flywheel.demo_models import card_fraud_spec, generate_transactions
 from services.trainer.adapters import FileBatchSource
 from services.trainer.coalesce import CoalescePolicy, PendingArrival
 from services.trainer.core import TrainedModel, TrainingConfig, data_version
@@ -24,6 +25,7 @@ from services.trainer.metrics import TrainerMetrics
 from services.trainer.ports import RunContext
 from services.trainer.scheduler import PendingTrainingScheduler
 from services.trainer.settings import Settings
+from shared.catalog import InMemorySpecSource, ModelCatalog, RegisteredSpec
 from shared.datasets import generate_customers, write_batch
 from shared.errors import DependencyUnavailableError
 from shared.events import (
@@ -42,6 +44,9 @@ from shared.spec import load_spec
 from shared.testing import RecordingPublisher, consumer_context
 
 MODEL = "customer-segment"
+"""The deployment's default model: configured, not registered (data-arrived may omit it)."""
+FRAUD = "card-fraud"
+"""A registered model with another spec (other features, label and classes)."""
 WINDOW_S = 2.0
 
 
@@ -103,24 +108,27 @@ class AsyncioLock:
 
 @dataclass
 class FakeModelStore:
-    """Records logged trainings and how many overlapped."""
+    """Records logged trainings and how many overlapped; can be slow or fail, per model."""
 
     delay_s: float = 0.0
     failure: Exception | None = None
     logged: list[tuple[TrainedModel, RunContext]] = field(default_factory=list)
     active: int = 0
     max_active: int = 0
+    delays: dict[str, float] = field(default_factory=dict)
+    failures: dict[str, Exception] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
 
     def log_training(self, model: TrainedModel, context: RunContext) -> str:
         with self._guard:
             self.active += 1
             self.max_active = max(self.max_active, self.active)
-        time.sleep(self.delay_s)
-        if self.failure is not None:
+        time.sleep(self.delays.get(context.model_name, self.delay_s))
+        failure = self.failures.get(context.model_name, self.failure)
+        if failure is not None:
             with self._guard:
                 self.active -= 1
-            raise self.failure
+            raise failure
         with self._guard:
             self.active -= 1
             self.logged.append((model, context))
@@ -136,30 +144,38 @@ class Harness:
     clock: Clock
     store: FakeModelStore
     publisher: RecordingPublisher
-    metrics: TrainerMetrics
+    registry: CollectorRegistry
     dead_letters: dict[str, list[dict[str, str]]]
 
-    def trained(self) -> list[ModelTrained]:
-        return [e for e in self.publisher.events if isinstance(e, ModelTrained)]
+    def trained(self, model: str | None = None) -> list[ModelTrained]:
+        found = [e for e in self.publisher.events if isinstance(e, ModelTrained)]
+        return [e for e in found if model is None or e.model_name == model]
 
-    def rejected(self) -> list[ModelRejected]:
-        return [e for e in self.publisher.events if isinstance(e, ModelRejected)]
+    def rejected(self, model: str | None = None) -> list[ModelRejected]:
+        found = [e for e in self.publisher.events if isinstance(e, ModelRejected)]
+        return [e for e in found if model is None or e.model_name == model]
 
-    async def after_window(self) -> bool:
+    async def after_window(self, model: str = MODEL) -> bool:
         self.clock.now += WINDOW_S
-        return await self.handlers.train_pending()
+        return await self.handlers.train_pending(model)
+
+    def count(self, metric: str, model: str = MODEL, **labels: str) -> float:
+        """A trainer metric's sample for ``model`` (0 when never counted)."""
+        value = self.registry.get_sample_value(metric, {"model_name": model, **labels})
+        return value or 0.0
 
 
 def _harness(window: int = 5, delay_s: float = 0.0, min_rows: int = 1, older: int = 0) -> Harness:
     broker = KafkaBroker()
     publisher, history, store = RecordingPublisher(), InMemoryHistory(), FakeModelStore(delay_s)
-    pending, clock = InMemoryPending(), Clock()
-    metrics = TrainerMetrics.create(CollectorRegistry())
-    spec = load_spec()
-    ports = TrainerPorts(FileBatchSource(spec), history, pending, AsyncioLock(), store, publisher)
+    pending, clock, registry = InMemoryPending(), Clock(), CollectorRegistry()
+    metrics = TrainerMetrics.create(registry)
+    registered = InMemorySpecSource({FRAUD: RegisteredSpec(1, card_fraud_spec())})
+    catalog = ModelCatalog(registered, MODEL, load_spec())
+    ports = TrainerPorts(FileBatchSource(), history, pending, AsyncioLock(), store, publisher)
     policy = CoalescePolicy(window_s=WINDOW_S, max_wait_s=60, min_rows=min_rows)
     config = TrainingConfig(older_fraction=0.5)
-    handlers = TrainerHandlers(ports, spec, config, MODEL, window, metrics, policy, clock, older)
+    handlers = TrainerHandlers(ports, catalog, config, window, metrics, policy, clock, older)
     register(consumer_context("trainer", broker), handlers)
     dead: dict[str, list[dict[str, str]]] = {}
 
@@ -172,11 +188,16 @@ def _harness(window: int = 5, delay_s: float = 0.0, min_rows: int = 1, older: in
         headers = dict(message.headers)
         dead.setdefault(headers["x-original-topic"], []).append(headers)
 
-    return Harness(broker, handlers, history, pending, clock, store, publisher, metrics, dead)
+    return Harness(broker, handlers, history, pending, clock, store, publisher, registry, dead)
 
 
 def _batch(tmp_path: Path, seed: int, rows: int = 600) -> DatasetRef:
     return write_batch(generate_customers(rows, seed), tmp_path / f"batch-{seed}.parquet")
+
+
+def _fraud_batch(tmp_path: Path, seed: int, rows: int = 600) -> DatasetRef:
+    frame = generate_transactions(rows, seed)
+    return write_batch(frame, tmp_path / f"fraud-{seed}.parquet")
 
 
 def _path(ref: DatasetRef) -> Path:
@@ -195,14 +216,14 @@ def _damaged_batch(tmp_path: Path, damage: str) -> DatasetRef:
     return ref
 
 
-def _drift() -> DriftDetected:
+def _drift(model: str = MODEL) -> DriftDetected:
     now = datetime.now(UTC)
     feature = FeatureDrift(
         feature="monthly_spend", statistic=0.4, p_value=1e-6, threshold=0.01, drifted=True
     )
     return DriftDetected(
         producer="monitor",
-        model_name=MODEL,
+        model_name=model,
         reference_version="1",
         window_size=500,
         reference_size=1000,
@@ -223,7 +244,7 @@ async def test_data_arrival_trains_once_its_window_is_quiet(tmp_path: Path) -> N
     arrived = DataArrived(producer="test", dataset=_batch(tmp_path, 1))
     await _send(h.broker, arrived)
     assert h.trained() == []
-    assert not await h.handlers.train_pending()  # the window is still open
+    assert not await h.handlers.train_pending(MODEL)  # the window is still open
 
     assert await h.after_window()
     [trained] = h.trained()
@@ -240,7 +261,7 @@ async def test_data_arrival_trains_once_its_window_is_quiet(tmp_path: Path) -> N
     assert (context.event_id, context.trigger) == (arrived.event_id, "data")
     assert h.pending.items[MODEL] == []
     assert not await h.after_window()  # nothing left to train on
-    assert h.metrics.trainings.labels("data", "succeeded")._value.get() == 1
+    assert h.count("flywheel_trainer_trainings_total", trigger="data", outcome="succeeded") == 1
 
 
 async def test_a_storm_of_twenty_arrivals_is_one_training(tmp_path: Path) -> None:
@@ -255,8 +276,8 @@ async def test_a_storm_of_twenty_arrivals_is_one_training(tmp_path: Path) -> Non
     assert len(trained.datasets) == 20
     _, context = h.store.logged[0]
     assert set(context.trigger_ids) == {e.event_id for e in storm}
-    assert h.metrics.coalesced._value.get() == 19
-    assert h.metrics.triggers.labels("data", "accepted")._value.get() == 20
+    assert h.count("flywheel_trainer_coalesced_triggers_total") == 19
+    assert h.count("flywheel_trainer_triggers_total", trigger="data", outcome="accepted") == 20
 
 
 async def test_a_batch_announced_twice_is_a_counted_no_op(tmp_path: Path) -> None:
@@ -265,7 +286,7 @@ async def test_a_batch_announced_twice_is_a_counted_no_op(tmp_path: Path) -> Non
     await _send(h.broker, DataArrived(producer="a", dataset=ref))
     await _send(h.broker, DataArrived(producer="b", dataset=ref))
     assert len(h.pending.items[MODEL]) == 1
-    assert h.metrics.triggers.labels("data", "duplicate")._value.get() == 1
+    assert h.count("flywheel_trainer_triggers_total", trigger="data", outcome="duplicate") == 1
     assert await h.after_window()
     assert len(h.trained()) == 1
 
@@ -304,7 +325,7 @@ async def test_drift_retrains_at_once_in_the_drift_turn(tmp_path: Path) -> None:
     assert retrained.datasets == tuple(b.dataset for b in batches)
     assert h.store.logged[0][1].trigger_ids[0] == drift.event_id
     assert not await h.after_window()  # the drift training covered the pending arrivals
-    assert h.metrics.trainings.labels("drift", "succeeded")._value.get() == 1
+    assert h.count("flywheel_trainer_trainings_total", trigger="drift", outcome="succeeded") == 1
 
 
 async def test_retrain_command_trains_with_trigger_manual(tmp_path: Path) -> None:
@@ -314,7 +335,9 @@ async def test_retrain_command_trains_with_trigger_manual(tmp_path: Path) -> Non
     await _send(h.broker, command, RetrainModel(producer="cli", model_name="other"))
     [trained] = h.trained()
     assert (trained.trigger, trained.causation_id) == ("manual", command.event_id)
-    assert h.metrics.triggers.labels("manual", "ignored")._value.get() == 1
+    assert h.count("flywheel_trainer_triggers_total", trigger="manual", outcome="accepted") == 1
+    [headers] = h.dead_letters[Topic.RETRAIN_MODEL.value]  # "other" is no registered model
+    assert "unknown model 'other'" in headers["x-error"]
 
 
 async def test_a_failed_training_is_rejected_with_its_cause(tmp_path: Path) -> None:
@@ -327,7 +350,7 @@ async def test_a_failed_training_is_rejected_with_its_cause(tmp_path: Path) -> N
     assert reason.name == "training"
     assert "NaN" in reason.detail
     assert h.trained() == []
-    assert h.metrics.trainings.labels("data", "failed")._value.get() == 1
+    assert h.count("flywheel_trainer_trainings_total", trigger="data", outcome="failed") == 1
 
 
 async def test_an_mlflow_outage_keeps_the_arrivals_pending(tmp_path: Path) -> None:
@@ -352,7 +375,7 @@ async def test_an_mlflow_outage_during_drift_rewinds_instead_of_dead_lettering(
     with pytest.raises(DependencyUnavailableError):
         await h.handlers.on_drift_detected(_drift())
     assert h.publisher.events == []
-    assert h.metrics.trainings.labels("drift", "deferred")._value.get() == 1
+    assert h.count("flywheel_trainer_trainings_total", trigger="drift", outcome="deferred") == 1
 
 
 @pytest.mark.parametrize("damage", ["missing", "tampered", "misfit"])
@@ -393,7 +416,7 @@ async def test_two_triggers_never_train_the_same_model_at_once(tmp_path: Path) -
     h.clock.now += WINDOW_S
     command = RetrainModel(producer="cli", model_name=MODEL)
     await asyncio.gather(
-        h.handlers.train_pending(),
+        h.handlers.train_pending(MODEL),
         h.handlers.on_drift_detected(_drift()),
         h.handlers.on_retrain_requested(command),
     )
@@ -404,7 +427,7 @@ async def test_two_triggers_never_train_the_same_model_at_once(tmp_path: Path) -
 async def test_the_schedule_retrains_with_trigger_schedule(tmp_path: Path) -> None:
     h = _harness()
     await h.history.record(MODEL, _batch(tmp_path, 1))
-    tick = await h.handlers.on_schedule()
+    tick = await h.handlers.on_schedule(MODEL)
     [trained] = h.trained()
     assert (trained.trigger, trained.causation_id) == ("schedule", tick.event_id)
 
@@ -467,7 +490,7 @@ async def test_the_same_content_under_another_name_trains_once(tmp_path: Path) -
     await _send(h.broker, DataArrived(producer="b", dataset=again))
     assert not await h.after_window()
     assert len(h.trained()) == 1
-    assert h.metrics.triggers.labels("data", "duplicate")._value.get() == 1
+    assert h.count("flywheel_trainer_triggers_total", trigger="data", outcome="duplicate") == 1
 
 
 async def test_a_small_batch_is_recorded_and_counts_towards_the_next_training(
@@ -478,7 +501,7 @@ async def test_a_small_batch_is_recorded_and_counts_towards_the_next_training(
     small = DataArrived(producer="t", dataset=_batch(tmp_path, 1, 3))
     await _send(h.broker, small)
     h.clock.now += 3600  # however long it waits, three rows alone do not retrain
-    assert not await h.handlers.train_pending()
+    assert not await h.handlers.train_pending(MODEL)
     assert h.history.refs[MODEL] == [small.dataset]
 
     big = DataArrived(producer="t", dataset=_batch(tmp_path, 2, default))
