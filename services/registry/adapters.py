@@ -17,9 +17,10 @@ from mlflow.protos.databricks_pb2 import (
     ErrorCode,
 )
 
-from services.registry.ports import VersionInfo
+from services.registry.ports import ModelSummary, VersionInfo
 from shared.errors import InvalidInputError, NotFoundError
 from shared.mlflow_client import bound_mlflow_requests, mlflow_client, mlflow_outages
+from shared.mlflow_specs import spec_revision_of
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,18 @@ class MlflowModelRegistry:
         """Names of every registered model, sorted."""
         return sorted(str(m.name) for m in self._client.search_registered_models())
 
+    def model_summaries(self) -> list[ModelSummary]:
+        """Every registered model with its aliases and spec revision, a page at a time."""
+        found: list[ModelSummary] = []
+        token: str | None = None
+        while True:
+            with mlflow_outages():
+                page = self._client.search_registered_models(max_results=100, page_token=token)
+            found += [_summary(model) for model in page]
+            token = page.token
+            if not token:
+                return sorted(found, key=lambda m: m.name)
+
     @_outages_retried
     def run_tags(self, run_id: str) -> dict[str, str]:
         """The training run's tags."""
@@ -195,6 +208,11 @@ def _quoted(value: str) -> str:
 
 def _missing(error: MlflowException) -> bool:
     return bool(error.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST))
+
+
+def _summary(model: Any) -> ModelSummary:
+    aliases = {str(alias): str(version) for alias, version in (model.aliases or {}).items()}
+    return ModelSummary(str(model.name), aliases, spec_revision_of(dict(model.tags or {})))
 
 
 def _info(version: Any, aliases: list[str]) -> VersionInfo:

@@ -1,4 +1,4 @@
-"""Composition root of the registry: settings, adapters, handler, routes, the app."""
+"""Composition root of the registry: settings, adapters, catalog, handlers, routes, the app."""
 
 from __future__ import annotations
 
@@ -9,10 +9,18 @@ from services.registry.admin import RegistryAdmin
 from services.registry.handlers import GatePolicy, RegistryHandlers, register
 from services.registry.metrics import MetricsFromRegistry, RegistryMetrics
 from services.registry.packaging import BentoModelStore
-from services.registry.routes import admin_router, versions_router
+from services.registry.routes import (
+    admin_router,
+    models_admin_router,
+    models_router,
+    versions_router,
+)
 from services.registry.settings import Settings
+from services.registry.specs import ModelSpecs
+from shared.catalog import ModelCatalog
 from shared.events import ModelApproved, ModelPromoted, ModelRolledBack, Topic
 from shared.messaging import subscribe_broadcast
+from shared.mlflow_specs import MlflowSpecSource
 from shared.runtime import build_runtime, mlflow_check, serve, service_app
 from shared.spec import load_spec
 
@@ -25,19 +33,22 @@ def create_app(settings: Settings | None = None, name: str = "registry") -> Fast
     settings = settings or Settings()
     runtime = build_runtime(name, settings)
     models = MlflowModelRegistry(settings.mlflow_tracking_uri)
+    store = MlflowSpecSource(settings.mlflow_tracking_uri)
+    default_spec = load_spec(settings.model_spec_path)
+    catalog = ModelCatalog(store, settings.model_name, default_spec)
     metrics = RegistryMetrics.create(runtime.registry)
     handlers = RegistryHandlers(
         models=models,
         loader=MlflowCandidateLoader(settings.mlflow_tracking_uri),
-        spec=load_spec(settings.model_spec_path),
+        catalog=catalog,
         publisher=runtime.publisher,
         metrics=metrics,
         policy=gate_policy(settings),
-        model_name=settings.model_name,
         packager=_packager(settings),
     )
     register(runtime.consumer, handlers)
-    synced = MetricsFromRegistry(models.list_versions, metrics, settings.model_name)
+    specs = ModelSpecs(store, catalog, runtime.publisher, (settings.model_name, default_spec))
+    synced = MetricsFromRegistry(models.list_versions, metrics, models.list_models)
     # Every replica keeps its own gauges current, so each needs every move.
     moved = synced.on_aliases_moved
     subscribe_broadcast(runtime.consumer, Topic.MODEL_PROMOTED, ModelPromoted, moved)
@@ -45,11 +56,21 @@ def create_app(settings: Settings | None = None, name: str = "registry") -> Fast
     subscribe_broadcast(runtime.consumer, Topic.MODEL_APPROVED, ModelApproved, moved)
     admin = RegistryAdmin(models, runtime.publisher)
     token = settings.admin_token.get_secret_value() if settings.admin_token else None
+
+    async def register_default_model() -> None:
+        await specs.start(runtime.broker_started)
+
     return service_app(
         runtime,
         checks={"mlflow": mlflow_check(settings.mlflow_tracking_uri)},
-        routers=[versions_router(models), admin_router(admin, token)],
-        on_startup=[synced.start],
+        routers=[
+            models_router(models, catalog),
+            versions_router(models),
+            models_admin_router(specs, token),
+            admin_router(admin, token),
+        ],
+        on_startup=[synced.start, register_default_model],
+        on_shutdown=[specs.stop],
         description="Registers trained models, gates them and assigns champion/challenger.",
     )
 

@@ -1,14 +1,17 @@
-"""Registry decisions: validation gates, version tags and which alias an approved version gets.
+"""Registry decisions: validation gates, version tags, which alias an approved version gets,
+and whether a model's spec may change.
 
-Pure: metrics and aliases in, gate results and decisions out.
+Pure: metrics, aliases and specs in, gate results and decisions out.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 from shared.aliases import CHALLENGER, CHAMPION
+from shared.errors import InvalidInputError
 from shared.events import (
     GateResult,
     ModelApproved,
@@ -17,6 +20,10 @@ from shared.events import (
     ModelTrained,
     Role,
 )
+from shared.spec import ModelSpec, serving_incompatibilities
+
+#: What registering a spec did to the model.
+SpecChange = Literal["created", "changed", "unchanged"]
 
 
 def accuracy_gate(metrics: ModelMetrics, min_accuracy: float) -> GateResult:
@@ -137,3 +144,43 @@ def choose_alias(champion_version: str | None, version: str) -> Role:
     if champion_version is None or champion_version == version:
         return CHAMPION
     return CHALLENGER
+
+
+class IncompatibleSpecError(InvalidInputError):
+    """A spec change that models already trained and served could not take."""
+
+    def __init__(self, name: str, reasons: list[str]) -> None:
+        super().__init__(f"spec change of {name} refused: {'; '.join(reasons)}")
+        self.reasons = reasons
+
+
+def spec_change(
+    name: str, registered: ModelSpec | None, new: ModelSpec, served: ModelSpec | None = None
+) -> SpecChange:
+    """Whether registering ``new`` as ``name``'s spec creates, changes or repeats it.
+
+    ``registered`` is the spec stored now; ``served`` the one the deployment's default
+    model is served with while it is not registered (deprecated), which a first
+    registration must be compatible with too. Raises InvalidInputError when ``new``
+    names another model, IncompatibleSpecError naming every break otherwise.
+
+    >>> from shared.spec import load_spec
+    >>> spec = load_spec()
+    >>> spec_change(spec.name, None, spec), spec_change(spec.name, spec, spec)
+    ('created', 'unchanged')
+    >>> fewer = spec.model_copy(update={"classes": spec.classes[:2]})
+    >>> try:
+    ...     spec_change(spec.name, spec, fewer)
+    ... except IncompatibleSpecError as error:
+    ...     print(error.reasons)
+    ["classes changed: ['at_risk', 'steady', 'high_value'] -> ['at_risk', 'steady']"]
+    """
+    if new.name != name:
+        raise InvalidInputError(f"spec.name {new.name!r} differs from the model name {name!r}")
+    baseline = registered or served
+    reasons = serving_incompatibilities(baseline, new) if baseline is not None else []
+    if reasons:
+        raise IncompatibleSpecError(name, reasons)
+    if registered is None:
+        return "created"
+    return "unchanged" if registered == new else "changed"

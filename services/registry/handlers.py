@@ -1,4 +1,5 @@
-"""Registry handler: ModelTrained → register, gate, tag, alias → ModelApproved or ModelRejected."""
+"""Registry handlers: ModelTrained → register, gate against the model's registered spec, tag,
+alias → ModelApproved or ModelRejected; ModelRegistered → refresh the catalog."""
 
 from __future__ import annotations
 
@@ -30,16 +31,19 @@ from services.registry.gates import (
 from services.registry.metrics import RegistryMetrics
 from services.registry.ports import CandidateLoader, ModelPackager, ModelRegistry
 from shared.aliases import CHAMPION
+from shared.catalog import ModelCatalog, RegisteredSpec
 from shared.errors import NotFoundError
 from shared.events import (
     Event,
     GateResult,
     ModelApproved,
+    ModelRegistered,
     ModelRejected,
     ModelTrained,
     Topic,
 )
-from shared.messaging import ConsumerContext, EventPublisher, subscribe
+from shared.messaging import ConsumerContext, EventPublisher, subscribe, subscribe_broadcast
+from shared.mlflow_specs import SPEC_REVISION_TAG
 from shared.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -57,38 +61,47 @@ class GatePolicy:
 
 @dataclass(frozen=True)
 class RegistryHandlers:
-    """The registry's event handler and the blocking registry work behind it."""
+    """The registry's event handlers and the blocking registry work behind them."""
 
     models: ModelRegistry
     loader: CandidateLoader
-    spec: ModelSpec
+    catalog: ModelCatalog
+    """The registered models' specs: each candidate is gated against its own model's."""
     publisher: EventPublisher
     metrics: RegistryMetrics
     policy: GatePolicy
-    model_name: str | None = None
-    """The one model this registry gates; None gates every model it hears of."""
     packager: ModelPackager | None = None
     """Where approved versions are also packaged (the BentoML store), if anywhere."""
 
     async def on_model_trained(self, event: ModelTrained) -> None:
-        """Register the candidate, run the gates, give it an alias or reject it."""
-        if self.model_name is not None and event.model_name != self.model_name:
-            log.info("candidate of another model ignored", extra={"model": event.model_name})
-            return
-        outcome = await asyncio.to_thread(self._register_and_decide, event)
+        """Register the candidate, run the gates, give it an alias or reject it.
+
+        A candidate of a model that is not registered is refused (UnknownModelError:
+        dead-lettered), as there is no spec to gate it against.
+        """
+        registered = await self.catalog.registered(event.model_name)
+        outcome = await asyncio.to_thread(self._register_and_decide, event, registered)
         await self.publisher.publish(outcome)
         label = "approved" if isinstance(outcome, ModelApproved) else "rejected"
-        self.metrics.model_versions.labels(label).inc()
+        self.metrics.model_versions.labels(event.model_name, label).inc()
         log.info("candidate " + label, extra={"model": event.model_name, "run_id": event.run_id})
 
-    def _register_and_decide(self, event: ModelTrained) -> Event:
-        """Blocking: register, tag with gates and lineage, then alias or reject."""
+    async def on_model_registered(self, event: ModelRegistered) -> None:
+        """Take a new or changed spec (every replica: another one may have registered it)."""
+        self.catalog.apply(event)
+
+    def _register_and_decide(self, event: ModelTrained, registered: RegisteredSpec) -> Event:
+        """Blocking: register, tag with gates, lineage and spec revision, then alias or reject."""
         name = event.model_name
         version = self.models.register(name, event.model_uri, event.run_id)
-        gates = self.gates(event, version)
-        self.models.set_tags(name, version, {**gate_tags(gates), **lineage_tags(event)})
+        gates = self.gates(event, version, registered.spec)
+        tags = {**gate_tags(gates), **lineage_tags(event)}
+        # Revision 0 is the unregistered default model's configured spec: nothing to point at.
+        if registered.revision > 0:
+            tags[SPEC_REVISION_TAG] = str(registered.revision)
+        self.models.set_tags(name, version, tags)
         for gate in gates:
-            self.metrics.gate_passed.labels(gate.name).set(1 if gate.passed else 0)
+            self.metrics.gate_passed.labels(name, gate.name).set(1 if gate.passed else 0)
         outcome: ModelApproved | ModelRejected
         if failed(gates):
             outcome = ModelRejected.caused_by(
@@ -104,8 +117,8 @@ class RegistryHandlers:
         self.models.set_tags(name, version, decision_tags(outcome))
         return outcome
 
-    def gates(self, event: ModelTrained, version: str) -> tuple[GateResult, ...]:
-        """Every gate's result for the candidate, in a fixed order."""
+    def gates(self, event: ModelTrained, version: str, spec: ModelSpec) -> tuple[GateResult, ...]:
+        """Every gate's result for the candidate against its model's ``spec``, in a fixed order."""
         reported = evaluate_gates(event.metrics, self.policy.min_accuracy)
         candidate = self.loader.load(event.model_uri)
         try:
@@ -113,12 +126,12 @@ class RegistryHandlers:
         except NotFoundError as error:
             missing = GateResult(name="holdout", passed=False, detail=str(error))
             return (*reported, missing)
-        x, truth = holdout[list(self.spec.feature_names)], holdout[self.spec.label].astype(str)
+        x, truth = holdout[list(spec.feature_names)], holdout[spec.label].astype(str)
         first, second = candidate.predict_proba(x), candidate.predict_proba(x)
         classes = [str(c) for c in candidate.classes_]
         return (
             *reported,
-            schema_gate(self.loader.input_names(event.model_uri), classes, self.spec),
+            schema_gate(self.loader.input_names(event.model_uri), classes, spec),
             finite_output_gate(first),
             determinism_gate(first, second),
             latency_gate(self._latencies_ms(candidate, x), self.policy.latency_budget_ms),
@@ -190,5 +203,9 @@ def _correct(model: Any, x: pd.DataFrame, truth: pd.Series) -> Any:
 
 
 def register(consumer: ConsumerContext, handlers: RegistryHandlers) -> None:
-    """Subscribe the registry's handler (consumer group flywheel-registry)."""
+    """Subscribe the registry's handlers: candidates once per group (flywheel-registry),
+    spec changes on every replica."""
     subscribe(consumer, Topic.MODEL_TRAINED, ModelTrained, handlers.on_model_trained)
+    subscribe_broadcast(
+        consumer, Topic.MODEL_REGISTERED, ModelRegistered, handlers.on_model_registered
+    )

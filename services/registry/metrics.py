@@ -22,11 +22,13 @@ GATE_TAG_PREFIX = "gate."
 
 @dataclass(frozen=True)
 class RegistryMetrics:
-    """Versions approved or rejected, how the latest candidate fared, where aliases point."""
+    """Per model: versions approved or rejected, how its latest candidate fared, its aliases."""
 
     model_versions: Counter
     gate_passed: Gauge
     alias_version: Gauge
+    _aliases_shown: dict[str, set[str]] = field(default_factory=dict, repr=False)
+    """The aliases each model's gauge has a series for (to drop one that moved away)."""
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> RegistryMetrics:
@@ -34,14 +36,14 @@ class RegistryMetrics:
         return cls(
             model_versions=Counter(
                 "flywheel_registry_model_versions_total",
-                "Registered versions by outcome (approved, rejected).",
-                ["outcome"],
+                "Registered versions by model and outcome (approved, rejected).",
+                ["model_name", "outcome"],
                 registry=registry,
             ),
             gate_passed=Gauge(
                 "flywheel_registry_gate_passed",
-                "1 when the latest candidate passed the gate, 0 when it failed.",
-                ["gate"],
+                "1 when the model's latest candidate passed the gate, 0 when it failed.",
+                ["model_name", "gate"],
                 registry=registry,
             ),
             alias_version=Gauge(
@@ -56,38 +58,44 @@ class RegistryMetrics:
         """Start where the last process stopped: decisions, the newest gates, the aliases.
 
         Without it every series is empty after a restart, and the counter's drop to
-        zero reads as a reset. Call it once, on a fresh process.
+        zero reads as a reset. Call it once per model, on a fresh process.
         """
         decisions = [v.tags.get(DECISION_TAG) for v in versions]
         for outcome in ("approved", "rejected"):
             count = decisions.count(f"model-{outcome}")
             if count:
-                self.model_versions.labels(outcome).inc(count)
+                self.model_versions.labels(model_name, outcome).inc(count)
         gated = [v for v in versions if any(k.startswith(GATE_TAG_PREFIX) for k in v.tags)]
         if gated:
             newest = max(gated, key=lambda v: int(v.version))
             for key, value in newest.tags.items():
                 if key.startswith(GATE_TAG_PREFIX):
                     gate = key.removeprefix(GATE_TAG_PREFIX)
-                    self.gate_passed.labels(gate).set(1 if value.startswith("passed") else 0)
+                    passed = 1 if value.startswith("passed") else 0
+                    self.gate_passed.labels(model_name, gate).set(passed)
         self.show_aliases(model_name, versions)
 
     def show_aliases(self, model_name: str, versions: Sequence[VersionInfo]) -> None:
-        """Set the alias gauges to ``versions``' aliases; an alias no version has disappears."""
-        self.alias_version.clear()
-        for version in versions:
-            for alias in version.aliases:
-                self.alias_version.labels(model_name, alias).set(int(version.version))
+        """Set ``model_name``'s alias gauges to ``versions``' aliases; an alias no version has
+        disappears (other models' series stay)."""
+        now = {alias: int(v.version) for v in versions for alias in v.aliases}
+        for gone in self._aliases_shown.get(model_name, set()) - set(now):
+            self.alias_version.remove(model_name, gone)
+        for alias, version in now.items():
+            self.alias_version.labels(model_name, alias).set(version)
+        self._aliases_shown[model_name] = set(now)
 
 
 @dataclass
 class MetricsFromRegistry:
-    """Keeps the metrics in step with MLflow: seeded at start, aliases after every move."""
+    """Keeps the metrics in step with MLflow: every model seeded at start, a model's aliases
+    after every move of them."""
 
     list_versions: Callable[[str], list[VersionInfo]]
     """Blocking: every version of a model with aliases and tags (``ModelRegistry``)."""
     metrics: RegistryMetrics
-    model_name: str
+    list_models: Callable[[], list[str]]
+    """Blocking: every registered model's name (``ModelRegistry``)."""
     _seeding: asyncio.Task[None] | None = field(default=None, repr=False)
 
     async def start(self) -> None:
@@ -96,28 +104,28 @@ class MetricsFromRegistry:
 
     async def _seed(self) -> None:
         try:
-            versions = await asyncio.to_thread(self._versions)
+            names = await asyncio.to_thread(self.list_models)
+            held = {name: await asyncio.to_thread(self._versions, name) for name in names}
         except Exception as error:
             log.warning("registry metrics not seeded", extra={"error": repr(error)})
             return
-        self.metrics.seed(self.model_name, versions)
+        for name, versions in held.items():
+            self.metrics.seed(name, versions)
 
     async def on_aliases_moved(
         self, event: ModelPromoted | ModelRolledBack | ModelApproved
     ) -> None:
-        """Read the aliases again after a promotion, a rollback or an approval."""
-        if event.model_name != self.model_name:
-            return
+        """Read the model's aliases again after a promotion, a rollback or an approval."""
         try:
-            versions = await asyncio.to_thread(self._versions)
+            versions = await asyncio.to_thread(self._versions, event.model_name)
         except Exception as error:
             # A gauge a little stale is better than a dead-lettered promotion event.
             log.warning("alias metrics not refreshed", extra={"error": repr(error)})
             return
-        self.metrics.show_aliases(self.model_name, versions)
+        self.metrics.show_aliases(event.model_name, versions)
 
-    def _versions(self) -> list[VersionInfo]:
+    def _versions(self, name: str) -> list[VersionInfo]:
         try:
-            return self.list_versions(self.model_name)
+            return self.list_versions(name)
         except NotFoundError:
             return []

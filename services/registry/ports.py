@@ -1,9 +1,12 @@
-"""The registry's I/O, as protocols: the model registry (MLflow in production)."""
+"""The registry's I/O, as protocols: the model registry and the specs (MLflow in production)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
+
+from shared.catalog import RegisteredSpec, SpecSource
+from shared.spec import ModelSpec
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -18,6 +21,15 @@ class VersionInfo:
     aliases: tuple[str, ...] = ()
     tags: dict[str, str] = field(default_factory=dict)
     created_at_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """One registered model: its aliases and the revision of its spec (None: it has none)."""
+
+    name: str
+    aliases: dict[str, str] = field(default_factory=dict)
+    spec_revision: int | None = None
 
 
 class ModelRegistry(Protocol):
@@ -47,8 +59,18 @@ class ModelRegistry(Protocol):
     def list_models(self) -> list[str]:
         """Names of every registered model, sorted."""
 
+    def model_summaries(self) -> list[ModelSummary]:
+        """Every registered model with its aliases and spec revision, sorted by name."""
+
     def run_tags(self, run_id: str) -> dict[str, str]:
         """The tags of the training run (NotFoundError when it does not exist)."""
+
+
+class SpecStore(SpecSource, Protocol):
+    """Where specs are read and written (``shared.mlflow_specs.MlflowSpecSource``; blocking)."""
+
+    def register(self, name: str, spec: ModelSpec, requested_by: str) -> RegisteredSpec:
+        """Store ``spec`` as ``name``'s next revision, creating the model if new."""
 
 
 class CandidateLoader(Protocol):

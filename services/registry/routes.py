@@ -1,19 +1,25 @@
-"""HTTP: versions with their gates, lineage of a version, and token-protected promote/rollback."""
+"""HTTP: models and their specs, versions with their gates, lineage of a version, and the
+token-protected admin routes (register a model or change its spec, promote, rollback)."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.registry.admin import RegistryAdmin
 from services.registry.auth import admin_guard
-from services.registry.core import trigger_chain
-from services.registry.ports import ModelRegistry, VersionInfo
+from services.registry.core import IncompatibleSpecError, SpecChange, trigger_chain
+from services.registry.ports import ModelRegistry, ModelSummary, VersionInfo
+from services.registry.specs import ModelSpecs
+from shared.aliases import CHALLENGER, CHAMPION
+from shared.catalog import ModelCatalog
 from shared.errors import NotFoundError
 from shared.events import ModelPromoted, ModelRolledBack
+from shared.spec import ModelSpec
 
 
 class VersionView(BaseModel):
@@ -36,10 +42,55 @@ class VersionsView(BaseModel):
     versions: list[VersionView]
 
 
-class ModelsView(BaseModel):
-    """Registered model names."""
+class ModelSummaryView(BaseModel):
+    """One model in the list: its spec revision and where its aliases point."""
 
-    models: list[str]
+    name: str
+    spec_revision: int | None = Field(
+        description="Current spec revision; 0: the deployment's default model, served from "
+        "FLYWHEEL_MODEL_SPEC and not registered yet (deprecated); null: no spec registered."
+    )
+    champion: str | None
+    challenger: str | None
+    aliases: dict[str, str]
+
+
+class ModelsView(BaseModel):
+    """Every registered model, sorted by name."""
+
+    models: list[ModelSummaryView]
+
+
+class ModelView(BaseModel):
+    """One model: its spec, the spec's revision and its aliases."""
+
+    name: str
+    spec_revision: int
+    spec: ModelSpec
+    aliases: dict[str, str]
+
+
+class CreateModelRequest(BaseModel):
+    """A model to register, or a new spec for one (same spec again: nothing changes)."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    spec: ModelSpec = Field(description="The model spec; its name must equal ``name``.")
+    requested_by: str = Field("admin", min_length=1, description="Who asks (the CLI sends $USER).")
+
+
+class ModelRegisteredView(BaseModel):
+    """What registering did: created (201), changed or unchanged (200)."""
+
+    name: str
+    spec_revision: int
+    change: SpecChange
+
+
+class RefusedView(BaseModel):
+    """A spec change refused, with every reason."""
+
+    detail: str
+    reasons: list[str]
 
 
 class ChainLinkView(BaseModel):
@@ -114,16 +165,50 @@ _ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+def models_router(models: ModelRegistry, catalog: ModelCatalog) -> APIRouter:
+    """The models and their specs: ``GET /v1/models`` and ``GET /v1/models/{name}``."""
+    router = APIRouter(prefix="/v1/models", tags=["models"])
+
+    @router.get("", summary="Registered models with spec revision and aliases")
+    async def list_models() -> ModelsView:
+        summaries = await asyncio.to_thread(models.model_summaries)
+        default = catalog.default_name
+        if default and all(m.name != default for m in summaries):
+            summaries.append(ModelSummary(default, {}, spec_revision=0))
+        views = [_summary_view(m) for m in sorted(summaries, key=lambda m: m.name)]
+        return ModelsView(models=views)
+
+    @router.get(
+        "/{name}",
+        summary="A model's spec, spec revision and aliases",
+        responses={404: {"description": "No such model; the answer names the known ones"}},
+    )
+    async def show_model(name: str) -> ModelView:
+        registered = await catalog.registered(name)
+        aliases = await asyncio.to_thread(models.all_aliases, name)
+        return ModelView(
+            name=name, spec_revision=registered.revision, spec=registered.spec, aliases=aliases
+        )
+
+    return router
+
+
+def _summary_view(model: ModelSummary) -> ModelSummaryView:
+    return ModelSummaryView(
+        name=model.name,
+        spec_revision=model.spec_revision,
+        champion=model.aliases.get(CHAMPION),
+        challenger=model.aliases.get(CHALLENGER),
+        aliases=model.aliases,
+    )
+
+
 def versions_router(models: ModelRegistry) -> APIRouter:
-    """Read-only routes under ``/v1/models``.
+    """Read-only routes under ``/v1/models/{name}/versions``.
 
     Errors are answered by ``shared.http_errors`` (404 unknown, 422 bad input, 503 MLflow down).
     """
     router = APIRouter(prefix="/v1/models", tags=["models"])
-
-    @router.get("", summary="Registered models", responses=_UNAVAILABLE)
-    async def list_models() -> ModelsView:
-        return ModelsView(models=await asyncio.to_thread(models.list_models))
 
     @router.get(
         "/{name}/versions", summary="Versions with aliases and gate results", responses=_ERRORS
@@ -191,5 +276,38 @@ def admin_router(admin: RegistryAdmin, token: str | None) -> APIRouter:
     )
     async def rollback(name: str, request: RollbackRequest) -> ModelRolledBack:
         return await admin.rollback(name, request.reason, request.requested_by)
+
+    return router
+
+
+def models_admin_router(specs: ModelSpecs, token: str | None) -> APIRouter:
+    """``POST /v1/models``: register a model or change its spec (bearer ``token``)."""
+    router = APIRouter(
+        prefix="/v1/models", tags=["admin"], dependencies=[Depends(admin_guard(token))]
+    )
+
+    @router.post(
+        "",
+        summary="Register a model with its spec, or change the spec",
+        status_code=201,
+        response_model=ModelRegisteredView,
+        responses={
+            200: {"description": "The spec changed compatibly, or is the same (unchanged)"},
+            409: {"model": RefusedView, "description": "A change served models cannot take"},
+            **_ADMIN_ERRORS,
+        },
+    )
+    async def create_model(
+        request: CreateModelRequest, response: Response
+    ) -> ModelRegisteredView | JSONResponse:
+        try:
+            done = await specs.register(request.name, request.spec, request.requested_by)
+        except IncompatibleSpecError as error:
+            refused = RefusedView(detail=str(error), reasons=error.reasons)
+            return JSONResponse(refused.model_dump(), status_code=409)
+        response.status_code = 201 if done.change == "created" else 200
+        return ModelRegisteredView(
+            name=done.name, spec_revision=done.spec_revision, change=done.change
+        )
 
     return router

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pandas as pd
+from _registry_fakes import FakeModelRegistry
 from fastapi import FastAPI
 from faststream.kafka import KafkaBroker, TestKafkaBroker
 from faststream.kafka.annotations import KafkaMessage
@@ -17,15 +18,17 @@ from prometheus_client import CollectorRegistry
 from services.registry.admin import RegistryAdmin
 from services.registry.handlers import GatePolicy, RegistryHandlers, register
 from services.registry.metrics import RegistryMetrics
-from services.registry.ports import VersionInfo
-from services.registry.routes import admin_router, versions_router
+from services.registry.ports import ModelSummary
+from services.registry.routes import admin_router, models_router, versions_router
 from services.trainer.core import TrainingConfig, train
+from shared.catalog import InMemorySpecSource, ModelCatalog, RegisteredSpec
 from shared.datasets import generate_customers
-from shared.errors import DependencyUnavailableError, NotFoundError
+from shared.errors import DependencyUnavailableError
 from shared.events import (
     ModelApproved,
     ModelMetrics,
     ModelPromoted,
+    ModelRegistered,
     ModelRejected,
     ModelRolledBack,
     ModelTrained,
@@ -71,6 +74,8 @@ class FakeLoader:
     registry: FakeModelRegistry
     models: dict[str, Any] = field(default_factory=dict)
     inputs: list[str] | None = field(default_factory=lambda: list(SPEC.feature_names))
+    inputs_by_run: dict[str, list[str]] = field(default_factory=dict)
+    """The logged signature of a run whose inputs are not ``inputs``."""
 
     def load(self, model_uri: str) -> Any:
         if model_uri.startswith("models:/"):
@@ -81,64 +86,11 @@ class FakeLoader:
         return self.models[model_uri.removeprefix("runs:/").removesuffix("/model")]
 
     def input_names(self, model_uri: str) -> list[str] | None:
-        return self.inputs
+        run_id = model_uri.removeprefix("runs:/").removesuffix("/model")
+        return self.inputs_by_run.get(run_id, self.inputs)
 
     def holdout(self, run_id: str) -> pd.DataFrame:
         return _holdout()
-
-
-@dataclass
-class FakeModelRegistry:
-    """Versions, tags and aliases in dicts; knows which runs exist."""
-
-    runs: set[str] = field(default_factory=set)
-    versions: dict[str, list[VersionInfo]] = field(default_factory=dict)
-    aliases: dict[str, dict[str, str]] = field(default_factory=dict)
-
-    def register(self, name: str, model_uri: str, run_id: str) -> str:
-        for v in self.versions.get(name, []):
-            if v.run_id == run_id:
-                return v.version
-        if run_id not in self.runs:
-            raise NotFoundError(f"no model at {model_uri}")
-        versions = self.versions.setdefault(name, [])
-        versions.append(VersionInfo(version=str(len(versions) + 1), run_id=run_id))
-        return versions[-1].version
-
-    def set_tags(self, name: str, version: str, tags: dict[str, str]) -> None:
-        self._version(name, version).tags.update(tags)
-
-    def alias_version(self, name: str, alias: str) -> str | None:
-        return self.aliases.get(name, {}).get(alias)
-
-    def all_aliases(self, name: str) -> dict[str, str]:
-        return dict(self.aliases.get(name, {}))
-
-    def set_alias(self, name: str, alias: str, version: str) -> None:
-        self.aliases.setdefault(name, {})[alias] = version
-
-    def list_versions(self, name: str) -> list[VersionInfo]:
-        if name not in self.versions:
-            raise NotFoundError(f"no registered model named {name!r}")
-        names = self.aliases.get(name, {})
-        return [
-            VersionInfo(
-                v.version, v.run_id, tuple(a for a, n in names.items() if n == v.version), v.tags
-            )
-            for v in reversed(self.versions[name])
-        ]
-
-    def delete_alias(self, name: str, alias: str) -> None:
-        self.aliases.get(name, {}).pop(alias, None)
-
-    def list_models(self) -> list[str]:
-        return sorted(self.versions)
-
-    def run_tags(self, run_id: str) -> dict[str, str]:
-        return {"flywheel.trigger": "drift", "flywheel.trigger_ids": "e1,e2"}
-
-    def _version(self, name: str, version: str) -> VersionInfo:
-        return next(v for v in self.versions[name] if v.version == version)
 
 
 @dataclass
@@ -150,15 +102,26 @@ class Harness:
     publisher: RecordingPublisher
     metrics: RegistryMetrics
     dead_letters: list[dict[str, str]]
+    catalog: ModelCatalog
+    prometheus: CollectorRegistry
+
+    def sample(self, name: str, **labels: str) -> float | None:
+        return self.prometheus.get_sample_value(name, labels)
+
+
+def _catalog() -> ModelCatalog:
+    return ModelCatalog(InMemorySpecSource({MODEL: RegisteredSpec(1, SPEC)}))
 
 
 def _harness() -> Harness:
     broker = KafkaBroker()
     models, publisher = FakeModelRegistry(), RecordingPublisher()
     loader = FakeLoader(models)
-    metrics = RegistryMetrics.create(CollectorRegistry())
+    prometheus = CollectorRegistry()
+    metrics = RegistryMetrics.create(prometheus)
     policy = GatePolicy(min_accuracy=0.6, latency_budget_ms=1000.0, latency_samples=20)
-    handlers = RegistryHandlers(models, loader, SPEC, publisher, metrics, policy)
+    catalog = _catalog()
+    handlers = RegistryHandlers(models, loader, catalog, publisher, metrics, policy)
     register(consumer_context("registry", broker), handlers)
     dead: list[dict[str, str]] = []
 
@@ -166,7 +129,7 @@ def _harness() -> Harness:
     async def park(message: KafkaMessage) -> None:
         dead.append(dict(message.headers))
 
-    return Harness(broker, models, loader, handlers, publisher, metrics, dead)
+    return Harness(broker, models, loader, handlers, publisher, metrics, dead, catalog, prometheus)
 
 
 def _trained(h: Harness, run_id: str, accuracy: float = 0.8, model: Any = None) -> ModelTrained:
@@ -213,7 +176,9 @@ async def test_first_approved_version_becomes_champion_then_challenger() -> None
     assert tags["gate.accuracy"] == "passed: accuracy 0.8000 ≥ 0.6000"
     assert tags["flywheel.run_id"] == "r1"
     assert tags["flywheel.correlation_id"] == first.correlation_id
-    assert h.metrics.model_versions.labels("approved")._value.get() == 2
+    versions = "flywheel_registry_model_versions_total"
+    assert h.sample(versions, model_name=MODEL, outcome="approved") == 2
+    assert tags["flywheel.spec_revision"] == "1"
 
 
 async def test_candidate_below_the_accuracy_gate_is_registered_tagged_and_rejected() -> None:
@@ -231,8 +196,9 @@ async def test_candidate_below_the_accuracy_gate_is_registered_tagged_and_reject
     assert h.models.versions[MODEL][0].tags["gate.accuracy"].startswith("failed: ")
     assert h.models.aliases == {}
     assert h.publisher.of_type(ModelApproved) == []
-    assert h.metrics.model_versions.labels("rejected")._value.get() == 1
-    assert h.metrics.gate_passed.labels("accuracy")._value.get() == 0
+    versions = "flywheel_registry_model_versions_total"
+    assert h.sample(versions, model_name=MODEL, outcome="rejected") == 1
+    assert h.sample("flywheel_registry_gate_passed", model_name=MODEL, gate="accuracy") == 0
 
 
 async def test_redelivery_after_a_crash_reuses_the_version_and_keeps_champion() -> None:
@@ -309,7 +275,9 @@ async def test_nan_output_a_wrong_schema_and_a_blown_latency_budget_are_each_nam
     h = Harness(
         **{
             **h.__dict__,
-            "handlers": RegistryHandlers(h.models, h.loader, SPEC, h.publisher, h.metrics, strict),
+            "handlers": RegistryHandlers(
+                h.models, h.loader, h.catalog, h.publisher, h.metrics, strict
+            ),
         }
     )
     await h.handlers.on_model_trained(_trained(h, "r1", model=NaNModel()))
@@ -326,6 +294,7 @@ async def test_nan_output_a_wrong_schema_and_a_blown_latency_budget_are_each_nam
 def _admin_app(h: Harness) -> FastAPI:
     app = FastAPI()
     install_error_handlers(app)  # as service_app does
+    app.include_router(models_router(h.models, h.catalog))
     app.include_router(versions_router(h.models))
     app.include_router(admin_router(RegistryAdmin(h.models, h.publisher), TOKEN))
     return app
@@ -372,7 +341,8 @@ async def test_promote_and_rollback_move_aliases_and_need_the_token() -> None:
         ("model-approved", chain[1]["event_ids"][0]),
     ]
     assert chain[0]["event_ids"] == ["e1", "e2"]
-    assert listed.json() == {"models": [MODEL]}
+    [summary] = listed.json()["models"]
+    assert (summary["name"], summary["champion"], summary["challenger"]) == (MODEL, "3", None)
     assert lineage.json()["gates"]["gate.schema"].startswith("passed")
 
 
@@ -395,17 +365,96 @@ async def test_the_bearer_scheme_is_case_insensitive() -> None:
 class DownModelRegistry(FakeModelRegistry):
     """A model registry whose store does not answer."""
 
-    def list_models(self) -> list[str]:
+    def model_summaries(self) -> list[ModelSummary]:
         raise DependencyUnavailableError("MLflow unreachable: connection refused")
 
 
 async def test_an_unreachable_store_answers_503_with_the_cause() -> None:
     app = FastAPI()
     install_error_handlers(app)
-    app.include_router(versions_router(DownModelRegistry()))
+    app.include_router(models_router(DownModelRegistry(), _catalog()))
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://registry") as client:
         answer = await client.get("/v1/models")
     assert answer.status_code == 503
     assert answer.json()["detail"] == "MLflow unreachable: connection refused"
     assert answer.headers["Retry-After"]
+
+
+LITE = SPEC.model_copy(
+    update={
+        "name": "segment-lite",
+        "features": tuple(SPEC.feature(n) for n in ("age", "monthly_spend", "plan")),
+    }
+)
+
+
+@cache
+def _lite_pipeline() -> Any:
+    return train(generate_customers(2000, 3), LITE, TrainingConfig()).pipeline
+
+
+async def test_each_model_is_gated_against_its_own_spec_and_gets_its_own_champion() -> None:
+    h = _harness()
+    h.catalog.apply(
+        ModelRegistered(producer="registry", model_name=LITE.name, spec_revision=3, spec=LITE)
+    )
+    lite = _trained(h, "lite-1", model=_lite_pipeline()).model_copy(
+        update={"model_name": LITE.name}
+    )
+    h.loader.inputs_by_run["lite-1"] = list(LITE.feature_names)
+    await _send(h, _trained(h, "r1"), lite)
+
+    approved = {e.model_name: (e.version, e.alias) for e in _approved(h)}
+    assert approved == {MODEL: ("1", "champion"), LITE.name: ("1", "champion")}
+    tags = h.models.versions[LITE.name][0].tags
+    assert tags["gate.schema"] == "passed: 3 inputs and 3 classes match the spec"
+    assert tags["flywheel.spec_revision"] == "3"
+    assert h.models.aliases == {MODEL: {"champion": "1"}, LITE.name: {"champion": "1"}}
+    versions = "flywheel_registry_model_versions_total"
+    assert h.sample(versions, model_name=LITE.name, outcome="approved") == 1
+    assert h.sample(versions, model_name=MODEL, outcome="approved") == 1
+    schema = "flywheel_registry_gate_passed"
+    assert h.sample(schema, model_name=LITE.name, gate="schema") == 1
+
+
+async def test_a_candidate_gated_against_another_models_spec_fails_the_schema_gate() -> None:
+    h = _harness()
+    # The lite pipeline announced as customer-segment: three inputs, not the spec's eight.
+    h.loader.inputs_by_run["r1"] = list(LITE.feature_names)
+    await _send(h, _trained(h, "r1", model=_lite_pipeline()))
+
+    [rejected] = h.publisher.of_type(ModelRejected)
+    assert isinstance(rejected, ModelRejected)
+    assert "schema" in {g.name for g in rejected.reasons}
+
+
+async def test_a_candidate_of_an_unregistered_model_is_dead_lettered_naming_the_known() -> None:
+    h = _harness()
+    stray = _trained(h, "r1").model_copy(update={"model_name": "fraud"})
+    await _send(h, stray)
+
+    [headers] = h.dead_letters
+    assert headers["x-error-reason"] == "rejected"
+    assert "unknown model 'fraud'" in headers["x-error"]
+    assert MODEL in headers["x-error"]
+    assert h.publisher.events == []
+    assert "fraud" not in h.models.versions
+
+
+async def test_model_registered_on_the_broker_refreshes_the_catalog() -> None:
+    h = _harness()
+    assert await h.catalog.spec(MODEL) == SPEC
+    described = SPEC.model_copy(
+        update={
+            "features": (
+                SPEC.features[0].model_copy(update={"description": "years"}),
+                *SPEC.features[1:],
+            )
+        }
+    )
+    event = ModelRegistered(producer="registry", model_name=MODEL, spec_revision=2, spec=described)
+    async with TestKafkaBroker(h.broker) as test_broker:
+        await test_broker.publish(event.model_dump_json().encode(), Topic.MODEL_REGISTERED.value)
+
+    assert (await h.catalog.registered(MODEL)) == (2, described)

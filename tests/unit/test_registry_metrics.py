@@ -27,10 +27,11 @@ def test_a_restarted_registry_reports_decisions_gates_and_aliases_from_mlflow() 
     ]
     metrics.seed("churn", versions)
     value = registry.get_sample_value
-    assert value("flywheel_registry_model_versions_total", {"outcome": "approved"}) == 3
-    assert value("flywheel_registry_model_versions_total", {"outcome": "rejected"}) == 1
-    assert value("flywheel_registry_gate_passed", {"gate": "accuracy"}) == 0
-    assert value("flywheel_registry_gate_passed", {"gate": "latency"}) == 1
+    churn = {"model_name": "churn"}
+    assert value("flywheel_registry_model_versions_total", {**churn, "outcome": "approved"}) == 3
+    assert value("flywheel_registry_model_versions_total", {**churn, "outcome": "rejected"}) == 1
+    assert value("flywheel_registry_gate_passed", {**churn, "gate": "accuracy"}) == 0
+    assert value("flywheel_registry_gate_passed", {**churn, "gate": "latency"}) == 1
     alias = "flywheel_registry_alias_version"
     assert value(alias, {"model_name": "churn", "alias": "champion"}) == 2
     assert value(alias, {"model_name": "churn", "alias": "challenger"}) == 3
@@ -61,7 +62,7 @@ async def test_the_gauges_are_seeded_at_start_and_follow_promotions() -> None:
             raise NotFoundError(name)
         return held[name]
 
-    synced = MetricsFromRegistry(list_versions, metrics, "churn")
+    synced = MetricsFromRegistry(list_versions, metrics, lambda: sorted(held))
     await synced.start()
     assert synced._seeding is not None
     await synced._seeding
@@ -76,5 +77,40 @@ async def test_the_gauges_are_seeded_at_start_and_follow_promotions() -> None:
         ModelPromoted(producer="router", model_name="churn", version="3", reason="won")
     )
     assert registry.get_sample_value("flywheel_registry_alias_version", champion) == 3
-    approved = {"outcome": "approved"}
+    approved = {"model_name": "churn", "outcome": "approved"}
     assert registry.get_sample_value("flywheel_registry_model_versions_total", approved) == 1
+
+
+async def test_every_registered_model_is_seeded_and_one_models_move_leaves_the_others() -> None:
+    registry = CollectorRegistry()
+    metrics = RegistryMetrics.create(registry)
+    held = {
+        "churn": [_version(2, "model-approved", {"accuracy": "passed: 0.9"}, "champion")],
+        "fraud": [
+            _version(5, "model-rejected", {"accuracy": "failed: 0.4"}),
+            _version(4, "model-approved", {"accuracy": "passed: 0.8"}, "champion"),
+            _version(3, "model-approved", {}, "champion-1"),
+        ],
+    }
+    synced = MetricsFromRegistry(lambda name: held[name], metrics, lambda: sorted(held))
+    await synced.start()
+    assert synced._seeding is not None
+    await synced._seeding
+
+    def value(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(f"flywheel_registry_{name}", labels)
+
+    assert value("alias_version", model_name="churn", alias="champion") == 2
+    assert value("alias_version", model_name="fraud", alias="champion") == 4
+    assert value("model_versions_total", model_name="fraud", outcome="approved") == 2
+    assert value("model_versions_total", model_name="fraud", outcome="rejected") == 1
+    assert value("model_versions_total", model_name="churn", outcome="rejected") is None
+    assert value("gate_passed", model_name="fraud", gate="accuracy") == 0
+    assert value("gate_passed", model_name="churn", gate="accuracy") == 1
+
+    held["fraud"] = [_version(4, "model-approved", {}, "champion")]  # champion-1 gone
+    await synced.on_aliases_moved(
+        ModelPromoted(producer="router", model_name="fraud", version="4", reason="won")
+    )
+    assert value("alias_version", model_name="fraud", alias="champion-1") is None
+    assert value("alias_version", model_name="churn", alias="champion") == 2
