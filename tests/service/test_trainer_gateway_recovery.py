@@ -7,10 +7,11 @@ from typing import cast
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from test_router_recovery import MarkerRedis
-from test_trainer_handlers import MODEL, InMemoryHistory
+from test_trainer_handlers import FRAUD, MODEL, InMemoryHistory
 
 from services.gateway.recovery import GatewayStateGuard, marker_key
-from services.trainer.recovery import NEEDS_BATCHES, TrainerStateGuard
+from services.trainer.recovery import NEEDS_BATCHES, TrainerStateGuard, TrainerStateGuards
+from services.trainer.recovery import marker_key as trainer_marker_key
 from shared.events import DatasetRef
 
 
@@ -82,6 +83,71 @@ async def test_the_trainer_rebuilds_once_then_trusts_the_marker() -> None:
     await trainer.guard.check()
     assert trainer.asked == [MODEL]
     assert trainer.lost("true") == 1
+
+
+class Trainers:
+    """Guards of every model: ``runs`` is each model's newest training run (absent: never)."""
+
+    def __init__(self, runs: dict[str, list[DatasetRef]]) -> None:
+        self.redis, self.history = MarkerRedis(), InMemoryHistory()
+        self.registry, self.runs = CollectorRegistry(), runs
+        self.models = [MODEL]
+        self.broken: set[str] = set()
+
+        def read(model_name: str) -> list[DatasetRef] | None:
+            if model_name in self.broken:
+                raise ConnectionError("MLflow unreachable")
+            return self.runs.get(model_name)
+
+        async def models() -> list[str]:
+            return list(self.models)
+
+        self.guards = TrainerStateGuards(
+            cast(Redis, self.redis), self.history, read, self.registry, models
+        )
+
+    def lost(self, model: str, rebuilt: str) -> float:
+        labels = {"model_name": model, "rebuilt": rebuilt}
+        return self.registry.get_sample_value("trainer_state_lost_total", labels) or 0.0
+
+
+async def test_every_model_has_its_own_marker_and_rebuilds_only_its_own_list() -> None:
+    trainers = Trainers(runs={MODEL: [_ref(1)], FRAUD: []})
+    trainers.models = [MODEL, FRAUD, "churn"]  # churn never trained: a first start
+    assert not await trainers.guards.ready()  # positive control: nothing checked yet
+    await trainers.history.record("churn", _ref(9))
+    await trainers.guards.check()
+
+    assert set(trainers.redis.keys) == {trainer_marker_key(m) for m in trainers.models}
+    assert trainer_marker_key(FRAUD) == "flywheel:trainer:{card-fraud}:state-marker"
+    assert await trainers.history.recent(MODEL, 10) == [_ref(1)]
+    assert (trainers.lost(MODEL, "true"), trainers.lost(FRAUD, "false")) == (1, 1)
+    assert trainers.lost("churn", "true") + trainers.lost("churn", "false") == 0
+    # The fraud model's run held no batches: not ready, and /readyz says which model.
+    assert not await trainers.guards.ready()
+    assert trainers.guards.details()["state_lost"] == {FRAUD: NEEDS_BATCHES}
+    await trainers.history.record(FRAUD, _ref(2))
+    assert await trainers.guards.ready()
+    assert trainers.guards.details()["state_lost"] is None
+
+
+async def test_a_later_model_is_guarded_and_one_failing_check_spares_the_others() -> None:
+    trainers = Trainers(runs={MODEL: [_ref(1)], FRAUD: [_ref(2)]})
+    await trainers.guards.check()
+    assert trainers.lost(MODEL, "true") == 1
+
+    trainers.models = [MODEL, FRAUD, "churn"]
+    trainers.broken = {FRAUD}  # its runs cannot be read now
+    await trainers.guards.check()
+    assert trainer_marker_key(FRAUD) not in trainers.redis.keys
+    assert trainer_marker_key("churn") in trainers.redis.keys
+    assert not await trainers.guards.ready()  # the fraud model is not checked yet
+
+    trainers.broken = set()
+    await trainers.guards.check()
+    assert await trainers.history.recent(FRAUD, 10) == [_ref(2)]
+    assert trainers.lost(FRAUD, "true") == 1
+    assert await trainers.guards.ready()
 
 
 class Gateway:

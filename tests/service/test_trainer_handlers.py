@@ -34,6 +34,7 @@ from shared.events import (
     DriftDetected,
     Event,
     FeatureDrift,
+    ModelRegistered,
     ModelRejected,
     ModelTrained,
     RetrainModel,
@@ -511,3 +512,172 @@ async def test_a_small_batch_is_recorded_and_counts_towards_the_next_training(
     assert trained.datasets == (small.dataset, big.dataset)
     _, context = h.store.logged[0]
     assert set(context.trigger_ids) == {small.event_id, big.event_id}
+
+
+async def test_each_model_trains_on_its_own_batches_with_its_own_spec(tmp_path: Path) -> None:
+    h = _harness()
+    segment = DataArrived(producer="t", dataset=_batch(tmp_path, 1))  # no model: the default
+    fraud = DataArrived(producer="t", model_name=FRAUD, dataset=_fraud_batch(tmp_path, 1))
+    await _send(h.broker, segment, fraud)
+    assert h.history.refs == {MODEL: [segment.dataset], FRAUD: [fraud.dataset]}
+
+    assert await h.after_window(MODEL)
+    assert await h.after_window(FRAUD)
+    [trained_segment], [trained_fraud] = h.trained(MODEL), h.trained(FRAUD)
+    assert trained_segment.datasets == (segment.dataset,)
+    assert trained_fraud.datasets == (fraud.dataset,)
+    assert trained_fraud.causation_id == fraud.event_id
+    contexts = {context.model_name: context for _, context in h.store.logged}
+    assert (contexts[MODEL].label, contexts[FRAUD].label) == ("segment", "outcome")
+    models = {context.model_name: model for model, context in h.store.logged}
+    assert list(models[FRAUD].pipeline.classes_) == ["fraud", "legit"]
+    for model in (MODEL, FRAUD):
+        labels = {"trigger": "data", "outcome": "succeeded"}
+        assert h.count("flywheel_trainer_trainings_total", model, **labels) == 1
+
+
+async def test_an_event_for_an_unregistered_model_is_dead_lettered_naming_the_known_ones(
+    tmp_path: Path,
+) -> None:
+    h = _harness()
+    unknown = DataArrived(producer="t", model_name="churn", dataset=_batch(tmp_path, 1))
+    await _send(h.broker, unknown, _drift("churn"))
+    for topic in (Topic.DATA_ARRIVED, Topic.DRIFT_DETECTED):
+        [headers] = h.dead_letters[topic.value]
+        assert headers["x-error-reason"] == "rejected"
+        assert f"unknown model 'churn'; registered models: {FRAUD}, {MODEL}" in headers["x-error"]
+    assert h.history.refs == {}
+    assert h.store.logged == []
+
+
+async def test_a_batch_announced_for_the_wrong_model_names_the_misfit_columns(
+    tmp_path: Path,
+) -> None:
+    h = _harness()
+    customers = _batch(tmp_path, 1)
+    await _send(h.broker, DataArrived(producer="t", model_name=FRAUD, dataset=customers))
+    [headers] = h.dead_letters[Topic.DATA_ARRIVED.value]
+    assert headers["x-error-reason"] == "rejected"
+    error = headers["x-error"]
+    assert f"batch for model '{FRAUD}'" in error
+    assert "missing columns ['amount', 'hour'" in error
+    assert "columns the spec does not know: ['age', 'tenure_months'" in error
+    assert h.history.refs == {}
+
+
+async def test_too_few_rows_of_one_model_do_not_hold_up_another(tmp_path: Path) -> None:
+    h = _harness(min_rows=1000)
+    await _send(
+        h.broker,
+        DataArrived(producer="t", dataset=_batch(tmp_path, 1, 600)),
+        DataArrived(producer="t", model_name=FRAUD, dataset=_fraud_batch(tmp_path, 1, 1200)),
+    )
+    assert not await h.after_window(MODEL)
+    assert await h.after_window(FRAUD)
+    assert [t.model_name for t in h.trained()] == [FRAUD]
+    assert len(h.pending.items[MODEL]) == 1
+
+
+async def test_one_models_bad_data_fails_its_training_and_the_other_model_still_trains(
+    tmp_path: Path,
+) -> None:
+    h = _harness()
+    one_class = generate_customers(600, 1).assign(segment="steady")  # nothing to learn from
+    bad = write_batch(one_class, tmp_path / "one-class.parquet")
+    await _send(
+        h.broker,
+        DataArrived(producer="t", dataset=bad),
+        DataArrived(producer="t", model_name=FRAUD, dataset=_fraud_batch(tmp_path, 1)),
+    )
+    h.clock.now += WINDOW_S
+    assert await h.handlers.train_pending(MODEL)
+    assert await h.handlers.train_pending(FRAUD)
+
+    [rejected] = h.rejected(MODEL)
+    assert "only one class" in rejected.reasons[0].detail
+    [trained] = h.trained(FRAUD)
+    assert trained.trigger == "data"
+    assert h.rejected(FRAUD) == []
+    failed = {"trigger": "data", "outcome": "failed"}
+    assert h.count("flywheel_trainer_trainings_total", MODEL, **failed) == 1
+    assert h.count("flywheel_trainer_trainings_total", FRAUD, **failed) == 0
+
+
+async def test_a_slow_failing_training_of_one_model_never_delays_another(tmp_path: Path) -> None:
+    h = _harness()
+    # The fraud model's turn comes first (models are polled in name order): were turns
+    # taken one after the other, the segment model would wait for its slow failure.
+    h.store.delays[FRAUD] = 1.5
+    h.store.failures[FRAUD] = MemoryError("out of memory")
+    fraud = DataArrived(producer="t", model_name=FRAUD, dataset=_fraud_batch(tmp_path, 1))
+    await h.handlers.on_data_arrived(fraud)
+    segment = DataArrived(producer="t", dataset=_batch(tmp_path, 1))
+    await h.handlers.on_data_arrived(segment)
+    h.clock.now += WINDOW_S
+    scheduler = PendingTrainingScheduler(h.handlers, tick_s=0.01)
+    await scheduler.start()
+    for _ in range(300):
+        if h.rejected(FRAUD):
+            break
+        await asyncio.sleep(0.01)
+    await scheduler.stop()
+
+    assert scheduler.models() == [FRAUD, MODEL]
+    # The segment model was trained and published while the fraud model's training ran.
+    outcomes = [e for e in h.publisher.events if isinstance(e, ModelTrained | ModelRejected)]
+    assert [(type(e).__name__, e.model_name) for e in outcomes] == [
+        ("ModelTrained", MODEL),
+        ("ModelRejected", FRAUD),
+    ]
+    assert len(outcomes) == len(h.publisher.events)
+    assert h.trained(MODEL)[0].causation_id == segment.event_id
+    assert "out of memory" in h.rejected(FRAUD)[0].reasons[0].detail
+
+
+async def test_a_model_registered_later_is_trained_with_the_spec_its_event_carries(
+    tmp_path: Path,
+) -> None:
+    h = _harness()
+    batch = DataArrived(producer="t", model_name="fraud-eu", dataset=_fraud_batch(tmp_path, 1))
+    await _send(h.broker, batch)  # not registered yet: dead-lettered
+    assert len(h.dead_letters[Topic.DATA_ARRIVED.value]) == 1
+
+    spec = card_fraud_spec().model_copy(update={"name": "fraud-eu"})
+    registered = ModelRegistered(
+        producer="registry", model_name="fraud-eu", spec_revision=1, spec=spec
+    )
+    again = DataArrived(producer="t", model_name="fraud-eu", dataset=batch.dataset)
+    await _send(h.broker, registered, again)
+    assert await h.after_window("fraud-eu")
+    [trained] = h.trained("fraud-eu")
+    assert trained.causation_id == again.event_id
+    assert len(h.dead_letters[Topic.DATA_ARRIVED.value]) == 1
+
+
+async def test_the_schedule_retrains_every_known_model(tmp_path: Path) -> None:
+    h = _harness()
+    await h.history.record(MODEL, _batch(tmp_path, 1))
+    await h.history.record(FRAUD, _fraud_batch(tmp_path, 1))
+    scheduler = PendingTrainingScheduler(h.handlers, tick_s=0.01, every_s=0.05)
+    await scheduler.start()
+    for _ in range(500):
+        if {t.model_name for t in h.trained()} == {MODEL, FRAUD}:
+            break
+        await asyncio.sleep(0.01)
+    await scheduler.stop()
+    assert {(t.model_name, t.trigger) for t in h.trained()} >= {
+        (MODEL, "schedule"),
+        (FRAUD, "schedule"),
+    }
+    assert scheduler.models() == [FRAUD, MODEL]
+
+
+async def test_drift_of_one_model_retrains_that_model_only(tmp_path: Path) -> None:
+    h = _harness()
+    await h.history.record(MODEL, _batch(tmp_path, 1))
+    await h.history.record(FRAUD, _fraud_batch(tmp_path, 1))
+    drift = _drift(FRAUD)
+    await _send(h.broker, drift)
+    [retrained] = h.trained()
+    assert (retrained.model_name, retrained.trigger) == (FRAUD, "drift")
+    assert h.store.logged[0][1].label == "outcome"
