@@ -40,7 +40,7 @@ CONSUMERS: dict[Topic, tuple[str, ...]] = {
     Topic.MODEL_PROMOTED: ("gateway", "monitor", "registry", "router"),
     Topic.MODEL_ROLLED_BACK: ("gateway", "monitor", "registry", "router"),
     Topic.RETRAIN_MODEL: ("trainer",),
-    Topic.MODEL_REGISTERED: ("gateway", "registry", "trainer"),
+    Topic.MODEL_REGISTERED: ("gateway", "monitor", "registry", "trainer"),
 }
 
 
