@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Sequence
 from typing import cast
 
@@ -12,13 +11,10 @@ import mlflow.sklearn
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from services.gateway.ports import Classifier
-from shared.events import ROUTING_STATE_KEY, ExperimentUpdated, PredictionLogged, Variant
+from shared.events import PredictionLogged, Variant
 from shared.mlflow_client import bound_mlflow_requests, mlflow_client
-
-log = logging.getLogger(__name__)
 
 _MISSING_CODES = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}
 
@@ -51,23 +47,6 @@ def _alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
         if error.error_code in _MISSING_CODES:
             return None
         raise
-
-
-class RedisRoutingState:
-    """Reads the routing table the router keeps under ``ROUTING_STATE_KEY``."""
-
-    def __init__(self, redis: Redis, key: str = ROUTING_STATE_KEY) -> None:
-        self._redis = redis
-        self._key = key
-
-    async def latest(self) -> ExperimentUpdated | None:
-        """The stored routing table; None when absent or unreadable (start-up falls back)."""
-        try:
-            raw = await self._redis.get(self._key)
-        except (RedisError, OSError) as error:
-            log.warning("routing state unreadable", extra={"error": repr(error)})
-            return None
-        return None if raw is None else ExperimentUpdated.model_validate_json(raw)
 
 
 _SET_ALL_WITH_EXPIRY = """
@@ -149,10 +128,14 @@ class RedisFeatureStore:
             return None
         return {_text(k): _text(v) for k, v in raw.items()}
 
-    async def write_segment(self, entity_id: str, segment: str, version: str) -> None:
-        """Write the predicted segment and the version that predicted it."""
+    async def write_segment(
+        self, entity_id: str, segment: str, version: str, model_name: str | None = None
+    ) -> None:
+        """Write the predicted class and the version that predicted it: the default model's
+        under ``<entity>:segment`` (where CRM reads it), another's under ``:segment:<model>``."""
         items: list[str] = ["segment", segment, "version", version]
-        await self._redis.hset(f"{self._prefix}{entity_id}:segment", items=items)
+        suffix = "" if model_name is None else f":{model_name}"
+        await self._redis.hset(f"{self._prefix}{entity_id}:segment{suffix}", items=items)
 
 
 def _text(value: object) -> str:

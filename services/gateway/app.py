@@ -14,15 +14,15 @@ from services.gateway.adapters import (
     MlflowModelRegistry,
     RedisFeatureStore,
     RedisPredictionRecords,
-    RedisRoutingState,
 )
 from services.gateway.deps import GatewayServices
 from services.gateway.errors import install_error_handlers
-from services.gateway.handlers import register
+from services.gateway.feedback import FeedbackService
+from services.gateway.fleet import ModelFleet, ModelStatus
+from services.gateway.handlers import ServingHandlers, register
 from services.gateway.limits import BodyLimit
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.openapi import install_spec_document
-from services.gateway.pool import ModelPool
 from services.gateway.ports import (
     FeatureStore,
     ModelRegistry,
@@ -31,12 +31,14 @@ from services.gateway.ports import (
 )
 from services.gateway.prediction_log import PredictionEventBuffer
 from services.gateway.recovery import GatewayStateGuard
-from services.gateway.routes import feedback, predict
-from services.gateway.service import FeedbackService, PredictionService
-from services.gateway.serving import ServingRefresher
+from services.gateway.routes import feedback, models, predict
+from services.gateway.service import PredictionService
 from services.gateway.settings import Settings
 from services.gateway.shadow import ShadowScorer
+from shared.catalog import InMemorySpecSource, ModelCatalog, SpecSource
 from shared.messaging import BatchEventPublisher
+from shared.mlflow_specs import MlflowSpecSource
+from shared.routing import RoutingStateReader
 from shared.runtime import (
     Hook,
     ReadinessCheck,
@@ -59,33 +61,32 @@ class GatewayPorts:
     records: PredictionRecords
     publisher: BatchEventPublisher
     features: FeatureStore | None = None
+    specs: SpecSource | None = None
+    """Where registered specs are read (MLflow); None: the default model's spec alone."""
 
 
 def default_ports(runtime: ServiceRuntime, settings: Settings) -> GatewayPorts:
     """MLflow, Redis and Kafka implementations of the ports (nothing connects yet)."""
     return GatewayPorts(
         registry=MlflowModelRegistry(settings.mlflow_tracking_uri),
-        routing_state=RedisRoutingState(runtime.redis),
+        routing_state=RoutingStateReader(runtime.redis),
         # A claim outlives the publish it guards, so a slow live publish is never doubled.
         records=RedisPredictionRecords(
             runtime.redis, settings.feedback_ttl_s, claim_hold_s=settings.publish_timeout_s + 5
         ),
         publisher=runtime.publisher,
         features=RedisFeatureStore(runtime.redis),
+        specs=MlflowSpecSource(settings.mlflow_tracking_uri),
     )
 
 
 def create_app(settings: Settings | None = None, *, ports: GatewayPorts | None = None) -> FastAPI:
-    """Build the gateway app: model pool, refresher, event buffer, routes and handlers."""
+    """Build the gateway app: models, event buffer, routes and handlers."""
     settings = settings or Settings()
     runtime = build_runtime("gateway", settings)
     ports = ports or default_ports(runtime, settings)
     metrics = GatewayMetrics.create(runtime.registry)
-    spec = load_spec(settings.model_spec_path)
-    pool = ModelPool()
-    refresher = ServingRefresher(
-        pool, ports.registry, ports.routing_state, settings.model_name, metrics, spec
-    )
+    fleet = _fleet(settings, ports, metrics)
     events = PredictionEventBuffer(
         ports.publisher,
         ports.records,
@@ -96,42 +97,36 @@ def create_app(settings: Settings | None = None, *, ports: GatewayPorts | None =
         linger_s=settings.publish_linger_ms / 1000,
     )
     shadow = ShadowScorer(
-        events,
-        metrics,
-        spec,
-        share=settings.shadow_share,
-        max_in_flight=settings.shadow_max_in_flight,
+        events, metrics, share=settings.shadow_share, max_in_flight=settings.shadow_max_in_flight
     )
-    register(runtime.consumer, refresher)
-    resync = PeriodicTask(refresher.load_initial, settings.routing_resync_s, "routing-resync")
+    register(runtime.consumer, ServingHandlers(fleet))
+    resync = PeriodicTask(fleet.resync, settings.routing_resync_s, "routing-resync")
     guard = GatewayStateGuard(
         runtime.redis,
-        lambda: pool.snapshot.champion is not None,
+        lambda: any(s.state == "serving" for s in fleet.statuses()),
         runtime.registry,
         settings.model_name,
     )
     app = service_app(
         runtime,
-        checks={"model_loaded": _models_loaded(pool, refresher)},
+        checks={"model_loaded": _default_model_loaded(fleet)},
         on_startup=[
             events.start,
-            _initial_load(refresher, settings.startup_load_timeout_s),
+            _initial_load(fleet, settings.startup_load_timeout_s),
             resync.start,
             guard.start,  # after the initial load: a loaded model tells a loss from a first start
         ],
-        on_shutdown=[guard.stop, resync.stop, shadow.drain, events.stop],
-        routers=[predict.router, feedback.router],
-        description="Serves champion and challenger predictions and takes feedback.",
-        details=lambda: _model_details(pool),
+        on_shutdown=[guard.stop, resync.stop, fleet.stop, shadow.drain, events.stop],
+        routers=[predict.router, feedback.router, models.router],
+        description="Serves every registered model's champion and challenger, and takes feedback.",
+        details=lambda: _model_details(fleet),
     )
     app.state.gateway = GatewayServices(
-        pool=pool,
+        fleet=fleet,
         predictions=PredictionService(
-            pool,
-            spec,
+            fleet,
             events,
             metrics,
-            model_name=settings.model_name,
             max_batch=settings.max_batch,
             feature_store=ports.features,
             log_predictions=settings.log_predictions,
@@ -140,7 +135,7 @@ def create_app(settings: Settings | None = None, *, ports: GatewayPorts | None =
         feedback=FeedbackService(
             ports.records,
             ports.publisher,
-            spec,
+            fleet,
             metrics,
             ttl_s=settings.feedback_ttl_s,
             publish_timeout_s=settings.publish_timeout_s,
@@ -148,25 +143,42 @@ def create_app(settings: Settings | None = None, *, ports: GatewayPorts | None =
         ),
     )
     app.state.prediction_events = events
-    app.state.refresher = refresher
     app.state.state_guard = guard
     app.state.shadow = shadow
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
-    install_spec_document(app, spec, settings.max_batch)
+    install_spec_document(app, fleet.specs, settings.model_name, settings.max_batch)
     _add_health_alias(app)
     return app
 
 
-def _models_loaded(pool: ModelPool, refresher: ServingRefresher) -> ReadinessCheck:
-    """Readiness: a champion is loaded, or the registry names none yet (a fresh system).
+def _fleet(settings: Settings, ports: GatewayPorts, metrics: GatewayMetrics) -> ModelFleet:
+    """The models served: registered ones from the spec source, the configured default beside."""
+    default_spec = load_spec(settings.model_spec_path)
+    catalog = ModelCatalog(ports.specs or InMemorySpecSource(), settings.model_name, default_spec)
+    return ModelFleet(
+        catalog,
+        ports.registry,
+        ports.routing_state,
+        metrics,
+        (settings.model_name, default_spec),
+        max_loaded=settings.max_loaded_models,
+        load_timeout_s=settings.on_demand_load_timeout_s,
+    )
 
-    Without one every predict is a 503: a gateway cold-started while MLflow was away
-    reported ready and took traffic it could not answer.
+
+def _default_model_loaded(fleet: ModelFleet) -> ReadinessCheck:
+    """Readiness: the default model's champion is loaded, or the registry names none yet.
+
+    Without one every unprefixed predict is a 503: a gateway cold-started while MLflow
+    was away reported ready and took traffic it could not answer. Other models never
+    decide readiness: one model that does not load must not take every replica out of
+    the load balancer, and with more models than GATEWAY_MAX_LOADED_MODELS not all of
+    them are in memory. Their states are listed beside (``by_model``).
     """
 
     async def check() -> bool:
-        return pool.snapshot.champion is not None or refresher.nothing_to_serve
+        return fleet.default.champion_ready
 
     return check
 
@@ -179,11 +191,11 @@ def _add_health_alias(app: FastAPI) -> None:
     )
 
 
-def _initial_load(refresher: ServingRefresher, timeout_s: float) -> Hook:
+def _initial_load(fleet: ModelFleet, timeout_s: float) -> Hook:
     async def load() -> None:
         # Wait a bounded time so a slow MLflow cannot hold the HTTP side hostage;
-        # the load goes on in the background and swaps models in when done.
-        task = asyncio.create_task(refresher.load_initial(), name="initial-model-load")
+        # the loads go on in the background and swap models in when done.
+        task = asyncio.create_task(fleet.load_all(), name="initial-model-load")
         _, pending = await asyncio.wait({task}, timeout=timeout_s)
         if pending:
             log.warning("models still loading after start-up", extra={"timeout_s": timeout_s})
@@ -223,9 +235,24 @@ class PeriodicTask:
                 )
 
 
-def _model_details(pool: ModelPool) -> dict[str, object]:
-    snapshot = pool.snapshot
-    return {"model_loaded": snapshot.champion is not None, "models": snapshot.describe()}
+def _model_details(fleet: ModelFleet) -> dict[str, object]:
+    """``/readyz``'s listing: the default model's variants (as before), then every model."""
+    default = fleet.default_status()
+    return {
+        "model_loaded": default.state == "serving",
+        "models": default.variants,
+        "by_model": {s.name: _status_details(s) for s in fleet.statuses()},
+    }
+
+
+def _status_details(status: ModelStatus) -> dict[str, object]:
+    return {
+        "state": status.state,
+        "variants": status.variants,
+        "experiment_id": status.experiment_id,
+        "challenger_share": status.challenger_share,
+        "error": status.error,
+    }
 
 
 def main() -> None:

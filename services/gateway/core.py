@@ -32,6 +32,10 @@ class BatchTooLargeError(InvalidInputError):
     """A request carries more instances than the gateway accepts at once."""
 
 
+class WrongModelError(InvalidInputError):
+    """Feedback sent to one model's route for a prediction another model answered."""
+
+
 class ModelUnavailableError(FlywheelError):
     """No model is loaded for the alias a request needs; it may load later."""
 

@@ -7,15 +7,16 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from services.gateway.pool import ModelPool
-from services.gateway.service import FeedbackService, PredictionService
+from services.gateway.feedback import FeedbackService
+from services.gateway.fleet import ModelFleet
+from services.gateway.service import PredictionService
 
 
 @dataclass(frozen=True)
 class GatewayServices:
     """What the routes use; built by the composition root and kept on ``app.state``."""
 
-    pool: ModelPool
+    fleet: ModelFleet
     predictions: PredictionService
     feedback: FeedbackService
 
@@ -25,8 +26,8 @@ def _services(request: Request) -> GatewayServices:
     return services
 
 
-def _pool(request: Request) -> ModelPool:
-    return _services(request).pool
+def _fleet(request: Request) -> ModelFleet:
+    return _services(request).fleet
 
 
 def _predictions(request: Request) -> PredictionService:
@@ -37,6 +38,6 @@ def _feedback(request: Request) -> FeedbackService:
     return _services(request).feedback
 
 
-PoolDep = Annotated[ModelPool, Depends(_pool)]
+FleetDep = Annotated[ModelFleet, Depends(_fleet)]
 PredictionsDep = Annotated[PredictionService, Depends(_predictions)]
 FeedbackDep = Annotated[FeedbackService, Depends(_feedback)]

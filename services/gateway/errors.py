@@ -15,11 +15,14 @@ from services.gateway.core import (
     FeatureValidationError,
     ModelFailedError,
     ModelUnavailableError,
+    WrongModelError,
 )
 from shared.errors import DependencyUnavailableError, FlywheelError, NotFoundError
+from shared.http_errors import RETRY_AFTER_S
 
 _STATUS: tuple[tuple[type[FlywheelError], int], ...] = (
     (BatchTooLargeError, 413),
+    (WrongModelError, 409),
     (NotFoundError, 404),
     (ModelUnavailableError, 503),
     (DependencyUnavailableError, 503),
@@ -47,7 +50,10 @@ def _body(error: FlywheelError) -> dict[str, object]:
 
 async def _handle(_: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, FlywheelError)
-    return JSONResponse({"detail": _body(error)}, status_code=http_status(error))
+    status = http_status(error)
+    # A model still loading, or a store away, is the client's cue to come back.
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+    return JSONResponse({"detail": _body(error)}, status_code=status, headers=headers)
 
 
 async def _invalid_request(_: Request, error: Exception) -> JSONResponse:

@@ -11,7 +11,8 @@ _CONFIDENCE_BUCKETS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 
 @dataclass(frozen=True)
 class GatewayMetrics:
-    """Requests, predictions, their confidence, errors and lost prediction events."""
+    """Requests, predictions, their confidence, errors and lost prediction events; every
+    collector about a model carries ``model_name`` (the event buffer is shared by all)."""
 
     requests: Counter
     latency: Histogram
@@ -27,6 +28,8 @@ class GatewayMetrics:
     crm_updates: Counter
     shadow: Counter
     shadow_latency: Histogram
+    models_loaded: Gauge
+    model_unloads: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> GatewayMetrics:
@@ -34,14 +37,14 @@ class GatewayMetrics:
         return cls(
             requests=Counter(
                 "prediction_requests_total",
-                "Predict requests by variant, model version and HTTP status.",
-                ["variant", "model_version", "status"],
+                "Predict requests by model, variant, model version and HTTP status.",
+                ["model_name", "variant", "model_version", "status"],
                 registry=registry,
             ),
             latency=Histogram(
                 "prediction_latency_seconds",
                 "Time to answer one predict request (validation and scoring).",
-                ["variant"],
+                ["model_name", "variant"],
                 registry=registry,
             ),
             predictions=Counter(
@@ -59,8 +62,8 @@ class GatewayMetrics:
             ),
             errors=Counter(
                 "ml_prediction_errors_total",
-                "Predict requests that failed, by error type.",
-                ["error_type"],
+                "Predict requests that failed, by model and error type.",
+                ["model_name", "error_type"],
                 registry=registry,
             ),
             events_dropped=Counter(
@@ -84,36 +87,52 @@ class GatewayMetrics:
             model_load_errors=Counter(
                 "model_load_errors_total",
                 "Model loads or alias look-ups that failed (the old model kept serving).",
-                ["role"],
+                ["model_name", "role"],
                 registry=registry,
             ),
             routing_rejected=Counter(
                 "routing_table_rejected_total",
                 "Routing tables the registry's aliases contradicted: the aliases served alone.",
+                ["model_name"],
                 registry=registry,
             ),
             feedback=Counter(
                 "feedback_received_total",
-                "Feedback requests by outcome (recorded, duplicate, unknown).",
-                ["outcome"],
+                "Feedback requests by model and outcome (recorded, duplicate, unknown, "
+                "wrong_model).",
+                ["model_name", "outcome"],
                 registry=registry,
             ),
             crm_updates=Counter(
                 "crm_segment_updates_total",
                 "Predicted segments written back to the feature store (written, failed).",
-                ["outcome"],
+                ["model_name", "outcome"],
                 registry=registry,
             ),
             shadow=Counter(
                 "shadow_predictions_total",
                 "Rows mirrored to the challenger: agree or disagree with the champion, "
                 "failed, or skipped (too many mirrors in flight).",
-                ["outcome"],
+                ["model_name", "outcome"],
                 registry=registry,
             ),
             shadow_latency=Histogram(
                 "shadow_latency_seconds",
                 "Time the challenger took to score one mirrored request.",
+                ["model_name"],
+                registry=registry,
+            ),
+            models_loaded=Gauge(
+                "gateway_models_loaded",
+                "Models held in memory (serving, loading or waiting for a champion), at most "
+                "GATEWAY_MAX_LOADED_MODELS.",
+                registry=registry,
+            ),
+            model_unloads=Counter(
+                "gateway_model_unloads_total",
+                "Models unloaded as the least recently used beyond GATEWAY_MAX_LOADED_MODELS "
+                "(reloaded on their next request).",
+                ["model_name"],
                 registry=registry,
             ),
         )

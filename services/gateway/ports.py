@@ -33,10 +33,13 @@ class ModelRegistry(Protocol):
 
 
 class RoutingStateSource(Protocol):
-    """Where the router leaves the latest routing table."""
+    """Where the router leaves each model's latest routing table (``shared.routing``)."""
 
-    async def latest(self) -> ExperimentUpdated | None:
-        """The latest routing table, or None when there is none (or it cannot be read)."""
+    async def latest(self, model_name: str) -> ExperimentUpdated | None:
+        """``model_name``'s routing table, or None when it has none.
+
+        Raises DependencyUnavailableError when the table cannot be read.
+        """
 
 
 class PredictionRecords(Protocol):
@@ -71,5 +74,8 @@ class FeatureStore(Protocol):
     async def features(self, entity_id: str) -> dict[str, str] | None:
         """The stored features of ``entity_id`` (as strings), or None when unknown."""
 
-    async def write_segment(self, entity_id: str, segment: str, version: str) -> None:
-        """Record the segment a model version predicted for ``entity_id``."""
+    async def write_segment(
+        self, entity_id: str, segment: str, version: str, model_name: str | None = None
+    ) -> None:
+        """Record the class a model version predicted for ``entity_id`` (the segment when
+        ``model_name`` is None: the default model's)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
@@ -221,10 +221,29 @@ class LoadedModelOut(BaseModel):
     version: str
 
 
+class ModelStatusOut(BaseModel):
+    """One model: whether it serves, which versions in which variant, its split."""
+
+    name: str
+    state: Literal["serving", "loading", "no_champion", "failed", "unloaded"] = Field(
+        description="serving: its champion is loaded; loading; no_champion: the registry "
+        "names none yet; failed: its champion did not load (see error; retried every "
+        "resync); unloaded: registered, not in memory (its next request loads it)."
+    )
+    variants: dict[str, LoadedModelOut]
+    experiment_id: str | None
+    challenger_share: float
+    error: str | None = Field(None, description="Why its latest load or look-up failed.")
+
+
 class ModelsResponse(BaseModel):
-    """What the gateway serves now."""
+    """What the gateway serves now: every model, and the default model's variants at the top
+    (``model_loaded``, ``models``, ``experiment_id``, ``challenger_share``: deprecated, kept
+    for one release; read ``by_model``)."""
 
     model_loaded: bool
     models: dict[str, LoadedModelOut]
     experiment_id: str | None
     challenger_share: float
+    default_model: str
+    by_model: dict[str, ModelStatusOut]

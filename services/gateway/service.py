@@ -1,4 +1,4 @@
-"""What one predict or feedback request does, between the HTTP route and the core."""
+"""What one predict request does, between the HTTP route and the core."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from redis.exceptions import RedisError
@@ -24,20 +24,19 @@ from services.gateway.core import (
     rows_from_probabilities,
 )
 from services.gateway.errors import http_status
+from services.gateway.fleet import ModelFleet, ServedModel
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.pool import LoadedModel, ModelPool, RoutingTable, ServingSnapshot
-from services.gateway.ports import FeatureStore, PredictionRecords
+from services.gateway.pool import LoadedModel, RoutingTable, ServingSnapshot
+from services.gateway.ports import FeatureStore
 from services.gateway.prediction_log import PredictionEventBuffer
-from services.gateway.schemas import FeedbackResponse, PredictResponse, RowPredictionOut
+from services.gateway.schemas import PredictResponse, RowPredictionOut
 from services.gateway.shadow import ShadowScorer
+from shared.catalog import UnknownModelError
 from shared.errors import DependencyUnavailableError, InvalidInputError, NotFoundError
-from shared.events import FeedbackReceived, PredictionFailed, PredictionLogged, Variant
-from shared.messaging import EventPublisher
+from shared.events import PredictionFailed, PredictionLogged, Variant
 from shared.spec import ModelSpec
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 
 #: Batches up to this many rows (~3 ms of scoring) are scored on the event loop: a
@@ -61,12 +60,10 @@ class PredictionService:
 
     def __init__(
         self,
-        pool: ModelPool,
-        spec: ModelSpec,
+        fleet: ModelFleet,
         events: PredictionEventBuffer,
         metrics: GatewayMetrics,
         *,
-        model_name: str,
         max_batch: int,
         rng: random.Random | None = None,
         feature_store: FeatureStore | None = None,
@@ -75,33 +72,40 @@ class PredictionService:
     ) -> None:
         self._shadow = shadow
         self._feature_store = feature_store
-        self._pool = pool
-        self._spec = spec
+        self._fleet = fleet
         self._events = events
         self._metrics = metrics
-        self._model_name = model_name
         self._max_batch = max_batch
         self._log_predictions = log_predictions
         self._rng = rng or random.Random()
 
     async def predict(
-        self, rows: Sequence[dict[str, Any]] | None, entity_id: str | None
+        self, model_name: str, rows: Sequence[dict[str, Any]] | None, entity_id: str | None
     ) -> PredictResponse:
-        """Answer ``rows`` (or the entity's stored features) from one variant.
+        """Answer ``rows`` (or the entity's stored features) from one variant of ``model_name``.
 
         Prediction events are logged off the request path; a feature-store lookup
-        writes the predicted segment back to the store.
+        writes the predicted class back to the store.
         """
+        served = await self._served(model_name)
         if rows is None:
             if entity_id is None:
                 raise InvalidInputError("send instances, features, or an entity_id")
-            rows = [await self._stored_row(entity_id)]
-            response = await self._answer(rows, entity_id)
+            rows = [await self._stored_row(entity_id, served.spec)]
+            response = await self._answer(served, rows, entity_id)
             await self._write_back(entity_id, response)
             return response
-        return await self._answer(rows, entity_id)
+        return await self._answer(served, rows, entity_id)
 
-    async def _stored_row(self, entity_id: str) -> dict[str, Any]:
+    async def _served(self, model_name: str) -> ServedModel:
+        try:
+            return await self._fleet.serving(model_name)
+        except UnknownModelError as error:
+            # Not the requested name: a label per name a client makes up would grow forever.
+            self._count_error("none", error, "none", "none")
+            raise
+
+    async def _stored_row(self, entity_id: str, spec: ModelSpec) -> dict[str, Any]:
         if self._feature_store is None:
             raise InvalidInputError("no feature store is configured: send the features")
         try:
@@ -113,35 +117,40 @@ class PredictionService:
                 f"no stored features for entity {entity_id!r}: load them with "
                 "`flywheel features load FILE`, or send the features"
             )
-        return row_from_store(stored, self._spec)
+        return row_from_store(stored, spec)
 
     async def _write_back(self, entity_id: str, response: PredictResponse) -> None:
         assert self._feature_store is not None
-        segment = response.predictions[0].predicted_class
+        segment, name = response.predictions[0].predicted_class, response.model_name
+        # The default model's class is the CRM's segment; other models' go beside it.
+        model = None if name == self._fleet.default.name else name
         try:
-            await self._feature_store.write_segment(entity_id, segment, response.model_version)
+            await self._feature_store.write_segment(
+                entity_id, segment, response.model_version, model
+            )
         except (RedisError, OSError) as error:
             log.warning("segment not written back", extra={"error": repr(error)})
-            self._metrics.crm_updates.labels(outcome="failed").inc()
+            self._metrics.crm_updates.labels(name, "failed").inc()
             return
-        self._metrics.crm_updates.labels(outcome="written").inc()
+        self._metrics.crm_updates.labels(name, "written").inc()
 
     async def _answer(
-        self, rows: Sequence[dict[str, Any]], entity_id: str | None
+        self, served: ServedModel, rows: Sequence[dict[str, Any]], entity_id: str | None
     ) -> PredictResponse:
         started = time.perf_counter()
+        spec = served.spec
         try:
-            check_instances(rows, self._spec, self._max_batch)
-            snapshot = self._pool.snapshot
-            variant, model = self._pick(snapshot, entity_id)
+            check_instances(rows, spec, self._max_batch)
+            snapshot = served.pool.snapshot
+            variant, model = self._pick(served, snapshot, entity_id)
         except Exception as error:
-            self._count_error(error, "none", "none")
+            self._count_error(served.name, error, "none", "none")
             raise
         try:
-            answered = await self._score(model, rows)
+            answered = await self._score(model, rows, spec)
         except ModelFailedError as error:
             # The variant that failed pays for it in the router's error-rate guardrail.
-            self._count_error(error, variant, model.version)
+            self._count_error(served.name, error, variant, model.version)
             elapsed = time.perf_counter() - started
             self._events.offer_unrecorded(
                 [self._failure_of(error, model, variant, len(rows), elapsed, snapshot.routing)]
@@ -153,14 +162,14 @@ class PredictionService:
             self._events.offer(self._events_of(response, rows, entity_id, snapshot.routing))
         self._observe(model, variant, answered, elapsed)
         if self._shadow is not None:
-            self._shadow.maybe_mirror(snapshot, response, rows, entity_id)
+            self._shadow.maybe_mirror(snapshot, response, rows, entity_id, spec)
         return response
 
     async def _score(
-        self, model: LoadedModel, rows: Sequence[dict[str, Any]]
+        self, model: LoadedModel, rows: Sequence[dict[str, Any]], spec: ModelSpec
     ) -> list[RowPrediction]:
         try:
-            probabilities = await probabilities_of(model, rows, self._spec)
+            probabilities = await probabilities_of(model, rows, spec)
             check_probabilities(probabilities, len(rows), len(model.classes))
         except ModelFailedError as error:
             raise ModelFailedError(f"model {model.name} version {model.version}: {error}") from None
@@ -169,12 +178,12 @@ class PredictionService:
                 f"model {model.name} version {model.version} failed: "
                 f"{type(error).__name__}: {error}"
             ) from error
-        return rows_from_probabilities(model.classes, probabilities, self._spec.classes)
+        return rows_from_probabilities(model.classes, probabilities, spec.classes)
 
-    def _count_error(self, error: Exception, variant: str, version: str) -> None:
+    def _count_error(self, model_name: str, error: Exception, variant: str, version: str) -> None:
         cause = error.__cause__ if isinstance(error, ModelFailedError) else None
-        self._metrics.errors.labels(error_type=type(cause or error).__name__).inc()
-        self._metrics.requests.labels(variant, version, str(http_status(error))).inc()
+        self._metrics.errors.labels(model_name, type(cause or error).__name__).inc()
+        self._metrics.requests.labels(model_name, variant, version, str(http_status(error))).inc()
 
     @staticmethod
     def _failure_of(
@@ -201,7 +210,7 @@ class PredictionService:
         )
 
     def _pick(
-        self, snapshot: ServingSnapshot, entity_id: str | None
+        self, served: ServedModel, snapshot: ServingSnapshot, entity_id: str | None
     ) -> tuple[Variant, LoadedModel]:
         routing = snapshot.routing
         variant = choose_variant(
@@ -212,8 +221,13 @@ class PredictionService:
             # The challenger failed to load: its traffic falls back to the champion.
             variant, model = "champion", snapshot.champion
         if model is None:
+            if served.is_loading:
+                raise ModelUnavailableError(
+                    f"no model is loaded for alias 'champion' of {served.name!r} yet: "
+                    "it is loading; retry in a few seconds"
+                )
             raise ModelUnavailableError(
-                f"no model is loaded for alias 'champion' of {self._model_name!r}; "
+                f"no model is loaded for alias 'champion' of {served.name!r}; "
                 "approve a model version (or wait for it to load) and retry"
             )
         return variant, model
@@ -264,114 +278,8 @@ class PredictionService:
     def _observe(
         self, model: LoadedModel, variant: Variant, rows: list[RowPrediction], elapsed: float
     ) -> None:
-        self._metrics.requests.labels(variant, model.version, "200").inc()
-        self._metrics.latency.labels(variant).observe(elapsed)
+        self._metrics.requests.labels(model.name, variant, model.version, "200").inc()
+        self._metrics.latency.labels(model.name, variant).observe(elapsed)
         for row in rows:
             self._metrics.predictions.labels(model.name, model.version, row.predicted_class).inc()
             self._metrics.confidence.labels(model.name, model.version).observe(row.confidence)
-
-
-class FeedbackService:
-    """Joins an outcome to its prediction, once, and publishes FeedbackReceived."""
-
-    def __init__(
-        self,
-        records: PredictionRecords,
-        publisher: EventPublisher,
-        spec: ModelSpec,
-        metrics: GatewayMetrics,
-        *,
-        ttl_s: int,
-        publish_timeout_s: float,
-        pending: Callable[[str], PredictionLogged | None] = lambda _: None,
-    ) -> None:
-        self._records = records
-        self._publisher = publisher
-        self._spec = spec
-        self._metrics = metrics
-        self._ttl_s = ttl_s
-        self._publish_timeout_s = publish_timeout_s
-        self._pending = pending
-
-    async def record(
-        self, request_id: str, true_label: str | None, reward: float | None
-    ) -> FeedbackResponse:
-        """Publish the feedback unless it was already received; 404 for unknown ids."""
-        prediction = await self._recall(request_id)
-        if true_label is not None and true_label not in self._spec.classes:
-            raise InvalidInputError(
-                f"true_label {true_label!r} is not a class; expected one of "
-                f"{list(self._spec.classes)}"
-            )
-        correct = None if true_label is None else true_label == prediction.predicted_class
-        if not await self._guarded(self._records.claim_feedback(request_id)):
-            return await self._duplicate(request_id, correct)
-        event = FeedbackReceived.caused_by(
-            prediction,
-            producer="gateway",
-            request_id=request_id,
-            model_name=prediction.model_name,
-            version=prediction.version,
-            variant=prediction.variant,
-            predicted_class=prediction.predicted_class,
-            true_label=true_label,
-            reward=reward,
-            correct=correct,
-            experiment_id=prediction.experiment_id,
-            challenger_share=prediction.challenger_share,
-        )
-        await self._publish(event)
-        await self._confirm(request_id)
-        self._metrics.feedback.labels(outcome="recorded").inc()
-        return FeedbackResponse(request_id=request_id, duplicate=False, correct=correct)
-
-    async def _duplicate(self, request_id: str, correct: bool | None) -> FeedbackResponse:
-        if not await self._guarded(self._records.feedback_recorded(request_id)):
-            # Claimed, not published: in flight, or its gateway was killed before publishing.
-            # Answering "duplicate" would lose it for good; the claim lapses, so retry.
-            raise DependencyUnavailableError(
-                f"feedback for {request_id!r} is being recorded; retry in a few seconds"
-            )
-        self._metrics.feedback.labels(outcome="duplicate").inc()
-        return FeedbackResponse(request_id=request_id, duplicate=True, correct=correct)
-
-    async def _confirm(self, request_id: str) -> None:
-        try:
-            await self._records.confirm_feedback(request_id)
-        except (RedisError, OSError) as error:
-            # Published already: the feedback counts. Its claim lapses, so a retry could
-            # publish it again; consumers keep one label per request.
-            log.warning("feedback marker not confirmed", extra={"error": repr(error)})
-
-    async def _recall(self, request_id: str) -> PredictionLogged:
-        # Feedback can overtake the prediction's record, still queued in this process.
-        prediction = self._pending(request_id) or await self._guarded(
-            self._records.recall(request_id)
-        )
-        if prediction is None:
-            self._metrics.feedback.labels(outcome="unknown").inc()
-            raise NotFoundError(
-                f"no prediction with request_id {request_id!r}: it is unknown, or older than "
-                f"the {self._ttl_s // 3600} h feedback window"
-            )
-        return prediction
-
-    async def _publish(self, event: FeedbackReceived) -> None:
-        try:
-            async with asyncio.timeout(self._publish_timeout_s):
-                await self._publisher.publish(event)
-        except Exception as error:
-            # Let the client retry: the feedback did not count.
-            await self._guarded(self._records.release_feedback(event.request_id))
-            raise DependencyUnavailableError(
-                f"feedback could not be published ({type(error).__name__}); retry"
-            ) from error
-
-    @staticmethod
-    async def _guarded(call: Awaitable[T]) -> T:
-        try:
-            return await call
-        except (RedisError, OSError) as error:
-            raise DependencyUnavailableError(
-                f"prediction records unavailable ({type(error).__name__}); retry"
-            ) from error

@@ -1,8 +1,9 @@
-"""Keeps the model pool in step with the routing table and the registry's aliases.
+"""Keeps one model's pool in step with its routing table and the registry's aliases.
 
 Loading is blocking MLflow work, so it runs in a worker thread; a version that
 fails to load is logged and the model serving that role keeps serving. Refreshes
 are serialised so an older table can never be swapped in after a newer one.
+Each served model has a refresher of its own (``services.gateway.fleet``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from datetime import datetime
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.pool import LoadedModel, ModelPool, RoutingTable, ServingSnapshot
 from services.gateway.ports import ModelRegistry, RoutingStateSource
+from shared.errors import DependencyUnavailableError
 from shared.events import ExperimentUpdated, Variant
 from shared.spec import ModelSpec
 
@@ -33,7 +35,8 @@ class ServingRefresher:
         metrics: GatewayMetrics,
         spec: ModelSpec | None = None,
     ) -> None:
-        self._spec = spec
+        self.spec = spec
+        """The model's spec, for warming up the versions it loads (changes with the spec)."""
         self._pool = pool
         self._registry = registry
         self._routing_state = routing_state
@@ -41,6 +44,8 @@ class ServingRefresher:
         self._metrics = metrics
         self._lock = asyncio.Lock()
         self._applied_at: datetime | None = None
+        self.last_error: str | None = None
+        """Why the latest resolution or load failed (None once a champion serves)."""
         self.nothing_to_serve = False
         """True once a refresh found no champion named (a fresh registry): readiness then
         does not wait for a model. False before any resolution, or while MLflow is away."""
@@ -52,14 +57,20 @@ class ServingRefresher:
         promote/rollback) serve the aliases with no split: the gateway never routes
         to an experiment the registry does not know.
         """
-        table = await self._routing_state.latest()
+        try:
+            table = await self._routing_state.latest(self._model_name)
+        except DependencyUnavailableError as error:
+            # Redis away: keep what serves (its split included); with nothing served yet,
+            # the aliases alone (keep_split with nothing loaded gives no split).
+            log.warning("routing state unreadable", extra={"error": repr(error)})
+            versions = await self._aliases()
+            if versions is not None and self._pool.snapshot.champion is None:
+                await self._serve_aliases(versions, keep_split=True)
+            return
         versions = await self._aliases()
         if versions is None:
             return  # nothing to check against, nothing loadable: keep what serves
-        if table is not None and table.model_name != self._model_name:
-            # The one routing key names another model: it says nothing about this one.
-            await self._serve_aliases(versions, keep_split=True)
-        elif table is not None and agrees_with_aliases(table, versions):
+        if table is not None and agrees_with_aliases(table, versions):
             await self.apply_experiment(table)
         else:
             if table is not None:
@@ -67,7 +78,7 @@ class ServingRefresher:
                     "routing table disagrees with the registry; serving its aliases alone",
                     extra={"experiment_id": table.experiment_id, "aliases": versions},
                 )
-                self._metrics.routing_rejected.inc()
+                self._metrics.routing_rejected.labels(self._model_name).inc()
             await self._serve_aliases(versions, keep_split=False)
 
     async def apply_experiment(self, update: ExperimentUpdated) -> None:
@@ -105,8 +116,11 @@ class ServingRefresher:
         try:
             return await asyncio.to_thread(self._registry.aliases, self._model_name)
         except Exception as error:
-            log.error("aliases unresolvable", extra={"error": repr(error)})
-            self._metrics.model_load_errors.labels(role="aliases").inc()
+            log.error(
+                "aliases unresolvable", extra={"model": self._model_name, "error": repr(error)}
+            )
+            self._metrics.model_load_errors.labels(self._model_name, "aliases").inc()
+            self.last_error = f"aliases unresolvable: {type(error).__name__}: {error}"
             return None
 
     async def _serve_aliases(self, versions: dict[Variant, str | None], keep_split: bool) -> None:
@@ -125,6 +139,7 @@ class ServingRefresher:
         self, champion: str | None, challenger: str | None, routing: RoutingTable
     ) -> None:
         async with self._lock:
+            self.last_error = None  # what this refresh fails at, if anything, is set below
             current = self._pool.snapshot
             wanted = ServingSnapshot(
                 champion=await self._model(current, "champion", champion),
@@ -153,18 +168,26 @@ class ServingRefresher:
         try:
             model = await asyncio.to_thread(self._registry.load, self._model_name, version)
             loaded = LoadedModel(self._model_name, version, model)
-            if self._spec is not None:
+            if self.spec is not None:
                 # Before the swap: its first requests would otherwise pay the model's
                 # first-call costs, and a small challenger arm shows them as its p95.
-                await asyncio.to_thread(loaded.warm_up, self._spec)
+                await asyncio.to_thread(loaded.warm_up, self.spec)
         except Exception as error:
             log.error(
                 "model load failed; the previous table keeps serving",
-                extra={"role": role, "version": version, "error": repr(error)},
+                extra={
+                    "model": self._model_name,
+                    "role": role,
+                    "version": version,
+                    "error": repr(error),
+                },
             )
-            self._metrics.model_load_errors.labels(role=role).inc()
+            self._metrics.model_load_errors.labels(self._model_name, role).inc()
+            self.last_error = f"{role} version {version}: {type(error).__name__}: {error}"
             return None
-        log.info("model loaded", extra={"role": role, "version": version})
+        log.info(
+            "model loaded", extra={"model": self._model_name, "role": role, "version": version}
+        )
         return loaded
 
 

@@ -33,6 +33,12 @@ class Settings(BaseServiceSettings):
     """How long one drain step may wait for Kafka and Redis before giving up on it."""
     feedback_ttl_s: int = Field(7 * 24 * 3600, ge=1)
     """How long a prediction can receive feedback, in seconds."""
+    max_loaded_models: int = Field(64, ge=1)
+    """Most models held in memory; beyond it the least recently used is unloaded (the default
+    model never is) and loaded again by its next request."""
+    on_demand_load_timeout_s: float = Field(10.0, gt=0)
+    """How long a request for an unloaded model waits for it to load; after that it answers
+    503 with Retry-After while the load goes on."""
     startup_load_timeout_s: float = Field(60.0, gt=0)
     """How long start-up waits for the first models; loading goes on in the background after."""
     routing_resync_s: float = 15.0

@@ -34,6 +34,7 @@ class _Mirror:
     """One champion-answered request and the challenger that scores it in the shadow."""
 
     challenger: LoadedModel
+    spec: ModelSpec
     snapshot: ServingSnapshot
     response: PredictResponse
     rows: Sequence[dict[str, Any]]
@@ -47,7 +48,6 @@ class ShadowScorer:
         self,
         events: PredictionEventBuffer,
         metrics: GatewayMetrics,
-        spec: ModelSpec,
         *,
         share: float,
         max_in_flight: int,
@@ -55,7 +55,6 @@ class ShadowScorer:
     ) -> None:
         self._events = events
         self._metrics = metrics
-        self._spec = spec
         self._share = share
         self._max_in_flight = max_in_flight
         self._rng = rng or random.Random()
@@ -67,6 +66,7 @@ class ShadowScorer:
         response: PredictResponse,
         rows: Sequence[dict[str, Any]],
         entity_id: str | None,
+        spec: ModelSpec,
     ) -> None:
         """Start a shadow scoring of this champion answer, when drawn and there is room."""
         challenger = snapshot.challenger
@@ -75,9 +75,9 @@ class ShadowScorer:
         if self._rng.random() >= self._share:
             return
         if len(self._tasks) >= self._max_in_flight:
-            self._metrics.shadow.labels(outcome="skipped").inc(len(rows))
+            self._metrics.shadow.labels(challenger.name, "skipped").inc(len(rows))
             return
-        mirror = _Mirror(challenger, snapshot, response, rows, entity_id)
+        mirror = _Mirror(challenger, spec, snapshot, response, rows, entity_id)
         task = asyncio.create_task(self._score(mirror), name="shadow-prediction")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -92,21 +92,26 @@ class ShadowScorer:
         started = time.perf_counter()
         try:
             # In a thread: a mirror must never hold up the requests the client waits for.
-            probabilities = await asyncio.to_thread(challenger.predict_proba, rows, self._spec)
+            probabilities = await asyncio.to_thread(challenger.predict_proba, rows, mirror.spec)
             check_probabilities(probabilities, len(rows), len(challenger.classes))
         except Exception as error:
-            self._metrics.shadow.labels(outcome="failed").inc(len(rows))
+            self._metrics.shadow.labels(challenger.name, "failed").inc(len(rows))
             log.warning(
                 "shadow prediction failed",
-                extra={"version": challenger.version, "error": repr(error)},
+                extra={
+                    "model": challenger.name,
+                    "version": challenger.version,
+                    "error": repr(error),
+                },
             )
             return
         elapsed = time.perf_counter() - started
-        self._metrics.shadow_latency.observe(elapsed)
+        self._metrics.shadow_latency.labels(challenger.name).observe(elapsed)
         shadow_rows = rows_from_probabilities(challenger.classes, probabilities)
         for answered, shadow in zip(mirror.response.predictions, shadow_rows, strict=True):
             agree = answered.predicted_class == shadow.predicted_class
-            self._metrics.shadow.labels(outcome="agree" if agree else "disagree").inc()
+            outcome = "agree" if agree else "disagree"
+            self._metrics.shadow.labels(challenger.name, outcome).inc()
         events = _shadow_events(mirror, shadow_rows, elapsed)
         self._events.offer_unrecorded(events)
 

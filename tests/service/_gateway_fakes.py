@@ -15,80 +15,138 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from flywheel.demo_models import generate_transactions
 from services.gateway.app import GatewayPorts, create_app
+from services.gateway.fleet import ModelFleet
 from services.gateway.pool import LoadedModel, RoutingTable, ServingSnapshot
 from services.gateway.ports import Classifier
 from services.gateway.prediction_log import PredictionEventBuffer
 from services.gateway.settings import Settings
+from shared.catalog import InMemorySpecSource, RegisteredSpec
 from shared.datasets import generate_customers
 from shared.events import Event, ExperimentUpdated, PredictionLogged, Variant
 from shared.messaging import BatchEventPublisher
-from shared.spec import load_spec
+from shared.spec import ModelSpec, load_spec
 
 SPEC = load_spec()
+#: A second model with other features and classes (the demo's card-fraud).
+FRAUD = "card-fraud"
+FRAUD_SPEC = ModelSpec.model_validate(
+    {
+        "name": FRAUD,
+        "label": "outcome",
+        "classes": ["legit", "fraud"],
+        "features": [
+            {"name": "amount", "type": "numeric", "min": 0, "max": 1000000},
+            {"name": "hour", "type": "numeric", "min": 0, "max": 23},
+            {"name": "card_age_days", "type": "numeric", "min": 0},
+            {"name": "distance_km", "type": "numeric", "min": 0},
+            {"name": "transactions_24h", "type": "numeric", "min": 0},
+            {
+                "name": "merchant",
+                "type": "categorical",
+                "categories": ["grocery", "fuel", "travel", "electronics", "restaurant", "online"],
+            },
+            {
+                "name": "channel",
+                "type": "categorical",
+                "categories": ["chip", "contactless", "online"],
+            },
+        ],
+    }
+)
+
+
+def _pipeline(spec: ModelSpec) -> Pipeline:
+    """The trainer's pipeline shape for ``spec``, unfitted."""
+    features = ColumnTransformer(
+        [
+            ("numeric", StandardScaler(), list(spec.numeric_features)),
+            (
+                "categorical",
+                OneHotEncoder(handle_unknown="ignore"),
+                list(spec.categorical_features),
+            ),
+        ]
+    )
+    return Pipeline([("features", features), ("classifier", LogisticRegression(max_iter=500))])
 
 
 @functools.cache
 def trained_pipeline(seed: int = 1) -> Pipeline:
     """The trainer's pipeline shape, fitted on a small generated batch."""
     frame = generate_customers(800, seed=seed)
-    pipeline = Pipeline(
-        [
-            (
-                "features",
-                ColumnTransformer(
-                    [
-                        ("numeric", StandardScaler(), list(SPEC.numeric_features)),
-                        (
-                            "categorical",
-                            OneHotEncoder(handle_unknown="ignore"),
-                            list(SPEC.categorical_features),
-                        ),
-                    ]
-                ),
-            ),
-            ("classifier", LogisticRegression(max_iter=500)),
-        ]
-    )
-    return pipeline.fit(frame[list(SPEC.feature_names)], frame[SPEC.label])
+    return _pipeline(SPEC).fit(frame[list(SPEC.feature_names)], frame[SPEC.label])
+
+
+@functools.cache
+def fraud_pipeline(seed: int = 1) -> Pipeline:
+    """A card-fraud pipeline, fitted on a small generated batch."""
+    frame = generate_transactions(800, seed)
+    return _pipeline(FRAUD_SPEC).fit(frame[list(FRAUD_SPEC.feature_names)], frame[FRAUD_SPEC.label])
 
 
 class FakeModelRegistry:
-    """Versions that load (or fail to) and aliases, in dicts."""
+    """Versions that load (or fail to) and aliases, per model, in dicts.
+
+    ``alias_versions`` are the default model's (and any model without its own entry in
+    ``model_aliases``); card-fraud's versions are fraud pipelines, every other model's
+    customer-segment ones.
+    """
 
     def __init__(self, aliases: dict[Variant, str | None] | None = None) -> None:
         self.alias_versions: dict[Variant, str | None] = aliases or {
             "champion": None,
             "challenger": None,
         }
+        self.model_aliases: dict[str, dict[Variant, str | None]] = {}
         self.broken: set[str] = set()
+        self.broken_models: set[str] = set()
         self.unscorable: set[str] = set()
         self.loads: list[str] = []
+        self.loaded: list[tuple[str, str]] = []
         self.down = False
 
     def load(self, name: str, version: str) -> Classifier:
         self.loads.append(version)
-        if version in self.broken:
-            raise OSError(f"artifact of version {version} unreadable")
+        self.loaded.append((name, version))
+        if version in self.broken or name in self.broken_models:
+            raise OSError(f"artifact of {name} version {version} unreadable")
         if version in self.unscorable:
             return BrokenModel(raises=True)
-        model: Classifier = trained_pipeline(seed=int(version))
+        model: Classifier = (
+            fraud_pipeline(int(version)) if name == FRAUD else trained_pipeline(int(version))
+        )
         return model
 
     def aliases(self, name: str) -> dict[Variant, str | None]:
         if self.down:
             raise OSError("MLflow unreachable")
-        return dict(self.alias_versions)
+        return dict(self.model_aliases.get(name, self.alias_versions))
 
 
 class FakeRoutingState:
-    """A routing table held in memory."""
+    """Routing tables held in memory, one per model."""
 
     def __init__(self, table: ExperimentUpdated | None = None) -> None:
+        self.tables: dict[str, ExperimentUpdated] = {}
         self.table = table
 
-    async def latest(self) -> ExperimentUpdated | None:
-        return self.table
+    @property
+    def table(self) -> ExperimentUpdated | None:
+        """The latest table set (any model)."""
+        return self._last
+
+    @table.setter
+    def table(self, table: ExperimentUpdated | None) -> None:
+        self._last = table
+        if table is None:
+            self.tables.clear()
+        else:
+            self.tables[table.model_name] = table
+
+    async def latest(self, model_name: str) -> ExperimentUpdated | None:
+        return self.tables.get(model_name)
 
 
 class InMemoryPredictionRecords:
@@ -171,16 +229,25 @@ class Gateway:
     publisher: Any
     store: InMemoryFeatureStore
     registry: FakeModelRegistry
+    specs: InMemorySpecSource
+    routing: FakeRoutingState
+
+    @property
+    def fleet(self) -> ModelFleet:
+        """The gateway's models."""
+        fleet: ModelFleet = self.app.state.gateway.fleet
+        return fleet
 
     def serve(self, share: float = 0.0) -> None:
         """Swap in a champion (v1) and, when ``share`` > 0, a challenger (v2)."""
         challenger = LoadedModel(MODEL, "2", trained_pipeline(2)) if share else None
-        self.app.state.gateway.pool.swap(
+        swap(
+            self.app,
             ServingSnapshot(
                 champion=LoadedModel(MODEL, "1", trained_pipeline(1)),
                 challenger=challenger,
                 routing=RoutingTable("exp-1", share),
-            )
+            ),
         )
 
     async def drain(self) -> None:
@@ -201,32 +268,61 @@ class InMemoryFeatureStore:
     def __init__(self) -> None:
         self.rows: dict[str, dict[str, str]] = {}
         self.segments: dict[str, tuple[str, str]] = {}
+        self.model_segments: dict[tuple[str, str], tuple[str, str]] = {}
 
     async def features(self, entity_id: str) -> dict[str, str] | None:
         return self.rows.get(entity_id)
 
-    async def write_segment(self, entity_id: str, segment: str, version: str) -> None:
-        self.segments[entity_id] = (segment, version)
+    async def write_segment(
+        self, entity_id: str, segment: str, version: str, model_name: str | None = None
+    ) -> None:
+        if model_name is None:
+            self.segments[entity_id] = (segment, version)
+        else:
+            self.model_segments[(model_name, entity_id)] = (segment, version)
 
 
-async def open_gateway(publisher: BatchEventPublisher, **settings: Any) -> AsyncIterator[Gateway]:
+def swap(app: FastAPI, snapshot: ServingSnapshot) -> None:
+    """Serve ``snapshot`` as the default model's, as a load would."""
+    app.state.gateway.fleet.default.pool.swap(snapshot)
+
+
+def registered(*specs: ModelSpec) -> InMemorySpecSource:
+    """A spec source with each of ``specs`` registered (revision 1) under its name."""
+    return InMemorySpecSource({spec.name: RegisteredSpec(1, spec) for spec in specs})
+
+
+async def open_gateway(
+    publisher: BatchEventPublisher, specs: InMemorySpecSource | None = None, **settings: Any
+) -> AsyncIterator[Gateway]:
     """A gateway app over in-memory ports, with a client talking to it in-process."""
     records, store, registry = (
         InMemoryPredictionRecords(),
         InMemoryFeatureStore(),
         FakeModelRegistry(),
     )
-    ports = GatewayPorts(registry, FakeRoutingState(), records, publisher, store)
+    specs = specs if specs is not None else InMemorySpecSource()
+    routing = FakeRoutingState()
+    ports = GatewayPorts(registry, routing, records, publisher, store, specs)
     # No lifespan runs under ASGITransport: nothing connects, the buffer is drained by hand.
     app = create_app(Settings(max_batch=5, **settings), ports=ports)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
-        yield Gateway(app, client, records, publisher, store, registry)
+        yield Gateway(app, client, records, publisher, store, registry, specs, routing)
 
 
 def rows(n: int) -> list[dict[str, Any]]:
     """``n`` generated customers as request rows (numbers as floats)."""
     frame = generate_customers(n, seed=99)[list(SPEC.feature_names)]
+    return [
+        {str(k): (v if isinstance(v, str) else float(v)) for k, v in r.items()}
+        for r in frame.to_dict("records")
+    ]
+
+
+def fraud_rows(n: int) -> list[dict[str, Any]]:
+    """``n`` generated card transactions as request rows."""
+    frame = generate_transactions(n, 99)[list(FRAUD_SPEC.feature_names)]
     return [
         {str(k): (v if isinstance(v, str) else float(v)) for k, v in r.items()}
         for r in frame.to_dict("records")

@@ -73,7 +73,11 @@ async def test_batch_rows_get_their_own_ids_and_events_are_logged_after(gateway:
     assert set(gateway.records.records) == set(ids)
     assert (
         gateway.metric(
-            "prediction_requests_total", variant="champion", model_version="1", status="200"
+            "prediction_requests_total",
+            model_name=MODEL,
+            variant="champion",
+            model_version="1",
+            status="200",
         )
         == 1
     )
@@ -98,7 +102,8 @@ async def test_wrong_type_is_422_naming_the_field(gateway: Gateway) -> None:
     errors = response.json()["detail"]["errors"]
     assert any(e.startswith("instances[0].monthly_spend: expected a number") for e in errors)
     assert "instances[0].age: missing" in errors
-    assert gateway.metric("ml_prediction_errors_total", error_type="FeatureValidationError") == 1
+    labels = {"model_name": MODEL, "error_type": "FeatureValidationError"}
+    assert gateway.metric("ml_prediction_errors_total", **labels) == 1
 
 
 async def test_batch_beyond_the_limit_is_413(gateway: Gateway) -> None:
@@ -172,10 +177,10 @@ async def test_a_fresh_system_with_no_champion_named_is_ready_and_an_mlflow_outa
 ) -> None:
     _dependencies_answer(gateway, monkeypatch)
     gateway.registry.down = True
-    await gateway.app.state.refresher.load_initial()
+    await gateway.fleet.default.refresher.load_initial()
     outage = await gateway.client.get("/readyz")
     gateway.registry.down = False  # MLflow answers: no model was ever approved
-    await gateway.app.state.refresher.load_initial()
+    await gateway.fleet.default.refresher.load_initial()
     fresh = await gateway.client.get("/readyz")
     assert (outage.status_code, fresh.status_code) == (503, 200)
     assert fresh.json()["model_loaded"] is False
@@ -290,7 +295,7 @@ async def test_feedback_overtaking_its_queued_prediction_record_still_counts(
 
 async def test_no_request_fails_while_models_are_swapped_under_load(gateway: Gateway) -> None:
     gateway.serve()
-    pool = gateway.app.state.gateway.pool
+    pool = gateway.fleet.default.pool
     metrics = GatewayMetrics.create(CollectorRegistry())
     refresher = ServingRefresher(pool, FakeModelRegistry(), FakeRoutingState(), MODEL, metrics)
 
@@ -341,7 +346,7 @@ async def test_an_entity_alone_is_scored_from_the_feature_store_and_its_segment_
         direct.json()["predictions"][0]["probabilities"]
     )
     assert gateway.store.segments["customer-7"] == (body["predictions"][0]["predicted_class"], "1")
-    assert gateway.metric("crm_segment_updates_total", outcome="written") == 1
+    assert gateway.metric("crm_segment_updates_total", model_name=MODEL, outcome="written") == 1
 
 
 async def test_an_unknown_entity_without_features_is_a_404_that_says_what_to_do(
@@ -364,7 +369,7 @@ async def test_a_failing_challenger_answers_500_and_is_charged_with_the_error(
     champion = LoadedModel(MODEL, "1", trained_pipeline(1))
     broken = LoadedModel(MODEL, "2", BrokenModel(raises=raises))
     routing = RoutingTable("exp-1", 1.0)
-    gateway.app.state.gateway.pool.swap(ServingSnapshot(champion, broken, routing))
+    gateway.app.state.gateway.fleet.default.pool.swap(ServingSnapshot(champion, broken, routing))
     response = await gateway.client.post("/v1/predict", json={"instances": rows(3)})
     assert response.status_code == 500
     assert f"model {MODEL} version 2" in response.json()["detail"]["message"]
@@ -374,9 +379,11 @@ async def test_a_failing_challenger_answers_500_and_is_charged_with_the_error(
     assert (failed.experiment_id, failed.challenger_share) == ("exp-1", 1.0)
     assert failed.error_type == error_type
     assert not [e for e in gateway.publisher.events if isinstance(e, PredictionLogged)]
-    labels = {"variant": "challenger", "model_version": "2", "status": "500"}
+    labels = {"model_name": MODEL, "variant": "challenger", "model_version": "2", "status": "500"}
     assert gateway.metric("prediction_requests_total", **labels) == 1
-    assert gateway.metric("ml_prediction_errors_total", error_type=error_type) == 1
+    assert (
+        gateway.metric("ml_prediction_errors_total", model_name=MODEL, error_type=error_type) == 1
+    )
 
 
 async def test_a_body_over_the_cap_is_413_before_it_is_parsed() -> None:
@@ -408,7 +415,9 @@ async def test_shadow_traffic_scores_the_challenger_unseen_and_logs_it_apart() -
         champion = LoadedModel(MODEL, "1", trained_pipeline(1))
         challenger = LoadedModel(MODEL, "2", trained_pipeline(2))
         routing = RoutingTable("exp-1", 0.0)
-        gateway.app.state.gateway.pool.swap(ServingSnapshot(champion, challenger, routing))
+        gateway.app.state.gateway.fleet.default.pool.swap(
+            ServingSnapshot(champion, challenger, routing)
+        )
         response = await gateway.client.post("/v1/predict", json={"instances": rows(4)})
         assert response.status_code == 200
         assert (response.json()["variant"], response.json()["model_version"]) == ("champion", "1")
@@ -423,8 +432,8 @@ async def test_shadow_traffic_scores_the_challenger_unseen_and_logs_it_apart() -
         assert all(e.correlation_id == response.json()["request_id"] for e in shadows)
         # Only the answer the client saw can receive feedback.
         assert set(gateway.records.records) == {e.request_id for e in served}
-        agree = gateway.metric("shadow_predictions_total", outcome="agree")
-        disagree = gateway.metric("shadow_predictions_total", outcome="disagree")
+        agree = gateway.metric("shadow_predictions_total", model_name=MODEL, outcome="agree")
+        disagree = gateway.metric("shadow_predictions_total", model_name=MODEL, outcome="disagree")
         assert agree + disagree == 4
         expected = trained_pipeline(2).predict(pd.DataFrame(rows(4))[list(SPEC.feature_names)])
         assert [e.predicted_class for e in shadows] == list(expected)
@@ -433,7 +442,7 @@ async def test_shadow_traffic_scores_the_challenger_unseen_and_logs_it_apart() -
 async def test_without_shadow_share_the_challenger_is_not_mirrored(gateway: Gateway) -> None:
     champion = LoadedModel(MODEL, "1", trained_pipeline(1))
     challenger = LoadedModel(MODEL, "2", trained_pipeline(2))
-    gateway.app.state.gateway.pool.swap(
+    gateway.app.state.gateway.fleet.default.pool.swap(
         ServingSnapshot(champion, challenger, RoutingTable("exp-1", 0.0))
     )
     assert (await gateway.client.post("/v1/predict", json={"instances": rows(2)})).is_success

@@ -11,11 +11,13 @@ from aiokafka.errors import MessageSizeTooLargeError
 from faststream.kafka import KafkaBroker, TestKafkaBroker
 from prometheus_client import CollectorRegistry
 
-from services.gateway.handlers import register
+from services.gateway.fleet import ModelFleet
+from services.gateway.handlers import ServingHandlers, register
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.pool import ModelPool
 from services.gateway.prediction_log import PredictionEventBuffer
 from services.gateway.serving import ServingRefresher
+from shared.catalog import InMemorySpecSource, ModelCatalog
 from shared.events import (
     Event,
     ExperimentUpdated,
@@ -32,21 +34,39 @@ MODEL = "customer-segment"
 class Serving:
     registry: FakeModelRegistry = field(default_factory=FakeModelRegistry)
     routing_state: FakeRoutingState = field(default_factory=FakeRoutingState)
-    pool: ModelPool = field(default_factory=ModelPool)
-    metrics: GatewayMetrics = field(
-        default_factory=lambda: GatewayMetrics.create(CollectorRegistry())
-    )
+    specs: InMemorySpecSource = field(default_factory=InMemorySpecSource)
+    max_loaded: int = 64
+    collectors: CollectorRegistry = field(default_factory=CollectorRegistry)
 
-    refresher: ServingRefresher = field(init=False)
+    fleet: ModelFleet = field(init=False)
 
     def __post_init__(self) -> None:
-        self.refresher = ServingRefresher(
-            self.pool, self.registry, self.routing_state, MODEL, self.metrics, SPEC
+        self.metrics = GatewayMetrics.create(self.collectors)
+        catalog = ModelCatalog(self.specs, MODEL, SPEC)
+        self.fleet = ModelFleet(
+            catalog,
+            self.registry,
+            self.routing_state,
+            self.metrics,
+            (MODEL, SPEC),
+            max_loaded=self.max_loaded,
+            load_timeout_s=5.0,
         )
+
+    @property
+    def pool(self) -> ModelPool:
+        return self.fleet.default.pool
+
+    @property
+    def refresher(self) -> ServingRefresher:
+        return self.fleet.default.refresher
+
+    def metric(self, name: str, **labels: str) -> float:
+        return float(self.collectors.get_sample_value(name, labels) or 0.0)
 
     async def deliver(self, *events: Event) -> None:
         broker = KafkaBroker()
-        register(consumer_context("gateway", broker), self.refresher)
+        register(consumer_context("gateway", broker), ServingHandlers(self.fleet))
         async with TestKafkaBroker(broker) as test_broker:
             for event in events:
                 await test_broker.publish(event.model_dump_json().encode(), event.topic.value)
@@ -89,7 +109,7 @@ async def test_a_failed_load_keeps_the_previous_model_serving() -> None:
     serving.registry.broken.add("3")
     await serving.deliver(table(challenger="2"), table(challenger="3", share=0.2))
     assert serving.versions() == ("1", "2")
-    assert serving.metrics.model_load_errors.labels(role="challenger")._value.get() == 1
+    assert serving.metric("model_load_errors_total", model_name=MODEL, role="challenger") == 1
 
 
 def forged(champion: str, challenger: str, share: float = 0.5) -> ExperimentUpdated:
@@ -115,7 +135,7 @@ async def test_a_challenger_that_does_not_load_keeps_the_whole_previous_table() 
     serving.registry.broken.add("3")
     await serving.deliver(forged("1", "3"))
     assert serving.pool.snapshot == before
-    assert serving.metrics.model_load_errors.labels(role="challenger")._value.get() == 1
+    assert serving.metric("model_load_errors_total", model_name=MODEL, role="challenger") == 1
 
 
 async def test_a_promotion_is_not_held_up_by_a_challenger_that_does_not_load() -> None:
@@ -159,7 +179,7 @@ async def test_a_model_that_cannot_score_an_example_row_is_never_swapped_in() ->
     serving.registry.unscorable.add("2")
     await serving.deliver(table())
     assert serving.versions() == ("1", None)
-    assert serving.metrics.model_load_errors.labels(role="challenger")._value.get() == 1
+    assert serving.metric("model_load_errors_total", model_name=MODEL, role="challenger") == 1
 
 
 async def test_promotion_reuses_the_loaded_challenger_and_stops_the_split() -> None:
@@ -203,7 +223,7 @@ async def test_a_table_the_aliases_contradict_is_not_served() -> None:
     assert serving.versions() == ("7", "2")
     assert serving.pool.snapshot.routing.challenger_share == 0.0
     assert serving.pool.snapshot.routing.experiment_id is None
-    assert serving.metrics.routing_rejected._value.get() == 1
+    assert serving.metric("routing_table_rejected_total", model_name=MODEL) == 1
 
 
 async def test_a_resync_without_a_table_ends_the_split_it_was_serving() -> None:
@@ -275,7 +295,8 @@ def logged(n: int) -> list[PredictionLogged]:
 
 async def test_full_buffer_drops_the_oldest_and_counts_them() -> None:
     publisher = RecordingPublisher()
-    metrics = GatewayMetrics.create(CollectorRegistry())
+    collectors = CollectorRegistry()
+    metrics = GatewayMetrics.create(collectors)
     buffer = PredictionEventBuffer(
         publisher, InMemoryPredictionRecords(), metrics, capacity=3, batch_size=10, timeout_s=1
     )
@@ -288,7 +309,12 @@ async def test_full_buffer_drops_the_oldest_and_counts_them() -> None:
         "r-3",
         "r-4",
     ]
-    assert metrics.events_dropped.labels(reason="publish_buffer_full")._value.get() == 2
+    assert (
+        collectors.get_sample_value(
+            "prediction_events_dropped_total", {"reason": "publish_buffer_full"}
+        )
+        == 2
+    )
 
 
 async def test_buffer_drains_in_bounded_batches() -> None:
@@ -323,7 +349,8 @@ class OversizePublisher(RecordingPublisher):
 
 async def test_an_event_over_the_size_limit_is_dropped_not_retried_forever() -> None:
     publisher = OversizePublisher("r-1")
-    metrics = GatewayMetrics.create(CollectorRegistry())
+    collectors = CollectorRegistry()
+    metrics = GatewayMetrics.create(collectors)
     buffer = PredictionEventBuffer(
         publisher, InMemoryPredictionRecords(), metrics, capacity=10, batch_size=10, timeout_s=1
     )
@@ -335,5 +362,9 @@ async def test_an_event_over_the_size_limit_is_dropped_not_retried_forever() -> 
         "r-2",
     ]
     assert len(buffer) == 0
-    assert metrics.events_dropped.labels(reason="too_large")._value.get() == 1
-    assert metrics.events_retried.labels(stage="publish")._value.get() == 0
+    dropped = collectors.get_sample_value(
+        "prediction_events_dropped_total", {"reason": "too_large"}
+    )
+    assert dropped == 1
+    retried = collectors.get_sample_value("prediction_events_retried_total", {"stage": "publish"})
+    assert not retried

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from _gateway_fakes import Gateway, open_gateway, rows
+from _gateway_fakes import MODEL, Gateway, open_gateway, rows
 
 from shared.events import PredictionFailed, PredictionLogged
 from shared.testing import RecordingPublisher
@@ -38,8 +38,8 @@ async def _assert_charged_to_nobody(gateway: Gateway) -> None:
     for variant in ("champion", "challenger"):
         for version in ("1", "2"):
             labels = {"variant": variant, "model_version": version, "status": "500"}
-            assert gateway.metric("prediction_requests_total", **labels) == 0
-    labels = {"variant": "none", "model_version": "none", "status": "422"}
+            assert gateway.metric("prediction_requests_total", model_name=MODEL, **labels) == 0
+    labels = {"model_name": MODEL, "variant": "none", "model_version": "none", "status": "422"}
     assert gateway.metric("prediction_requests_total", **labels) == 1
 
 

@@ -27,7 +27,7 @@ def _gateway(settings: Settings, publisher: RecordingPublisher) -> FastAPI:
         FakeModelRegistry(), FakeRoutingState(), InMemoryPredictionRecords(), publisher
     )
     app = create_app(settings, ports=ports)
-    app.state.gateway.pool.swap(
+    app.state.gateway.fleet.default.pool.swap(
         ServingSnapshot(
             champion=LoadedModel("customer-segment", "1", trained_pipeline(1)),
             challenger=None,

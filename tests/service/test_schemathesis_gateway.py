@@ -1,24 +1,29 @@
 """Property-based API test of the gateway: no request a client can send gets a 5xx.
 
 The app is built as its composition root builds it, over in-memory ports, serving a
-champion and a challenger, and driven in-process. Schemathesis generates requests from
-the OpenAPI document (its examples, boundary values such as very large numbers, then
-random valid and invalid bodies) and runs its default checks on every answer. The
-example count is bounded so CI stays quick.
+champion and a challenger of the default model and a champion of a second model with
+other features (card-fraud, its own documented paths), and driven in-process.
+Schemathesis generates requests from the OpenAPI document (its examples, boundary
+values such as very large numbers, then random valid and invalid bodies) and runs its
+default checks on every answer. The example count is bounded so CI stays quick.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 import schemathesis
 from _gateway_fakes import (
+    FRAUD,
+    FRAUD_SPEC,
     MODEL,
     FakeModelRegistry,
     FakeRoutingState,
     InMemoryFeatureStore,
     InMemoryPredictionRecords,
+    registered,
     trained_pipeline,
 )
 from fastapi import FastAPI
@@ -44,17 +49,21 @@ async def _answers(*_: Any, **__: Any) -> bool:
 
 
 def serving_gateway() -> FastAPI:
-    """The gateway over in-memory ports, a champion and a challenger at 50 %, Kafka and
-    Redis answering readiness probes."""
+    """The gateway over in-memory ports, a champion and a challenger at 50 %, card-fraud's
+    champion, Kafka and Redis answering readiness probes."""
+    registry = FakeModelRegistry()
+    registry.model_aliases[FRAUD] = {"champion": "1", "challenger": None}
     ports = GatewayPorts(
-        FakeModelRegistry(),
+        registry,
         FakeRoutingState(),
         InMemoryPredictionRecords(),
         RecordingPublisher(),
         InMemoryFeatureStore(),
+        registered(FRAUD_SPEC),
     )
     app = create_app(Settings(max_batch=8), ports=ports)
-    app.state.gateway.pool.swap(
+    asyncio.run(app.state.gateway.fleet.serving(FRAUD))  # loads its champion
+    app.state.gateway.fleet.default.pool.swap(
         ServingSnapshot(
             champion=LoadedModel(MODEL, "1", trained_pipeline(1)),
             challenger=LoadedModel(MODEL, "2", trained_pipeline(2)),

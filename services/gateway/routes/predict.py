@@ -1,28 +1,21 @@
-"""``POST /v1/predict`` and ``GET /v1/models``."""
+"""``POST /v1/models/{name}/predict``, and ``POST /v1/predict`` for the default model."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Path, Response
 
-from services.gateway.deps import PoolDep, PredictionsDep
-from services.gateway.schemas import (
-    ErrorOut,
-    LoadedModelOut,
-    ModelsResponse,
-    PredictRequest,
-    PredictResponse,
-)
+from services.gateway.deps import FleetDep, PredictionsDep
+from services.gateway.schemas import ErrorOut, PredictRequest, PredictResponse
 
 router = APIRouter(prefix="/v1", tags=["predict"])
 
+#: A model's name in a path.
+ModelName = Annotated[str, Path(description="A registered model (see GET /v1/models).")]
+
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorOut, "description": "The body is not JSON"},
-    404: {
-        "model": ErrorOut,
-        "description": "Only an entity_id was sent, and it has no stored features",
-    },
     413: {
         "model": ErrorOut,
         "description": "More instances than GATEWAY_MAX_BATCH, or a body over "
@@ -38,31 +31,53 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         "description": "The routed model raised or answered non-finite probabilities for a "
         "valid row (counted against its variant: prediction-failed)",
     },
-    503: {"model": ErrorOut, "description": "No model loaded for the champion alias"},
+    503: {
+        "model": ErrorOut,
+        "description": "No model loaded for the champion alias (or it is loading): retry "
+        "after Retry-After",
+    },
 }
+_NO_ENTITY = "Only an entity_id was sent, and it has no stored features"
 
 
 @router.post(
     "/predict",
     response_model=None,
-    responses={200: {"model": PredictResponse, "description": "The answers"}, **_ERRORS},
-    summary="Predict the segment of each instance",
+    responses={
+        200: {"model": PredictResponse, "description": "The answers"},
+        404: {"model": ErrorOut, "description": _NO_ENTITY},
+        **_ERRORS,
+    },
+    summary="Predict with the default model (FLYWHEEL_MODEL_NAME)",
 )
-async def predict(body: PredictRequest, predictions: PredictionsDep) -> Response:
+async def predict(body: PredictRequest, predictions: PredictionsDep, fleet: FleetDep) -> Response:
     """Answer every instance from one variant (sticky per ``entity_id``)."""
-    answer = await predictions.predict(body.rows, body.entity_id)
+    return await _answer(fleet.default.name, body, predictions)
+
+
+@router.post(
+    "/models/{name}/predict",
+    include_in_schema=False,  # documented per model: services.gateway.openapi
+    response_model=None,
+    responses={
+        200: {"model": PredictResponse, "description": "The answers"},
+        404: {
+            "model": ErrorOut,
+            "description": f"Unknown model (the known ones named); {_NO_ENTITY}",
+        },
+        **_ERRORS,
+    },
+    summary="Predict with one model: rows follow its spec",
+)
+async def predict_with(
+    name: ModelName, body: PredictRequest, predictions: PredictionsDep
+) -> Response:
+    """Answer every instance from one variant of ``name`` (sticky per ``entity_id``)."""
+    return await _answer(name, body, predictions)
+
+
+async def _answer(name: str, body: PredictRequest, predictions: PredictionsDep) -> Response:
+    answer = await predictions.predict(name, body.rows, body.entity_id)
     # Serialised by pydantic directly: FastAPI's response-model pass validated the
     # answer a second time and cost more than scoring a row.
     return Response(answer.model_dump_json(), media_type="application/json")
-
-
-@router.get("/models", summary="The models serving now and the challenger's share")
-async def models(pool: PoolDep) -> ModelsResponse:
-    """Name and version per loaded variant."""
-    snapshot = pool.snapshot
-    return ModelsResponse(
-        model_loaded=snapshot.champion is not None,
-        models={v: LoadedModelOut(**m) for v, m in snapshot.describe().items()},
-        experiment_id=snapshot.routing.experiment_id,
-        challenger_share=snapshot.routing.challenger_share,
-    )
