@@ -28,10 +28,12 @@ from flywheel.infra.admin_token import admin_token_path
 from flywheel.infra.aio import run_sync
 from flywheel.infra.kafka import operator_connection
 from flywheel.loop import announce
+from shared.catalog import ModelCatalog
 from shared.datasets import generate_customers, load_batch, reference_to, write_batch
 from shared.errors import FlywheelError
+from shared.mlflow_specs import MlflowSpecSource
 from shared.settings import BaseServiceSettings
-from shared.spec import load_spec
+from shared.spec import ModelSpec, load_spec
 
 HELP = "Flywheel: bring the local stack (Kafka, Redis, MLflow, five services) up and down."
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=HELP)
@@ -166,20 +168,40 @@ def data_generate(
 @data_app.command("push")
 def data_push(
     file: Path = typer.Argument(..., exists=True, dir_okay=False, help="CSV or Parquet file."),
+    model: str | None = typer.Option(
+        None, "--model", help="The registered model it is for (default: FLYWHEEL_MODEL_NAME)."
+    ),
 ) -> None:
-    """Check FILE against the model spec and announce it with data-arrived."""
-    spec = load_spec(BaseServiceSettings().model_spec_path)
+    """Check FILE against its model's registered spec and announce it with data-arrived."""
+    settings = BaseServiceSettings()
+    name = model or settings.model_name
     ref = reference_to(file)
     try:
-        load_batch(ref, spec)
+        load_batch(ref, _registered_spec(name, settings))
     except FlywheelError as error:
-        typer.secho(f"{file} does not fit the model spec: {error}", fg="red", err=True)
+        typer.secho(f"{file} does not fit the spec of {name}: {error}", fg="red", err=True)
         raise typer.Exit(1) from error
-    kafka = operator_connection(BaseServiceSettings(), InfraConfig.from_env())
-    event = run_sync(announce(kafka, ref))
+    kafka = operator_connection(settings, InfraConfig.from_env())
+    event = run_sync(announce(kafka, ref, model_name=name))
     typer.echo(
-        f"data-arrived {event.event_id} for {ref.rows} rows (correlation {event.correlation_id})"
+        f"data-arrived {event.event_id} for {ref.rows} rows of {name} "
+        f"(correlation {event.correlation_id})"
     )
+
+
+def _registered_spec(name: str, settings: BaseServiceSettings) -> ModelSpec:
+    """``name``'s spec as the services read it: registered in MLflow, or the configured
+    default model's (deprecated). Unknown models exit 1 naming the known ones."""
+    catalog = ModelCatalog(
+        MlflowSpecSource(settings.mlflow_tracking_uri),
+        settings.model_name,
+        load_spec(settings.model_spec_path),
+    )
+    try:
+        return run_sync(catalog.spec(name))
+    except FlywheelError as error:
+        typer.secho(f"no spec for {name}: {error}", fg="red", err=True)
+        raise typer.Exit(1) from error
 
 
 gpu.register(app)

@@ -64,16 +64,6 @@ def spec_tags(revision: int, spec: ModelSpec, requested_by: str | None = None) -
     return tags
 
 
-def spec_revision_of(tags: dict[str, str]) -> int | None:
-    """The current spec revision ``tags`` name, without reading the spec.
-
-    >>> spec_revision_of({SPEC_REVISION_TAG: "4"}), spec_revision_of({})
-    (4, None)
-    """
-    raw = tags.get(SPEC_REVISION_TAG, "")
-    return int(raw) if raw.isdigit() else None
-
-
 def spec_from_tags(tags: dict[str, str]) -> RegisteredSpec | None:
     """The current spec stored in ``tags``; None when they hold none (or a broken one).
 

@@ -20,7 +20,6 @@ from mlflow.protos.databricks_pb2 import (
 from services.registry.ports import ModelSummary, VersionInfo
 from shared.errors import InvalidInputError, NotFoundError
 from shared.mlflow_client import bound_mlflow_requests, mlflow_client, mlflow_outages
-from shared.mlflow_specs import spec_revision_of
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +129,7 @@ class MlflowModelRegistry:
         return sorted(str(m.name) for m in self._client.search_registered_models())
 
     def model_summaries(self) -> list[ModelSummary]:
-        """Every registered model with its aliases and spec revision, a page at a time."""
+        """Every registered model with its aliases, a page at a time."""
         found: list[ModelSummary] = []
         token: str | None = None
         while True:
@@ -212,7 +211,7 @@ def _missing(error: MlflowException) -> bool:
 
 def _summary(model: Any) -> ModelSummary:
     aliases = {str(alias): str(version) for alias, version in (model.aliases or {}).items()}
-    return ModelSummary(str(model.name), aliases, spec_revision_of(dict(model.tags or {})))
+    return ModelSummary(str(model.name), aliases)
 
 
 def _info(version: Any, aliases: list[str]) -> VersionInfo:

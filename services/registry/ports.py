@@ -25,11 +25,10 @@ class VersionInfo:
 
 @dataclass(frozen=True)
 class ModelSummary:
-    """One registered model: its aliases and the revision of its spec (None: it has none)."""
+    """One registered model and its aliases."""
 
     name: str
     aliases: dict[str, str] = field(default_factory=dict)
-    spec_revision: int | None = None
 
 
 class ModelRegistry(Protocol):
@@ -60,7 +59,7 @@ class ModelRegistry(Protocol):
         """Names of every registered model, sorted."""
 
     def model_summaries(self) -> list[ModelSummary]:
-        """Every registered model with its aliases and spec revision, sorted by name."""
+        """Every registered model with its aliases, sorted by name."""
 
     def run_tags(self, run_id: str) -> dict[str, str]:
         """The tags of the training run (NotFoundError when it does not exist)."""

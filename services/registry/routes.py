@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from services.registry.admin import RegistryAdmin
 from services.registry.auth import admin_guard
 from services.registry.core import IncompatibleSpecError, SpecChange, trigger_chain
-from services.registry.ports import ModelRegistry, ModelSummary, VersionInfo
+from services.registry.ports import ModelRegistry, VersionInfo
 from services.registry.specs import ModelSpecs
 from shared.aliases import CHALLENGER, CHAMPION
 from shared.catalog import ModelCatalog
@@ -171,11 +171,12 @@ def models_router(models: ModelRegistry, catalog: ModelCatalog) -> APIRouter:
 
     @router.get("", summary="Registered models with spec revision and aliases")
     async def list_models() -> ModelsView:
-        summaries = await asyncio.to_thread(models.model_summaries)
-        default = catalog.default_name
-        if default and all(m.name != default for m in summaries):
-            summaries.append(ModelSummary(default, {}, spec_revision=0))
-        views = [_summary_view(m) for m in sorted(summaries, key=lambda m: m.name)]
+        aliases = {m.name: m.aliases for m in await asyncio.to_thread(models.model_summaries)}
+        with_spec = set(await catalog.names())  # reads every spec once; registered() is cached
+        views = []
+        for name in sorted(set(aliases) | with_spec):
+            revision = (await catalog.registered(name)).revision if name in with_spec else None
+            views.append(_summary_view(name, revision, aliases.get(name, {})))
         return ModelsView(models=views)
 
     @router.get(
@@ -193,13 +194,13 @@ def models_router(models: ModelRegistry, catalog: ModelCatalog) -> APIRouter:
     return router
 
 
-def _summary_view(model: ModelSummary) -> ModelSummaryView:
+def _summary_view(name: str, revision: int | None, aliases: dict[str, str]) -> ModelSummaryView:
     return ModelSummaryView(
-        name=model.name,
-        spec_revision=model.spec_revision,
-        champion=model.aliases.get(CHAMPION),
-        challenger=model.aliases.get(CHALLENGER),
-        aliases=model.aliases,
+        name=name,
+        spec_revision=revision,
+        champion=aliases.get(CHAMPION),
+        challenger=aliases.get(CHALLENGER),
+        aliases=aliases,
     )
 
 
