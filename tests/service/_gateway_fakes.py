@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -106,8 +107,12 @@ class FakeModelRegistry:
         self.loads: list[str] = []
         self.loaded: list[tuple[str, str]] = []
         self.down = False
+        self.slow: threading.Event | None = None
+        """When set, loads wait (in their worker thread) until it is set: a slow MLflow."""
 
     def load(self, name: str, version: str) -> Classifier:
+        if self.slow is not None:
+            self.slow.wait(timeout=10)
         self.loads.append(version)
         self.loaded.append((name, version))
         if version in self.broken or name in self.broken_models:

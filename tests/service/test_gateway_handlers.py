@@ -6,7 +6,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pytest
-from _gateway_fakes import SPEC, FakeModelRegistry, FakeRoutingState, InMemoryPredictionRecords
+from _gateway_fakes import (
+    FRAUD,
+    FRAUD_SPEC,
+    SPEC,
+    FakeModelRegistry,
+    FakeRoutingState,
+    InMemoryPredictionRecords,
+    registered,
+)
 from aiokafka.errors import MessageSizeTooLargeError
 from faststream.kafka import KafkaBroker, TestKafkaBroker
 from prometheus_client import CollectorRegistry
@@ -18,10 +26,12 @@ from services.gateway.pool import ModelPool
 from services.gateway.prediction_log import PredictionEventBuffer
 from services.gateway.serving import ServingRefresher
 from shared.catalog import InMemorySpecSource, ModelCatalog
+from shared.errors import DependencyUnavailableError
 from shared.events import (
     Event,
     ExperimentUpdated,
     ModelPromoted,
+    ModelRegistered,
     ModelRolledBack,
     PredictionLogged,
 )
@@ -274,6 +284,70 @@ async def test_start_up_with_nothing_registered_serves_nothing() -> None:
     serving = Serving()
     await serving.refresher.load_initial()
     assert serving.versions() == (None, None)
+
+
+class UnreadableRoutingState(FakeRoutingState):
+    """Routing tables in a Redis that can go away."""
+
+    down = False
+
+    async def latest(self, model_name: str) -> ExperimentUpdated | None:
+        if self.down:
+            raise DependencyUnavailableError("routing state unreadable: ConnectionError()")
+        return await super().latest(model_name)
+
+
+async def test_a_resync_while_redis_is_away_keeps_the_split_it_serves() -> None:
+    routing = UnreadableRoutingState(table(champion="1", challenger="2", share=0.3))
+    serving = Serving(FakeModelRegistry({"champion": "1", "challenger": "2"}), routing)
+    await serving.refresher.load_initial()
+    assert serving.pool.snapshot.routing.challenger_share == pytest.approx(0.3)
+    routing.down = True
+    await serving.refresher.load_initial()
+    assert serving.versions() == ("1", "2")
+    assert serving.pool.snapshot.routing.challenger_share == pytest.approx(0.3)
+
+
+async def test_a_cold_start_while_redis_is_away_serves_the_aliases_without_a_split() -> None:
+    routing = UnreadableRoutingState(table(champion="1", challenger="2", share=0.3))
+    routing.down = True
+    serving = Serving(FakeModelRegistry({"champion": "1", "challenger": "2"}), routing)
+    await serving.refresher.load_initial()
+    assert serving.versions() == ("1", "2")
+    assert serving.pool.snapshot.routing.challenger_share == 0.0
+
+
+async def test_each_model_follows_only_its_own_routing_table_and_aliases() -> None:
+    serving = Serving(specs=registered(FRAUD_SPEC))
+    await serving.fleet.load_all()  # both held; the registry names no champion yet
+    await serving.deliver(table().model_copy(update={"model_name": FRAUD}))
+    fraud = serving.fleet.held(FRAUD)
+    assert fraud is not None
+    assert fraud.pool.snapshot.describe() == {
+        "champion": {"name": FRAUD, "version": "1"},
+        "challenger": {"name": FRAUD, "version": "2"},
+    }
+    assert serving.versions() == (None, None)  # the default model's state is untouched
+    serving.registry.model_aliases[FRAUD] = {"champion": "2", "challenger": None}
+    promoted = ModelPromoted(producer="router", model_name=FRAUD, version="2", reason="won")
+    await serving.deliver(promoted)
+    assert fraud.pool.snapshot.describe() == {"champion": {"name": FRAUD, "version": "2"}}
+    assert {name for name, _ in serving.registry.loaded} == {FRAUD}
+
+
+async def test_a_registered_model_is_held_and_loaded_from_its_event() -> None:
+    serving = Serving()
+    serving.registry.model_aliases[FRAUD] = {"champion": "3", "challenger": None}
+    registered_event = ModelRegistered(
+        producer="registry", model_name=FRAUD, spec_revision=1, spec=FRAUD_SPEC
+    )
+    await serving.deliver(registered_event)
+    fraud = serving.fleet.held(FRAUD)
+    assert fraud is not None
+    assert fraud.loading is not None
+    await fraud.loading
+    assert fraud.pool.snapshot.describe() == {"champion": {"name": FRAUD, "version": "3"}}
+    assert fraud.spec == FRAUD_SPEC
 
 
 def logged(n: int) -> list[PredictionLogged]:
