@@ -13,8 +13,8 @@ from redis.asyncio import Redis
 
 from services.monitor.core import Reference
 from services.monitor.ports import SavedState
-from shared.events import ROUTING_STATE_KEY, ExperimentUpdated
-from shared.mlflow_client import mlflow_client
+from shared.events import model_key
+from shared.mlflow_client import mlflow_client, mlflow_outages, outage_cause
 from shared.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -23,32 +23,45 @@ REFERENCE_ARTIFACT = "reference/features.parquet"
 
 
 class MlflowReferenceStore:
-    """Reads the reference sample the trainer logged with a version's run."""
+    """Reads the reference sample the trainer logged with a version's run.
 
-    def __init__(self, tracking_uri: str, spec: ModelSpec) -> None:
+    MLflow not answering raises DependencyUnavailableError (the batch waits and is
+    retried); any other failure to read the sample is the model's own and propagates.
+    """
+
+    def __init__(self, tracking_uri: str) -> None:
         self._client = mlflow_client(tracking_uri)
         self._tracking_uri = tracking_uri
-        self._spec = spec
 
-    def reference(self, model_name: str, version: str | None = None) -> Reference | None:
+    def reference(
+        self, model_name: str, spec: ModelSpec, version: str | None = None
+    ) -> Reference | None:
         """The sample of ``version`` (the champion when None), or None when there is none."""
-        try:
-            found = (
-                self._client.get_model_version(model_name, version)
-                if version
-                else self._client.get_model_version_by_alias(model_name, "champion")
+        with mlflow_outages():
+            try:
+                found = (
+                    self._client.get_model_version(model_name, version)
+                    if version
+                    else self._client.get_model_version_by_alias(model_name, "champion")
+                )
+            except MlflowException as error:
+                if outage_cause(error) is not None:
+                    raise  # translated by mlflow_outages
+                return None  # no such version or no champion yet: nothing to test against
+            if found.run_id is None:
+                return None
+            path = download_artifacts(
+                run_id=found.run_id,
+                artifact_path=REFERENCE_ARTIFACT,
+                tracking_uri=self._tracking_uri,
             )
-        except MlflowException:
-            return None
-        if found.run_id is None:
-            return None
-        path = download_artifacts(
-            run_id=found.run_id, artifact_path=REFERENCE_ARTIFACT, tracking_uri=self._tracking_uri
-        )
+            accuracy = self._client.get_run(found.run_id).data.metrics.get("accuracy")
         frame = pd.read_parquet(path)
-        accuracy = self._client.get_run(found.run_id).data.metrics.get("accuracy")
-        reference = reference_from_frame(str(found.version), frame, self._spec, accuracy)
-        log.info("reference loaded", extra={"version": found.version, "rows": len(frame)})
+        reference = reference_from_frame(str(found.version), frame, spec, accuracy)
+        log.info(
+            "reference loaded",
+            extra={"model": model_name, "version": found.version, "rows": len(frame)},
+        )
         return reference
 
 
@@ -134,21 +147,5 @@ class NoMarkers:
 
 
 def _key(kind: str, model_name: str) -> str:
-    return f"flywheel:monitor:{kind}:{model_name}"
-
-
-class RedisRoutingState:
-    """Reads the routing table the router keeps under ``ROUTING_STATE_KEY``."""
-
-    def __init__(self, redis: Redis, key: str = ROUTING_STATE_KEY) -> None:
-        self._redis = redis
-        self._key = key
-
-    async def running_experiment(self, model_name: str) -> str | None:
-        """The running experiment's id when the table is one for ``model_name``."""
-        raw = await self._redis.get(self._key)
-        if raw is None:
-            return None
-        table = ExperimentUpdated.model_validate_json(raw)
-        running = table.status == "running" and table.model_name == model_name
-        return table.experiment_id if running else None
+    # Hash-tagged by model: one model's state, rows and pooled windows share a cluster slot.
+    return model_key("monitor", model_name, kind)

@@ -2,56 +2,48 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from fastapi import FastAPI
 
-from services.monitor.adapters import (
-    MlflowReferenceStore,
-    NoMarkers,
-    RedisRoutingState,
-    RedisStateStore,
-)
-from services.monitor.handlers import DriftMonitor
+from services.monitor.adapters import MlflowReferenceStore, RedisStateStore
+from services.monitor.handlers import MonitorHandlers, register
 from services.monitor.metrics import MonitorMetrics
+from services.monitor.service import ModelMonitors, MonitorPorts
 from services.monitor.settings import Settings
-from shared.batch_messaging import subscribe_batch
-from shared.events import FeedbackReceived, ModelPromoted, ModelRolledBack, PredictionLogged, Topic
-from shared.messaging import subscribe
+from shared.catalog import ModelCatalog
+from shared.mlflow_specs import MlflowSpecSource
+from shared.routing import RoutingStateReader
 from shared.runtime import build_runtime, mlflow_check, serve, service_app
 from shared.spec import load_spec
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the monitor: drift windows over prediction-logged, drift-detected out."""
+    """Build the monitor: drift windows per model over prediction-logged, drift-detected out."""
     settings = settings or Settings()
     runtime = build_runtime("monitor", settings)
-    spec = load_spec(settings.model_spec_path)
-    monitor = DriftMonitor(
-        settings=settings,
-        references=MlflowReferenceStore(settings.mlflow_tracking_uri, spec),
-        publisher=runtime.publisher,
-        metrics=MonitorMetrics.create(runtime.registry),
+    catalog = ModelCatalog(
+        MlflowSpecSource(settings.mlflow_tracking_uri),
+        settings.model_name,
+        load_spec(settings.model_spec_path),
+    )
+    ports = MonitorPorts(
+        references=MlflowReferenceStore(settings.mlflow_tracking_uri),
         states=RedisStateStore(runtime.redis),
-        routing=RedisRoutingState(runtime.redis),
+        publisher=runtime.publisher,
+        routing=RoutingStateReader(runtime.redis),
     )
-    subscribe_batch(
-        replace(runtime.consumer, processed=NoMarkers()),
-        Topic.PREDICTION_LOGGED,
-        PredictionLogged,
-        monitor.on_predictions,
-        max_records=settings.batch_size,
+    metrics = MonitorMetrics.create(runtime.registry)
+    models = ModelMonitors(ports, catalog, settings.to_config(), metrics)
+    register(
+        runtime.consumer,
+        MonitorHandlers(models),
+        batch_size=settings.batch_size,
         batch_timeout_ms=settings.batch_timeout_ms,
-    )
-    subscribe(runtime.consumer, Topic.FEEDBACK_RECEIVED, FeedbackReceived, monitor.on_feedback)
-    subscribe(runtime.consumer, Topic.MODEL_PROMOTED, ModelPromoted, monitor.on_champion_changed)
-    subscribe(
-        runtime.consumer, Topic.MODEL_ROLLED_BACK, ModelRolledBack, monitor.on_champion_changed
     )
     return service_app(
         runtime,
         checks={"mlflow": mlflow_check(settings.mlflow_tracking_uri)},
-        description="Data drift (KS, χ²) and concept drift (accuracy CUSUM) against the champion.",
+        description="Data drift (KS, χ²) and concept drift (accuracy CUSUM) of every model "
+        "against its champion.",
     )
 
 

@@ -1,25 +1,26 @@
-"""The I/O the monitor needs."""
+"""The I/O the monitor needs, every call about one model."""
 
 from __future__ import annotations
 
 from typing import Any, Protocol
 
-from services.monitor.core import Reference
+from services.monitor.core import Reference, SavedState
+from shared.spec import ModelSpec
+
+__all__ = ["ReferenceStore", "RoutingState", "SavedState", "StateStore"]
 
 
 class ReferenceStore(Protocol):
-    """Finds a model version's training-feature sample."""
+    """Finds a model version's training-feature sample (a blocking call)."""
 
-    def reference(self, model_name: str, version: str | None = None) -> Reference | None:
+    def reference(
+        self, model_name: str, spec: ModelSpec, version: str | None = None
+    ) -> Reference | None:
         """The sample of ``version`` (the champion when None), or None when there is none."""
 
 
-#: State document, row chunks of the open window, closed windows kept for the pooled test.
-SavedState = tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]
-
-
 class StateStore(Protocol):
-    """Keeps the monitor's window state, so a restart neither loses nor repeats a window."""
+    """Keeps each model's window state, so a restart neither loses nor repeats a window."""
 
     async def load(self, model_name: str) -> SavedState | None:
         """The last saved state, the open window's row chunks and the pooled windows, or None."""
@@ -40,7 +41,7 @@ class StateStore(Protocol):
 
 
 class RoutingState(Protocol):
-    """Whether the router is running an experiment for a model (the routing table)."""
+    """Whether the router is running an experiment for a model (its routing table)."""
 
     async def running_experiment(self, model_name: str) -> str | None:
         """The id of the experiment running for ``model_name``, or None."""

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic_settings import SettingsConfigDict
 
+from services.monitor.core import DriftConfig
 from shared.settings import SERVICE_PORTS, BaseServiceSettings
 
 
@@ -33,7 +34,9 @@ class Settings(BaseServiceSettings):
     cooldown_windows: int = 10
     """Windows to stay quiet after a report, so one shift is one alarm."""
     reference_refresh_s: float = 30.0
-    """How often the champion alias is looked up again for a new reference."""
+    """How often each model's champion alias is looked up again for a new reference."""
+    hold_s: float = 30.0
+    """How long a model whose reference failed to load has its events fail at once."""
     batch_size: int = 500
     """Most prediction-logged events consumed in one batch."""
     batch_timeout_ms: int = 200
@@ -44,3 +47,22 @@ class Settings(BaseServiceSettings):
     """Mean labelled outcomes between false concept-drift alarms on an unchanged model."""
     accuracy_rolling: int = 500
     """Labelled outcomes in the rolling accuracy reported per variant."""
+
+    def to_config(self) -> DriftConfig:
+        """The drift configuration every model's monitor follows."""
+        return DriftConfig(
+            window_size=self.window_size,
+            alpha=self.alpha,
+            correction=self.correction,
+            persistence=self.persistence,
+            strong_alpha=self.strong_alpha,
+            pooled_windows=self.pooled_windows,
+            pooled_alpha=self.pooled_alpha,
+            cooldown_windows=self.cooldown_windows,
+            reference_refresh_s=self.reference_refresh_s,
+            hold_s=self.hold_s,
+            recent_ids=2 * self.batch_size,
+            accuracy_min_drop=self.accuracy_min_drop,
+            accuracy_arl=self.accuracy_arl,
+            accuracy_rolling=self.accuracy_rolling,
+        )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -13,54 +14,68 @@ from faststream.kafka import KafkaBroker, TestKafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from prometheus_client import CollectorRegistry
 
-from services.monitor.core import Reference
-from services.monitor.handlers import DriftMonitor
+from services.monitor.core import Reference, SavedState
+from services.monitor.handlers import MonitorHandlers, register
 from services.monitor.metrics import MonitorMetrics
-from services.monitor.ports import RoutingState, SavedState
+from services.monitor.ports import RoutingState
+from services.monitor.service import ModelMonitor, ModelMonitors, MonitorPorts
 from services.monitor.settings import Settings
-from shared.batch_messaging import subscribe_batch
+from shared.catalog import InMemorySpecSource, ModelCatalog, RegisteredSpec
 from shared.events import (
     DriftDetected,
     Event,
     FeedbackReceived,
     ModelPromoted,
+    ModelRegistered,
     PredictionLogged,
     Topic,
     Variant,
     dead_letter_topic,
 )
-from shared.messaging import subscribe
+from shared.spec import ModelSpec, load_spec
 from shared.testing import RecordingPublisher, consumer_context
 
 FEATURES = ("a", "b")
 WINDOW = 200
+MODEL = Settings().model_name
+OTHER = "card-fraud"
 
 
 class FakeReferences:
+    """The default model's references by version; other models' set per model."""
+
     def __init__(self, *references: Reference) -> None:
         self.by_version = {r.version: r for r in references}
         self.champion = references[0].version if references else None
+        self.others: dict[str, Reference | Exception] = {}
+        self.specs: dict[str, ModelSpec] = {}
 
-    def reference(self, model_name: str, version: str | None = None) -> Reference | None:
+    def reference(
+        self, model_name: str, spec: ModelSpec, version: str | None = None
+    ) -> Reference | None:
+        self.specs[model_name] = spec
+        if model_name != MODEL:
+            found = self.others.get(model_name)
+            if isinstance(found, Exception):
+                raise found
+            return found
         return self.by_version.get(version or self.champion or "")
 
 
 class InMemoryStates:
-    """State, row chunks and pooled windows, copied through JSON as Redis would."""
+    """Each model's state, row chunks and pooled windows, through JSON as Redis would."""
 
     def __init__(self) -> None:
-        self.state: str | None = None
-        self.rows: list[str] = []
-        self.pooled: list[str] = []
+        self.models: dict[str, ModelState] = {}
+
+    def of(self, model_name: str = MODEL) -> ModelState:
+        return self.models.setdefault(model_name, ModelState())
 
     async def load(self, model_name: str) -> SavedState | None:
-        if self.state is None:
-            return None
-        rows = [json.loads(r) for r in self.rows]
-        return json.loads(self.state), rows, [json.loads(c) for c in self.pooled]
+        return self.of(model_name).load()
 
     async def clear(self, model_name: str) -> None:
-        self.state, self.rows, self.pooled = None, [], []
+        self.models.pop(model_name, None)
 
     async def save(
         self,
@@ -71,6 +86,31 @@ class InMemoryStates:
         pooled: list[dict[str, Any]],
         keep_pooled: int,
     ) -> None:
+        self.of(model_name).save(state, rows, restart_rows, pooled, keep_pooled)
+
+
+class ModelState:
+    def __init__(self) -> None:
+        self.state: str | None = None
+        self.rows: list[str] = []
+        self.pooled: list[str] = []
+        self.saves = 0
+
+    def load(self) -> SavedState | None:
+        if self.state is None:
+            return None
+        rows = [json.loads(r) for r in self.rows]
+        return json.loads(self.state), rows, [json.loads(c) for c in self.pooled]
+
+    def save(
+        self,
+        state: dict[str, Any],
+        rows: dict[str, Any] | None,
+        restart_rows: bool,
+        pooled: list[dict[str, Any]],
+        keep_pooled: int,
+    ) -> None:
+        self.saves += 1
         if restart_rows:
             self.rows = []
         if rows is not None:
@@ -90,12 +130,14 @@ def _reference(version: str = "7", accuracy: float | None = 0.9) -> Reference:
     return Reference.from_columns(version, columns, {"plan": plans}, (), accuracy)
 
 
-def _prediction(rng: np.random.Generator, shift: float) -> PredictionLogged:
+def _prediction(
+    rng: np.random.Generator, shift: float, model_name: str = MODEL
+) -> PredictionLogged:
     plan = "basic" if rng.random() < 0.5 else "pro"
     return PredictionLogged(
         producer="gateway",
         request_id="r",
-        model_name=Settings().model_name,
+        model_name=model_name,
         version="1",
         variant="champion",
         features={"a": float(rng.normal(shift)), "b": float(rng.normal()), "plan": plan},
@@ -115,26 +157,57 @@ class FakeRouting:
         return self.experiment_id
 
 
+class Monitor:
+    """The handlers, and what a test reads: each model's detector and the metrics."""
+
+    def __init__(self, handlers: MonitorHandlers, registry: CollectorRegistry) -> None:
+        self.handlers, self.registry = handlers, registry
+        self.metrics = handlers.models.metrics
+
+    def of(self, model_name: str = MODEL) -> ModelMonitor:
+        return self.handlers.models.of(model_name)
+
+    def filled(self, model_name: str = MODEL) -> int | None:
+        drift = self.of(model_name).drift
+        return None if drift is None else drift.detector.filled
+
+    def sample(self, name: str, model_name: str = MODEL, **labels: str) -> float:
+        value = self.registry.get_sample_value(name, {"model_name": model_name, **labels})
+        return 0.0 if value is None else value
+
+
+def _catalog() -> ModelCatalog:
+    spec = load_spec()
+    return ModelCatalog(InMemorySpecSource({OTHER: RegisteredSpec(1, spec)}), MODEL, spec)
+
+
 def _monitor(
     references: FakeReferences,
     states: InMemoryStates | None = None,
     routing: RoutingState | None = None,
-) -> tuple[DriftMonitor, RecordingPublisher]:
+    clock: Callable[[], float] = time.monotonic,
+) -> tuple[Monitor, RecordingPublisher]:
     publisher = RecordingPublisher()
-    settings = Settings(window_size=WINDOW, cooldown_windows=3)
-    metrics = MonitorMetrics.create(CollectorRegistry())
-    monitor = DriftMonitor(
-        settings, references, publisher, metrics, states or InMemoryStates(), routing
-    )
-    return monitor, publisher
+    config = Settings(window_size=WINDOW, cooldown_windows=3).to_config()
+    registry = CollectorRegistry()
+    ports = MonitorPorts(references, states or InMemoryStates(), publisher, routing)
+    metrics = MonitorMetrics.create(registry)
+    models = ModelMonitors(ports, _catalog(), config, metrics, clock)
+    return Monitor(MonitorHandlers(models), registry), publisher
 
 
-async def _run(monitor: DriftMonitor, events: Sequence[Event], batch: int = 50) -> None:
+async def _run(
+    monitor: Monitor, events: Sequence[Event], batch: int = 50, parked: list[bytes] | None = None
+) -> None:
     broker = KafkaBroker()
-    ctx = consumer_context("monitor", broker)
-    subscribe_batch(ctx, Topic.PREDICTION_LOGGED, PredictionLogged, monitor.on_predictions)
-    subscribe(ctx, Topic.FEEDBACK_RECEIVED, FeedbackReceived, monitor.on_feedback)
-    subscribe(ctx, Topic.MODEL_PROMOTED, ModelPromoted, monitor.on_champion_changed)
+    register(
+        consumer_context("monitor", broker), monitor.handlers, batch_size=500, batch_timeout_ms=1
+    )
+
+    @broker.subscriber(dead_letter_topic(Topic.PREDICTION_LOGGED))
+    async def dead_letters(message: KafkaMessage) -> None:
+        (parked if parked is not None else []).append(message.body)
+
     async with TestKafkaBroker(broker) as test_broker:
         for start in range(0, len(events), batch):
             chunk = events[start : start + batch]
@@ -173,7 +246,7 @@ async def test_drift_during_a_running_experiment_is_counted_not_published() -> N
     monitor, publisher = _monitor(FakeReferences(_reference()), routing=routing)
     await _run(monitor, [_prediction(rng, shift=1.0) for _ in range(3 * WINDOW)])
     assert _drifts(publisher) == []
-    assert monitor.metrics.drift_suppressed.labels("data")._value.get() == 1
+    assert monitor.sample("ml_drift_suppressed_total", kind="data") == 1
     routing.experiment_id = None  # the experiment concluded; the drift lasts
     await _run(monitor, [_prediction(rng, shift=1.0) for _ in range(5 * WINDOW)])
     assert len(_drifts(publisher)) == 1
@@ -184,7 +257,7 @@ async def test_stationary_traffic_publishes_nothing() -> None:
     monitor, publisher = _monitor(FakeReferences(_reference()))
     await _run(monitor, [_prediction(rng, shift=0.0) for _ in range(5 * WINDOW)])
     assert publisher.events == []
-    assert monitor.metrics.observations._value.get() == 5 * WINDOW
+    assert monitor.sample("monitor_observations_total") == 5 * WINDOW
 
 
 async def test_shadow_answers_stay_out_of_the_drift_window() -> None:
@@ -196,7 +269,7 @@ async def test_shadow_answers_stay_out_of_the_drift_window() -> None:
     ]
     await _run(monitor, shifted_shadows)
     assert publisher.events == []
-    assert monitor.metrics.observations._value.get() == 0
+    assert monitor.sample("monitor_observations_total") == 0
 
 
 async def test_no_champion_means_no_drift_and_no_error() -> None:
@@ -229,47 +302,46 @@ async def test_bad_rows_are_counted_by_reason_and_do_not_break_the_window() -> N
     wrong = _prediction(rng, 0.0).model_copy(update={"features": {"a": "x", "b": 1.0, "plan": "p"}})
     monitor, _ = _monitor(FakeReferences(_reference()))
     await _run(monitor, [missing, wrong, *good])
-    rejected = monitor.metrics.rejected_rows
-    assert rejected.labels("missing_feature")._value.get() == 1
-    assert rejected.labels("wrong_type")._value.get() == 1
-    assert monitor.detector is not None
-    assert monitor.detector.filled == WINDOW - 1
+    rejected = "monitor_rejected_rows_total"
+    assert monitor.sample(rejected, reason="missing_feature") == 1
+    assert monitor.sample(rejected, reason="wrong_type") == 1
+    assert monitor.filled() == WINDOW - 1
 
 
 async def test_a_feature_missing_from_the_reference_is_reported_and_the_rest_tested() -> None:
     reference = Reference.from_columns("7", {"a": np.zeros(10)}, None, ("b",))
     monitor, _ = _monitor(FakeReferences(reference))
     await _run(monitor, [_prediction(np.random.default_rng(4), 0.0)])
-    assert monitor.metrics.missing_features.labels("b")._value.get() == 1
-    assert monitor.metrics.missing_features.labels("a")._value.get() == 0
+    missing = "monitor_reference_missing_features"
+    assert monitor.sample(missing, feature="b") == 1
+    assert monitor.sample(missing, feature="a") == 0
 
 
 async def test_promotion_switches_the_reference_to_the_new_champion() -> None:
     states = InMemoryStates()
     monitor, _ = _monitor(FakeReferences(_reference("7"), _reference("8")), states)
-    promoted = ModelPromoted(
-        producer="router", model_name=monitor.settings.model_name, version="8", reason="won"
-    )
     rng = np.random.default_rng(5)
-    await _run(monitor, [_prediction(rng, 0.0), promoted, _prediction(rng, 0.0)], batch=1)
-    assert monitor.detector is not None
-    assert monitor.detector.reference.version == "8"
+    await _run(monitor, [_prediction(rng, 0.0), _promoted("8"), _prediction(rng, 0.0)], batch=1)
+    drift = monitor.of().drift
+    assert drift is not None
+    assert drift.reference.version == "8"
     # The saved window now belongs to the new reference; version 7's is gone.
-    assert states.state is not None
-    window = json.loads(states.state)["window"]
+    saved = states.of()
+    assert saved.state is not None
+    window = json.loads(saved.state)["window"]
     assert (window["version"], window["filled"]) == ("8", 1)
-    assert len(states.rows) == 1
+    assert len(saved.rows) == 1
     # The accuracy alert compares live accuracy with the champion's own validation accuracy.
     validation = monitor.metrics.validation_accuracy
     assert [s.labels["version"] for f in validation.collect() for s in f.samples] == ["8"]
-    assert validation.labels(monitor.settings.model_name, "8")._value.get() == 0.9
+    assert monitor.sample("ml_model_validation_accuracy", version="8") == 0.9
 
 
 def _feedback(correct: bool, variant: Variant = "champion") -> FeedbackReceived:
     return FeedbackReceived(
         producer="gateway",
         request_id="r",
-        model_name=Settings().model_name,
+        model_name=MODEL,
         version="3",
         variant=variant,
         predicted_class="steady",
@@ -293,9 +365,9 @@ async def test_an_accuracy_drop_of_the_champion_publishes_one_concept_drift(
     if expected:
         assert drifts[0].features[0].statistic < 0.9
     # A challenger's accuracy is still tracked (the router judges it; dashboards show it).
-    accuracy = monitor.metrics.model_accuracy.labels(variant, "3")._value.get()
+    accuracy = monitor.sample("ml_model_accuracy", variant=variant, version="3")
     assert 0.5 < accuracy < 0.7
-    assert monitor.metrics.feedback.labels(variant, "3")._value.get() == 1800
+    assert monitor.sample("monitor_feedback_total", variant=variant, version="3") == 1800
 
 
 async def test_accuracy_at_the_baseline_publishes_nothing() -> None:
@@ -319,9 +391,7 @@ class GatedRouting:
 
 
 def _promoted(version: str) -> ModelPromoted:
-    return ModelPromoted(
-        producer="router", model_name=Settings().model_name, version=version, reason="won"
-    )
+    return ModelPromoted(producer="router", model_name=MODEL, version=version, reason="won")
 
 
 async def test_a_promotion_during_a_batch_saves_a_window_that_restores_unmixed() -> None:
@@ -331,23 +401,24 @@ async def test_a_promotion_during_a_batch_saves_a_window_that_restores_unmixed()
     monitor, _ = _monitor(references, states, routing)
     # The batch closes a drifted window (its alarm waits at the gate) and leaves 50 rows open.
     drifted = [_prediction(rng, 1.0) for _ in range(WINDOW + 50)]
-    counting = asyncio.ensure_future(monitor.on_predictions(drifted))
+    counting = asyncio.ensure_future(monitor.handlers.on_predictions(drifted))
     await routing.entered.wait()
-    switch = asyncio.ensure_future(monitor.on_champion_changed(_promoted("8")))
+    switch = asyncio.ensure_future(monitor.handlers.on_champion_changed(_promoted("8")))
     await asyncio.wait({switch}, timeout=2.0)  # give the switch every chance to cut in
     routing.gate.set()
     await asyncio.gather(counting, switch)
-    await monitor.on_predictions([_prediction(rng, 0.0) for _ in range(10)])
+    await monitor.handlers.on_predictions([_prediction(rng, 0.0) for _ in range(10)])
     # A new process restores what was saved: version 8's rows only, nothing discarded.
     references.champion = "8"
     restarted, _ = _monitor(references, states)
-    await restarted.on_predictions([_prediction(rng, 0.0) for _ in range(5)])
-    assert restarted.detector is not None
-    assert (restarted.detector.reference.version, restarted.detector.filled) == ("8", 15)
+    await restarted.handlers.on_predictions([_prediction(rng, 0.0) for _ in range(5)])
+    drift = restarted.of().drift
+    assert drift is not None
+    assert (drift.reference.version, drift.detector.filled) == ("8", 15)
     assert _discarded(restarted) == 0
 
 
-def _discarded(monitor: DriftMonitor) -> float:
+def _discarded(monitor: Monitor) -> float:
     families = monitor.metrics.state_discarded.collect()
     return sum(s.value for f in families for s in f.samples if s.name.endswith("_total"))
 
@@ -363,31 +434,125 @@ async def test_a_saved_state_that_does_not_load_is_discarded_not_dead_lettered(
     states = InMemoryStates()
     before, _ = _monitor(FakeReferences(_reference()), states)
     await _run(before, [_prediction(rng, 0.0) for _ in range(120)])
+    saved = states.of()
     if corrupt == "rows":
-        states.rows = states.rows[:1]  # the state says 120 rows; 50 are left
+        saved.rows = saved.rows[:1]  # the state says 120 rows; 50 are left
     else:
-        states.state = '{"window": {"version": "7"'
+        saved.state = '{"window": {"version": "7"'
     after, _ = _monitor(FakeReferences(_reference()), states)
-    broker = KafkaBroker()
-    ctx = consumer_context("monitor", broker)
     parked: list[bytes] = []
-
-    @broker.subscriber(dead_letter_topic(Topic.PREDICTION_LOGGED))
-    async def dlq(message: KafkaMessage) -> None:
-        parked.append(message.body)
-
-    subscribe_batch(ctx, Topic.PREDICTION_LOGGED, PredictionLogged, after.on_predictions)
-    events = [_prediction(rng, 0.0) for _ in range(30)]
-    async with TestKafkaBroker(broker) as test_broker:
-        await test_broker.publish_batch(
-            *(e.model_dump_json().encode() for e in events), topic=Topic.PREDICTION_LOGGED.value
-        )
+    await _run(after, [_prediction(rng, 0.0) for _ in range(30)], parked=parked)
     assert parked == []
-    assert after.metrics.state_discarded.labels(reason)._value.get() == 1
-    assert after.metrics.observations._value.get() == 30
+    assert after.sample("ml_monitor_state_discarded_total", reason=reason) == 1
+    assert after.sample("monitor_observations_total") == 30
     # What is saved now is whole again: a third process restores it.
     again, _ = _monitor(FakeReferences(_reference()), states)
-    await again.on_predictions([_prediction(rng, 0.0)])
-    assert again.detector is not None
-    assert again.detector.filled == 31
+    await again.handlers.on_predictions([_prediction(rng, 0.0)])
+    assert again.filled() == 31
     assert _discarded(again) == 0
+
+
+def _interleaved(*streams: list[PredictionLogged]) -> list[PredictionLogged]:
+    return [event for group in zip(*streams, strict=True) for event in group]
+
+
+async def test_each_model_has_its_own_window_alarm_saved_state_and_metrics() -> None:
+    rng = np.random.default_rng(10)
+    references, states = FakeReferences(_reference("7")), InMemoryStates()
+    references.others[OTHER] = _reference("3")
+    monitor, publisher = _monitor(references, states)
+    shifted = [_prediction(rng, 1.0) for _ in range(3 * WINDOW)]
+    steady = [_prediction(rng, 0.0, OTHER) for _ in range(3 * WINDOW)]
+    await _run(monitor, _interleaved(shifted, steady), batch=100)
+    assert [(d.model_name, d.reference_version) for d in _drifts(publisher)] == [(MODEL, "7")]
+    for model in (MODEL, OTHER):
+        assert monitor.sample("monitor_observations_total", model) == 3 * WINDOW
+        assert monitor.filled(model) == 0
+        assert monitor.sample("monitor_window_size_rows", model) == WINDOW
+    drifted = monitor.sample("ml_drift_p_value", MODEL, feature="a")
+    assert drifted < 1e-6 < monitor.sample("ml_drift_p_value", OTHER, feature="a")
+    assert monitor.sample("ml_drift_events_total", MODEL, kind="data") == 1
+    assert monitor.sample("ml_drift_events_total", OTHER, kind="data") == 0
+    saved = {m: json.loads(states.of(m).state or "{}")["window"]["version"] for m in states.models}
+    assert saved == {MODEL: "7", OTHER: "3"}
+    # Each model's reference is read with its own spec, from the catalog.
+    assert references.specs[OTHER] == load_spec()
+
+
+async def test_a_model_whose_reference_fails_dead_letters_only_its_own_events() -> None:
+    rng = np.random.default_rng(11)
+    references = FakeReferences(_reference())
+    references.others[OTHER] = OSError("reference/features.parquet: not a parquet file")
+    now, states = [0.0], InMemoryStates()
+    monitor, publisher = _monitor(references, states, clock=lambda: now[0])
+    shifted = [_prediction(rng, 1.0) for _ in range(3 * WINDOW)]
+    broken = [_prediction(rng, 0.0, OTHER) for _ in range(3 * WINDOW)]
+    parked: list[bytes] = []
+    await _run(monitor, _interleaved(broken, shifted), batch=100, parked=parked)
+    # The healthy model's window filled and its drift was found, in the same batches:
+    # saved once a batch, not once an event as a batch retried event by event would.
+    assert monitor.sample("monitor_observations_total") == 3 * WINDOW
+    assert states.of(MODEL).saves == 3 * WINDOW * 2 // 100
+    assert [d.model_name for d in _drifts(publisher)] == [MODEL]
+    # Only the broken model's events were dead-lettered, each once.
+    ids = sorted(json.loads(raw)["event_id"] for raw in parked)
+    assert ids == sorted(e.event_id for e in broken)
+    assert monitor.sample("monitor_model_failures_total", OTHER) >= 1
+    assert monitor.sample("monitor_model_failures_total", MODEL) == 0
+    # Once its reference is readable again, the held model is tried again and counted.
+    references.others[OTHER] = _reference("3")
+    now[0] += Settings().hold_s
+    await _run(monitor, [_prediction(rng, 0.0, OTHER) for _ in range(50)], parked=parked)
+    assert monitor.filled(OTHER) == 50
+    assert len(parked) == 3 * WINDOW
+
+
+async def test_events_of_an_unregistered_model_are_dead_lettered_naming_the_known_ones() -> None:
+    rng = np.random.default_rng(12)
+    monitor, _ = _monitor(FakeReferences(_reference()))
+    parked: list[bytes] = []
+    unknown = [_prediction(rng, 0.0, "nobody") for _ in range(3)]
+    await _run(monitor, [*unknown, _prediction(rng, 0.0)], parked=parked)
+    assert len(parked) == 3
+    assert monitor.filled() == 1
+    # A model registered later is known from its model-registered event on.
+    registered = ModelRegistered(
+        producer="registry", model_name="nobody", spec_revision=1, spec=load_spec()
+    )
+    references = FakeReferences(_reference())
+    references.others["nobody"] = _reference("1")
+    later, _ = _monitor(references)
+    await _run(later, [registered, *[_prediction(rng, 0.0, "nobody") for _ in range(3)]], 1)
+    assert later.filled("nobody") == 3
+
+
+class OneModelGate(GatedRouting):
+    """Holds only ``model``'s drift alarm at the gate."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__()
+        self.model = model
+
+    async def running_experiment(self, model_name: str) -> str | None:
+        if model_name == self.model:
+            return await super().running_experiment(model_name)
+        return None
+
+
+async def test_a_model_waiting_on_its_alarm_does_not_hold_up_another_model() -> None:
+    rng = np.random.default_rng(13)
+    references = FakeReferences(_reference())
+    references.others[OTHER] = _reference("3")
+    routing = OneModelGate(MODEL)
+    monitor, _ = _monitor(references, routing=routing)
+    drifted = [_prediction(rng, 1.0) for _ in range(WINDOW)]
+    counting = asyncio.create_task(monitor.handlers.on_predictions(drifted))
+    await routing.entered.wait()
+    # The first model holds its lock while its alarm waits; the other's batch goes through.
+    other = [_prediction(rng, 0.0, OTHER) for _ in range(10)]
+    await asyncio.wait_for(monitor.handlers.on_predictions(other), timeout=2.0)
+    assert monitor.filled(OTHER) == 10
+    assert not counting.done()
+    routing.gate.set()
+    await counting
+    assert monitor.sample("ml_drift_events_total", kind="data") == 1

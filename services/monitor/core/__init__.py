@@ -1,4 +1,5 @@
-"""The monitor's pure logic: drift statistics, windows and alarm policy, concept drift."""
+"""The monitor's pure logic: drift statistics, windows and alarm policy, concept drift,
+and each model's state (dedupe, save and restore, reference refresh)."""
 
 from services.monitor.core.categorical import (
     CategoricalReference,
@@ -6,6 +7,7 @@ from services.monitor.core.categorical import (
     CategoryTable,
 )
 from services.monitor.core.concept import AccuracyCusum, ConceptVerdict
+from services.monitor.core.config import DriftConfig
 from services.monitor.core.correction import Correction, rejections
 from services.monitor.core.ks import (
     ks_critical_value,
@@ -14,18 +16,36 @@ from services.monitor.core.ks import (
     ks_statistic,
     ks_statistics,
 )
+from services.monitor.core.model_drift import (
+    UNRESTORABLE,
+    Counted,
+    Judged,
+    ModelDrift,
+    Save,
+    SavedState,
+)
 from services.monitor.core.reference import Reference
+from services.monitor.core.refresh import Hold, ReferenceRefresh
 from services.monitor.core.window import DriftDetector, WindowMark, WindowVerdict
 
 __all__ = [
+    "UNRESTORABLE",
     "AccuracyCusum",
     "CategoricalReference",
     "CategoricalResult",
     "CategoryTable",
     "ConceptVerdict",
     "Correction",
+    "Counted",
+    "DriftConfig",
     "DriftDetector",
+    "Hold",
+    "Judged",
+    "ModelDrift",
     "Reference",
+    "ReferenceRefresh",
+    "Save",
+    "SavedState",
     "WindowMark",
     "WindowVerdict",
     "ks_critical_value",
