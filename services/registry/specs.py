@@ -17,7 +17,7 @@ from typing import NamedTuple
 from services.registry.core import SpecChange, spec_change
 from services.registry.ports import SpecStore
 from shared.catalog import ModelCatalog, RegisteredSpec
-from shared.errors import DependencyUnavailableError
+from shared.errors import DependencyUnavailableError, FlywheelError
 from shared.events import ModelRegistered
 from shared.messaging import EventPublisher
 from shared.spec import ModelSpec
@@ -50,6 +50,13 @@ class ModelSpecs:
     # One registration at a time per replica: two at once would both read revision N.
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     _starting: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.default is not None and self.default[1].name != self.default[0]:
+            # The configured spec's own name never had to match FLYWHEEL_MODEL_NAME; a
+            # registered spec's must, so the default model's spec takes the model's name.
+            name, spec = self.default
+            self.default = (name, spec.model_copy(update={"name": name}))
 
     async def register(self, name: str, spec: ModelSpec, requested_by: str) -> SpecRegistration:
         """Create ``name`` with ``spec``, or change its spec; the same spec again changes nothing.
@@ -92,6 +99,10 @@ class ModelSpecs:
             except DependencyUnavailableError as error:
                 log.warning("default model not registered yet", extra={"error": str(error)})
                 await asyncio.sleep(self.retry_s)
+            except FlywheelError as error:
+                # Retrying cannot help; the catalog keeps serving the configured spec.
+                log.error("default model not registered", extra={"error": str(error)})
+                return
 
     async def _register_default_once(self, name: str, spec: ModelSpec) -> None:
         stored = await asyncio.to_thread(self.store.registered_spec, name)

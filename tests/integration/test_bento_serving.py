@@ -27,6 +27,7 @@ from services.registry.packaging import BentoModelStore
 from services.trainer.adapters import MlflowModelStore
 from services.trainer.core import TrainingConfig, data_version, train
 from services.trainer.ports import RunContext
+from shared.catalog import InMemorySpecSource, ModelCatalog, RegisteredSpec
 from shared.datasets import generate_customers, write_batch
 from shared.events import ModelTrained
 from shared.spec import load_spec
@@ -58,7 +59,7 @@ def approved(infra: Endpoints, tmp_path_factory: pytest.TempPathFactory) -> tupl
     handlers = RegistryHandlers(
         models=MlflowModelRegistry(infra.mlflow_uri),
         loader=MlflowCandidateLoader(infra.mlflow_uri),
-        spec=SPEC,
+        catalog=ModelCatalog(InMemorySpecSource({name: RegisteredSpec(1, SPEC)})),
         publisher=publisher,
         metrics=RegistryMetrics.create(CollectorRegistry()),
         policy=GatePolicy(latency_budget_ms=250.0),
@@ -73,7 +74,7 @@ def approved(infra: Endpoints, tmp_path_factory: pytest.TempPathFactory) -> tupl
         metrics=model.metrics,
         data_version=context.data_version,
     )
-    handlers._register_and_decide(trained)
+    handlers._register_and_decide(trained, RegisteredSpec(1, SPEC))
     tags = MlflowModelRegistry(infra.mlflow_uri).list_versions(name)[0].tags
     return name, tags["flywheel.bento_tag"], home
 

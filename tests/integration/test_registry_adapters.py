@@ -28,6 +28,7 @@ from services.registry.settings import Settings
 from services.trainer.adapters import MlflowModelStore
 from services.trainer.core import TrainingConfig, build_pipeline, data_version, train
 from services.trainer.ports import RunContext
+from shared.catalog import InMemorySpecSource, ModelCatalog, RegisteredSpec
 from shared.datasets import generate_customers, write_batch
 from shared.events import ModelRejected, ModelRolledBack, ModelTrained
 from shared.spec import load_spec
@@ -62,11 +63,11 @@ def _logged(infra: Endpoints, name: str, tmp_path: Path, seed: int, worse: bool)
     )
 
 
-def _handlers(infra: Endpoints, publisher: RecordingPublisher) -> RegistryHandlers:
+def _handlers(infra: Endpoints, publisher: RecordingPublisher, name: str) -> RegistryHandlers:
     return RegistryHandlers(
         models=MlflowModelRegistry(infra.mlflow_uri),
         loader=MlflowCandidateLoader(infra.mlflow_uri),
-        spec=SPEC,
+        catalog=ModelCatalog(InMemorySpecSource({name: RegisteredSpec(1, SPEC)})),
         publisher=publisher,
         metrics=RegistryMetrics.create(CollectorRegistry()),
         policy=GatePolicy(latency_budget_ms=250.0),
@@ -78,7 +79,7 @@ async def test_gates_aliases_and_a_worse_model_rejected_with_its_numbers(
 ) -> None:
     name = f"it-registry-{uuid.uuid4().hex[:8]}"
     publisher = RecordingPublisher()
-    handlers = _handlers(infra, publisher)
+    handlers = _handlers(infra, publisher, name)
     first, second = (_logged(infra, name, tmp_path, s, worse=False) for s in (1, 2))
     worse = _logged(infra, name, tmp_path, 3, worse=True)
 
@@ -130,7 +131,7 @@ async def test_flywheel_rollback_restores_the_previous_champion(
     infra: Endpoints, registry_url: tuple[str, str], tmp_path: Path
 ) -> None:
     url, name = registry_url
-    handlers = _handlers(infra, RecordingPublisher())
+    handlers = _handlers(infra, RecordingPublisher(), name)
     for seed in (1, 2):
         await handlers.on_model_trained(_logged(infra, name, tmp_path, seed, worse=False))
     runner = CliRunner()

@@ -239,3 +239,20 @@ async def test_a_registered_default_model_is_left_as_it_is(registry: Registry) -
     await registry.specs.stop()
     assert registry.store.writes == []
     assert registry.announced() == []
+
+
+async def test_a_default_spec_named_otherwise_is_registered_under_the_models_name() -> None:
+    store, publisher = FakeSpecStore(), RecordingPublisher()
+    catalog = ModelCatalog(store, "churn", SPEC)
+    specs = ModelSpecs(store, catalog, publisher, ("churn", SPEC))
+    ready = asyncio.Event()
+    ready.set()
+    await specs.start(ready)
+    for _ in range(100):
+        if store.writes:
+            break
+        await asyncio.sleep(0.01)
+    await specs.stop()
+
+    assert SPEC.name != "churn"
+    assert store.specs["churn"] == RegisteredSpec(1, SPEC.model_copy(update={"name": "churn"}))
