@@ -101,6 +101,7 @@ class ModelMonitor:
         """Test against ``version``'s reference at once (a promotion or rollback)."""
         async with self._lock:
             self._refresh.want(version)
+            self._hold.release()  # the new champion's reference may well load
             await self._current()
 
     async def _count(self, drift: ModelDrift, events: list[PredictionLogged]) -> None:

@@ -556,3 +556,17 @@ async def test_a_model_waiting_on_its_alarm_does_not_hold_up_another_model() -> 
     routing.gate.set()
     await counting
     assert monitor.sample("ml_drift_events_total", kind="data") == 1
+
+
+async def test_a_promotion_tries_a_held_model_again_at_once() -> None:
+    rng = np.random.default_rng(14)
+    references = FakeReferences(_reference())
+    references.others[OTHER] = OSError("unreadable")
+    monitor, _ = _monitor(references, clock=lambda: 0.0)  # the hold never runs out
+    parked: list[bytes] = []
+    await _run(monitor, [_prediction(rng, 0.0, OTHER) for _ in range(5)], parked=parked)
+    assert len(parked) == 5
+    references.others[OTHER] = _reference("4")
+    promoted = ModelPromoted(producer="router", model_name=OTHER, version="4", reason="won")
+    await _run(monitor, [promoted, *[_prediction(rng, 0.0, OTHER) for _ in range(5)]], 1)
+    assert monitor.filled(OTHER) == 5

@@ -57,6 +57,8 @@ class Hold:
     >>> hold.trip(now=0.0, cause="OSError('disk')")
     >>> hold.cause(now=10.0), hold.cause(now=30.0)
     ("OSError('disk')", None)
+    >>> hold.trip(now=40.0, cause="again"); hold.release(); hold.cause(now=41.0) is None
+    True
     """
 
     hold_s: float
@@ -66,6 +68,10 @@ class Hold:
     def trip(self, now: float, cause: str) -> None:
         """Hold the model from ``now`` because of ``cause``."""
         self.until, self.why = now + self.hold_s, cause
+
+    def release(self) -> None:
+        """Try the model again at once (its champion changed: the new one may load)."""
+        self.until = -math.inf
 
     def cause(self, now: float) -> str | None:
         """Why the model is held at ``now``; None when it is not."""
