@@ -55,7 +55,7 @@ class ServedModel:
         """Serving (a champion is loaded), loading, no champion named yet, or failed."""
         if self.pool.snapshot.champion is not None:
             return "serving"
-        if self.is_loading:
+        if self.is_loading or self.loading is None:  # None: its first load is yet to start
             return "loading"
         return "no_champion" if self.refresher.nothing_to_serve else "failed"
 

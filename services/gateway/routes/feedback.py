@@ -18,6 +18,7 @@ router = APIRouter(prefix="/v1", tags=["feedback"])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorOut, "description": "The body is not JSON"},
+    404: {"model": ErrorOut, "description": "Unknown request_id, or its feedback window passed"},
     409: {
         "model": ErrorOut,
         "description": "The request_id was answered by another model (its route named)",
@@ -28,12 +29,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     },
     503: {"model": ErrorOut, "description": "Records or broker unavailable: retry"},
 }
-_UNKNOWN = "Unknown request_id, or its feedback window passed"
 
 
 @router.post(
     "/feedback",
-    responses={404: {"model": ErrorOut, "description": _UNKNOWN}, **_ERRORS},
+    responses=_ERRORS,
     summary="Report the true outcome of a default-model prediction",
 )
 async def feedback(
@@ -43,12 +43,8 @@ async def feedback(
     return await service.record(fleet.default.name, body.request_id, body.true_label, body.reward)
 
 
-@router.post(
-    "/models/{name}/feedback",
-    include_in_schema=False,  # documented per model: services.gateway.openapi
-    responses={404: {"model": ErrorOut, "description": f"Unknown model; {_UNKNOWN}"}, **_ERRORS},
-    summary="Report the true outcome of one model's prediction",
-)
+# Documented per registered model, each with its own labels (services.gateway.openapi).
+@router.post("/models/{name}/feedback", include_in_schema=False)
 async def feedback_to(
     name: ModelName, body: FeedbackRequest, service: FeedbackDep
 ) -> FeedbackResponse:

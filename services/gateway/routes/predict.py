@@ -16,6 +16,10 @@ ModelName = Annotated[str, Path(description="A registered model (see GET /v1/mod
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorOut, "description": "The body is not JSON"},
+    404: {
+        "model": ErrorOut,
+        "description": "Only an entity_id was sent, and it has no stored features",
+    },
     413: {
         "model": ErrorOut,
         "description": "More instances than GATEWAY_MAX_BATCH, or a body over "
@@ -37,7 +41,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         "after Retry-After",
     },
 }
-_NO_ENTITY = "Only an entity_id was sent, and it has no stored features"
 
 
 @router.post(
@@ -45,7 +48,6 @@ _NO_ENTITY = "Only an entity_id was sent, and it has no stored features"
     response_model=None,
     responses={
         200: {"model": PredictResponse, "description": "The answers"},
-        404: {"model": ErrorOut, "description": _NO_ENTITY},
         **_ERRORS,
     },
     summary="Predict with the default model (FLYWHEEL_MODEL_NAME)",
@@ -55,20 +57,8 @@ async def predict(body: PredictRequest, predictions: PredictionsDep, fleet: Flee
     return await _answer(fleet.default.name, body, predictions)
 
 
-@router.post(
-    "/models/{name}/predict",
-    include_in_schema=False,  # documented per model: services.gateway.openapi
-    response_model=None,
-    responses={
-        200: {"model": PredictResponse, "description": "The answers"},
-        404: {
-            "model": ErrorOut,
-            "description": f"Unknown model (the known ones named); {_NO_ENTITY}",
-        },
-        **_ERRORS,
-    },
-    summary="Predict with one model: rows follow its spec",
-)
+# Documented per registered model, each with its own row schema (services.gateway.openapi).
+@router.post("/models/{name}/predict", response_model=None, include_in_schema=False)
 async def predict_with(
     name: ModelName, body: PredictRequest, predictions: PredictionsDep
 ) -> Response:
