@@ -114,7 +114,7 @@ class ModelMonitor:
             for alarm in counted.alarms:
                 await self._alarm(alarm)
             await self._save(counted.save)
-            drift.unsaved = False
+            drift.saved()
         except BaseException:
             self.drift = None  # the store holds the truth: reload it before the retry
             raise

@@ -65,7 +65,7 @@ def test_saves_append_the_batch_and_rewrite_the_window_when_it_closes() -> None:
     drift = ModelDrift.start("m", _reference(), CONFIG)
     first = drift.count(_predictions(20, seed=6)).save
     assert first.restart_rows  # nothing saved yet for this reference: whole window
-    drift.unsaved = False
+    drift.saved()
     second = drift.count(_predictions(20, seed=7)).save
     assert not second.restart_rows
     assert second.rows is not None

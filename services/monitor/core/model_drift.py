@@ -126,6 +126,10 @@ class ModelDrift:
         }
         return {"window": self.detector.state(), "accuracy": accuracy, "recent": list(self.recent)}
 
+    def saved(self) -> None:
+        """The last ``count``'s save was written: later saves append to it."""
+        self.unsaved = False
+
     def state_only(self) -> Save:
         """A save of the state document alone (the window's rows are unchanged)."""
         return Save(self.state(), None, False, [], 0)
