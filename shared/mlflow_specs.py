@@ -22,7 +22,11 @@ import logging
 from typing import Any
 
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+from mlflow.protos.databricks_pb2 import (
+    INVALID_PARAMETER_VALUE,
+    RESOURCE_DOES_NOT_EXIST,
+    ErrorCode,
+)
 from mlflow.tracking import MlflowClient
 from pydantic import ValidationError
 
@@ -156,10 +160,14 @@ def register_spec(
 
 
 def _registered_model(client: MlflowClient, name: str) -> Any:
-    """The registered model ``name``, or None when MLflow has none of that name."""
+    """The registered model ``name``, or None when MLflow has none of that name (a name
+    MLflow refuses, with a ':' or '/' in it, names none either)."""
     try:
         return client.get_registered_model(name)
     except MlflowException as error:
-        if error.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+        if error.error_code in _NO_SUCH_MODEL:
             return None
         raise
+
+
+_NO_SUCH_MODEL = (ErrorCode.Name(RESOURCE_DOES_NOT_EXIST), ErrorCode.Name(INVALID_PARAMETER_VALUE))

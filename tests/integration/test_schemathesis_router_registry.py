@@ -127,4 +127,6 @@ async def test_a_model_name_mlflow_refuses_is_a_404_not_a_500(registry: ASGIApp,
     async with httpx.AsyncClient(transport=transport, base_url="http://registry") as client:
         versions = await client.get(f"/v1/models/{name}/versions")
         lineage = await client.get(f"/v1/models/{name}/versions/1/lineage")
+        shown = await client.get(f"/v1/models/{name}")
     assert (versions.status_code, lineage.status_code) == (404, 404), versions.text
+    assert shown.status_code == 404, shown.text
