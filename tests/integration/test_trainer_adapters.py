@@ -20,10 +20,12 @@ from services.trainer.adapters import (
     RedisBatchHistory,
     RedisPendingTriggers,
     RedisTrainingLock,
+    adopt_legacy_keys,
 )
 from services.trainer.coalesce import PendingArrival
 from services.trainer.core import TrainingConfig, combine_batches, data_version, train
 from services.trainer.ports import RunContext
+from services.trainer.recovery import mlflow_last_trained
 from shared.datasets import generate_customers, write_batch
 from shared.errors import DependencyUnavailableError
 from shared.events import DataArrived
@@ -159,3 +161,58 @@ async def test_pending_arrivals_survive_in_redis_until_removed(
     finally:
         await redis.delete(RedisPendingTriggers.key(model))
         await redis.aclose()
+
+
+async def test_one_models_lock_never_holds_up_another(infra: Endpoints) -> None:
+    redis, model = Redis.from_url(infra.redis_url), f"test-{uuid.uuid4().hex[:8]}"
+    lock = RedisTrainingLock(redis, ttl_s=10, wait_s=0.3)
+    try:
+        async with lock.hold(model):
+            async with lock.hold(f"{model}-other"):  # would raise if it shared the key
+                assert await redis.exists(RedisTrainingLock.key(f"{model}-other"))
+            assert RedisTrainingLock.key(model) == f"flywheel:trainer:{{{model}}}:lock"
+    finally:
+        await redis.aclose()
+
+
+async def test_the_single_model_keys_are_adopted_by_the_default_model(
+    infra: Endpoints, tmp_path: Path
+) -> None:
+    redis, model = Redis.from_url(infra.redis_url), f"test-{uuid.uuid4().hex[:8]}"
+    ref = write_batch(generate_customers(30, 1), tmp_path / "b.parquet")
+    arrival = PendingArrival(DataArrived(producer="t", dataset=ref), 100.0)
+    history, pending = RedisBatchHistory(redis, cap=5), RedisPendingTriggers(redis)
+    try:
+        # As the single-model release left them: unhashed keys named after the model.
+        await history.record(model, ref)
+        await pending.add(model, arrival)
+        await redis.rename(RedisBatchHistory.key(model), f"flywheel:trainer:batches:{model}")
+        await redis.rename(RedisPendingTriggers.key(model), f"flywheel:trainer:pending:{model}")
+        assert await history.recent(model, 10) == []  # positive control: not seen yet
+
+        assert await adopt_legacy_keys(redis, model) == ["batches", "pending"]
+        assert await history.recent(model, 10) == [ref]
+        assert await pending.waiting(model) == [arrival]
+        assert RedisBatchHistory.key(model) == f"flywheel:trainer:{{{model}}}:batches"
+        assert await adopt_legacy_keys(redis, model) == []  # nothing left to move
+    finally:
+        await redis.delete(RedisBatchHistory.key(model), RedisPendingTriggers.key(model))
+        await redis.aclose()
+
+
+def test_each_models_runs_are_in_its_own_experiment_and_recovered_separately(
+    infra: Endpoints, tmp_path: Path
+) -> None:
+    spec, store = load_spec(), MlflowModelStore(infra.mlflow_uri)
+    model = train(generate_customers(300, 1), spec, TrainingConfig())
+    names = [f"test-trainer-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    refs = {}
+    for seed, name in enumerate(names):
+        refs[name] = write_batch(generate_customers(30, seed), tmp_path / f"{name}.parquet")
+        batches = (refs[name],)
+        context = RunContext(name, data_version([refs[name].sha256]), "data", "e", "c", batches)
+        store.log_training(model, context)
+    last_trained = mlflow_last_trained(infra.mlflow_uri)
+    for name in names:
+        assert last_trained(name) == [refs[name]]
+    assert last_trained(f"test-trainer-{uuid.uuid4().hex[:8]}") is None  # never trained
