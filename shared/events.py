@@ -73,10 +73,6 @@ def consumer_group(service: str) -> str:
     return f"{topic_prefix().rstrip('.')}-{service}"
 
 
-#: The single-model routing key, read by services not yet moved to ``routing_state_key``.
-ROUTING_STATE_KEY = "flywheel:routing:current"
-
-
 def model_key(service: str, model_name: str, kind: str) -> str:
     """A Redis key of one model's state, hash-tagged by model.
 
@@ -241,6 +237,9 @@ ExperimentStatus = Literal[
     "inconclusive",
 ]
 
+#: What a look at an experiment decided; the router's state and ``experiment-updated`` share it.
+Action = Literal["hold", "rollback", "promote", "continue", "inconclusive"]
+
 
 class FeatureDrift(BaseModel):
     """Drift statistics of one feature over one window."""
@@ -377,7 +376,7 @@ class ExperimentUpdated(Event):
     challenger_version: str | None = None
     challenger_share: float = Field(ge=0, le=1)
     stage: int | None = Field(None, ge=0, description="Position on the ramp schedule.")
-    decision: Literal["hold", "rollback", "promote", "continue", "inconclusive"] | None = Field(
+    decision: Action | None = Field(
         None, description="What the latest look decided (None before any look)."
     )
     reason: str | None = Field(None, description="Why the state changed, as reason codes.")

@@ -1,12 +1,23 @@
-"""Redis and MLflow implementations of the router's ports."""
+"""Redis and MLflow implementations of the router's ports.
+
+Every key about a model carries its hash tag (``model_key("router", model, ...)``,
+``routing_state_key(model)``), so each multi-key step on one model (the MULTI of
+``save``, every script of the tally) touches one Redis Cluster slot. The one key
+of no model, the experiment index, is only ever used alone. Redis failures leave
+as ``DependencyUnavailableError`` (retried by the consumer, 503 on a route).
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
-from typing import Any, cast
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar, cast
 
 from mlflow.exceptions import MlflowException
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from services.router.core import Experiment
 from services.router.core.decision import ExperimentStats
@@ -25,60 +36,99 @@ from services.router.core.outcomes import (
 from services.router.core.report import LookPoint
 from services.router.core.tally import REWARD_SHIFT_FIELD, stats_from_counters
 from shared.aliases import in_applying_order, promotion_moves
-from shared.events import ROUTING_STATE_KEY, ExperimentUpdated
+from shared.errors import DependencyUnavailableError
+from shared.events import ExperimentUpdated, model_key, routing_state_key
 from shared.mlflow_client import mlflow_client
 
 log = logging.getLogger(__name__)
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
+#: Experiment id → model name, for the reads that know only the id (reports, listings).
+EXPERIMENT_INDEX_KEY = "flywheel:router:experiment-models"
+
+
+def _redis_outage(
+    method: Callable[P, Awaitable[T]],
+) -> Callable[P, Coroutine[Any, Any, T]]:
+    """Redis errors leave as the shared outage error, never as ``RedisError``."""
+
+    @functools.wraps(method)
+    async def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await method(*args, **kwargs)
+        except (RedisError, OSError) as error:
+            raise DependencyUnavailableError(f"router state unavailable: {error!r}") from error
+
+    return call
+
+
+def _router_key(model_name: str, kind: str) -> str:
+    return model_key("router", model_name, kind)
+
 
 class RedisExperimentStore:
-    """One JSON value per model and per experiment id, plus the routing-table key."""
+    """Per model: its current experiment, each experiment by id, and its routing table."""
 
-    def __init__(
-        self,
-        redis: Redis,
-        prefix: str = "flywheel:router:experiment:",
-        routing_key: str = ROUTING_STATE_KEY,
-    ) -> None:
+    def __init__(self, redis: Redis, index_key: str = EXPERIMENT_INDEX_KEY) -> None:
         self._redis = redis
-        self._prefix = prefix
-        self._by_id = prefix + "by-id:"
-        self._index = prefix + "index"
-        self._routing_key = routing_key
+        self._index = index_key
 
+    @_redis_outage
     async def current(self, model_name: str) -> Experiment | None:
         """The stored experiment of ``model_name``, if any."""
-        raw = await self._redis.get(self._prefix + model_name)
+        raw = await self._redis.get(_router_key(model_name, "experiment"))
         return None if raw is None else Experiment.model_validate_json(raw)
 
-    async def get(self, experiment_id: str) -> Experiment | None:
-        """The experiment with this id, if stored."""
-        raw = await self._redis.get(self._by_id + experiment_id)
+    @_redis_outage
+    async def get(self, model_name: str, experiment_id: str) -> Experiment | None:
+        """``model_name``'s experiment with this id, if stored."""
+        raw = await self._redis.get(_by_id(model_name, experiment_id))
         return None if raw is None else Experiment.model_validate_json(raw)
 
-    async def all(self) -> list[Experiment]:
-        """Every stored experiment, newest first."""
-        ids = await self._redis.zrevrange(self._index, 0, -1)
-        if not ids:
-            return []
-        raws = await self._redis.mget([self._by_id + _text(i) for i in ids])
-        return [Experiment.model_validate_json(r) for r in raws if r is not None]
+    @_redis_outage
+    async def find(self, experiment_id: str) -> Experiment | None:
+        """The experiment with this id, whichever model it belongs to."""
+        model = await self._redis.hget(self._index, experiment_id)
+        return None if model is None else await self.get(_text(model), experiment_id)
 
+    @_redis_outage
+    async def all(self, model_name: str | None = None) -> list[Experiment]:
+        """Every stored experiment (of ``model_name`` when given), newest first."""
+        ids_by_model: dict[str, list[str]] = defaultdict(list)
+        for experiment_id, model in (await self._redis.hgetall(self._index)).items():
+            if model_name is None or _text(model) == model_name:
+                ids_by_model[_text(model)].append(_text(experiment_id))
+        found: list[Experiment] = []
+        for model, ids in ids_by_model.items():  # one MGET per model: one slot each
+            raws = await self._redis.mget([_by_id(model, i) for i in ids])
+            found += [Experiment.model_validate_json(r) for r in raws if r is not None]
+        return sorted(found, key=lambda e: e.opened_at, reverse=True)
+
+    @_redis_outage
     async def save(self, experiment: Experiment, update: ExperimentUpdated | None) -> None:
-        """Write every key in one MULTI/EXEC so readers never see them disagree."""
-        raw = experiment.model_dump_json()
+        """Write the model's keys in one MULTI/EXEC so readers never see them disagree."""
+        model, raw = experiment.model_name, experiment.model_dump_json()
+        # Indexed first, alone (another slot): a stored experiment is always findable, and
+        # an index entry whose MULTI never ran reads as no experiment.
+        await self._redis.hset(self._index, experiment.experiment_id, model)
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(self._prefix + experiment.model_name, raw)
-            pipe.set(self._by_id + experiment.experiment_id, raw)
-            pipe.zadd(self._index, {experiment.experiment_id: experiment.opened_at.timestamp()})
+            pipe.set(_router_key(model, "experiment"), raw)
+            pipe.set(_by_id(model, experiment.experiment_id), raw)
             if update is not None:
-                pipe.set(self._routing_key, update.model_dump_json())
+                pipe.set(routing_state_key(model), update.model_dump_json())
             await pipe.execute()
 
-    async def routing_table(self) -> ExperimentUpdated | None:
-        """The latest ExperimentUpdated the router stored."""
-        raw = await self._redis.get(self._routing_key)
+    @_redis_outage
+    async def routing_table(self, model_name: str) -> ExperimentUpdated | None:
+        """The latest ExperimentUpdated the router stored for ``model_name``."""
+        raw = await self._redis.get(routing_state_key(model_name))
         return None if raw is None else ExperimentUpdated.model_validate_json(raw)
+
+
+def _by_id(model_name: str, experiment_id: str) -> str:
+    return _router_key(model_name, f"experiment:{experiment_id}")
 
 
 #: Count an event's increments only if its marker is new: both in one atomic step.
@@ -146,18 +196,15 @@ class RedisOutcomeTally:
 
     Open outcome windows live in a sorted set by prediction time and one by
     prediction number, with the prediction (and any label) in hashes; closing
-    moves them into the counters in one script, so each is counted once.
+    moves them into the counters in one script, so each is counted once. Every key
+    of an experiment carries its model's hash tag, the markers the scripts build
+    from a prefix included.
     """
 
     def __init__(
-        self,
-        redis: Redis,
-        prefix: str = "flywheel:router:",
-        marker_ttl_s: int = 14 * 24 * 3600,
-        max_looks: int = 2000,
+        self, redis: Redis, marker_ttl_s: int = 14 * 24 * 3600, max_looks: int = 2000
     ) -> None:
         self._redis = redis
-        self._prefix = prefix
         self._marker_ttl_s = marker_ttl_s
         self._max_looks = max_looks
         self._add_once: Any = redis.register_script(_ADD_ONCE)
@@ -165,69 +212,92 @@ class RedisOutcomeTally:
         self._label: Any = redis.register_script(_LABEL)
         self._close: Any = redis.register_script(_CLOSE)
 
-    async def add(self, event_id: str, experiment_id: str, increments: dict[str, float]) -> bool:
+    @_redis_outage
+    async def add(
+        self, model_name: str, experiment_id: str, event_id: str, increments: dict[str, float]
+    ) -> bool:
         """Add ``increments`` to the experiment's counters unless ``event_id`` was counted."""
         args: list[Any] = [self._marker_ttl_s]
         for field, amount in increments.items():
             args += [field, repr(float(amount))]
-        keys = [f"{self._prefix}counted:{event_id}", self._stats_key(experiment_id)]
+        keys = [
+            _router_key(model_name, f"counted:{event_id}"),
+            _key(model_name, "stats", experiment_id),
+        ]
         return bool(await self._add_once(keys=keys, args=args))
 
-    async def stats(self, experiment_id: str) -> ExperimentStats:
+    @_redis_outage
+    async def stats(self, model_name: str, experiment_id: str) -> ExperimentStats:
         """The experiment's statistics from its counters, with its open windows counted."""
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hgetall(self._stats_key(experiment_id))
-            pipe.zcard(self._key("pending", experiment_id))
+            pipe.hgetall(_key(model_name, "stats", experiment_id))
+            pipe.zcard(_key(model_name, "pending", experiment_id))
             raw, open_outcomes = await pipe.execute()
         counters = {_text(k): float(v) for k, v in raw.items()}
         return stats_from_counters(counters, int(open_outcomes))
 
-    async def open_outcome(self, experiment_id: str, pending: PendingOutcome) -> bool:
+    @_redis_outage
+    async def open_outcome(
+        self, model_name: str, experiment_id: str, pending: PendingOutcome
+    ) -> bool:
         """Open ``pending``'s window unless it is open or closed already."""
         prefix = encode_pending(pending).rsplit("|", 1)[0] + "|"
         keys = [
-            self._key("seq", experiment_id),
-            self._key("pending", experiment_id),
-            self._key("pending-seq", experiment_id),
-            self._key("outcome", experiment_id),
-            self._closed_key(experiment_id, pending.request_id),
+            _key(model_name, "seq", experiment_id),
+            _key(model_name, "pending", experiment_id),
+            _key(model_name, "pending-seq", experiment_id),
+            _key(model_name, "outcome", experiment_id),
+            _closed_key(model_name, experiment_id, pending.request_id),
         ]
         args = [pending.request_id, repr(pending.predicted_at), prefix]
         return bool(await self._open(keys=keys, args=args))
 
-    async def label(self, experiment_id: str, request_id: str, label: Label) -> LabelStatus:
+    @_redis_outage
+    async def label(
+        self, model_name: str, experiment_id: str, request_id: str, label: Label
+    ) -> LabelStatus:
         """Keep ``label`` for its window: ``open``, or ``late`` / ``duplicate`` (ignored)."""
         prefix = encode_label(label).rsplit("|", 1)[0] + "|"
         keys = [
-            self._closed_key(experiment_id, request_id),
-            self._key("label", experiment_id),
-            self._key("seq", experiment_id),
+            _closed_key(model_name, experiment_id, request_id),
+            _key(model_name, "label", experiment_id),
+            _key(model_name, "seq", experiment_id),
         ]
         status = _text(await self._label(keys=keys, args=[request_id, prefix]))
         return cast(LabelStatus, status)
 
+    @_redis_outage
     async def due(
-        self, experiment_id: str, window: OutcomeWindow, now: float, limit: int = 5000
+        self,
+        model_name: str,
+        experiment_id: str,
+        window: OutcomeWindow,
+        now: float,
+        limit: int = 5000,
     ) -> Closing:
         """Open windows that have closed by ``now``, with their labels and the reward shift."""
-        seq_raw = await self._redis.get(self._key("seq", experiment_id))
+        seq_raw = await self._redis.get(_key(model_name, "seq", experiment_id))
         time_cutoff, seq_cutoff = due_cutoffs(now, int(seq_raw or 0), window)
         ids: list[Any] = list(
             await self._redis.zrangebyscore(
-                self._key("pending", experiment_id), "-inf", time_cutoff, start=0, num=limit
+                _key(model_name, "pending", experiment_id), "-inf", time_cutoff, start=0, num=limit
             )
         )
         if seq_cutoff is not None:
             ids += await self._redis.zrangebyscore(
-                self._key("pending-seq", experiment_id), "-inf", seq_cutoff, start=0, num=limit
+                _key(model_name, "pending-seq", experiment_id),
+                "-inf",
+                seq_cutoff,
+                start=0,
+                num=limit,
             )
         request_ids = sorted({_text(i) for i in ids})
         if not request_ids:
             return Closing(outcomes=[], reward_shift=None)
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hmget(self._key("outcome", experiment_id), request_ids)
-            pipe.hmget(self._key("label", experiment_id), request_ids)
-            pipe.hget(self._stats_key(experiment_id), REWARD_SHIFT_FIELD)
+            pipe.hmget(_key(model_name, "outcome", experiment_id), request_ids)
+            pipe.hmget(_key(model_name, "label", experiment_id), request_ids)
+            pipe.hget(_key(model_name, "stats", experiment_id), REWARD_SHIFT_FIELD)
             outcomes, labels, shift = await pipe.execute()
         closing = [
             (decode_pending(rid, _text(o)), None if lab is None else decode_label(_text(lab)))
@@ -236,49 +306,52 @@ class RedisOutcomeTally:
         ]
         return Closing(outcomes=closing, reward_shift=None if shift is None else float(shift))
 
+    @_redis_outage
     async def close(
         self,
+        model_name: str,
         experiment_id: str,
         increments: dict[str, dict[str, float]],
         reward_shift: float | None,
     ) -> int:
         """Count each closed window's increments once; -1 if the reward shift changed meanwhile."""
         shift = "" if reward_shift is None else repr(reward_shift)
-        args: list[Any] = [self._marker_ttl_s, self._closed_key(experiment_id, ""), shift]
+        # The script builds each closed marker from this prefix: it carries the model's
+        # hash tag, so those keys share the slot of the declared ones.
+        marker_prefix = _closed_key(model_name, experiment_id, "")
+        args: list[Any] = [self._marker_ttl_s, marker_prefix, shift]
         for request_id, counts in increments.items():
             args += [request_id, len(counts)]
             for field, amount in counts.items():
                 args += [field, repr(float(amount))]
         keys = [
-            self._key("pending", experiment_id),
-            self._key("pending-seq", experiment_id),
-            self._key("outcome", experiment_id),
-            self._key("label", experiment_id),
-            self._stats_key(experiment_id),
+            _key(model_name, kind, experiment_id)
+            for kind in ("pending", "pending-seq", "outcome", "label", "stats")
         ]
         return int(await self._close(keys=keys, args=args))
 
-    def _key(self, kind: str, experiment_id: str) -> str:
-        return f"{self._prefix}{kind}:{experiment_id}"
-
-    def _closed_key(self, experiment_id: str, request_id: str) -> str:
-        return f"{self._prefix}closed:{experiment_id}:{request_id}"
-
-    async def append_look(self, experiment_id: str, point: LookPoint) -> None:
+    @_redis_outage
+    async def append_look(self, model_name: str, experiment_id: str, point: LookPoint) -> None:
         """Append one look's summary (the oldest go beyond ``max_looks``)."""
-        key = f"{self._prefix}looks:{experiment_id}"
+        key = _key(model_name, "looks", experiment_id)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.rpush(key, point.model_dump_json())
             pipe.ltrim(key, -self._max_looks, -1)
             await pipe.execute()
 
-    async def history(self, experiment_id: str) -> list[LookPoint]:
+    @_redis_outage
+    async def history(self, model_name: str, experiment_id: str) -> list[LookPoint]:
         """Every kept look, oldest first."""
-        raws = await self._redis.lrange(f"{self._prefix}looks:{experiment_id}", 0, -1)
+        raws = await self._redis.lrange(_key(model_name, "looks", experiment_id), 0, -1)
         return [LookPoint.model_validate_json(r) for r in raws]
 
-    def _stats_key(self, experiment_id: str) -> str:
-        return f"{self._prefix}stats:{experiment_id}"
+
+def _key(model_name: str, kind: str, experiment_id: str) -> str:
+    return _router_key(model_name, f"{kind}:{experiment_id}")
+
+
+def _closed_key(model_name: str, experiment_id: str, request_id: str) -> str:
+    return _router_key(model_name, f"closed:{experiment_id}:{request_id}")
 
 
 def _text(value: object) -> str:

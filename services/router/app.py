@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from services.router.adapters import MlflowModelAliases, RedisExperimentStore, RedisOutcomeTally
 from services.router.handlers import (
     ApprovalHandler,
+    ModelLocks,
     OutcomeHandler,
     OverrideHandler,
     Ticker,
@@ -16,42 +17,61 @@ from services.router.metrics import RouterMetrics
 from services.router.recovery import StateGuard, mlflow_alias_reader
 from services.router.routes import experiments_router
 from services.router.settings import Settings
+from shared.catalog import ModelCatalog
+from shared.mlflow_specs import MlflowSpecSource
 from shared.runtime import build_runtime, serve, service_app
+from shared.spec import load_spec
 
 
 def create_app(settings: Settings | None = None, name: str = "router") -> FastAPI:
     """Build the router app: Redis-backed experiments and tallies, MLflow aliases, routes.
 
-    ``name`` names its consumer group and idempotency markers (tests use their own).
+    Every model's experiment runs on its own (keys, lock, looks); the router learns
+    its models from their approvals, and the registered ones from the catalog when
+    it rebuilds routing tables after Redis lost its data. ``name`` names its consumer
+    group and idempotency markers (tests use their own).
     """
     settings = settings or Settings()
     runtime = build_runtime(name, settings)
     store = RedisExperimentStore(runtime.redis)
     tally = RedisOutcomeTally(runtime.redis)
     metrics = RouterMetrics.create(runtime.registry)
+    locks = ModelLocks()
     approvals = ApprovalHandler(store, runtime.publisher, metrics, settings.plan())
     outcomes = OutcomeHandler(
-        store, tally, MlflowModelAliases(settings.mlflow_tracking_uri), runtime.publisher, metrics
+        store,
+        tally,
+        MlflowModelAliases(settings.mlflow_tracking_uri),
+        runtime.publisher,
+        metrics,
+        locks=locks,
+        look_wait_s=settings.look_wait_s,
     )
-    overrides = OverrideHandler(store, runtime.publisher, metrics, outcomes.lock)
+    overrides = OverrideHandler(store, runtime.publisher, metrics, locks)
     register(runtime.consumer, approvals, outcomes, overrides)
     ticker = Ticker(outcomes.tick, settings.look_interval_s)
+    catalog = ModelCatalog(
+        MlflowSpecSource(settings.mlflow_tracking_uri),
+        settings.model_name,
+        load_spec(settings.model_spec_path),
+    )
     guard = StateGuard(
         runtime.redis,
         store,
         mlflow_alias_reader(settings.mlflow_tracking_uri),
         runtime.publisher,
         runtime.registry,
-        settings.model_name,
+        catalog.names,
     )
     return service_app(
         runtime,
         checks={"state": guard.ready},
         on_startup=[ticker.start, guard.start],
-        on_shutdown=[guard.stop, ticker.stop],
-        routers=[experiments_router(store, tally)],
+        on_shutdown=[guard.stop, ticker.stop, outcomes.close],
+        routers=[experiments_router(store, tally, settings.model_name)],
         details=guard.details,
-        description="Runs champion/challenger experiments: ramp, always-valid looks, verdicts.",
+        description="Runs champion/challenger experiments per model: ramp, always-valid looks, "
+        "verdicts.",
     )
 
 

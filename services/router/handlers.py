@@ -72,7 +72,10 @@ class ApprovalHandler:
         current = await self._store.current(approval.model_name)
         states = decide_on_approval(current, approval, self._plan)
         if not states:
-            log.info("approval changes no routing", extra={"version": approval.version})
+            log.info(
+                "approval changes no routing",
+                extra={"model": approval.model_name, "version": approval.version},
+            )
         for state in states:
             update = to_update(state, approval)
             # Publish before persisting: the decision is deterministic, so a retry after a
@@ -119,8 +122,29 @@ def _in_turn(state: Experiment) -> dict[str, object]:
     return {"producer": "router", "causation_id": state.last_event_id, **correlation}
 
 
+class ModelLocks:
+    """One lock per model, held while its experiment is read, decided and saved.
+
+    Looks and operator overrides of one model take turns; another model's never
+    wait for them.
+    """
+
+    def __init__(self) -> None:
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def __call__(self, model_name: str) -> asyncio.Lock:
+        """``model_name``'s lock (made on first use)."""
+        return self._locks.setdefault(model_name, asyncio.Lock())
+
+
 class OutcomeHandler:
-    """Counts routed predictions and outcomes per experiment and looks after each batch."""
+    """Counts routed predictions and outcomes per experiment and looks after each batch.
+
+    Looks run one task per model: an event or a tick waits for them at most
+    ``look_wait_s``, and a look that fails is counted and logged, not raised (the
+    next tick looks again), so one model's stuck or failing experiment never holds
+    up the events, or the looks, of another.
+    """
 
     def __init__(
         self,
@@ -130,58 +154,106 @@ class OutcomeHandler:
         publisher: EventPublisher,
         metrics: RouterMetrics,
         clock: Clock = _utc_now,
+        locks: ModelLocks | None = None,
+        look_wait_s: float = 10.0,
     ) -> None:
         self._store, self._tally, self._aliases = store, tally, aliases
         self._publisher, self._metrics, self._clock = publisher, metrics, clock
-        self._lock = asyncio.Lock()
+        self._locks = locks or ModelLocks()
+        self._look_wait_s = look_wait_s
+        self._looking: dict[str, asyncio.Task[None]] = {}
 
     @property
-    def lock(self) -> asyncio.Lock:
-        """Held while an experiment is read, decided and saved (operator overrides share it)."""
-        return self._lock
+    def locks(self) -> ModelLocks:
+        """The per-model locks (operator overrides share them)."""
+        return self._locks
 
     async def on_prediction(self, event: PredictionLogged) -> None:
         """Count the assignment and latency of one routed prediction."""
         if event.experiment_id is None or not event.challenger_share or event.shadow:
             return  # served outside any experiment, or a shadow answer nobody saw
-        exp = event.experiment_id
+        model, exp = event.model_name, event.experiment_id
         # One assignment per unit (entity, or request) and period; latency once per request;
         # every row's outcome window, which a later look closes.
         unit = f"unit:{exp}:{stratum_of(event)}:{unit_of(event)}"
-        await self._tally.add(unit, exp, assignment_increments(event))
-        await self._tally.add(
-            f"request:{exp}:{event.correlation_id}", exp, request_increments(event)
-        )
-        await self._tally.open_outcome(exp, pending_of(event))
+        await self._tally.add(model, exp, unit, assignment_increments(event))
+        request = f"request:{exp}:{event.correlation_id}"
+        await self._tally.add(model, exp, request, request_increments(event))
+        await self._tally.open_outcome(model, exp, pending_of(event))
 
     async def on_failure(self, event: PredictionFailed) -> None:
         """Count the errors of one failed request against the variant that answered it."""
         if event.experiment_id is None or not event.challenger_share:
             return
-        await self._tally.add(event.event_id, event.experiment_id, failure_increments(event))
+        await self._tally.add(
+            event.model_name, event.experiment_id, event.event_id, failure_increments(event)
+        )
 
     async def on_feedback(self, event: FeedbackReceived) -> None:
         """Keep one label for its outcome window, then look at the experiment."""
+        model = event.model_name
         if event.experiment_id is None or not event.challenger_share:
-            self._metrics.outcomes.labels(counted="no").inc()
+            self._metrics.outcomes.labels(model_name=model, counted="no").inc()
             return
         exp = event.experiment_id
-        status = await self._tally.label(exp, event.request_id, label_of(event))
+        status = await self._tally.label(model, exp, event.request_id, label_of(event))
         if status == "late":  # reported, never used for decisions
-            await self._tally.add(event.event_id, exp, late_increments(event))
-        self._metrics.outcomes.labels(counted=_COUNTED[status]).inc()
-        await self.look_at(exp)
+            await self._tally.add(model, exp, event.event_id, late_increments(event))
+        self._metrics.outcomes.labels(model_name=model, counted=_COUNTED[status]).inc()
+        await self._look_per_model({model: [exp]})
 
     async def tick(self) -> None:
         """Close outcome windows and look at every running experiment (called periodically)."""
+        due: dict[str, list[str]] = {}
         for experiment in await self._store.all():
             if experiment.is_running or experiment.actions_pending:
-                await self.look_at(experiment.experiment_id)
+                due.setdefault(experiment.model_name, []).append(experiment.experiment_id)
+        await self._look_per_model(due)
 
-    async def look_at(self, experiment_id: str) -> None:
+    async def close(self) -> None:
+        """Cancel the looks still running (a shut-down hook)."""
+        for task in self._looking.values():
+            task.cancel()
+        await asyncio.gather(*self._looking.values(), return_exceptions=True)
+
+    async def _look_per_model(self, due: dict[str, list[str]]) -> None:
+        """Look at each model's experiments in a task of its own; wait at most ``look_wait_s``.
+
+        A model whose previous look still runs is skipped: that look, or the next tick,
+        sees the outcomes counted meanwhile.
+        """
+        started = []
+        for model, experiment_ids in due.items():
+            running = self._looking.get(model)
+            if running is not None and not running.done():
+                continue
+            task = asyncio.create_task(
+                self._look_guarded(model, experiment_ids), name=f"router-look:{model}"
+            )
+            self._looking[model] = task
+            started.append(task)
+        if started:
+            await asyncio.wait(started, timeout=self._look_wait_s)
+
+    async def _look_guarded(self, model_name: str, experiment_ids: list[str]) -> None:
+        for experiment_id in experiment_ids:
+            try:
+                await self.look_at(model_name, experiment_id)
+            except Exception as error:  # the tick looks again; the event that asked is done
+                self._metrics.look_failures.labels(model_name=model_name).inc()
+                log.warning(
+                    "look failed",
+                    extra={
+                        "model": model_name,
+                        "experiment_id": experiment_id,
+                        "error": repr(error),
+                    },
+                )
+
+    async def look_at(self, model_name: str, experiment_id: str) -> None:
         """Finish a pending verdict, or look when enough new outcomes arrived."""
-        async with self._lock:
-            experiment = await self._store.get(experiment_id)
+        async with self._locks(model_name):
+            experiment = await self._store.get(model_name, experiment_id)
             if experiment is None:
                 return
             if experiment.actions_pending:
@@ -194,27 +266,26 @@ class OutcomeHandler:
                 )
                 return
             await self._close_windows(experiment)
-            stats = await self._tally.stats(experiment_id)
+            stats = await self._tally.stats(model_name, experiment_id)
             now = self._clock()
             if not look_due(experiment, stats, now):
                 return
             after = look(experiment, stats, now)
             point = look_point(after, stats, now)
             if point is not None:
-                await self._tally.append_look(experiment_id, point)
+                await self._tally.append_look(model_name, experiment_id, point)
             await self._apply(experiment, after)
 
     async def _close_windows(self, experiment: Experiment) -> None:
         """Move the outcomes whose windows have closed into the experiment's counters."""
+        model, exp = experiment.model_name, experiment.experiment_id
         window = experiment.plan.outcome_window
         for _ in range(3):  # -1: another replica fixed the reward shift meanwhile; read again
-            closing = await self._tally.due(
-                experiment.experiment_id, window, self._clock().timestamp()
-            )
+            closing = await self._tally.due(model, exp, window, self._clock().timestamp())
             if not closing.outcomes:
                 return
             increments, shift = close_increments(closing, window)
-            if await self._tally.close(experiment.experiment_id, increments, shift) >= 0:
+            if await self._tally.close(model, exp, increments, shift) >= 0:
                 return
 
     async def _apply(self, before: Experiment, after: Experiment) -> None:
@@ -235,7 +306,11 @@ class OutcomeHandler:
         self._metrics.record(after)
         log.info(
             "experiment updated",
-            extra={"decision": after.decision, "share": after.challenger_share},
+            extra={
+                "model": after.model_name,
+                "decision": after.decision,
+                "share": after.challenger_share,
+            },
         )
 
     async def _carry_out(self, state: Experiment) -> None:
@@ -261,7 +336,10 @@ class OutcomeHandler:
         done = state.model_copy(update={"actions_pending": False, "last_event_id": update.event_id})
         await self._store.save(done, update)
         self._metrics.record(done)
-        log.info("experiment concluded", extra={"status": state.status, "reasons": state.reasons})
+        log.info(
+            "experiment concluded",
+            extra={"model": state.model_name, "status": state.status, "reasons": state.reasons},
+        )
         await open_queued_challenger(self._store, self._publisher, self._metrics, done)
 
 
@@ -284,7 +362,10 @@ async def open_queued_challenger(
     await publisher.publish(update)
     await store.save(opened.model_copy(update={"last_event_id": update.event_id}), update)
     metrics.record(opened)
-    log.info("queued challenger opened", extra={"version": opened.challenger_version})
+    log.info(
+        "queued challenger opened",
+        extra={"model": opened.model_name, "version": opened.challenger_version},
+    )
 
 
 def _verdict(state: Experiment, update: ExperimentUpdated) -> Event | None:
@@ -313,11 +394,11 @@ class OverrideHandler:
         store: ExperimentStore,
         publisher: EventPublisher,
         metrics: RouterMetrics,
-        lock: asyncio.Lock,
+        locks: ModelLocks,
         clock: Clock = _utc_now,
     ) -> None:
         self._store, self._publisher, self._metrics = store, publisher, metrics
-        self._lock, self._clock = lock, clock
+        self._locks, self._clock = locks, clock
 
     async def on_promoted(self, event: ModelPromoted) -> None:
         """A manual promotion: the promoted version serves alone."""
@@ -331,8 +412,9 @@ class OverrideHandler:
         action = override_of(event)
         if action is None:
             return
-        # The outcome handler's lock: a look in flight cannot save over the override.
-        async with self._lock:
+        # The model's lock, shared with its looks: one in flight cannot save over the
+        # override; another model's look never delays it.
+        async with self._locks(event.model_name):
             current = await self._store.current(event.model_name)
             state = apply_override(current, action, self._clock())
             if state is None:
@@ -350,7 +432,12 @@ class OverrideHandler:
             await open_queued_challenger(self._store, self._publisher, self._metrics, saved)
         log.warning(
             "operator action overrides the router",
-            extra={"status": state.status, "by": action.requested_by, "reason": action.reason},
+            extra={
+                "model": event.model_name,
+                "status": state.status,
+                "by": action.requested_by,
+                "reason": action.reason,
+            },
         )
 
 

@@ -11,13 +11,14 @@ from services.router.core import Experiment
 
 @dataclass(frozen=True)
 class RouterMetrics:
-    """Experiments opened, state changes, looks, outcomes and the challenger's share."""
+    """Experiments opened, state changes, looks, outcomes and the challenger's share, per model."""
 
     experiments_opened: Counter
     experiment_updates: Counter
     challenger_share: Gauge
     looks: Counter
     outcomes: Counter
+    look_failures: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> RouterMetrics:
@@ -50,7 +51,13 @@ class RouterMetrics:
             outcomes=Counter(
                 "experiment_outcomes_total",
                 "Feedback events: counted for an experiment, duplicate, or outside any.",
-                ["counted"],
+                ["model_name", "counted"],
+                registry=registry,
+            ),
+            look_failures=Counter(
+                "experiment_look_failures_total",
+                "Looks that failed (Redis, MLflow or the publisher away); the next tick retries.",
+                ["model_name"],
                 registry=registry,
             ),
         )

@@ -12,54 +12,67 @@ from shared.events import ExperimentUpdated
 
 
 class ExperimentStore(Protocol):
-    """Where the experiment of each model and the published routing table are kept."""
+    """Per model: its current experiment, every experiment it ran, and its routing table."""
 
     async def current(self, model_name: str) -> Experiment | None:
         """The experiment (or champion-only state) of ``model_name``, if any."""
 
-    async def get(self, experiment_id: str) -> Experiment | None:
-        """The experiment with this id, whatever its status."""
+    async def get(self, model_name: str, experiment_id: str) -> Experiment | None:
+        """``model_name``'s experiment with this id, whatever its status."""
 
-    async def all(self) -> list[Experiment]:
-        """Every experiment, newest first."""
+    async def find(self, experiment_id: str) -> Experiment | None:
+        """The experiment with this id, whichever model ran it."""
+
+    async def all(self, model_name: str | None = None) -> list[Experiment]:
+        """Every experiment (of ``model_name`` when given), newest first."""
 
     async def save(self, experiment: Experiment, update: ExperimentUpdated | None) -> None:
-        """Store ``experiment`` and, when given, make ``update`` the routing table, together."""
+        """Store ``experiment`` and, when given, make ``update`` its model's routing table,
+        together."""
 
-    async def routing_table(self) -> ExperimentUpdated | None:
-        """The latest published routing table, if any."""
+    async def routing_table(self, model_name: str) -> ExperimentUpdated | None:
+        """``model_name``'s latest published routing table, if any."""
 
 
 class OutcomeTally(Protocol):
-    """Per-experiment sufficient statistics, counted once per event."""
+    """Per-experiment sufficient statistics, counted once per event (keyed by model)."""
 
-    async def add(self, event_id: str, experiment_id: str, increments: dict[str, float]) -> bool:
+    async def add(
+        self, model_name: str, experiment_id: str, event_id: str, increments: dict[str, float]
+    ) -> bool:
         """Add ``increments`` unless ``event_id`` was counted before; True when counted now."""
 
-    async def stats(self, experiment_id: str) -> ExperimentStats:
+    async def stats(self, model_name: str, experiment_id: str) -> ExperimentStats:
         """The experiment's statistics so far."""
 
-    async def open_outcome(self, experiment_id: str, pending: PendingOutcome) -> bool:
+    async def open_outcome(
+        self, model_name: str, experiment_id: str, pending: PendingOutcome
+    ) -> bool:
         """Open a prediction's outcome window (once); True when opened now."""
 
-    async def label(self, experiment_id: str, request_id: str, label: Label) -> LabelStatus:
+    async def label(
+        self, model_name: str, experiment_id: str, request_id: str, label: Label
+    ) -> LabelStatus:
         """Keep a label for its open window; ``late`` once the window has closed."""
 
-    async def due(self, experiment_id: str, window: OutcomeWindow, now: float) -> Closing:
+    async def due(
+        self, model_name: str, experiment_id: str, window: OutcomeWindow, now: float
+    ) -> Closing:
         """The windows that have closed by ``now`` (seconds since the epoch), with labels."""
 
     async def close(
         self,
+        model_name: str,
         experiment_id: str,
         increments: dict[str, dict[str, float]],
         reward_shift: float | None,
     ) -> int:
         """Add each closed window's counters once; how many closed now (-1: retry)."""
 
-    async def append_look(self, experiment_id: str, point: LookPoint) -> None:
+    async def append_look(self, model_name: str, experiment_id: str, point: LookPoint) -> None:
         """Keep one look's summary for the report's plot."""
 
-    async def history(self, experiment_id: str) -> list[LookPoint]:
+    async def history(self, model_name: str, experiment_id: str) -> list[LookPoint]:
         """Every kept look, oldest first."""
 
 

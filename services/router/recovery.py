@@ -1,11 +1,13 @@
 """Notices a Redis that came back without the router's state, and rebuilds what it can.
 
 A marker key lives beside the router's state. The append-only file keeps it
-across restarts; when it is missing and no experiment is stored either, Redis
-lost its data: the routing table is rebuilt from MLflow's aliases
+across restarts; when it is missing, Redis lost its data: every registered model
+that has no stored state gets its routing table rebuilt from MLflow's aliases
 (``core.recovery``), a lost experiment is counted in
-``router_state_lost_total`` (alert ``RouterStateLost``) and logged as an error,
-and ``/readyz`` is 503 until the rebuild is done. This module is the guard and
+``router_state_lost_total{model_name}`` (alert ``RouterStateLost``) and logged as
+an error, and ``/readyz`` is 503 until the rebuild is done. The marker is one key
+for all models (used alone, so it needs no hash tag): Redis loses its data
+whole, not one model's. This module is the guard and
 its one MLflow adapter (an adapter module of its own, beside ``adapters.py``).
 """
 
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from mlflow.exceptions import MlflowException
@@ -35,6 +37,9 @@ _MISSING = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}
 
 AliasReader = Callable[[str], tuple[str | None, str | None]]
 """Blocking: a model's (champion, challenger) versions in the registry."""
+
+ModelNames = Callable[[], Awaitable[list[str]]]
+"""Every registered model (``ModelCatalog.names``)."""
 
 
 def mlflow_alias_reader(tracking_uri: str) -> AliasReader:
@@ -64,14 +69,14 @@ class StateGuard:
         aliases: AliasReader,
         publisher: EventPublisher,
         registry: CollectorRegistry,
-        model_name: str,
+        models: ModelNames,
         period_s: float = 5.0,
     ) -> None:
         self._store, self._aliases = store, aliases
         self._marker = MarkerGuard(
             redis, STATE_MARKER_KEY, self._recover, "router-state-guard", period_s
         )
-        self._publisher, self._model_name = publisher, model_name
+        self._publisher, self._models = publisher, models
         self._lost = Counter(
             "router_state_lost_total",
             "Times Redis came back without the router's state while an experiment ran "
@@ -102,12 +107,14 @@ class StateGuard:
         await self._marker.check()
 
     async def _recover(self) -> None:
-        if not await self._store.all():
-            await self._rebuild()
+        for model_name in await self._models():
+            # A model with state kept it (an older Redis without the marker): leave it be.
+            if await self._store.current(model_name) is None:
+                await self._rebuild(model_name)
 
-    async def _rebuild(self) -> None:
-        champion, challenger = await asyncio.to_thread(self._aliases, self._model_name)
-        state = rebuilt_state(self._model_name, champion, challenger, datetime.now(UTC))
+    async def _rebuild(self, model_name: str) -> None:
+        champion, challenger = await asyncio.to_thread(self._aliases, model_name)
+        state = rebuilt_state(model_name, champion, challenger, datetime.now(UTC))
         if state is None:
             return  # nothing registered: a first start, nothing was lost
         update = ExperimentUpdated(
@@ -121,12 +128,15 @@ class StateGuard:
         )
         await self._publisher.publish(update)
         await self._store.save(state.model_copy(update={"last_event_id": update.event_id}), update)
-        self._last_rebuild = f"{update.occurred_at.isoformat()}: {update.reason}"
+        self._last_rebuild = f"{update.occurred_at.isoformat()} {model_name}: {update.reason}"
         if STATE_LOST in state.reasons:
-            self._lost.labels(model_name=self._model_name).inc()
+            self._lost.labels(model_name=model_name).inc()
             log.error(
                 "Redis lost the router's state: the experiment is gone, the champion serves alone",
-                extra={"champion": champion, "challenger": challenger},
+                extra={"model": model_name, "champion": champion, "challenger": challenger},
             )
         else:
-            log.warning("routing table rebuilt from the registry", extra={"champion": champion})
+            log.warning(
+                "routing table rebuilt from the registry",
+                extra={"model": model_name, "champion": champion},
+            )

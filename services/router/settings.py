@@ -67,6 +67,9 @@ class Settings(BaseServiceSettings):
     on the events' own times)."""
     look_interval_s: float = Field(5.0, gt=0)
     """How often running experiments have their closed windows counted and are looked at."""
+    look_wait_s: float = Field(10.0, gt=0)
+    """How long an event or the periodic tick waits for one model's look before going on
+    (the look carries on in the background): a stuck model never holds up the others."""
 
     def plan(self) -> ExperimentPlan:
         """The plan every new experiment follows."""

@@ -41,6 +41,7 @@ from shared.events import (
     Topic,
     Variant,
 )
+from shared.http_errors import install_error_handlers
 from shared.testing import RecordingPublisher, consumer_context
 
 MODEL = "customer-segment"
@@ -55,108 +56,130 @@ PLAN = ExperimentPlan(
 
 
 class InMemoryExperimentStore:
-    """Experiments per model and per id, and the routing table, in dicts."""
+    """Experiments per model and per id, and each model's routing table, in dicts."""
 
     def __init__(self) -> None:
         self.experiments: dict[str, Experiment] = {}
-        self.by_id: dict[str, Experiment] = {}
-        self.table: ExperimentUpdated | None = None
+        self.by_id: dict[tuple[str, str], Experiment] = {}
+        self.tables: dict[str, ExperimentUpdated] = {}
 
     async def current(self, model_name: str) -> Experiment | None:
         return self.experiments.get(model_name)
 
-    async def get(self, experiment_id: str) -> Experiment | None:
-        return self.by_id.get(experiment_id)
+    async def get(self, model_name: str, experiment_id: str) -> Experiment | None:
+        return self.by_id.get((model_name, experiment_id))
 
-    async def all(self) -> list[Experiment]:
-        return sorted(self.by_id.values(), key=lambda e: e.opened_at, reverse=True)
+    async def find(self, experiment_id: str) -> Experiment | None:
+        found = [e for (_, i), e in self.by_id.items() if i == experiment_id]
+        return found[0] if found else None
+
+    async def all(self, model_name: str | None = None) -> list[Experiment]:
+        kept = [e for e in self.by_id.values() if model_name in (None, e.model_name)]
+        return sorted(kept, key=lambda e: e.opened_at, reverse=True)
 
     async def save(self, experiment: Experiment, update: ExperimentUpdated | None) -> None:
         self.experiments[experiment.model_name] = experiment
-        self.by_id[experiment.experiment_id] = experiment
+        self.by_id[(experiment.model_name, experiment.experiment_id)] = experiment
         if update is not None:
-            self.table = update
+            self.tables[experiment.model_name] = update
 
-    async def routing_table(self) -> ExperimentUpdated | None:
-        return self.table
+    async def routing_table(self, model_name: str) -> ExperimentUpdated | None:
+        return self.tables.get(model_name)
+
+
+#: An experiment's keys in the fake tally: its model and its id, as the Redis keys carry both.
+Exp = tuple[str, str]
 
 
 class InMemoryTally:
     """Counters per experiment with once-only markers and outcome windows, like the scripts."""
 
     def __init__(self) -> None:
-        self.counters: dict[str, dict[str, float]] = {}
-        self.counted: set[str] = set()
-        self.looks: dict[str, list[LookPoint]] = {}
-        self.seq: dict[str, int] = {}
-        self.pending: dict[str, dict[str, PendingOutcome]] = {}
-        self.labels: dict[str, dict[str, Label]] = {}
-        self.closed: set[tuple[str, str]] = set()
+        self.counters: dict[Exp, dict[str, float]] = {}
+        self.counted: set[tuple[str, str]] = set()
+        self.looks: dict[Exp, list[LookPoint]] = {}
+        self.seq: dict[Exp, int] = {}
+        self.pending: dict[Exp, dict[str, PendingOutcome]] = {}
+        self.labels: dict[Exp, dict[str, Label]] = {}
+        self.closed: set[tuple[Exp, str]] = set()
 
-    async def open_outcome(self, experiment_id: str, pending: PendingOutcome) -> bool:
-        opened = self.pending.setdefault(experiment_id, {})
-        if (experiment_id, pending.request_id) in self.closed or pending.request_id in opened:
+    async def open_outcome(
+        self, model_name: str, experiment_id: str, pending: PendingOutcome
+    ) -> bool:
+        exp = (model_name, experiment_id)
+        opened = self.pending.setdefault(exp, {})
+        if (exp, pending.request_id) in self.closed or pending.request_id in opened:
             return False
-        self.seq[experiment_id] = self.seq.get(experiment_id, 0) + 1
-        opened[pending.request_id] = pending.model_copy(update={"seq": self.seq[experiment_id]})
+        self.seq[exp] = self.seq.get(exp, 0) + 1
+        opened[pending.request_id] = pending.model_copy(update={"seq": self.seq[exp]})
         return True
 
-    async def label(self, experiment_id: str, request_id: str, label: Label) -> LabelStatus:
-        labels = self.labels.setdefault(experiment_id, {})
-        if (experiment_id, request_id) in self.closed:
+    async def label(
+        self, model_name: str, experiment_id: str, request_id: str, label: Label
+    ) -> LabelStatus:
+        exp = (model_name, experiment_id)
+        labels = self.labels.setdefault(exp, {})
+        if (exp, request_id) in self.closed:
             return "late"
         if request_id in labels:
             return "duplicate"
-        labels[request_id] = label.model_copy(update={"seq": self.seq.get(experiment_id, 0)})
+        labels[request_id] = label.model_copy(update={"seq": self.seq.get(exp, 0)})
         return "open"
 
-    async def due(self, experiment_id: str, window: OutcomeWindow, now: float) -> Closing:
-        seq_now, labels = self.seq.get(experiment_id, 0), self.labels.get(experiment_id, {})
+    async def due(
+        self, model_name: str, experiment_id: str, window: OutcomeWindow, now: float
+    ) -> Closing:
+        exp = (model_name, experiment_id)
+        seq_now, labels = self.seq.get(exp, 0), self.labels.get(exp, {})
         closing = [
             (p, labels.get(rid))
-            for rid, p in self.pending.get(experiment_id, {}).items()
+            for rid, p in self.pending.get(exp, {}).items()
             if closes_by(p, now, seq_now, window)
         ]
-        return Closing(closing, self.counters.get(experiment_id, {}).get("reward_shift"))
+        return Closing(closing, self.counters.get(exp, {}).get("reward_shift"))
 
     async def close(
         self,
+        model_name: str,
         experiment_id: str,
         increments: dict[str, dict[str, float]],
         reward_shift: float | None,
     ) -> int:
-        counters = self.counters.setdefault(experiment_id, {})
+        exp = (model_name, experiment_id)
+        counters = self.counters.setdefault(exp, {})
         if reward_shift is not None:
             counters.setdefault("reward_shift", reward_shift)
-        pending, closed = self.pending.get(experiment_id, {}), 0
+        pending, closed = self.pending.get(exp, {}), 0
         for request_id, counts in increments.items():
             if pending.pop(request_id, None) is None:
                 continue
-            self.labels.get(experiment_id, {}).pop(request_id, None)
-            self.closed.add((experiment_id, request_id))
+            self.labels.get(exp, {}).pop(request_id, None)
+            self.closed.add((exp, request_id))
             for key, amount in counts.items():
                 counters[key] = counters.get(key, 0.0) + amount
             closed += 1
         return closed
 
-    async def add(self, event_id: str, experiment_id: str, increments: dict[str, float]) -> bool:
-        if event_id in self.counted:
+    async def add(
+        self, model_name: str, experiment_id: str, event_id: str, increments: dict[str, float]
+    ) -> bool:
+        if (model_name, event_id) in self.counted:
             return False
-        self.counted.add(event_id)
-        counters = self.counters.setdefault(experiment_id, {})
+        self.counted.add((model_name, event_id))
+        counters = self.counters.setdefault((model_name, experiment_id), {})
         for key, amount in increments.items():
             counters[key] = counters.get(key, 0.0) + amount
         return True
 
-    async def stats(self, experiment_id: str) -> ExperimentStats:
-        open_outcomes = len(self.pending.get(experiment_id, {}))
-        return stats_from_counters(self.counters.get(experiment_id, {}), open_outcomes)
+    async def stats(self, model_name: str, experiment_id: str) -> ExperimentStats:
+        exp = (model_name, experiment_id)
+        return stats_from_counters(self.counters.get(exp, {}), len(self.pending.get(exp, {})))
 
-    async def append_look(self, experiment_id: str, point: LookPoint) -> None:
-        self.looks.setdefault(experiment_id, []).append(point)
+    async def append_look(self, model_name: str, experiment_id: str, point: LookPoint) -> None:
+        self.looks.setdefault((model_name, experiment_id), []).append(point)
 
-    async def history(self, experiment_id: str) -> list[LookPoint]:
-        return list(self.looks.get(experiment_id, []))
+    async def history(self, model_name: str, experiment_id: str) -> list[LookPoint]:
+        return list(self.looks.get((model_name, experiment_id), []))
 
 
 class FakeAliases:
@@ -272,7 +295,7 @@ async def drive(
     """
     rng = random.Random(3)
     for _ in range(max_events // 20):
-        state = await router.store.get(experiment_id)
+        state = await router.store.get(MODEL, experiment_id)
         assert state is not None
         if not state.is_running or state.decision == "hold":
             return state
@@ -287,7 +310,7 @@ async def drive(
             )
             await router.outcomes.on_prediction(prediction)
             await router.outcomes.on_feedback(feedback)
-    final = await router.store.get(experiment_id)
+    final = await router.store.get(MODEL, experiment_id)
     assert final is not None
     return final
 
@@ -295,7 +318,7 @@ async def drive(
 async def close_all(router: Router, experiment_id: str) -> None:
     """Let every outcome window end (two hours later) and look."""
     router.now += timedelta(hours=2)
-    await router.outcomes.look_at(experiment_id)
+    await router.outcomes.look_at(MODEL, experiment_id)
 
 
 async def open_experiment(router: Router) -> str:
@@ -316,7 +339,7 @@ async def test_approved_champion_serves_alone(router: Router) -> None:
     assert update.status == "champion_only"
     assert (update.champion_version, update.challenger_version) == ("1", None)
     assert update.challenger_share == 0.0
-    assert router.store.table == update
+    assert router.store.tables.get(MODEL) == update
     assert router.store.experiments[MODEL].status == "champion_only"
 
 
@@ -331,9 +354,9 @@ async def test_approved_challenger_opens_an_experiment_in_the_same_turn(router: 
     assert update.producer == "router"
     assert update.correlation_id == cause.correlation_id
     assert update.causation_id == cause.event_id
-    assert router.store.table == update
-    opened = router.metrics.experiments_opened.labels(model_name=MODEL)
-    assert opened._value.get() == 1
+    assert router.store.tables.get(MODEL) == update
+    opened = router.registry.get_sample_value("experiments_opened_total", {"model_name": MODEL})
+    assert opened == 1
 
 
 async def test_newer_challenger_publishes_superseded_then_running(router: Router) -> None:
@@ -342,8 +365,7 @@ async def test_newer_challenger_publishes_superseded_then_running(router: Router
     assert statuses == [("running", "2"), ("superseded", "2"), ("running", "3")]
     first, superseded, _ = router.updates()
     assert superseded.experiment_id == first.experiment_id
-    assert router.store.table is not None
-    assert router.store.table.challenger_version == "3"
+    assert router.store.tables[MODEL].challenger_version == "3"
 
 
 async def test_redelivered_approval_is_handled_once(router: Router) -> None:
@@ -372,7 +394,7 @@ async def test_a_better_challenger_ramps_then_is_promoted(router: Router) -> Non
     assert promoted.correlation_id == cause.correlation_id
     assert promoted.causation_id == last_update.event_id
     assert router.updates()[1].causation_id == router.updates()[0].event_id
-    assert router.store.table == last_update
+    assert router.store.tables.get(MODEL) == last_update
 
 
 async def test_a_worse_challenger_is_rolled_back(router: Router) -> None:
@@ -385,8 +407,7 @@ async def test_a_worse_challenger_is_rolled_back(router: Router) -> None:
     assert isinstance(rolled_back, ModelRolledBack)
     assert (rolled_back.version, rolled_back.rolled_back_version) == ("1", "2")
     assert "primary_worse" in rolled_back.reason
-    assert router.store.table is not None
-    assert router.store.table.status == "rolled_back"
+    assert router.store.tables[MODEL].status == "rolled_back"
 
 
 async def test_redelivered_feedback_is_counted_once(router: Router) -> None:
@@ -398,7 +419,7 @@ async def test_redelivered_feedback_is_counted_once(router: Router) -> None:
     await router.outcomes.on_feedback(feedback)
     await router.outcomes.on_feedback(feedback)
     await close_all(router, experiment_id)
-    stats = await router.tally.stats(experiment_id)
+    stats = await router.tally.stats(MODEL, experiment_id)
     assert (stats.challenger.closed, stats.challenger.labelled) == (1, 1)
 
 
@@ -414,9 +435,15 @@ async def test_a_verdict_interrupted_by_an_outage_is_finished_after_a_restart() 
     await first.approvals(cause)
     experiment_id = experiment_id_for(cause)
     first.aliases.failing = True
-    with pytest.raises(Exception, match="aliases not moved"):
-        await drive(first, experiment_id, acc_a=0.70, acc_b=0.90)
-    pending = await first.store.get(experiment_id)
+    # The feedback that brought the verdict is handled all the same (its label is kept):
+    # the failed look is counted, and the tick (or the next outcome) tries again.
+    await drive(first, experiment_id, acc_a=0.70, acc_b=0.90)
+    failures = first.registry.get_sample_value(
+        "experiment_look_failures_total", {"model_name": MODEL}
+    )
+    assert failures is not None
+    assert failures >= 1
+    pending = await first.store.get(MODEL, experiment_id)
     assert pending is not None
     assert (pending.status, pending.actions_pending) == ("promoted", True)
     assert first.publisher.of_type(ModelPromoted) == []
@@ -431,7 +458,7 @@ async def test_a_verdict_interrupted_by_an_outage_is_finished_after_a_restart() 
     await second.outcomes.on_feedback(outcome_pair(experiment_id, "champion", 0.5, True)[1])
     assert second.aliases.calls == [("promote", "2", "1")]
     assert len(second.publisher.of_type(ModelPromoted)) == 1
-    done = await second.store.get(experiment_id)
+    done = await second.store.get(MODEL, experiment_id)
     assert done is not None
     assert not done.actions_pending
 
@@ -443,16 +470,17 @@ async def test_feedback_through_the_broker_reaches_the_tally(router: Router) -> 
     async with TestKafkaBroker(router.broker) as broker:
         await broker.publish(prediction.model_dump_json().encode(), Topic.PREDICTION_LOGGED)
         await broker.publish(feedback.model_dump_json().encode(), Topic.FEEDBACK_RECEIVED)
-    stats = await router.tally.stats(experiment_id_for(cause))
+    stats = await router.tally.stats(MODEL, experiment_id_for(cause))
     assert (stats.challenger.assigned, stats.challenger.labelled, stats.open_outcomes) == (1, 0, 1)
     await close_all(router, experiment_id_for(cause))
-    stats = await router.tally.stats(experiment_id_for(cause))
+    stats = await router.tally.stats(MODEL, experiment_id_for(cause))
     assert (stats.challenger.labelled, stats.open_outcomes) == (1, 0)
 
 
 async def test_routes_list_experiments_and_report_them(router: Router) -> None:
     app = FastAPI()
-    app.include_router(experiments_router(router.store, router.tally))
+    install_error_handlers(app)
+    app.include_router(experiments_router(router.store, router.tally, MODEL))
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://router") as client:
         assert (await client.get("/v1/experiments/current")).status_code == 404
@@ -494,7 +522,7 @@ async def test_failed_predictions_from_kafka_count_as_errors_of_their_variant(
     experiment_id = await open_experiment(router)
     failed = failure(experiment_id, 0.1)
     await router.deliver(failed, failed, failure(experiment_id, 0.1))
-    stats = await router.tally.stats(experiment_id)
+    stats = await router.tally.stats(MODEL, experiment_id)
     assert (stats.challenger.errors, stats.champion.errors) == (2, 0)
     assert stats.strata["0.1"].challenger.assigned == 2
 
@@ -503,9 +531,9 @@ async def test_shadow_answers_count_in_no_experiment(router: Router) -> None:
     experiment_id = await open_experiment(router)
     prediction, _ = outcome_pair(experiment_id, "challenger", 0.1, correct=True)
     await router.outcomes.on_prediction(prediction.model_copy(update={"shadow": True}))
-    assert (await router.tally.stats(experiment_id)).challenger.assigned == 0
+    assert (await router.tally.stats(MODEL, experiment_id)).challenger.assigned == 0
     await router.outcomes.on_prediction(prediction)
-    assert (await router.tally.stats(experiment_id)).challenger.assigned == 1
+    assert (await router.tally.stats(MODEL, experiment_id)).challenger.assigned == 1
 
 
 async def test_a_label_after_its_window_is_counted_late_and_never_decides(
@@ -516,9 +544,11 @@ async def test_a_label_after_its_window_is_counted_late_and_never_decides(
     await router.outcomes.on_prediction(prediction)
     await close_all(router, experiment_id)  # the window ends without a label
     await router.outcomes.on_feedback(feedback)
-    stats = await router.tally.stats(experiment_id)
+    stats = await router.tally.stats(MODEL, experiment_id)
     assert (stats.challenger.closed, stats.challenger.labelled, stats.challenger.late) == (1, 0, 1)
-    late = router.registry.get_sample_value("experiment_outcomes_total", {"counted": "late"})
+    late = router.registry.get_sample_value(
+        "experiment_outcomes_total", {"model_name": MODEL, "counted": "late"}
+    )
     assert late == 1
 
 
@@ -531,7 +561,7 @@ async def test_a_batch_request_is_one_assigned_unit(router: Router) -> None:
     ]
     for event in batch:
         await router.outcomes.on_prediction(event)
-    stats = await router.tally.stats(experiment_id)
+    stats = await router.tally.stats(MODEL, experiment_id)
     assert (stats.challenger.assigned, stats.challenger.requests) == (1, 1)
     assert stats.open_outcomes == 1000  # every row still has its outcome
 
@@ -541,7 +571,7 @@ async def test_an_entity_is_one_unit_across_its_requests(router: Router) -> None
     for _ in range(3):
         row, _ = outcome_pair(experiment_id, "champion", 0.1, True)
         await router.outcomes.on_prediction(row.model_copy(update={"entity_id": "customer-7"}))
-    stats = await router.tally.stats(experiment_id)
+    stats = await router.tally.stats(MODEL, experiment_id)
     assert (stats.champion.assigned, stats.champion.requests) == (1, 3)
 
 
@@ -572,15 +602,15 @@ async def test_the_periodic_tick_closes_windows_and_ends_an_experiment_past_its_
         prediction, feedback = outcome_pair(experiment_id, "champion", 0.1, True)
         await router.outcomes.on_prediction(prediction)
         await router.outcomes.on_feedback(feedback)
-    assert (await router.tally.stats(experiment_id)).open_outcomes == 5
+    assert (await router.tally.stats(MODEL, experiment_id)).open_outcomes == 5
     router.now += timedelta(hours=2)
     await router.outcomes.tick()
-    stats = await router.tally.stats(experiment_id)
+    stats = await router.tally.stats(MODEL, experiment_id)
     assert (stats.open_outcomes, stats.champion.labelled) == (0, 5)
     # No traffic at all after that: the tick alone ends it at its maximum duration.
     router.now += timedelta(seconds=PLAN.max_duration_s)
     await router.outcomes.tick()
-    ended = await router.store.get(experiment_id)
+    ended = await router.store.get(MODEL, experiment_id)
     assert ended is not None
     assert (ended.status, ended.challenger_share, ended.reasons[0]) == (
         "inconclusive",

@@ -18,7 +18,7 @@ class OverridableRouter(Router):
     def __init__(self) -> None:
         super().__init__()
         self.overrides = OverrideHandler(
-            self.store, self.publisher, self.metrics, self.outcomes.lock
+            self.store, self.publisher, self.metrics, self.outcomes.locks
         )
         self.broker = KafkaBroker()
         register(
@@ -46,7 +46,7 @@ async def test_a_manual_rollback_overrides_the_running_experiment() -> None:
     router = OverridableRouter()
     experiment_id = await open_experiment(router)
     await router.deliver(manual_rollback())
-    state = await router.store.get(experiment_id)
+    state = await router.store.get(MODEL, experiment_id)
     assert state is not None
     assert state.status == "overridden"
     assert state.challenger_share == 0.0
@@ -60,7 +60,7 @@ async def test_a_manual_rollback_overrides_the_running_experiment() -> None:
     )
     assert update.challenger_share == 0.0
     assert update.requested_by == "ana"
-    assert router.store.table == update
+    assert router.store.tables.get(MODEL) == update
 
 
 async def test_an_overridden_experiment_takes_no_more_looks_and_moves_no_aliases() -> None:
@@ -95,8 +95,9 @@ async def test_a_manual_promotion_outside_an_experiment_names_the_champion() -> 
         "5",
         0.0,
     )
-    assert isinstance(router.store.table, ExperimentUpdated)
-    assert router.store.table.champion_version == "5"
+    table = router.store.tables.get(MODEL)
+    assert isinstance(table, ExperimentUpdated)
+    assert table.champion_version == "5"
 
 
 async def test_an_action_older_than_the_experiment_does_not_end_it() -> None:
@@ -104,7 +105,7 @@ async def test_an_action_older_than_the_experiment_does_not_end_it() -> None:
     old = manual_rollback().model_copy(update={"occurred_at": datetime(2020, 1, 1, tzinfo=UTC)})
     experiment_id = await open_experiment(router)
     await router.deliver(old)  # a replay of the topic by a fresh consumer group
-    state = await router.store.get(experiment_id)
+    state = await router.store.get(MODEL, experiment_id)
     assert state is not None
     assert state.status == "running"
 
@@ -120,6 +121,6 @@ async def test_the_routers_own_verdicts_are_not_overrides() -> None:
     experiment_id = await open_experiment(router)
     verdict = ModelPromoted(producer="router", model_name=MODEL, version="2", reason="won")
     await router.deliver(verdict)
-    state = await router.store.get(experiment_id)
+    state = await router.store.get(MODEL, experiment_id)
     assert state is not None
     assert state.status == "running"

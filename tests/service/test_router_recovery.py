@@ -38,8 +38,12 @@ class Guarded:
             lambda _: aliases,
             self.publisher,
             self.registry,
-            MODEL,
+            self.models,
         )
+
+    @staticmethod
+    async def models() -> list[str]:
+        return [MODEL]
 
     def lost(self) -> float:
         value = self.registry.get_sample_value("router_state_lost_total", {"model_name": MODEL})
@@ -58,7 +62,7 @@ async def test_an_emptied_redis_with_a_challenger_alias_is_a_lost_experiment() -
         0.0,
     )
     assert update.reason == "state_lost"
-    assert guarded.store.table == update
+    assert guarded.store.tables.get(MODEL) == update
     assert guarded.lost() == 1
     assert await guarded.guard.ready()
     assert guarded.guard.details()["state_rebuilt"]

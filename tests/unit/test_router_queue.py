@@ -118,8 +118,9 @@ class _Store:
     async def current(self, model_name: str) -> Experiment | None:
         return self.current_of.get(model_name)
 
-    async def get(self, experiment_id: str) -> Experiment | None:
-        return self.by_id.get(experiment_id)
+    async def get(self, model_name: str, experiment_id: str) -> Experiment | None:
+        found = self.by_id.get(experiment_id)
+        return found if found is not None and found.model_name == model_name else None
 
     async def save(self, experiment: Experiment, update: ExperimentUpdated | None) -> None:
         self.by_id[experiment.experiment_id] = experiment
@@ -127,7 +128,7 @@ class _Store:
 
 
 class _Tally:
-    async def stats(self, experiment_id: str) -> ExperimentStats:
+    async def stats(self, model_name: str, experiment_id: str) -> ExperimentStats:
         raise AssertionError("a pending verdict is carried out without looking again")
 
 
@@ -162,7 +163,7 @@ async def test_the_verdict_opens_the_queued_challenger_in_its_own_turn() -> None
         publisher,
         RouterMetrics.create(CollectorRegistry()),
     )
-    await handler.look_at(verdict.experiment_id)
+    await handler.look_at(verdict.model_name, verdict.experiment_id)
 
     kinds = [(type(e).__name__, getattr(e, "status", None)) for e in publisher.events]
     assert kinds == [
@@ -184,5 +185,5 @@ async def test_the_verdict_opens_the_queued_challenger_in_its_own_turn() -> None
     assert isinstance(publisher.events[1], ModelPromoted)
 
     # Carried out again (a redelivered outcome): the queued challenger opens once.
-    await handler.look_at(verdict.experiment_id)
+    await handler.look_at(verdict.model_name, verdict.experiment_id)
     assert len(publisher.events) == 3

@@ -20,7 +20,6 @@ from services.router.core.arms import (
 )
 from services.router.core.guardrails import guardrail_results, latency_margin, p95_ms
 from services.router.core.results import (
-    Action,
     Decision,
     DecisionConfig,
     GuardrailResult,
@@ -29,10 +28,10 @@ from services.router.core.results import (
     SrmResult,
     running_interval,
 )
+from shared.events import Action
 
 __all__ = [
     "LATENCY_EDGES_MS",
-    "Action",
     "ArmStats",
     "Decision",
     "DecisionConfig",

@@ -17,9 +17,9 @@ from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from services.router.core.decision import Action, Decision, DecisionConfig, RunningBounds
+from services.router.core.decision import Decision, DecisionConfig, RunningBounds
 from services.router.core.outcomes import OutcomeWindow
-from shared.events import ExperimentStatus, ModelApproved
+from shared.events import Action, ExperimentStatus, ModelApproved
 
 _EXPERIMENT_NAMESPACE = uuid.UUID("6f1d0c52-3f4e-4b7a-9a8e-2f0c1d5e7a90")
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from services.router.core.decision import Action, Decision, ExperimentStats, evaluate
+from services.router.core.decision import Decision, ExperimentStats, evaluate
 from services.router.core.experiment import Experiment
-from shared.events import ExperimentStatus
+from shared.events import Action, ExperimentStatus
 
 
 def labelled_total(s: ExperimentStats) -> int:

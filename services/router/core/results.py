@@ -8,8 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.router.core import stats
-
-Action = Literal["hold", "rollback", "promote", "continue", "inconclusive"]
+from shared.events import Action
 
 
 class _Frozen(BaseModel):
