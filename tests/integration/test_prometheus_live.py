@@ -24,20 +24,27 @@ pytestmark = pytest.mark.integration
 
 SPEC = load_spec()
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
+DASHBOARD = (
+    Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "dashboards" / "flywheel.json"
+)
 REQUESTS = 37
 
 
 @pytest.fixture(scope="module")
+def model_name() -> str:
+    return f"prom-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
 def services(
-    infra: Endpoints, tmp_path_factory: pytest.TempPathFactory
+    infra: Endpoints, tmp_path_factory: pytest.TempPathFactory, model_name: str
 ) -> Iterator[dict[str, str]]:
-    name = f"prom-{uuid.uuid4().hex[:8]}"
-    register_champion(infra, name)
+    register_champion(infra, model_name)
     run_dir = tmp_path_factory.mktemp("prom-services")
     endpoints = dataclasses.replace(infra, run_dir=run_dir)
     ports = {"gateway": free_port(), "monitor": free_port()}
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("FLYWHEEL_MODEL_NAME", name)
+        patch.setenv("FLYWHEEL_MODEL_NAME", model_name)
         patch.setenv("MONITOR_REFERENCE_REFRESH_S", "1")
         try:
             yield start_services(endpoints, ports=ports, names=ports, timeout=120)
@@ -141,3 +148,30 @@ def test_the_monitor_exports_the_champion_s_validation_accuracy_and_every_rule_e
     assert "DeadLettersIncreasing" in health
     # A join that matches many-to-many, or a typo, shows as "err" here, not in promtool's tests.
     assert {name: state for name, state in health.items() if state != "ok"} == {}
+
+
+def test_the_dashboard_s_model_selector_lists_the_model_and_its_panels_show_it(
+    services: dict[str, str], prometheus: str, model_name: str
+) -> None:
+    # Grafana fills the model selector from the label's values (label_values(model_name)).
+    def listed() -> bool:
+        answer = httpx.get(f"{prometheus}/api/v1/label/model_name/values", timeout=5).json()
+        return model_name in answer["data"]
+
+    assert _eventually(listed)
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    queries = {
+        panel["title"]: [
+            target["expr"].replace("$model", model_name) for target in panel["targets"]
+        ]
+        for panel in panels
+    }
+    for title, exprs in queries.items():
+        for expr in exprs:
+            answer = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=5)
+            assert answer.json()["status"] == "success", (title, expr, answer.text)
+    # The predictions the first test sent show on the model's own line.
+    rate = queries["Prediction rate per model version"][0]
+    found = _eventually(lambda: _query(prometheus, rate))
+    assert isinstance(found, list)
+    assert {series["metric"]["model_name"] for series in found} == {model_name}
