@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from flywheel.cli import app as cli
+from flywheel.demo_models import card_fraud_spec, generate_transactions
 from flywheel.infra import Endpoints
 from flywheel.loop import EventTap, publish_raw
 from services.trainer.app import create_app
@@ -27,6 +28,7 @@ from shared.events import (
     RetrainModel,
 )
 from shared.kafka_security import KafkaConnection
+from shared.mlflow_specs import register_spec
 
 pytestmark = pytest.mark.integration
 
@@ -126,3 +128,44 @@ async def test_flywheel_retrain_trains_with_trigger_manual(
         )
     assert retrained.trigger == "manual"
     assert command.reason == "it"
+
+
+async def _dead_letter_of(tap: EventTap, event: Event, within_s: float = 60.0) -> dict[str, str]:
+    deadline = asyncio.get_running_loop().time() + within_s
+    while asyncio.get_running_loop().time() < deadline:
+        for letter in tap.dead_letters:
+            if event.event_id.encode() in letter.value:
+                return letter.headers
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"{event.event_id} not dead-lettered within {within_s} s")
+
+
+async def _trained_model(tap: EventTap, model: str) -> ModelTrained:
+    return await tap.wait_for(ModelTrained, lambda e: e.model_name == model, 120)
+
+
+async def test_two_models_train_side_by_side_and_a_misfit_batch_is_dead_lettered(
+    infra: Endpoints, trainer: str, tmp_path: Path
+) -> None:
+    fraud = f"it-fraud-{uuid.uuid4().hex[:8]}"
+    spec = card_fraud_spec().model_copy(update={"name": fraud})
+    await asyncio.to_thread(register_spec, MlflowClient(infra.mlflow_uri), fraud, spec, "it")
+    segment_ref = write_batch(generate_customers(600, 3), tmp_path / "segment.parquet")
+    fraud_ref = write_batch(generate_transactions(600, 3), tmp_path / "fraud.parquet")
+    # The default model's batch announced for the fraud model: columns that do not fit.
+    misfit = DataArrived(producer="it", model_name=fraud, dataset=segment_ref)
+    segment = DataArrived(producer="it", model_name=trainer, dataset=segment_ref)
+    fraud_batch = DataArrived(producer="it", model_name=fraud, dataset=fraud_ref)
+    async with EventTap(infra.kafka) as tap:
+        await _publish(infra.kafka, misfit, segment, fraud_batch)
+        headers = await _dead_letter_of(tap, misfit)
+        trained = {name: await _trained_model(tap, name) for name in (trainer, fraud)}
+    assert headers["x-error-reason"] == "rejected"
+    assert "missing columns ['amount'" in headers["x-error"]
+    assert trained[trainer].causation_id == segment.event_id
+    assert trained[fraud].causation_id == fraud_batch.event_id
+    client = MlflowClient(infra.mlflow_uri)
+    for name, event in trained.items():  # each model's runs in its own experiment
+        run = client.get_run(event.run_id)
+        experiment = client.get_experiment(run.info.experiment_id)
+        assert experiment.name == name
