@@ -11,6 +11,7 @@ from services.registry.metrics import MetricsFromRegistry, RegistryMetrics
 from services.registry.packaging import BentoModelStore
 from services.registry.routes import (
     admin_router,
+    allow_every_method,
     models_admin_router,
     models_router,
     versions_router,
@@ -60,7 +61,7 @@ def create_app(settings: Settings | None = None, name: str = "registry") -> Fast
     async def register_default_model() -> None:
         await specs.start(runtime.broker_started)
 
-    return service_app(
+    app = service_app(
         runtime,
         checks={"mlflow": mlflow_check(settings.mlflow_tracking_uri)},
         routers=[
@@ -71,8 +72,11 @@ def create_app(settings: Settings | None = None, name: str = "registry") -> Fast
         ],
         on_startup=[synced.start, register_default_model],
         on_shutdown=[specs.stop],
-        description="Registers trained models, gates them and assigns champion/challenger.",
+        description="Registers models and their specs, gates trained versions and assigns "
+        "champion/challenger.",
     )
+    allow_every_method(app)
+    return app
 
 
 def gate_policy(settings: Settings) -> GatePolicy:

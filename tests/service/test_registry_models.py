@@ -12,7 +12,7 @@ import pytest
 from _registry_fakes import FakeModelRegistry, FakeSpecStore
 from fastapi import FastAPI
 
-from services.registry.routes import models_admin_router, models_router
+from services.registry.routes import allow_every_method, models_admin_router, models_router
 from services.registry.specs import DEFAULT_REGISTRANT, ModelSpecs
 from shared.catalog import ModelCatalog, RegisteredSpec
 from shared.events import ModelRegistered
@@ -65,6 +65,7 @@ async def registry() -> AsyncIterator[Registry]:
     install_error_handlers(app)  # as service_app does
     app.include_router(models_router(models, catalog))
     app.include_router(models_admin_router(specs, TOKEN))
+    allow_every_method(app)  # as the registry's app does
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://registry") as client:
         yield Registry(client, store, models, catalog, publisher, specs)
@@ -256,3 +257,10 @@ async def test_a_default_spec_named_otherwise_is_registered_under_the_models_nam
 
     assert SPEC.name != "churn"
     assert store.specs["churn"] == RegisteredSpec(1, SPEC.model_copy(update={"name": "churn"}))
+
+
+async def test_an_unsupported_method_names_every_method_of_the_path(registry: Registry) -> None:
+    models = await registry.client.options("/v1/models")
+    model = await registry.client.delete("/v1/models/fraud")
+    assert (models.status_code, models.headers["Allow"]) == (405, "GET, POST")
+    assert (model.status_code, model.headers["Allow"]) == (405, "GET")
