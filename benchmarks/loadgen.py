@@ -13,8 +13,10 @@ import asyncio
 import gc
 import json
 import os
+import random
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,11 +37,24 @@ class WrkResult:
     failures: int
 
 
-def run_wrk(url: str, body_file: Path, connections: int, seconds: float, cpus: str) -> WrkResult:
-    """POST ``body_file`` to ``url`` with one wrk thread pinned to ``cpus``."""
+def run_wrk(
+    url: str,
+    body_file: Path,
+    connections: int,
+    seconds: float,
+    cpus: str,
+    paths_file: Path | None = None,
+) -> WrkResult:
+    """POST ``body_file`` to ``url`` with one wrk thread pinned to ``cpus``.
+
+    With ``paths_file`` (one URL path a line) each request goes to a path drawn at random
+    from it, on ``url``'s host.
+    """
     argv = ["taskset", "-c", cpus, "wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s"]
     argv += ["--timeout", "10s", "-s", str(WRK_SCRIPT), url]
     env = {**os.environ, "WRK_BODY_FILE": str(body_file)}
+    if paths_file is not None:
+        env["WRK_PATHS_FILE"] = str(paths_file)
     output = subprocess.run(argv, env=env, capture_output=True, text=True, check=True).stdout
     line = next(x for x in output.splitlines() if x.startswith('{"requests"'))
     stats = json.loads(line)
@@ -64,22 +79,26 @@ class OpenLoopResult:
 
 
 def run_open_loop(
-    url: str, body: bytes, rate: float, seconds: float, warmup_s: float = 2.0
+    url: str,
+    body: bytes,
+    rate: float,
+    seconds: float,
+    warmup_s: float = 2.0,
+    paths: Sequence[str] = (),
 ) -> OpenLoopResult:
-    """Send ``rate`` requests per second for ``warmup_s + seconds``; measure after the warm-up."""
+    """Send ``rate`` requests per second for ``warmup_s + seconds``; measure after the warm-up.
+
+    With ``paths`` each request goes to one of them (on ``url``'s host), drawn at random.
+    """
     host, port, path = _split(url)
-    head = (
-        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    )
-    request = head.encode() + body
+    requests = [_request(host, port, p, body) for p in paths or [path]]
     # The caller's heap (torch, MLflow, a trained model) makes a full collection take
     # ~0.2 s; one during the run would be charged to the server as latency.
     gc.collect()
     gc.disable()
     try:
         samples, failures, span = uvloop.run(
-            _open_loop(host, port, request, rate, seconds, warmup_s)
+            _open_loop(host, port, requests, rate, seconds, warmup_s)
         )
     finally:
         gc.enable()
@@ -90,6 +109,14 @@ def run_open_loop(
         p99_ms=float(np.percentile(samples, 99)) * 1000,
         failures=failures,
     )
+
+
+def _request(host: str, port: int, path: str, body: bytes) -> bytes:
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
 
 
 def _split(url: str) -> tuple[str, int, str]:
@@ -103,9 +130,10 @@ Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
 async def _open_loop(
-    host: str, port: int, request: bytes, rate: float, seconds: float, warmup_s: float
+    host: str, port: int, requests: list[bytes], rate: float, seconds: float, warmup_s: float
 ) -> tuple[list[float], int, float]:
     """Return latencies (s) of requests scheduled after the warm-up, failures, and the span."""
+    draw = random.Random(0)
     # perf_counter, not loop.time(): uvloop's clock has millisecond resolution.
     idle: list[Connection] = []
     latencies: list[float] = []
@@ -114,7 +142,7 @@ async def _open_loop(
     start = time.perf_counter() + 0.05
     measured_from = start + warmup_s
 
-    async def fire(scheduled: float) -> None:
+    async def fire(scheduled: float, request: bytes) -> None:
         nonlocal failures, last_done
         # A pooled connection the server closed while idle (keep-alive timeout) is retried
         # once on a fresh one; the latency still counts from the scheduled time.
@@ -140,7 +168,7 @@ async def _open_loop(
         scheduled = start + i / rate
         if (delay := scheduled - time.perf_counter()) > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(fire(scheduled)))
+        tasks.append(asyncio.create_task(fire(scheduled, draw.choice(requests))))
     await asyncio.gather(*tasks)
     for _, writer in idle:
         writer.close()

@@ -40,7 +40,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ from typing import Any
 import httpx
 import numpy as np
 from loadgen import OpenLoopResult, WrkResult, run_open_loop, run_wrk
+from mlflow.exceptions import MlflowException
 from prometheus_client import CollectorRegistry
 
 from flywheel.infra import INFRA, Endpoints, InfraConfig, infra_status, start_infra
@@ -59,9 +60,12 @@ from services.registry.packaging import BentoModelStore
 from services.trainer.adapters import MlflowModelStore
 from services.trainer.core import TrainingConfig, data_version, train
 from services.trainer.ports import RunContext
+from shared.catalog import ModelCatalog
 from shared.datasets import generate_customers, write_batch
 from shared.events import ModelTrained
-from shared.spec import load_spec
+from shared.mlflow_client import mlflow_client
+from shared.mlflow_specs import MlflowSpecSource, register_spec
+from shared.spec import ModelSpec, load_spec
 from shared.testing import RecordingPublisher
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,44 +89,72 @@ def ensure_infra() -> tuple[Endpoints, list[str]]:
     return endpoints, [name for name in INFRA if not before[name].startswith("running")]
 
 
-def approve_model(infra: Endpoints, workdir: Path) -> Approved:
-    """Train, log, register, gate and package one torch-MLP version (it becomes champion)."""
-    name = f"bench-serving-{uuid.uuid4().hex[:8]}"
-    home = workdir / "bentoml"
+def spec_of(name: str) -> ModelSpec:
+    """The packaged spec under the model's own name (a registered spec names its model)."""
+    return SPEC.model_copy(update={"name": name})
+
+
+def train_and_log(infra: Endpoints, workdir: Path, name: str) -> ModelTrained:
+    """Register ``name`` with its spec, train one torch-MLP version on CPU and log it."""
+    register_spec(mlflow_client(infra.mlflow_uri), name, spec_of(name), "benchmark")
     frame = generate_customers(2000, 4)
     ref = write_batch(frame, workdir / "batch.parquet")
     model = train(frame, SPEC, TrainingConfig(candidates=("torch_mlp",), device="cpu"))
     context = RunContext(name, data_version([ref.sha256]), "data", "e", "c", (ref,))
     run_id = MlflowModelStore(infra.mlflow_uri).log_training(model, context)
+    return ModelTrained(
+        producer="benchmark",
+        model_name=name,
+        run_id=run_id,
+        model_uri=f"runs:/{run_id}/model",
+        algorithm=model.algorithm,
+        metrics=model.metrics,
+        data_version=context.data_version,
+    )
+
+
+def approve_model(infra: Endpoints, workdir: Path) -> Approved:
+    """Train, log, register, gate and package one torch-MLP version (it becomes champion)."""
+    name = f"bench-serving-{uuid.uuid4().hex[:8]}"
+    home = workdir / "bentoml"
+    trained = train_and_log(infra, workdir, name)
+    specs = MlflowSpecSource(infra.mlflow_uri)
+    registered = specs.registered_spec(name)
+    assert registered is not None, f"{name}'s spec was not stored"
     handlers = RegistryHandlers(
         models=MlflowModelRegistry(infra.mlflow_uri),
         loader=MlflowCandidateLoader(infra.mlflow_uri),
-        spec=SPEC,
+        catalog=ModelCatalog(specs),
         publisher=RecordingPublisher(),
         metrics=RegistryMetrics.create(CollectorRegistry()),
         policy=GatePolicy(latency_budget_ms=250.0),
         packager=BentoModelStore(home),
     )
-    handlers._register_and_decide(
-        ModelTrained(
-            producer="benchmark",
-            model_name=name,
-            run_id=run_id,
-            model_uri=f"runs:/{run_id}/model",
-            algorithm=model.algorithm,
-            metrics=model.metrics,
-            data_version=context.data_version,
-        )
-    )
+    handlers._register_and_decide(trained, registered)
     tags = MlflowModelRegistry(infra.mlflow_uri).list_versions(name)[0].tags
     return Approved(name, tags["flywheel.bento_tag"], home)
 
 
+def delete_models(infra: Endpoints, names: Iterable[str]) -> None:
+    """Delete the benchmark's registered models (their versions go with them)."""
+    client = mlflow_client(infra.mlflow_uri)
+    for name in names:
+        with contextlib.suppress(MlflowException):
+            client.delete_registered_model(name)
+
+
 @contextlib.contextmanager
 def server(
-    argv: list[str], env: dict[str, str], ready: Callable[[], bool], cpus: str
-) -> Iterator[None]:
-    """Run ``argv`` pinned to ``cpus`` in its own session until ``ready``; stop it after."""
+    argv: list[str],
+    env: dict[str, str],
+    ready: Callable[[], bool],
+    cpus: str,
+    timeout_s: float = 180.0,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``argv`` pinned to ``cpus`` in its own session until ``ready``; stop it after.
+
+    Yields the process (``taskset`` execs ``argv``: its pid is the server's).
+    """
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(
             ["taskset", "-c", cpus, *argv],
@@ -133,14 +165,14 @@ def server(
             start_new_session=True,
         )
         try:
-            deadline = time.monotonic() + 180
+            deadline = time.monotonic() + timeout_s
             while not _answers(ready):
                 if process.poll() is not None or time.monotonic() > deadline:
                     log.seek(0)
                     tail = log.read().decode(errors="replace")[-3000:]
                     raise RuntimeError(f"{argv[:4]} did not become ready:\n{tail}")
                 time.sleep(0.5)
-            yield
+            yield process
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)
@@ -374,7 +406,10 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="bench-serving-") as workdir:
             approved = approve_model(infra, Path(workdir))
             print(f"model {approved.name} v1 approved (BentoML {approved.tag})")
-            results = measure(approved, infra, Path(workdir), args)
+            try:
+                results = measure(approved, infra, Path(workdir), args)
+            finally:
+                delete_models(infra, [approved.name])
         report(results)
     finally:
         for name in started:
