@@ -10,7 +10,8 @@ from pathlib import Path
 import typer
 
 from flywheel import features_cli, gpu, models_cli, report
-from flywheel.demo import DemoConfig, run_demo
+from flywheel.demo import DemoConfig, run_demos
+from flywheel.demo_models import demo_models
 from flywheel.infra import (
     SERVICES,
     ComponentStatus,
@@ -24,7 +25,7 @@ from flywheel.infra import (
     stop_infra,
     stop_services,
 )
-from flywheel.infra.admin_token import admin_token_path
+from flywheel.infra.admin_token import admin_token_path, read_admin_token
 from flywheel.infra.aio import run_sync
 from flywheel.infra.kafka import operator_connection
 from flywheel.loop import announce
@@ -131,7 +132,7 @@ app.add_typer(data_app, name="data")
 
 @app.command()
 def demo() -> None:
-    """Start the stack (idempotent), run one turn of the loop, leave it running."""
+    """Start the stack (idempotent), run one turn of each demo model's loop, leave it running."""
     # aiokafka logs transient leader elections of freshly created topics as errors; it retries.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     config = InfraConfig.from_env()
@@ -143,8 +144,10 @@ def demo() -> None:
         gateway_url=urls["gateway"],
         data_dir=endpoints.run_dir / "data",
         router_url=urls["router"],
+        registry_url=urls["registry"],
+        admin_token=read_admin_token(endpoints.run_dir),
     )
-    run_sync(run_demo(demo_config, say=typer.echo))
+    run_sync(run_demos(demo_config, demo_models(), say=typer.echo))
     typer.echo("\nThe stack keeps running (flywheel down stops it):")
     rows = [("mlflow", endpoints.mlflow_uri), ("gateway docs", f"{urls['gateway']}/docs")]
     rows += [(name, f"{url}/metrics") for name, url in urls.items()]

@@ -1,13 +1,14 @@
-"""One turn of the loop, driven from outside as a user would: Kafka events and HTTP calls.
+"""Turns of the loop, one per model, driven from outside as a user would: Kafka events and HTTP.
 
-``flywheel demo`` prints each step with its time; the end-to-end test runs the
-same steps and asserts on what they return.
+``flywheel demo`` registers the demo's models (customer-segment and card-fraud)
+and runs one loop per model side by side, each line prefixed with its model;
+the end-to-end tests run the same steps and assert on what they return.
 
-On a used stack (the router already has a routing table) the demo starts from
-the champion that serves instead of training a first model: a first batch would
-become a challenger, and the experiment it opens holds the monitor's drift
-alarm that the next step waits for. Its generated data then comes from other
-seeds, since the trainer skips content it has seen.
+On a used stack (the router already has a routing table for the model) a loop
+starts from the champion that serves instead of training a first model: a first
+batch would become a challenger, and the experiment it opens holds the
+monitor's drift alarm that the next step waits for. Its generated data then
+comes from other seeds, since the trainer skips content it has seen.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,10 @@ import httpx
 import pandas as pd
 
 from flywheel.demo_experiment import ExperimentRun, drive_to_verdict, open_experiment, render_report
+from flywheel.demo_models import DemoModel
+from flywheel.gateway_client import ModelGateway
 from flywheel.loop import EventTap, announce, current_routing
-from shared.datasets import generate_customers, write_batch
+from shared.datasets import write_batch
 from shared.events import (
     DataArrived,
     DriftDetected,
@@ -59,6 +62,9 @@ class DemoConfig:
     max_experiment_rounds: int = 60
     #: How the demo authenticates to Kafka (the operator's credentials on the local stack).
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    #: Registry base URL and admin token: when set, the demo registers its models first.
+    registry_url: str | None = None
+    admin_token: str | None = None
 
     @property
     def kafka(self) -> KafkaConnection:
@@ -68,8 +74,9 @@ class DemoConfig:
 
 @dataclass
 class LoopRun:
-    """What one turn of the loop produced, for printing and for assertions."""
+    """What one turn of one model's loop produced, for printing and for assertions."""
 
+    model: str = ""
     announced: DataArrived | None = None
     first_trained: ModelTrained | None = None
     champion: ModelApproved | None = None
@@ -96,8 +103,9 @@ def refuse_a_running_experiment(table: ExperimentUpdated | None) -> None:
         f"experiment {table.experiment_id[:8]} (challenger {table.challenger_version} against "
         f"champion {table.champion_version}) is still running from an earlier run, and the "
         "monitor holds drift alarms while an experiment runs, so the demo's drift step "
-        f"would wait in vain. End it first: `flywheel promote {table.champion_version}` keeps "
-        f"the champion, `flywheel promote {table.challenger_version}` promotes the challenger."
+        f"would wait in vain. End it first: `flywheel promote {table.model_name} "
+        f"{table.champion_version}` keeps the champion, `flywheel promote {table.model_name} "
+        f"{table.challenger_version}` promotes the challenger."
     )
 
 
@@ -111,20 +119,22 @@ def config_for_stack(config: DemoConfig, table: ExperimentUpdated | None) -> Dem
 
 
 class Steps:
-    """Prints numbered steps with the time since the start."""
+    """Prints numbered steps with the time since the start, each line under its model."""
 
-    def __init__(self, say: Say) -> None:
+    def __init__(self, say: Say, model: str = "") -> None:
         self._say = say
+        self._prefix = f"[{model}] " if model else ""
         self._started = time.monotonic()
         self._count = 0
 
     def done(self, text: str) -> None:
         """Report a finished step."""
         self._count += 1
-        self._say(f"[{time.monotonic() - self._started:6.1f}s] {self._count:>2}. {text}")
+        elapsed = time.monotonic() - self._started
+        self._say(f"[{elapsed:6.1f}s] {self._prefix}{self._count:>2}. {text}")
 
 
-def rows_of(frame: pd.DataFrame, label: str = "segment") -> list[dict[str, Any]]:
+def rows_of(frame: pd.DataFrame, label: str) -> list[dict[str, Any]]:
     """Feature rows as JSON-ready dicts (without the label)."""
     return [
         {str(k): v for k, v in row.items()}
@@ -132,56 +142,69 @@ def rows_of(frame: pd.DataFrame, label: str = "segment") -> list[dict[str, Any]]
     ]
 
 
-async def send_traffic(
-    client: httpx.AsyncClient, rows: list[dict[str, Any]], batch: int = 100
-) -> list[dict[str, Any]]:
-    """POST ``rows`` to /v1/predict in batches; return the responses."""
-    answers = []
-    for start in range(0, len(rows), batch):
-        response = await client.post("/v1/predict", json={"instances": rows[start : start + batch]})
-        response.raise_for_status()
-        answers.append(response.json())
-    return answers
+async def register_models(config: DemoConfig, models: Sequence[DemoModel], say: Say) -> None:
+    """Register each model with its spec (the registry answers 200 for one it already has)."""
+    if config.registry_url is None:
+        return
+    headers = {"Authorization": f"Bearer {config.admin_token}"} if config.admin_token else {}
+    async with httpx.AsyncClient(base_url=config.registry_url, timeout=60) as client:
+        for model in models:
+            body = {
+                "name": model.name,
+                "spec": model.spec.model_dump(mode="json"),
+                "requested_by": "flywheel demo",
+            }
+            response = await client.post("/v1/models", json=body, headers=headers)
+            response.raise_for_status()
+            revision = response.json().get("spec_revision")
+            say(
+                f"[{model.name}] registered: {len(model.spec.features)} features, classes "
+                f"{', '.join(model.spec.classes)} (spec revision {revision})"
+            )
 
 
-async def wait_until_serving(
-    client: httpx.AsyncClient, version: str, variant: str, within_s: float
-) -> None:
-    """Poll /v1/models until ``variant`` serves ``version``."""
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        models = (await client.get("/v1/models")).json().get("models", {})
-        if models.get(variant, {}).get("version") == version:
-            return
-        await asyncio.sleep(0.5)
-    raise TimeoutError(f"the gateway did not load {variant} version {version} in {within_s:.0f} s")
-
-
-async def run_demo(config: DemoConfig, say: Say = print) -> LoopRun:
-    """Drive one turn of the loop: data → champion → traffic → drift → retrained challenger."""
-    steps, run = Steps(say), LoopRun()
-    table = await current_routing(config.router_url)
-    refuse_a_running_experiment(table)
-    config = config_for_stack(config, table)
+async def run_demos(
+    config: DemoConfig, models: Sequence[DemoModel], say: Say = print
+) -> list[LoopRun]:
+    """Register ``models`` and run one loop per model, side by side."""
+    await register_models(config, models, say)
     async with (
         EventTap(config.kafka) as tap,
         httpx.AsyncClient(base_url=config.gateway_url, timeout=30) as client,
     ):
-        await first_model(config, tap, client, steps, run, table)
-        await _drift_and_retrain(config, tap, client, steps, run)
-        if config.router_url is not None:
-            run.verdict = await _experiment_to_verdict(config, tap, client, steps)
+        loops = (_one_loop(config, model, tap, client, say) for model in models)
+        return list(await asyncio.gather(*loops))
+
+
+async def run_demo(config: DemoConfig, model: DemoModel, say: Say = print) -> LoopRun:
+    """One model's turn of the loop: data → champion → traffic → drift → challenger → verdict."""
+    return (await run_demos(config, [model], say))[0]
+
+
+async def _one_loop(
+    config: DemoConfig, model: DemoModel, tap: EventTap, client: httpx.AsyncClient, say: Say
+) -> LoopRun:
+    steps, run = Steps(say, model.name), LoopRun(model=model.name)
+    gateway = ModelGateway(client, model.name)
+    table = await current_routing(config.router_url, model.name)
+    refuse_a_running_experiment(table)
+    config = config_for_stack(config, table)
+    await first_model(config, model, tap, gateway, steps, run, table)
+    await _drift_and_retrain(config, model, tap, gateway, steps, run)
+    if config.router_url is not None:
+        run.verdict = await _experiment_to_verdict(config, model, tap, gateway, steps)
     return run
 
 
 async def _experiment_to_verdict(
-    config: DemoConfig, tap: EventTap, client: httpx.AsyncClient, steps: Steps
+    config: DemoConfig, model: DemoModel, tap: EventTap, gateway: ModelGateway, steps: Steps
 ) -> ExperimentRun:
     """New labels under a changed concept, a better challenger, its ramp and verdict."""
     assert config.router_url is not None
     experiment = await open_experiment(
         tap,
         config.kafka,
+        model,
         config.data_dir,
         config.concept_rows,
         config.seed + 50,
@@ -191,7 +214,8 @@ async def _experiment_to_verdict(
     await drive_to_verdict(
         experiment,
         tap,
-        client,
+        gateway,
+        model,
         seed=config.seed + 100,
         round_size=config.customers_per_round,
         max_rounds=config.max_experiment_rounds,
@@ -204,32 +228,38 @@ async def _experiment_to_verdict(
 
 async def first_model(
     config: DemoConfig,
+    model: DemoModel,
     tap: EventTap,
-    client: httpx.AsyncClient,
+    gateway: ModelGateway,
     steps: Steps,
     run: LoopRun,
     table: ExperimentUpdated | None,
 ) -> None:
     """A first champion trained from a new batch, or on a used stack the one that serves."""
     if table is None:
-        await _train_first_champion(config, tap, client, steps, run)
+        await _train_first_champion(config, model, tap, gateway, steps, run)
     else:
         run.started_from = table
         steps.done(
             f"a used stack: version {table.champion_version} serves as champion "
             f"(experiment-updated: {table.status}); the demo starts from it"
         )
-        await wait_until_serving(client, table.champion_version, "champion", config.step_timeout_s)
-    await _normal_traffic(config, client, steps, run)
+        await gateway.wait_until_serving(table.champion_version, "champion", config.step_timeout_s)
+    await _normal_traffic(config, model, gateway, steps, run)
 
 
 async def _train_first_champion(
-    config: DemoConfig, tap: EventTap, client: httpx.AsyncClient, steps: Steps, run: LoopRun
+    config: DemoConfig,
+    model: DemoModel,
+    tap: EventTap,
+    gateway: ModelGateway,
+    steps: Steps,
+    run: LoopRun,
 ) -> None:
-    frame = generate_customers(config.training_rows, config.seed)
-    path = config.data_dir / f"demo-{uuid.uuid4().hex[:8]}.parquet"
+    frame = model.generate(config.training_rows, config.seed, 0.0, False)
+    path = config.data_dir / f"demo-{model.name}-{uuid.uuid4().hex[:8]}.parquet"
     ref = await asyncio.to_thread(write_batch, frame, path)
-    run.announced = await announce(config.kafka, ref)
+    run.announced = await announce(config.kafka, ref, model_name=model.name)
     steps.done(f"data-arrived: {ref.rows} rows at {ref.uri} (sha256 {ref.sha256[:12]}…)")
     turn, wait = run.announced.correlation_id, config.step_timeout_s
     run.first_trained = await tap.wait_for(ModelTrained, lambda e: e.correlation_id == turn, wait)
@@ -243,43 +273,44 @@ async def _train_first_champion(
         ExperimentUpdated, lambda e: e.correlation_id == turn, wait
     )
     steps.done(f"experiment-updated: {run.first_experiment.status}")
-    await wait_until_serving(client, run.champion.version, run.champion.alias, wait)
+    await gateway.wait_until_serving(run.champion.version, run.champion.alias, wait)
 
 
 async def _normal_traffic(
-    config: DemoConfig, client: httpx.AsyncClient, steps: Steps, run: LoopRun
+    config: DemoConfig, model: DemoModel, gateway: ModelGateway, steps: Steps, run: LoopRun
 ) -> None:
-    normal = rows_of(generate_customers(config.normal_requests, config.seed + 1))
-    answers = await send_traffic(client, normal)
+    frame = model.generate(config.normal_requests, config.seed + 1, 0.0, False)
+    normal = rows_of(frame, model.spec.label)
+    answers = await gateway.predict(normal)
     run.first_prediction = answers[0]
     first = answers[0]["predictions"][0]
     steps.done(
-        f"POST /v1/predict x{len(normal)}: first row → {first['predicted_class']} "
-        f"({first['confidence']:.2f}) by version {answers[0]['model_version']}"
+        f"POST /v1/models/{model.name}/predict x{len(normal)}: first row → "
+        f"{first['predicted_class']} ({first['confidence']:.2f}) "
+        f"by version {answers[0]['model_version']}"
     )
 
 
 async def _shift_until_drift(
-    config: DemoConfig, tap: EventTap, client: httpx.AsyncClient, steps: Steps
+    config: DemoConfig, model: DemoModel, tap: EventTap, gateway: ModelGateway, steps: Steps
 ) -> DriftDetected:
-    """Send shifted traffic until the monitor reports drift.
+    """Send shifted traffic until the monitor reports drift for this model.
 
     One round is usually enough; on a stack that already reported drift the
     monitor is in its cool-down, and the alarm comes once that has passed.
     """
     for round_ in range(config.max_shift_rounds):
-        frame = generate_customers(
-            config.shifted_requests,
-            config.seed + 2 + round_,
-            covariate_shift=config.covariate_shift,
-        )
-        await send_traffic(client, rows_of(frame))
+        seed = config.seed + 2 + round_
+        frame = model.generate(config.shifted_requests, seed, config.covariate_shift, False)
+        await gateway.predict(rows_of(frame, model.spec.label))
         note = " (more: the monitor is cooling down after an earlier alarm)" if round_ else ""
-        steps.done(f"POST /v1/predict x{len(frame)} with spend and visits shifted{note}")
+        steps.done(f"POST /v1/models/{model.name}/predict x{len(frame)}, inputs shifted{note}")
         last = round_ == config.max_shift_rounds - 1
         try:
             return await tap.wait_for(
-                DriftDetected, within_s=config.step_timeout_s if last else 10.0
+                DriftDetected,
+                lambda e: e.model_name == model.name,
+                within_s=config.step_timeout_s if last else 10.0,
             )
         except TimeoutError:
             if last:
@@ -288,10 +319,15 @@ async def _shift_until_drift(
 
 
 async def _drift_and_retrain(
-    config: DemoConfig, tap: EventTap, client: httpx.AsyncClient, steps: Steps, run: LoopRun
+    config: DemoConfig,
+    model: DemoModel,
+    tap: EventTap,
+    gateway: ModelGateway,
+    steps: Steps,
+    run: LoopRun,
 ) -> None:
     wait = config.step_timeout_s
-    run.drift = await _shift_until_drift(config, tap, client, steps)
+    run.drift = await _shift_until_drift(config, model, tap, gateway, steps)
     drifted = ", ".join(f.feature for f in run.drift.features if f.drifted)
     steps.done(f"drift-detected: {drifted} (reference version {run.drift.reference_version})")
     turn = run.drift.correlation_id

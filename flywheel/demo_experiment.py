@@ -1,7 +1,7 @@
 """The demo's last act: labels under a changed concept → a better challenger → ramp → verdict.
 
 Customers keep coming (one row per customer, so each stays on one variant) and
-their true segments come back as feedback. The router ramps the challenger's
+their true labels come back as feedback. The router ramps the challenger's
 share stage by stage and decides with always-valid statistics; the demo only
 drives traffic and prints what the router publishes.
 """
@@ -13,14 +13,14 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pandas as pd
 
+from flywheel.demo_models import DemoModel
+from flywheel.gateway_client import ModelGateway
 from flywheel.loop import EventTap, announce
 from flywheel.report import fetch_report, write_report
-from shared.datasets import generate_customers, write_batch
+from shared.datasets import write_batch
 from shared.events import (
     Event,
     ExperimentUpdated,
@@ -47,32 +47,19 @@ class ExperimentRun:
     report_path: Path | None = None
 
 
-async def _predict_and_label(
-    client: httpx.AsyncClient, row: dict[str, Any], label: str, entity: str
-) -> None:
-    answer = await client.post("/v1/predict", json={"features": row, "entity_id": entity})
-    answer.raise_for_status()
-    feedback = {"request_id": answer.json()["request_id"], "true_label": label}
-    for _ in range(10):  # another replica may not have stored the prediction's record yet
-        response = await client.post("/v1/feedback", json=feedback)
-        if response.status_code != 404:
-            break
-        await asyncio.sleep(0.2)
-    response.raise_for_status()
-
-
 async def _customers(
-    client: httpx.AsyncClient, frame: pd.DataFrame, prefix: str, parallel: int = 16
+    gateway: ModelGateway, frame: pd.DataFrame, label: str, prefix: str, parallel: int = 16
 ) -> None:
-    """One request per customer, then its true segment as feedback."""
+    """One request per customer, then its true label as feedback."""
     gate = asyncio.Semaphore(parallel)
-    labels = frame["segment"].astype(str).tolist()
-    rows = frame.drop(columns=["segment"]).to_dict(orient="records")
+    labels = frame[label].astype(str).tolist()
+    rows = frame.drop(columns=[label]).to_dict(orient="records")
 
     async def one(i: int) -> None:
         async with gate:
             row = {str(k): v for k, v in rows[i].items()}
-            await _predict_and_label(client, row, labels[i], f"{prefix}-{i}")
+            answer = await gateway.predict_one(row, f"{prefix}-{i}")
+            await gateway.feedback(answer["request_id"], labels[i])
 
     await asyncio.gather(*(one(i) for i in range(len(rows))))
 
@@ -91,6 +78,7 @@ def _mine(model_name: str, experiment_ids: set[str]) -> Callable[[Event], bool]:
 async def open_experiment(
     tap: EventTap,
     kafka: KafkaConnection | str,
+    model: DemoModel,
     data_dir: Path,
     rows: int,
     seed: int,
@@ -99,11 +87,10 @@ async def open_experiment(
 ) -> ExperimentRun:
     """Announce labelled data under a changed concept and wait for its experiment to open."""
     run = ExperimentRun()
-    frame = generate_customers(rows, seed, concept_drift=True)
-    ref = await asyncio.to_thread(
-        write_batch, frame, data_dir / f"demo-concept-{uuid.uuid4().hex[:8]}.parquet"
-    )
-    event = await announce(kafka, ref)
+    frame = model.generate(rows, seed, 0.0, True)
+    path = data_dir / f"demo-{model.name}-concept-{uuid.uuid4().hex[:8]}.parquet"
+    ref = await asyncio.to_thread(write_batch, frame, path)
+    event = await announce(kafka, ref, model_name=model.name)
     turn = event.correlation_id
     done(f"data-arrived: {ref.rows} labelled rows after the concept changed [{turn[:8]}]")
     run.trained = await tap.wait_for(ModelTrained, lambda e: e.correlation_id == turn, wait)
@@ -123,7 +110,8 @@ async def open_experiment(
 async def drive_to_verdict(
     run: ExperimentRun,
     tap: EventTap,
-    client: httpx.AsyncClient,
+    gateway: ModelGateway,
+    model: DemoModel,
     *,
     seed: int,
     round_size: int,
@@ -132,15 +120,14 @@ async def drive_to_verdict(
 ) -> ExperimentRun:
     """Send customers and their feedback round by round until the router decides."""
     assert run.opened is not None
-    model = run.opened.model_name
     ids = {run.opened.experiment_id}
     seen: set[str] = set()
     for round_ in range(max_rounds):
-        frame = generate_customers(round_size, seed + round_, concept_drift=True)
-        await _customers(client, frame, f"customer-{seed}-{round_}")
+        frame = model.generate(round_size, seed + round_, 0.0, True)
+        await _customers(gateway, frame, model.spec.label, f"{model.name}-{seed}-{round_}")
         run.requests += round_size
         await asyncio.sleep(1.0)  # let the router count the round's outcomes
-        for event in [e for e in tap.events if _mine(model, ids)(e)]:
+        for event in [e for e in tap.events if _mine(model.name, ids)(e)]:
             if event.event_id in seen:
                 continue
             seen.add(event.event_id)

@@ -63,12 +63,16 @@ async def publish_raw(kafka: KafkaConnection | str, topic: str, value: bytes) ->
         await producer.stop()
 
 
-async def current_routing(router_url: str | None) -> ExperimentUpdated | None:
-    """The router's routing table; None on a fresh stack (no model approved) or no router."""
+async def current_routing(
+    router_url: str | None, model: str | None = None
+) -> ExperimentUpdated | None:
+    """``model``'s routing table (None: the default model's); None when the model has
+    none yet (no version approved) or there is no router."""
     if router_url is None:
         return None
+    params = {"model": model} if model else None
     async with httpx.AsyncClient(base_url=router_url, timeout=30) as client:
-        response = await client.get("/v1/experiments/current")
+        response = await client.get("/v1/experiments/current", params=params)
     if response.status_code == 404:
         return None
     response.raise_for_status()

@@ -15,6 +15,7 @@ gateway could not answer and remembers every feedback the gateway accepted.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import uuid
 from collections.abc import Iterator
@@ -24,8 +25,10 @@ from typing import Any
 import httpx
 import pytest
 
-from flywheel.demo import Steps, wait_until_serving
+from flywheel.demo import Steps
 from flywheel.demo_experiment import open_experiment
+from flywheel.demo_models import DemoModel, demo_models
+from flywheel.gateway_client import ModelGateway
 from flywheel.infra import Endpoints
 from flywheel.infra.processes import port_bindable, port_open
 from flywheel.infra.stack import SERVICES, crash_service, start_services, stop_services
@@ -111,6 +114,7 @@ def stack(infra: Endpoints) -> Iterator[Stack]:
     # this stack's would otherwise be the next e2e module's starting point.
     infra = infra.with_redis_db(1)
     with pytest.MonkeyPatch.context() as patch:
+        # The deployment's default model (deprecated, kept for one release), on the old routes.
         patch.setenv("FLYWHEEL_MODEL_NAME", f"faults-{uuid.uuid4().hex[:8]}")
         patch.setenv("TRAINER_CANDIDATES", '["logistic_regression"]')
         for name, value in ROUTER_ENV.items():
@@ -213,6 +217,11 @@ class FaultRun:
     report: dict[str, Any]
 
 
+def _default_model() -> DemoModel:
+    """customer-segment as the deployment's default model."""
+    return demo_models()[0].named(os.environ["FLYWHEEL_MODEL_NAME"])
+
+
 async def _champion(stack: Stack, tap: EventTap, client: httpx.AsyncClient) -> None:
     frame = generate_customers(2000, 11)
     path = stack.infra.run_dir / "data" / f"faults-{uuid.uuid4().hex[:8]}.parquet"
@@ -220,15 +229,17 @@ async def _champion(stack: Stack, tap: EventTap, client: httpx.AsyncClient) -> N
     turn = event.correlation_id
     champion = await tap.wait_for(ModelApproved, lambda e: e.correlation_id == turn, 180)
     assert champion.alias == "champion"
-    await wait_until_serving(client, champion.version, "champion", 120)
+    gateway = ModelGateway(client, champion.model_name)
+    await gateway.wait_until_serving(champion.version, "champion", 120)
 
 
 async def _run_with_faults(stack: Stack, tap: EventTap, client: httpx.AsyncClient) -> FaultRun:
     steps = Steps(print)
     await _champion(stack, tap, client)
     steps.done("a champion serves")
+    data = stack.infra.run_dir / "data"
     experiment = await open_experiment(
-        tap, stack.infra.kafka, stack.infra.run_dir / "data", 2000, 61, 180, steps.done
+        tap, stack.infra.kafka, _default_model(), data, 2000, 61, 180, steps.done
     )
     assert experiment.opened is not None
     model, seen, killed = experiment.opened.model_name, Customers(), []

@@ -19,7 +19,13 @@ from flywheel.demo import (
     first_model,
     refuse_a_running_experiment,
 )
+from flywheel.demo_models import demo_models
+from flywheel.gateway_client import ModelGateway
 from shared.events import DatasetRef, ExperimentUpdated
+
+SEGMENT = demo_models()[0]
+#: These steps read no events: a first model on a used stack, or one stopped at its announcement.
+NO_TAP: Any = None
 
 
 def _table(status: str, champion: str = "3", challenger: str | None = None) -> ExperimentUpdated:
@@ -46,8 +52,9 @@ def _config(tmp_path: Path) -> DemoConfig:
 
 def _gateway(champion: str) -> httpx.MockTransport:
     def answer(request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/v1/models":
-            return httpx.Response(200, json={"models": {"champion": {"version": champion}}})
+        if request.url.path == f"/v1/models/{SEGMENT.name}":
+            return httpx.Response(200, json={"variants": {"champion": {"version": champion}}})
+        assert request.url.path == f"/v1/models/{SEGMENT.name}/predict"
         rows = json.loads(request.content)["instances"]
         prediction = {"predicted_class": "steady", "confidence": 0.7, "request_id": "r"}
         body: dict[str, Any] = {
@@ -70,7 +77,10 @@ async def test_a_used_stack_starts_from_its_champion_without_a_new_experiment(
     lines: list[str] = []
     run, table = LoopRun(), _table("promoted", champion="3", challenger="3")
     async with httpx.AsyncClient(transport=_gateway("3"), base_url="http://gateway") as client:
-        await first_model(_config(tmp_path), None, client, Steps(lines.append), run, table)  # type: ignore[arg-type]
+        gateway = ModelGateway(client, SEGMENT.name)
+        await first_model(
+            _config(tmp_path), SEGMENT, NO_TAP, gateway, Steps(lines.append), run, table
+        )
     assert run.announced is None
     assert run.started_from == table
     assert run.first_prediction["model_version"] == "3"
@@ -82,14 +92,18 @@ async def test_a_fresh_stack_announces_its_first_batch(
 ) -> None:
     announced: list[DatasetRef] = []
 
-    async def record(_: object, ref: DatasetRef) -> None:
+    async def record(_: object, ref: DatasetRef, *, model_name: str) -> None:
+        assert model_name == SEGMENT.name
         announced.append(ref)
         raise RuntimeError("stop after the announcement")
 
     monkeypatch.setattr(demo, "announce", record)
     async with httpx.AsyncClient(transport=_gateway("1"), base_url="http://gateway") as client:
+        gateway = ModelGateway(client, SEGMENT.name)
         with pytest.raises(RuntimeError, match="stop after"):
-            await first_model(_config(tmp_path), None, client, Steps(print), LoopRun(), None)  # type: ignore[arg-type]
+            await first_model(
+                _config(tmp_path), SEGMENT, NO_TAP, gateway, Steps(print), LoopRun(), None
+            )
     assert [ref.rows for ref in announced] == [4000]
 
 
@@ -100,7 +114,7 @@ def test_a_running_experiment_stops_the_demo_at_once_with_what_to_do() -> None:
         refuse_a_running_experiment(_table("running", champion="1", challenger="2"))
     message = str(error.value)
     assert "e7a1c0de" in message
-    assert "flywheel promote 1" in message
+    assert "flywheel promote customer-segment 1" in message
     assert "drift" in message
 
 
