@@ -22,7 +22,8 @@ and the same open-loop generator: a wrk sweep over the connection counts (peak
 = best req/s), then a fixed rate of 70 % of the 1-model peak for both. The
 gateway's resident memory (``VmRSS``) is read once every model serves and again
 after the load; memory per loaded model = (RSS with N − RSS with 1) ÷ (N − 1).
-Prediction logging is on (events to Kafka and Redis) as in production.
+Prediction logging is on (events to Kafka and Redis) as in production, unless
+``--logging-off``.
 
 The gateway holds every registered model with a spec up to its limit, so the
 MLflow used must hold no other models with specs: the script stops and names
@@ -162,6 +163,7 @@ class Bench:
             "MLFLOW_TRACKING_URI": self.infra.mlflow_uri,
             "GATEWAY_PORT": str(self.args.port),
             "GATEWAY_MAX_LOADED_MODELS": str(max_loaded),
+            "GATEWAY_LOG_PREDICTIONS": "false" if self.args.logging_off else "true",
         }
 
     def paths(self, routes: list[str]) -> Path:
@@ -285,6 +287,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=18000, help="the gateway's port")
     parser.add_argument("--server-cpus", default="0", help="taskset CPU list of the gateway")
     parser.add_argument("--client-cpus", default="1", help="CPU list of wrk and this script")
+    parser.add_argument(
+        "--logging-off", action="store_true", help="GATEWAY_LOG_PREDICTIONS=false in both runs"
+    )
     args = parser.parse_args()
     args.connections = [int(c) for c in args.connections.split(",")]
     if args.models < 2:
@@ -294,6 +299,7 @@ def main() -> None:
     os.sched_setaffinity(0, _cpus(args.client_cpus))
     print(_versions())
     print(f"{_cpu_model()}, {os.cpu_count()} CPUs, load average before: {_load()}")
+    print(f"prediction logging {'off' if args.logging_off else 'on'}, {args.models} models")
     infra, started = ensure_infra()
     try:
         with tempfile.TemporaryDirectory(prefix="bench-models-") as workdir:
