@@ -172,6 +172,10 @@ class ModelMetrics(BaseModel):
     validation_rows: int = Field(ge=0)
 
 
+#: What started a training: new data, drift, an operator, or the schedule.
+Trigger = Literal["data", "drift", "manual", "schedule"]
+
+
 class ModelTrained(Event):
     """A training run finished and logged a candidate model to MLflow."""
 
@@ -184,7 +188,7 @@ class ModelTrained(Event):
     metrics: ModelMetrics
     data_version: str = Field(description="Hash of the batches the model was trained on.")
     datasets: tuple[DatasetRef, ...] = ()
-    trigger: Literal["data", "drift", "manual", "schedule"] = "data"
+    trigger: Trigger = "data"
 
 
 Role = Literal["champion", "challenger"]

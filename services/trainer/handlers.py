@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import pandas as pd
 
@@ -52,6 +52,7 @@ from shared.events import (
     ModelTrained,
     RetrainModel,
     Topic,
+    Trigger,
 )
 from shared.messaging import (
     OUTAGE_ERRORS,
@@ -64,7 +65,6 @@ from shared.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
-Trigger = Literal["data", "drift", "manual", "schedule"]
 Outcome = ModelTrained | ModelRejected
 
 #: Failures that are not the training's fault: the trigger is retried or dead-lettered.

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from services.trainer.core import SelectionMetric
 from shared.settings import SERVICE_PORTS, BaseServiceSettings
 
 Algorithm = Literal["logistic_regression", "hist_gradient_boosting", "torch_mlp"]
@@ -37,7 +38,7 @@ class Settings(BaseServiceSettings):
     Histogram gradient boosting is opt-in: its OpenMP single-row prediction stalls
     when CPUs are contended (p50 98 ms measured on a loaded 2-core host).
     """
-    selection_metric: Literal["accuracy", "macro_f1", "roc_auc", "log_loss"] = "macro_f1"
+    selection_metric: SelectionMetric = "macro_f1"
     """Validation metric that picks the published candidate (log loss: lower is better)."""
     device: str = "auto"
     """Torch device of the MLP: auto (CUDA when present), cpu or cuda[:n]."""
