@@ -29,6 +29,7 @@ from shared.events import (
     topic_name,
 )
 from shared.kafka_security import KafkaConnection, as_connection
+from shared.messaging import message_key
 
 E = TypeVar("E", bound=Event)
 
@@ -53,14 +54,22 @@ async def ensure_topics(kafka: KafkaConnection | str, topics: list[str]) -> None
         await admin.close()
 
 
-async def publish_raw(kafka: KafkaConnection | str, topic: str, value: bytes) -> None:
+async def publish_raw(
+    kafka: KafkaConnection | str, topic: str, value: bytes, key: bytes | None = None
+) -> None:
     """Publish raw bytes (used to show what happens to a malformed event)."""
     producer = AIOKafkaProducer(**as_connection(kafka).client_options())
     try:
         await producer.start()  # inside: a refused start still closes the client
-        await producer.send_and_wait(topic, value)
+        await producer.send_and_wait(topic, value, key=key)
     finally:
         await producer.stop()
+
+
+async def publish_event(kafka: KafkaConnection | str, event: Event) -> None:
+    """Publish ``event`` on its topic, keyed by its model as the services key theirs."""
+    body = event.model_dump_json().encode()
+    await publish_raw(kafka, topic_name(event.topic), body, key=message_key(event))
 
 
 async def current_routing(
@@ -88,7 +97,7 @@ async def announce(
 ) -> DataArrived:
     """Publish ``data-arrived`` for a batch of ``model_name`` (None: the default model)."""
     event = DataArrived(producer=producer, dataset=dataset, model_name=model_name)
-    await publish_raw(kafka, topic_name(event.topic), event.model_dump_json().encode())
+    await publish_event(kafka, event)
     return event
 
 

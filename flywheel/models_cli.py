@@ -21,8 +21,8 @@ from flywheel.infra.admin_token import admin_token_path, read_admin_token
 from flywheel.infra.aio import run_sync
 from flywheel.infra.config import InfraConfig
 from flywheel.infra.kafka import operator_connection
-from flywheel.loop import publish_raw
-from shared.events import RetrainModel, topic_name
+from flywheel.loop import publish_event
+from shared.events import RetrainModel
 from shared.settings import SERVICE_PORTS, BaseServiceSettings
 from shared.spec import ModelSpec, load_spec
 
@@ -103,9 +103,8 @@ def retrain(
         reason=reason,
         requested_by=getpass.getuser(),
     )
-    payload = command.model_dump_json().encode()
     kafka = operator_connection(settings, InfraConfig.from_env())
-    run_sync(publish_raw(kafka, topic_name(command.topic), payload))
+    run_sync(publish_event(kafka, command))
     typer.echo(
         f"retrain-model {command.event_id} sent for {command.model_name} "
         f"(correlation {command.correlation_id})"

@@ -21,7 +21,7 @@ from services.registry.ports import VersionInfo
 from services.registry.routes import admin_router, models_admin_router, models_router
 from services.registry.specs import ModelSpecs
 from shared.catalog import ModelCatalog
-from shared.events import RetrainModel
+from shared.events import Event, RetrainModel
 from shared.http_errors import install_error_handlers
 from shared.spec import load_spec
 from shared.testing import RecordingPublisher
@@ -161,19 +161,20 @@ def test_promote_and_rollback_name_the_model_in_every_form(stack: Stack) -> None
 
 
 def test_retrain_names_the_model(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
-    sent: list[tuple[str, bytes]] = []
+    sent: list[Event] = []
 
-    async def publish(kafka: Any, topic: str, value: bytes) -> None:
-        sent.append((topic, value))
+    async def publish(kafka: Any, event: Event) -> None:
+        sent.append(event)
 
-    monkeypatch.setattr(models_cli, "publish_raw", publish)
+    monkeypatch.setattr(models_cli, "publish_event", publish)
     monkeypatch.setattr(models_cli, "operator_connection", lambda *_: "kafka:9092")
     named = stack.run("retrain", "fraud", "--reason", "bad week")
     stack.run("retrain", "--model", "churn")
     stack.run("retrain")
 
     assert named.exit_code == 0, named.output
-    commands = [RetrainModel.model_validate_json(value) for _, value in sent]
+    commands = [e for e in sent if isinstance(e, RetrainModel)]
+    assert len(commands) == len(sent) == 3
     assert [(c.model_name, c.reason) for c in commands] == [
         ("fraud", "bad week"),
         ("churn", "manual"),
