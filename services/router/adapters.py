@@ -354,6 +354,56 @@ def _closed_key(model_name: str, experiment_id: str, request_id: str) -> str:
     return _router_key(model_name, f"closed:{experiment_id}:{request_id}")
 
 
+#: Keys of the releases before many models: one routing table, experiments by id.
+_LEGACY = "flywheel:router:"
+_LEGACY_ROUTING_KEY = "flywheel:routing:current"
+_TALLY_KINDS = ("stats", "pending", "pending-seq", "outcome", "label", "seq", "looks")
+
+
+@_redis_outage
+async def adopt_single_model_keys(
+    redis: Redis, model_name: str, index_key: str = EXPERIMENT_INDEX_KEY
+) -> int:
+    """Move the keys a single-model router left to ``model_name``'s hash-tagged ones.
+
+    Those releases ran one Redis, never a cluster, so ``RENAME`` across slots is
+    fine. The old current-experiment key goes last: a start interrupted halfway
+    adopts the rest next time; once it is gone this is a no-op. Once-only markers
+    are left to expire (the consumer's idempotency store already guards
+    redeliveries). Returns how many experiments were moved.
+    """
+    current = await redis.get(f"{_LEGACY}experiment:{model_name}")
+    if current is None:
+        return 0
+    legacy_index = f"{_LEGACY}experiment:index"
+    moved = 0
+    for member in await redis.zrange(legacy_index, 0, -1):
+        experiment_id = _text(member)
+        raw = await redis.get(f"{_LEGACY}experiment:by-id:{experiment_id}")
+        if raw is None or Experiment.model_validate_json(raw).model_name != model_name:
+            continue
+        await redis.hset(index_key, experiment_id, model_name)
+        await redis.set(_by_id(model_name, experiment_id), raw)
+        for kind in _TALLY_KINDS:
+            old = f"{_LEGACY}{kind}:{experiment_id}"
+            if await redis.exists(old):
+                await redis.rename(old, _key(model_name, kind, experiment_id))
+        await redis.delete(f"{_LEGACY}experiment:by-id:{experiment_id}")
+        await redis.zrem(legacy_index, experiment_id)
+        moved += 1
+    table = await redis.get(_LEGACY_ROUTING_KEY)
+    if table is not None and ExperimentUpdated.model_validate_json(table).model_name == model_name:
+        await redis.set(routing_state_key(model_name), table, nx=True)
+        await redis.delete(_LEGACY_ROUTING_KEY)
+    await redis.set(_router_key(model_name, "experiment"), current, nx=True)
+    await redis.delete(f"{_LEGACY}experiment:{model_name}")
+    log.warning(
+        "single-model router keys adopted (deprecated layout)",
+        extra={"model": model_name, "experiments": moved},
+    )
+    return moved
+
+
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 

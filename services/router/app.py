@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+import logging
+from collections.abc import Awaitable, Callable
 
-from services.router.adapters import MlflowModelAliases, RedisExperimentStore, RedisOutcomeTally
+from fastapi import FastAPI
+from redis.asyncio import Redis
+
+from services.router.adapters import (
+    MlflowModelAliases,
+    RedisExperimentStore,
+    RedisOutcomeTally,
+    adopt_single_model_keys,
+)
 from services.router.handlers import (
     ApprovalHandler,
     ModelLocks,
@@ -18,9 +27,12 @@ from services.router.recovery import StateGuard, mlflow_alias_reader
 from services.router.routes import experiments_router
 from services.router.settings import Settings
 from shared.catalog import ModelCatalog
+from shared.errors import DependencyUnavailableError
 from shared.mlflow_specs import MlflowSpecSource
 from shared.runtime import build_runtime, serve, service_app
 from shared.spec import load_spec
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None, name: str = "router") -> FastAPI:
@@ -66,13 +78,25 @@ def create_app(settings: Settings | None = None, name: str = "router") -> FastAP
     return service_app(
         runtime,
         checks={"state": guard.ready},
-        on_startup=[ticker.start, guard.start],
+        on_startup=[_adopting(runtime.redis, settings.model_name), ticker.start, guard.start],
         on_shutdown=[guard.stop, ticker.stop, outcomes.close],
         routers=[experiments_router(store, tally, settings.model_name)],
         details=guard.details,
         description="Runs champion/challenger experiments per model: ramp, always-valid looks, "
         "verdicts.",
     )
+
+
+def _adopting(redis: Redis, model_name: str) -> Callable[[], Awaitable[None]]:
+    """A start-up hook moving a single-model router's keys to the default model's."""
+
+    async def adopt() -> None:
+        try:
+            await adopt_single_model_keys(redis, model_name)
+        except DependencyUnavailableError as error:  # Redis away: start anyway, readiness says so
+            log.warning("single-model keys not adopted", extra={"error": repr(error)})
+
+    return adopt
 
 
 def main() -> None:

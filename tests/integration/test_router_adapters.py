@@ -9,11 +9,19 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
+from _support import free_port
 from redis.asyncio import Redis
 from redis.crc import key_slot
 
-from flywheel.infra import Endpoints
-from services.router.adapters import RedisExperimentStore, RedisOutcomeTally
+from flywheel.infra import Endpoints, InfraConfig
+from flywheel.infra.processes import stop
+from flywheel.infra.redis import start_redis
+from services.router.adapters import (
+    EXPERIMENT_INDEX_KEY,
+    RedisExperimentStore,
+    RedisOutcomeTally,
+    adopt_single_model_keys,
+)
 from services.router.core import Experiment
 from services.router.core.outcomes import Label, OutcomeWindow, PendingOutcome, close_increments
 from shared.events import ExperimentUpdated, Variant, routing_state_key
@@ -184,3 +192,43 @@ async def test_windows_of_a_count_of_predictions_and_rewards_around_a_shift(redi
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@pytest.fixture
+async def own_redis(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Redis]:
+    """A Redis of this test's own: the single-model keys it writes are global names."""
+    config = InfraConfig(run_dir=tmp_path_factory.mktemp("legacy"), redis_port=free_port())
+    start_redis(config)
+    client = Redis.from_url(config.redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+        stop(config.run_dir, "redis")
+
+
+async def test_a_single_model_routers_keys_are_adopted_by_the_default_model(
+    own_redis: Redis,
+) -> None:
+    redis, model = own_redis, "customer-segment"
+    experiment = _running(model, "exp-old")
+    update = _update(experiment)
+    # The layout of the releases before many models.
+    await redis.set(f"flywheel:router:experiment:{model}", experiment.model_dump_json())
+    await redis.set("flywheel:router:experiment:by-id:exp-old", experiment.model_dump_json())
+    await redis.zadd("flywheel:router:experiment:index", {"exp-old": 1.0})
+    await redis.set("flywheel:routing:current", update.model_dump_json())
+    await redis.hset("flywheel:router:stats:exp-old", "0.1|challenger:assigned", 3)
+    await redis.rpush("flywheel:router:looks:exp-old", "{}")
+    store, tally = RedisExperimentStore(redis), RedisOutcomeTally(redis)
+    assert await store.current(model) is None  # positive control: unseen before adoption
+
+    assert await adopt_single_model_keys(redis, model) == 1
+    assert await store.current(model) == experiment
+    assert await store.find("exp-old") == experiment
+    assert await RoutingStateReader(redis).latest(model) == update
+    assert (await tally.stats(model, "exp-old")).challenger.assigned == 3
+    assert await redis.llen(f"flywheel:router:{{{model}}}:looks:exp-old") == 1
+    left = {_text(k) for k in await redis.keys("*")}
+    assert not {k for k in left if "{" not in k} - {EXPERIMENT_INDEX_KEY}
+    assert await adopt_single_model_keys(redis, model) == 0  # once only
