@@ -45,6 +45,10 @@ class ServedModel:
     refresher: ServingRefresher
     loading: asyncio.Task[None] | None = field(default=None, repr=False)
 
+    def use_spec(self, spec: ModelSpec) -> None:
+        """Validate requests and warm up versions with ``spec`` from now on."""
+        self.spec = self.refresher.spec = spec
+
     @property
     def is_loading(self) -> bool:
         """Whether a background load of this model is under way."""
@@ -112,7 +116,9 @@ class ModelFleet:
         """
         served = self._held.get(name)
         if served is None:
-            served = self._hold(name, await self._catalog.spec(name))
+            spec = await self._catalog.spec(name)
+            # Another request may have held it while the spec was read: one load, not two.
+            served = self._held.get(name) or self._hold(name, spec)
         else:
             self._held.move_to_end(name)
         if (
@@ -132,8 +138,10 @@ class ModelFleet:
     async def load_all(self) -> None:
         """Hold every registered model (default first, up to the limit) and wait for the loads."""
         names = await self._registered_names()
+        # A spec that cannot be read now is read again on demand: the default model keeps
+        # its configured spec meanwhile, another model stays unloaded until requested.
         with contextlib.suppress(Exception):
-            self.default.spec = await self._catalog.spec(self.default.name)
+            self.default.use_spec(await self._catalog.spec(self.default.name))
         self._start(self.default)
         for name in names:
             if name not in self._held and len(self._held) < self._max_loaded:
@@ -169,8 +177,7 @@ class ModelFleet:
             return  # older than the revision this process has
         served = self._held.get(event.model_name)
         if served is not None:
-            served.spec = event.spec
-            served.refresher.spec = event.spec
+            served.use_spec(event.spec)
         elif len(self._held) < self._max_loaded:
             self._hold(event.model_name, event.spec)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -184,6 +185,15 @@ async def test_the_least_recently_used_model_is_unloaded_and_reloaded_on_demand(
         assert [n for n, _ in gateway.registry.loaded].count("seg-a") == 2
         assert gateway.metric("gateway_model_unloads_total", model_name="seg-b") == 1
         assert gateway.fleet.held(MODEL) is not None
+
+
+async def test_requests_arriving_together_for_an_unloaded_model_share_one_load() -> None:
+    specs = registered(*_segment_copies("seg-a"))
+    async for gateway in open_gateway(RecordingPublisher(), specs):
+        gateway.registry.alias_versions = dict(SERVING)
+        answers = await asyncio.gather(*(_predict(gateway, "seg-a", r) for r in rows(4)))
+        assert [a.status_code for a in answers] == [200] * 4
+        assert gateway.registry.loaded == [("seg-a", "1")]
 
 
 async def test_a_load_slower_than_the_wait_answers_503_and_serves_once_loaded() -> None:
