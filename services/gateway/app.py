@@ -193,9 +193,9 @@ def _add_health_alias(app: FastAPI) -> None:
 
 def _initial_load(fleet: ModelFleet, timeout_s: float) -> Hook:
     async def load() -> None:
-        # Wait a bounded time so a slow MLflow cannot hold the HTTP side hostage;
-        # the loads go on in the background and swap models in when done.
-        task = asyncio.create_task(fleet.load_all(), name="initial-model-load")
+        # Wait (for the default model) a bounded time so a slow MLflow cannot hold the
+        # HTTP side hostage; the loads go on in the background and swap models in when done.
+        task = asyncio.create_task(fleet.load_initial(), name="initial-model-load")
         _, pending = await asyncio.wait({task}, timeout=timeout_s)
         if pending:
             log.warning("models still loading after start-up", extra={"timeout_s": timeout_s})

@@ -137,6 +137,22 @@ class ModelFleet:
 
     async def load_all(self) -> None:
         """Hold every registered model (default first, up to the limit) and wait for the loads."""
+        await self.start_all()
+        tasks = [s.loading for s in self._held.values() if s.loading is not None]
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def load_initial(self) -> None:
+        """Start loading every registered model; return once the default model's load ended.
+
+        Readiness waits for the default model alone, so start-up does too; the others
+        go on loading in the background.
+        """
+        await self.start_all()
+        if self.default.loading is not None:
+            await asyncio.gather(self.default.loading, return_exceptions=True)
+
+    async def start_all(self) -> None:
+        """Hold every registered model (default first, up to the limit) and start each load."""
         names = await self._registered_names()
         # A spec that cannot be read now is read again on demand: the default model keeps
         # its configured spec meanwhile, another model stays unloaded until requested.
@@ -147,8 +163,6 @@ class ModelFleet:
             if name not in self._held and len(self._held) < self._max_loaded:
                 with contextlib.suppress(Exception):
                     self._hold(name, await self._catalog.spec(name))
-        tasks = [s.loading for s in self._held.values() if s.loading is not None]
-        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def resync(self) -> None:
         """Re-read every held model's routing table and aliases (a missed event heals)."""

@@ -108,10 +108,12 @@ class FakeModelRegistry:
         self.loaded: list[tuple[str, str]] = []
         self.down = False
         self.slow: threading.Event | None = None
-        """When set, loads wait (in their worker thread) until it is set: a slow MLflow."""
+        """When given, loads wait (in their worker thread) until it is set: a slow MLflow."""
+        self.slow_models: set[str] | None = None
+        """The models whose loads are slow (None: every model)."""
 
     def load(self, name: str, version: str) -> Classifier:
-        if self.slow is not None:
+        if self.slow is not None and (self.slow_models is None or name in self.slow_models):
             self.slow.wait(timeout=10)
         self.loads.append(version)
         self.loaded.append((name, version))

@@ -214,6 +214,21 @@ async def test_a_load_slower_than_the_wait_answers_503_and_serves_once_loaded() 
         assert (await _predict(gateway, "seg-a", rows(1)[0])).status_code == 200
 
 
+async def test_start_up_waits_for_the_default_model_and_loads_the_others_behind() -> None:
+    async for gateway in open_gateway(RecordingPublisher(), specs=registered(FRAUD_SPEC)):
+        gateway.registry.alias_versions = dict(SERVING)
+        gateway.registry.slow, gateway.registry.slow_models = threading.Event(), {FRAUD}
+        await gateway.fleet.load_initial()
+        states = {s.name: s.state for s in gateway.fleet.statuses()}
+        assert states == {MODEL: "serving", FRAUD: "loading"}
+        gateway.registry.slow.set()
+        fraud = gateway.fleet.held(FRAUD)
+        assert fraud is not None
+        assert fraud.loading is not None
+        await fraud.loading
+        assert fraud.state == "serving"
+
+
 async def test_a_registered_model_is_learned_and_loaded_in_the_background(
     gateway: Gateway,
 ) -> None:
