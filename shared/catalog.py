@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import NamedTuple, Protocol
 
 from shared.errors import NotFoundError
@@ -23,6 +24,12 @@ from shared.events import ModelRegistered
 from shared.spec import ModelSpec
 
 log = logging.getLogger(__name__)
+
+#: Seconds an unknown name is answered from memory before the source is asked again
+#: (a model-registered event for it ends that at once).
+MISS_TTL_S = 5.0
+#: Unknown names remembered at most.
+MAX_MISSES = 1024
 
 
 class RegisteredSpec(NamedTuple):
@@ -85,11 +92,15 @@ class ModelCatalog:
         source: SpecSource,
         default_name: str | None = None,
         default_spec: ModelSpec | None = None,
+        miss_ttl_s: float = MISS_TTL_S,
     ) -> None:
         self._source = source
         self._default = (default_name, default_spec) if default_name and default_spec else None
         self._cache: dict[str, RegisteredSpec] = {}
         self._warned = False
+        #: Names found unregistered, with when to ask the source again and the known names then.
+        self._misses: dict[str, tuple[float, list[str]]] = {}
+        self._miss_ttl_s = miss_ttl_s
 
     @property
     def default_name(self) -> str | None:
@@ -105,13 +116,24 @@ class ModelCatalog:
         cached = self._cache.get(name)
         if cached is not None:
             return cached
+        missed = self._misses.get(name)
+        if missed is not None and time.monotonic() < missed[0]:
+            # A client repeating a wrong name must not cost MLflow two calls a request.
+            raise UnknownModelError(name, missed[1])
         found = await asyncio.to_thread(self._source.registered_spec, name)
         if found is None:
             found = self._configured_default(name)
         if found is None:
-            raise UnknownModelError(name, list(await self.names()))
+            known = list(await self.names())
+            self._remember_miss(name, known)
+            raise UnknownModelError(name, known)
         self._cache[name] = found
         return found
+
+    def _remember_miss(self, name: str, known: list[str]) -> None:
+        if len(self._misses) >= MAX_MISSES:  # made-up names must not grow memory without bound
+            self._misses.clear()
+        self._misses[name] = (time.monotonic() + self._miss_ttl_s, known)
 
     async def names(self) -> list[str]:
         """Every registered model (and the configured default), sorted."""
@@ -130,6 +152,7 @@ class ModelCatalog:
         return self._keep(event.model_name, RegisteredSpec(event.spec_revision, event.spec))
 
     def _keep(self, name: str, registered: RegisteredSpec) -> bool:
+        self._misses.pop(name, None)
         cached = self._cache.get(name)
         if cached is not None and cached.revision > registered.revision:
             return False
