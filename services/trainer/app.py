@@ -18,7 +18,6 @@ from services.trainer.adapters import (
     adopt_legacy_keys,
 )
 from services.trainer.coalesce import CoalescePolicy
-from services.trainer.core import TrainingConfig
 from services.trainer.handlers import TrainerHandlers, TrainerPorts, register
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.recovery import TrainerStateGuards, mlflow_last_trained
@@ -56,7 +55,7 @@ def create_app(settings: Settings | None = None, name: str = "trainer") -> FastA
     handlers = TrainerHandlers(
         ports=ports,
         catalog=catalog,
-        config=training_config(settings),
+        config=settings.to_config(),
         window_batches=settings.window_batches,
         older_batches=settings.older_batches,
         metrics=TrainerMetrics.create(runtime.registry),
@@ -86,19 +85,6 @@ def create_app(settings: Settings | None = None, name: str = "trainer") -> FastA
         on_shutdown=[scheduler.stop, guard.stop],
         description="Trains a candidate model when data arrives or drift is detected.",
         details=guard.details,
-    )
-
-
-def training_config(settings: Settings) -> TrainingConfig:
-    """The training choices from the settings."""
-    return TrainingConfig(
-        candidates=settings.candidates,
-        selection_metric=settings.selection_metric,
-        device=settings.device,
-        older_fraction=settings.older_fraction,
-        validation_fraction=settings.validation_fraction,
-        seed=settings.seed,
-        reference_rows=settings.reference_rows,
     )
 
 

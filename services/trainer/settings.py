@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from services.trainer.core import SelectionMetric
+from services.trainer.core import SelectionMetric, TrainingConfig
 from shared.settings import SERVICE_PORTS, BaseServiceSettings
 
 Algorithm = Literal["logistic_regression", "hist_gradient_boosting", "torch_mlp"]
@@ -67,3 +67,15 @@ class Settings(BaseServiceSettings):
     """HTTP retries of MLflow calls, so a dead server fails in seconds and the trigger waits."""
     mlflow_timeout_s: int = Field(30, ge=1)
     """Timeout of one MLflow HTTP request, in seconds."""
+
+    def to_config(self) -> TrainingConfig:
+        """The training choices the handlers work with."""
+        return TrainingConfig(
+            candidates=self.candidates,
+            selection_metric=self.selection_metric,
+            device=self.device,
+            older_fraction=self.older_fraction,
+            validation_fraction=self.validation_fraction,
+            seed=self.seed,
+            reference_rows=self.reference_rows,
+        )
