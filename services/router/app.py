@@ -49,7 +49,7 @@ def create_app(settings: Settings | None = None, name: str = "router") -> FastAP
     tally = RedisOutcomeTally(runtime.redis)
     metrics = RouterMetrics.create(runtime.registry)
     locks = ModelLocks()
-    approvals = ApprovalHandler(store, runtime.publisher, metrics, settings.plan())
+    approvals = ApprovalHandler(store, runtime.publisher, metrics, settings.to_config())
     outcomes = OutcomeHandler(
         store,
         tally,

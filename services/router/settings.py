@@ -71,7 +71,7 @@ class Settings(BaseServiceSettings):
     """How long an event or the periodic tick waits for one model's look before going on
     (the look carries on in the background): a stuck model never holds up the others."""
 
-    def plan(self) -> ExperimentPlan:
+    def to_config(self) -> ExperimentPlan:
         """The plan every new experiment follows."""
         decision = DecisionConfig(
             metric="reward" if self.metric == "reward" else "accuracy",
