@@ -3,11 +3,18 @@ into HTTP statuses (a retryable error answers 503)."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class FlywheelError(Exception):
-    """Base of every error Flywheel raises on purpose."""
+    """Base of every error Flywheel raises on purpose.
+
+    A subclass whose HTTP status is not its family's sets ``status_code`` (as
+    MLServer's errors carry theirs): the one mapping in ``shared.http_errors`` reads it.
+    """
 
     retryable: bool = False
+    status_code: ClassVar[int | None] = None
 
 
 class InvalidInputError(FlywheelError):

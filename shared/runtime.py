@@ -21,7 +21,7 @@ from faststream.kafka import KafkaBroker
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from redis.asyncio import Redis
 
-from shared.http_errors import install_error_handlers
+from shared.http_errors import Describe, install_error_handlers
 from shared.kafka_security import faststream_security
 from shared.logging import configure_logging
 from shared.messaging import (
@@ -158,8 +158,13 @@ def service_app(
     title: str | None = None,
     description: str = "",
     details: ReadinessDetails | None = None,
+    describe_error: Describe = str,
 ) -> FastAPI:
-    """A FastAPI app with health, readiness and metrics whose lifespan runs the broker."""
+    """A FastAPI app with health, readiness and metrics whose lifespan runs the broker.
+
+    Errors are answered by ``shared.http_errors``; ``describe_error`` says what their
+    ``detail`` holds (the message by default).
+    """
     all_checks = {"broker": broker_check(runtime), "redis": redis_check(runtime.redis)}
     all_checks.update(checks or {})
     all_checks["consuming"] = consuming_check(runtime)
@@ -183,7 +188,7 @@ def service_app(
         title=title or f"flywheel-{runtime.name}", description=description, lifespan=lifespan
     )
     app.state.runtime = runtime
-    install_error_handlers(app)
+    install_error_handlers(app, describe_error)
     _add_probe_routes(app, runtime, all_checks, details)
     for router in routers:
         app.include_router(router)

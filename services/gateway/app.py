@@ -16,7 +16,7 @@ from services.gateway.adapters import (
     RedisPredictionRecords,
 )
 from services.gateway.deps import GatewayServices
-from services.gateway.errors import install_error_handlers
+from services.gateway.errors import describe
 from services.gateway.feedback import FeedbackService
 from services.gateway.fleet import ModelFleet, ModelStatus
 from services.gateway.handlers import ServingHandlers, register
@@ -120,6 +120,7 @@ def create_app(settings: Settings | None = None, *, ports: GatewayPorts | None =
         routers=[predict.router, feedback.router, models.router],
         description="Serves every registered model's champion and challenger, and takes feedback.",
         details=lambda: _model_details(fleet),
+        describe_error=describe,
     )
     app.state.gateway = GatewayServices(
         fleet=fleet,
@@ -146,7 +147,6 @@ def create_app(settings: Settings | None = None, *, ports: GatewayPorts | None =
     app.state.state_guard = guard
     app.state.shadow = shadow
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    install_error_handlers(app)
     install_spec_document(app, fleet.specs, settings.model_name, settings.max_batch)
     _add_health_alias(app)
     return app

@@ -31,9 +31,13 @@ class FeatureValidationError(InvalidInputError):
 class BatchTooLargeError(InvalidInputError):
     """A request carries more instances than the gateway accepts at once."""
 
+    status_code = 413
+
 
 class WrongModelError(InvalidInputError):
     """Feedback sent to one model's route for a prediction another model answered."""
+
+    status_code = 409
 
 
 class ModelUnavailableError(FlywheelError):
@@ -46,6 +50,7 @@ class ModelFailedError(FlywheelError):
     """The routed model raised, or answered probabilities that are not finite."""
 
     retryable = True
+    status_code = 500
 
 
 def check_probabilities(probabilities: np.ndarray, rows: int, classes: int) -> None:

@@ -23,7 +23,6 @@ from services.gateway.core import (
     row_from_store,
     rows_from_probabilities,
 )
-from services.gateway.errors import http_status
 from services.gateway.fleet import ModelFleet, ServedModel
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.pool import LoadedModel, RoutingTable, ServingSnapshot
@@ -34,6 +33,7 @@ from services.gateway.shadow import ShadowScorer
 from shared.catalog import UnknownModelError
 from shared.errors import DependencyUnavailableError, InvalidInputError, NotFoundError
 from shared.events import PredictionFailed, PredictionLogged, Variant
+from shared.http_errors import http_status
 from shared.spec import ModelSpec
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,6 @@ from services.registry.metrics import MetricsFromRegistry, RegistryMetrics
 from services.registry.packaging import BentoModelStore
 from services.registry.routes import (
     admin_router,
-    allow_every_method,
     models_admin_router,
     models_router,
     versions_router,
@@ -75,7 +74,6 @@ def create_app(settings: Settings | None = None, name: str = "registry") -> Fast
         description="Registers models and their specs, gates trained versions and assigns "
         "champion/challenger.",
     )
-    allow_every_method(app)
     return app
 
 

@@ -6,10 +6,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.routing import compile_path
 
 from services.registry.admin import RegistryAdmin
 from services.registry.auth import admin_guard
@@ -313,27 +312,3 @@ def models_admin_router(specs: ModelSpecs, token: str | None) -> APIRouter:
         )
 
     return router
-
-
-def allow_every_method(app: FastAPI) -> None:
-    """Answer 405 with every documented method of the path in ``Allow``.
-
-    ``/v1/models`` has GET (read-only) and POST (admin, token guard), and Starlette's
-    405 names only the methods of the first route whose path matches.
-    """
-
-    async def method_not_allowed(request: Request, _: Exception) -> Response:
-        paths: dict[str, dict[str, Any]] = request.app.openapi()["paths"]
-        allowed = {
-            method.upper()
-            for template, operations in paths.items()
-            if compile_path(template)[0].match(request.url.path)
-            for method in operations
-        }
-        return JSONResponse(
-            {"detail": "Method Not Allowed"},
-            status_code=405,
-            headers={"Allow": ", ".join(sorted(allowed))},
-        )
-
-    app.add_exception_handler(405, method_not_allowed)

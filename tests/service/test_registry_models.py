@@ -12,7 +12,7 @@ import pytest
 from _registry_fakes import FakeModelRegistry, FakeSpecStore
 from fastapi import FastAPI
 
-from services.registry.routes import allow_every_method, models_admin_router, models_router
+from services.registry.routes import models_admin_router, models_router
 from services.registry.specs import DEFAULT_REGISTRANT, ModelSpecs
 from shared.catalog import ModelCatalog, RegisteredSpec
 from shared.events import ModelRegistered
@@ -65,7 +65,6 @@ async def registry() -> AsyncIterator[Registry]:
     install_error_handlers(app)  # as service_app does
     app.include_router(models_router(models, catalog))
     app.include_router(models_admin_router(specs, TOKEN))
-    allow_every_method(app)  # as the registry's app does
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://registry") as client:
         yield Registry(client, store, models, catalog, publisher, specs)
