@@ -14,7 +14,6 @@ from dataclasses import replace
 
 from services.monitor.adapters import NoMarkers
 from services.monitor.service import ModelMonitors, ModelUnavailableError
-from shared.batch_messaging import subscribe_batch
 from shared.events import (
     FeedbackReceived,
     ModelPromoted,
@@ -24,6 +23,7 @@ from shared.events import (
     Topic,
 )
 from shared.messaging import OUTAGE_ERRORS, ConsumerContext, subscribe, subscribe_broadcast
+from shared.messaging.batch import subscribe_batch
 
 
 class MonitorHandlers:

@@ -3,7 +3,7 @@
 - ``publisher``: publishing, one event or a batch, keyed by model name.
 - ``idempotency``: which events a service already handled (Redis markers).
 - ``subscriber``: at-least-once consumption, retries, outage rewinds.
-- ``batch``: the same guarantees for handlers that take a poll at a time.
+- ``batch``: the same guarantees for handlers that take a poll at a time (``subscribe_batch``).
 - ``dead_letters``: parking an event that cannot be handled, with its reason.
 - ``health``: what a service's subscriptions need before it is ready.
 

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from faststream.kafka import KafkaBroker, TestKafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
-from shared.batch_messaging import subscribe_batch
 from shared.errors import InvalidInputError
 from shared.events import DataArrived, DatasetRef, Topic, dead_letter_topic
+from shared.messaging.batch import subscribe_batch
 from shared.testing import InMemoryProcessedEvents, consumer_context
 
 

@@ -10,7 +10,6 @@ import pytest
 from faststream.kafka import KafkaBroker, TestKafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
-from shared.batch_messaging import subscribe_batch
 from shared.errors import InvalidInputError
 from shared.events import DataArrived, DatasetRef, Topic, dead_letter_topic
 from shared.messaging import (
@@ -21,6 +20,7 @@ from shared.messaging import (
     subscribe,
     subscribe_broadcast,
 )
+from shared.messaging.batch import subscribe_batch
 from shared.runtime import build_runtime, service_app
 from shared.settings import BaseServiceSettings
 from shared.testing import consumer_context
