@@ -8,7 +8,7 @@ import math
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -17,6 +17,9 @@ from shared.errors import FlywheelError, InvalidInputError
 from shared.events import Variant
 from shared.spec import FeatureSpec, ModelSpec
 from shared.tabular import TabularEncoder
+
+#: Where a model stands in one gateway (``GET /v1/models``).
+ModelState = Literal["serving", "loading", "no_champion", "failed", "unloaded"]
 
 
 class FeatureValidationError(InvalidInputError):

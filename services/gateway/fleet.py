@@ -20,8 +20,8 @@ import contextlib
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Literal
 
+from services.gateway.core import ModelState
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.pool import ModelPool
 from services.gateway.ports import ModelRegistry, RoutingStateSource
@@ -31,8 +31,6 @@ from shared.events import ExperimentUpdated, ModelRegistered
 from shared.spec import ModelSpec
 
 log = logging.getLogger(__name__)
-
-ModelState = Literal["serving", "loading", "no_champion", "failed", "unloaded"]
 
 
 @dataclass

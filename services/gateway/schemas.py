@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Self
+from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
+from services.gateway.core import ModelState
 from shared.events import Variant
 
 Instance = dict[str, Any]
@@ -225,7 +226,7 @@ class ModelStatusOut(BaseModel):
     """One model: whether it serves, which versions in which variant, its split."""
 
     name: str
-    state: Literal["serving", "loading", "no_champion", "failed", "unloaded"] = Field(
+    state: ModelState = Field(
         description="serving: its champion is loaded; loading; no_champion: the registry "
         "names none yet; failed: its champion did not load (see error; retried every "
         "resync); unloaded: registered, not in memory (its next request loads it)."
