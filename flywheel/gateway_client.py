@@ -8,6 +8,10 @@ from typing import Any
 
 import httpx
 
+#: Attempts of one call when the connection drops (a pooled keep-alive connection the
+#: server closed as the client reused it: a busy demo machine saw it).
+ATTEMPTS = 3
+
 
 class ModelGateway:
     """``/v1/models/{name}/…`` of one model, over a shared HTTP client."""
@@ -32,7 +36,7 @@ class ModelGateway:
     async def predict_one(self, row: dict[str, Any], entity: str) -> dict[str, Any]:
         """One row for one entity (sticky: the entity stays on its variant)."""
         body = {"features": row, "entity_id": entity}
-        response = await self.client.post(f"{self._base}/predict", json=body)
+        response = await self._post("predict", body)
         response.raise_for_status()
         answer: dict[str, Any] = response.json()
         return answer
@@ -41,11 +45,22 @@ class ModelGateway:
         """The true label of an answered request."""
         body = {"request_id": request_id, "true_label": label}
         for _ in range(10):  # another replica may not have stored the prediction's record yet
-            response = await self.client.post(f"{self._base}/feedback", json=body)
+            response = await self._post("feedback", body)
             if response.status_code != 404:
                 break
             await asyncio.sleep(0.2)
         response.raise_for_status()
+
+    async def _post(self, route: str, body: dict[str, Any]) -> httpx.Response:
+        """POST, again on a dropped connection (a repeated feedback is counted once)."""
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                return await self.client.post(f"{self._base}/{route}", json=body)
+            except httpx.TransportError:
+                if attempt == ATTEMPTS:
+                    raise
+                await asyncio.sleep(0.2 * attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def serving(self, variant: str) -> str | None:
         """The version the gateway serves as ``variant`` of this model, if any."""

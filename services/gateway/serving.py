@@ -155,7 +155,8 @@ class ServingRefresher:
                 )
                 return
             self._pool.swap(snapshot)
-            log.info("serving table swapped", extra={"models": snapshot.describe()})
+            if snapshot != current:  # the periodic resync mostly confirms what serves
+                log.info("serving table swapped", extra={"models": snapshot.describe()})
 
     async def _model(
         self, current: ServingSnapshot, role: Variant, version: str | None
