@@ -54,7 +54,8 @@ from prometheus_client import CollectorRegistry
 from flywheel.infra import INFRA, Endpoints, InfraConfig, infra_status, start_infra
 from flywheel.infra.processes import stop
 from services.registry.adapters import MlflowCandidateLoader, MlflowModelRegistry
-from services.registry.handlers import GatePolicy, RegistryHandlers
+from services.registry.gates import GatePolicy
+from services.registry.handlers import RegistryHandlers
 from services.registry.metrics import RegistryMetrics
 from services.registry.packaging import BentoModelStore
 from services.trainer.adapters import MlflowModelStore

@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from services.registry.adapters import MlflowCandidateLoader, MlflowModelRegistry
 from services.registry.admin import RegistryAdmin
-from services.registry.handlers import GatePolicy, RegistryHandlers, register
+from services.registry.handlers import RegistryHandlers, register
 from services.registry.metrics import MetricsFromRegistry, RegistryMetrics
 from services.registry.packaging import BentoModelStore
 from services.registry.routes import (
@@ -43,7 +43,7 @@ def create_app(settings: Settings | None = None, name: str = "registry") -> Fast
         catalog=catalog,
         publisher=runtime.publisher,
         metrics=metrics,
-        policy=gate_policy(settings),
+        policy=settings.to_config(),
         packager=_packager(settings),
     )
     register(runtime.consumer, handlers)
@@ -75,16 +75,6 @@ def create_app(settings: Settings | None = None, name: str = "registry") -> Fast
         "champion/challenger.",
     )
     return app
-
-
-def gate_policy(settings: Settings) -> GatePolicy:
-    """The gate thresholds from the settings."""
-    return GatePolicy(
-        min_accuracy=settings.min_accuracy,
-        non_inferiority_margin=settings.non_inferiority_margin,
-        latency_budget_ms=settings.latency_budget_ms,
-        latency_samples=settings.latency_samples,
-    )
 
 
 def _packager(settings: Settings) -> BentoModelStore | None:

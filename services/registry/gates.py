@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,16 @@ from shared.spec import ModelSpec
 
 #: Two-sided 95 % normal quantile.
 Z_95 = 1.959963984540054
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    """The thresholds a candidate is held to."""
+
+    min_accuracy: float = 0.6
+    non_inferiority_margin: float = 0.05
+    latency_budget_ms: float = 25.0
+    latency_samples: int = 200
 
 
 def schema_gate(

@@ -21,6 +21,7 @@ from services.registry.core import (
     lineage_tags,
 )
 from services.registry.gates import (
+    GatePolicy,
     determinism_gate,
     finite_output_gate,
     latency_gate,
@@ -47,16 +48,6 @@ from shared.mlflow_specs import SPEC_REVISION_TAG
 from shared.spec import ModelSpec
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class GatePolicy:
-    """The thresholds a candidate is held to."""
-
-    min_accuracy: float = 0.6
-    non_inferiority_margin: float = 0.05
-    latency_budget_ms: float = 25.0
-    latency_samples: int = 200
 
 
 @dataclass(frozen=True)

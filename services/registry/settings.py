@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from services.registry.gates import GatePolicy
 from shared.settings import SERVICE_PORTS, BaseServiceSettings
 
 
@@ -32,3 +33,12 @@ class Settings(BaseServiceSettings):
     admin_token: SecretStr | None = None
     """Bearer token for promote and rollback (``flywheel up`` passes ``<run dir>/admin-token``);
     without one they always answer 401."""
+
+    def to_config(self) -> GatePolicy:
+        """The thresholds every candidate is held to."""
+        return GatePolicy(
+            min_accuracy=self.min_accuracy,
+            non_inferiority_margin=self.non_inferiority_margin,
+            latency_budget_ms=self.latency_budget_ms,
+            latency_samples=self.latency_samples,
+        )

@@ -21,7 +21,8 @@ from prometheus_client import CollectorRegistry
 
 from flywheel.infra import Endpoints
 from services.registry.adapters import MlflowCandidateLoader, MlflowModelRegistry
-from services.registry.handlers import GatePolicy, RegistryHandlers
+from services.registry.gates import GatePolicy
+from services.registry.handlers import RegistryHandlers
 from services.registry.metrics import RegistryMetrics
 from services.registry.packaging import BentoModelStore
 from services.trainer.adapters import MlflowModelStore

@@ -22,7 +22,8 @@ from flywheel.infra import Endpoints
 from flywheel.loop import EventTap
 from services.registry.adapters import MlflowCandidateLoader, MlflowModelRegistry
 from services.registry.app import create_app
-from services.registry.handlers import GatePolicy, RegistryHandlers
+from services.registry.gates import GatePolicy
+from services.registry.handlers import RegistryHandlers
 from services.registry.metrics import RegistryMetrics
 from services.registry.settings import Settings
 from services.trainer.adapters import MlflowModelStore

@@ -16,7 +16,8 @@ from faststream.kafka.annotations import KafkaMessage
 from prometheus_client import CollectorRegistry
 
 from services.registry.admin import RegistryAdmin
-from services.registry.handlers import GatePolicy, RegistryHandlers, register
+from services.registry.gates import GatePolicy
+from services.registry.handlers import RegistryHandlers, register
 from services.registry.metrics import RegistryMetrics
 from services.registry.ports import ModelSummary
 from services.registry.routes import admin_router, models_router, versions_router
