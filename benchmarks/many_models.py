@@ -36,11 +36,13 @@ FLYWHEEL_MLFLOW_PORT=15000``.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import shutil
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,9 +66,12 @@ from serving import (
 
 from flywheel.infra import Endpoints, InfraConfig
 from flywheel.infra.processes import stop
+from services.gateway.settings import Settings
 from shared.datasets import generate_customers
+from shared.events import PredictionLogged
 from shared.mlflow_client import mlflow_client
 from shared.mlflow_specs import MlflowSpecSource, register_spec
+from shared.runtime import build_runtime
 
 PREFIX = "bench-models-"
 
@@ -82,6 +87,10 @@ class Run:
     rss_after_mib: float
     loaded: float
     unloads: float
+    events_pending: float = 0.0
+    """Prediction events still queued after the load (both stages)."""
+    events_dropped: float = 0.0
+    """Prediction events dropped from a full queue during the load."""
 
     @property
     def peak(self) -> WrkResult:
@@ -205,6 +214,8 @@ def load_gateway(bench: Bench, names: list[str], held: int, rate: float) -> list
                 rss_mib(process.pid),
                 metric_sum(url, "gateway_models_loaded"),
                 metric_sum(url, "gateway_model_unloads_total"),
+                metric_sum(url, "prediction_events_pending"),
+                metric_sum(url, "prediction_events_dropped_total"),
             )
         ]
         if held == 1:
@@ -232,6 +243,44 @@ def measure(infra: Endpoints, workdir: Path, args: argparse.Namespace) -> list[R
         delete_models(infra, names)
 
 
+def publish_cost(infra: Endpoints, models: int, events: int = 500, repeats: int = 20) -> float:
+    """CPU ms of one ``publish_batch`` of ``events`` prediction events spread over ``models``.
+
+    What the gateway's drain pays per step, measured in this process (pinned like
+    wrk) on the gateway's own Kafka principal, the topic's real partitions.
+    """
+    os.environ.update(infra.kafka_for("gateway").env())
+    row = {f.name: 1.0 if f.type == "numeric" else "a" for f in SPEC.features}
+    batch = [
+        PredictionLogged(
+            producer="gateway",
+            request_id=uuid.uuid4().hex,
+            model_name=f"{PREFIX}probe-{i % models}",
+            version="1",
+            variant="champion",
+            features=row,
+            predicted_class=SPEC.classes[0],
+            confidence=0.5,
+            latency_ms=1.0,
+        )
+        for i in range(events)
+    ]
+
+    async def run() -> float:
+        runtime = build_runtime("gateway", Settings())
+        await runtime.broker.start()
+        try:
+            await runtime.publisher.publish_batch(batch)  # connections, metadata
+            started = time.process_time()
+            for _ in range(repeats):
+                await runtime.publisher.publish_batch(batch)
+            return (time.process_time() - started) / repeats * 1000
+        finally:
+            await runtime.broker.stop()
+
+    return asyncio.run(run())
+
+
 def report(runs: list[Run], models: int) -> None:
     """Print every run, the comparison and the targets."""
     print("\nwrk runs (1 thread, closed loop), single rows:")
@@ -253,6 +302,10 @@ def report(runs: list[Run], models: int) -> None:
             print(
                 f"    open loop at {o.target_rps:.0f} req/s: got {o.achieved_rps:.0f}, "
                 f"p50 {o.p50_ms:.2f} ms, p99 {o.p99_ms:.2f} ms, {o.failures} failed"
+            )
+            print(
+                f"    prediction events after the load: {run.events_pending:.0f} queued, "
+                f"{run.events_dropped:.0f} dropped (queue full)"
             )
     _targets(runs[0], runs[-1], models)
 
@@ -304,7 +357,12 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="bench-models-") as workdir:
             runs = measure(infra, Path(workdir), args)
+        costs = {n: publish_cost(infra, n) for n in (1, args.models)}
         report(runs, args.models)
+        print(
+            f"  publishing 500 prediction events (one drain step, CPU of this process): "
+            f"{costs[1]:.1f} ms for 1 model, {costs[args.models]:.1f} ms for {args.models}"
+        )
     finally:
         for name in started:
             stop(InfraConfig.from_env().run_dir, name)
