@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pandas as pd
@@ -32,6 +32,7 @@ from shared.datasets import write_batch
 from shared.events import (
     DataArrived,
     DriftDetected,
+    Event,
     ExperimentUpdated,
     ModelApproved,
     ModelTrained,
@@ -39,6 +40,7 @@ from shared.events import (
 from shared.kafka_security import KafkaConnection, KafkaSecurity
 
 Say = Callable[[str], None]
+E = TypeVar("E", bound=Event)
 
 
 @dataclass(frozen=True)
@@ -181,136 +183,146 @@ async def run_demo(config: DemoConfig, model: DemoModel, say: Say = print) -> Lo
     return (await run_demos(config, [model], say))[0]
 
 
+@dataclass
+class ModelLoop:
+    """One model's turn of the loop: what its steps share, and what they produced."""
+
+    config: DemoConfig
+    model: DemoModel
+    tap: EventTap
+    gateway: ModelGateway
+    steps: Steps
+    run: LoopRun
+
+    @property
+    def wait(self) -> float:
+        """How long one step may wait for its event."""
+        return self.config.step_timeout_s
+
+    def rows(self, count: int, seed: int, shift: float = 0.0) -> list[dict[str, Any]]:
+        """``count`` generated feature rows of this model."""
+        frame = self.model.generate(count, seed, shift, False)
+        return rows_of(frame, self.model.spec.label)
+
+
 async def _one_loop(
     config: DemoConfig, model: DemoModel, tap: EventTap, client: httpx.AsyncClient, say: Say
 ) -> LoopRun:
-    steps, run = Steps(say, model.name), LoopRun(model=model.name)
-    gateway = ModelGateway(client, model.name)
     table = await current_routing(config.router_url, model.name)
     refuse_a_running_experiment(table)
-    config = config_for_stack(config, table)
-    await first_model(config, model, tap, gateway, steps, run, table)
-    await _drift_and_retrain(config, model, tap, gateway, steps, run)
+    loop = ModelLoop(
+        config_for_stack(config, table),
+        model,
+        tap,
+        ModelGateway(client, model.name),
+        Steps(say, model.name),
+        LoopRun(model=model.name),
+    )
+    await first_model(loop, table)
+    await _drift_and_retrain(loop)
     if config.router_url is not None:
-        run.verdict = await _experiment_to_verdict(config, model, tap, gateway, steps)
-    return run
+        loop.run.verdict = await _experiment_to_verdict(loop)
+    return loop.run
 
 
-async def _experiment_to_verdict(
-    config: DemoConfig, model: DemoModel, tap: EventTap, gateway: ModelGateway, steps: Steps
-) -> ExperimentRun:
+async def _experiment_to_verdict(loop: ModelLoop) -> ExperimentRun:
     """New labels under a changed concept, a better challenger, its ramp and verdict."""
+    config = loop.config
     assert config.router_url is not None
     experiment = await open_experiment(
-        tap,
+        loop.tap,
         config.kafka,
-        model,
+        loop.model,
         config.data_dir,
         config.concept_rows,
         config.seed + 50,
-        config.step_timeout_s,
-        steps.done,
+        loop.wait,
+        loop.steps.done,
     )
     await drive_to_verdict(
         experiment,
-        tap,
-        gateway,
-        model,
+        loop.tap,
+        loop.gateway,
+        loop.model,
         seed=config.seed + 100,
         round_size=config.customers_per_round,
         max_rounds=config.max_experiment_rounds,
-        done=steps.done,
+        done=loop.steps.done,
     )
     reports = config.data_dir.parent / "reports"
-    await asyncio.to_thread(render_report, experiment, config.router_url, reports, steps.done)
+    await asyncio.to_thread(render_report, experiment, config.router_url, reports, loop.steps.done)
     return experiment
 
 
-async def first_model(
-    config: DemoConfig,
-    model: DemoModel,
-    tap: EventTap,
-    gateway: ModelGateway,
-    steps: Steps,
-    run: LoopRun,
-    table: ExperimentUpdated | None,
-) -> None:
+async def first_model(loop: ModelLoop, table: ExperimentUpdated | None) -> None:
     """A first champion trained from a new batch, or on a used stack the one that serves."""
     if table is None:
-        await _train_first_champion(config, model, tap, gateway, steps, run)
+        await _train_first_champion(loop)
     else:
-        run.started_from = table
-        steps.done(
+        loop.run.started_from = table
+        loop.steps.done(
             f"a used stack: version {table.champion_version} serves as champion "
             f"(experiment-updated: {table.status}); the demo starts from it"
         )
-        await gateway.wait_until_serving(table.champion_version, "champion", config.step_timeout_s)
-    await _normal_traffic(config, model, gateway, steps, run)
+        await loop.gateway.wait_until_serving(table.champion_version, "champion", loop.wait)
+    await _normal_traffic(loop)
 
 
-async def _train_first_champion(
-    config: DemoConfig,
-    model: DemoModel,
-    tap: EventTap,
-    gateway: ModelGateway,
-    steps: Steps,
-    run: LoopRun,
-) -> None:
+async def _train_first_champion(loop: ModelLoop) -> None:
+    config, model, run, done = loop.config, loop.model, loop.run, loop.steps.done
     frame = model.generate(config.training_rows, config.seed, 0.0, False)
     path = config.data_dir / f"demo-{model.name}-{uuid.uuid4().hex[:8]}.parquet"
     ref = await asyncio.to_thread(write_batch, frame, path)
     run.announced = await announce(config.kafka, ref, model_name=model.name)
-    steps.done(f"data-arrived: {ref.rows} rows at {ref.uri} (sha256 {ref.sha256[:12]}…)")
-    turn, wait = run.announced.correlation_id, config.step_timeout_s
-    run.first_trained = await tap.wait_for(ModelTrained, lambda e: e.correlation_id == turn, wait)
-    steps.done(
+    done(f"data-arrived: {ref.rows} rows at {ref.uri} (sha256 {ref.sha256[:12]}…)")
+    turn = run.announced.correlation_id
+    run.first_trained = await _in_turn(loop, ModelTrained, turn)
+    done(
         f"model-trained: run {run.first_trained.run_id[:8]}, "
         f"accuracy {run.first_trained.metrics.accuracy:.3f}"
     )
-    run.champion = await tap.wait_for(ModelApproved, lambda e: e.correlation_id == turn, wait)
-    steps.done(f"model-approved: version {run.champion.version} is {run.champion.alias}")
-    run.first_experiment = await tap.wait_for(
-        ExperimentUpdated, lambda e: e.correlation_id == turn, wait
-    )
-    steps.done(f"experiment-updated: {run.first_experiment.status}")
-    await gateway.wait_until_serving(run.champion.version, run.champion.alias, wait)
+    run.champion = await _in_turn(loop, ModelApproved, turn)
+    done(f"model-approved: version {run.champion.version} is {run.champion.alias}")
+    run.first_experiment = await _in_turn(loop, ExperimentUpdated, turn)
+    done(f"experiment-updated: {run.first_experiment.status}")
+    await loop.gateway.wait_until_serving(run.champion.version, run.champion.alias, loop.wait)
 
 
-async def _normal_traffic(
-    config: DemoConfig, model: DemoModel, gateway: ModelGateway, steps: Steps, run: LoopRun
-) -> None:
-    frame = model.generate(config.normal_requests, config.seed + 1, 0.0, False)
-    normal = rows_of(frame, model.spec.label)
-    answers = await gateway.predict(normal)
-    run.first_prediction = answers[0]
+async def _in_turn(loop: ModelLoop, event_type: type[E], turn: str) -> E:
+    """The first ``event_type`` of the turn of the loop ``turn`` (a correlation id)."""
+    return await loop.tap.wait_for(event_type, lambda e: e.correlation_id == turn, loop.wait)
+
+
+async def _normal_traffic(loop: ModelLoop) -> None:
+    normal = loop.rows(loop.config.normal_requests, loop.config.seed + 1)
+    answers = await loop.gateway.predict(normal)
+    loop.run.first_prediction = answers[0]
     first = answers[0]["predictions"][0]
-    steps.done(
-        f"POST /v1/models/{model.name}/predict x{len(normal)}: first row → "
+    loop.steps.done(
+        f"POST /v1/models/{loop.model.name}/predict x{len(normal)}: first row → "
         f"{first['predicted_class']} ({first['confidence']:.2f}) "
         f"by version {answers[0]['model_version']}"
     )
 
 
-async def _shift_until_drift(
-    config: DemoConfig, model: DemoModel, tap: EventTap, gateway: ModelGateway, steps: Steps
-) -> DriftDetected:
+async def _shift_until_drift(loop: ModelLoop) -> DriftDetected:
     """Send shifted traffic until the monitor reports drift for this model.
 
     One round is usually enough; on a stack that already reported drift the
     monitor is in its cool-down, and the alarm comes once that has passed.
     """
+    config, name = loop.config, loop.model.name
     for round_ in range(config.max_shift_rounds):
-        seed = config.seed + 2 + round_
-        frame = model.generate(config.shifted_requests, seed, config.covariate_shift, False)
-        await gateway.predict(rows_of(frame, model.spec.label))
+        rows = loop.rows(config.shifted_requests, config.seed + 2 + round_, config.covariate_shift)
+        await loop.gateway.predict(rows)
         note = " (more: the monitor is cooling down after an earlier alarm)" if round_ else ""
-        steps.done(f"POST /v1/models/{model.name}/predict x{len(frame)}, inputs shifted{note}")
+        loop.steps.done(f"POST /v1/models/{name}/predict x{len(rows)}, inputs shifted{note}")
         last = round_ == config.max_shift_rounds - 1
         try:
-            return await tap.wait_for(
+            return await loop.tap.wait_for(
                 DriftDetected,
-                lambda e: e.model_name == model.name,
-                within_s=config.step_timeout_s if last else 10.0,
+                lambda e: e.model_name == name,
+                within_s=loop.wait if last else 10.0,
             )
         except TimeoutError:
             if last:
@@ -318,29 +330,22 @@ async def _shift_until_drift(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-async def _drift_and_retrain(
-    config: DemoConfig,
-    model: DemoModel,
-    tap: EventTap,
-    gateway: ModelGateway,
-    steps: Steps,
-    run: LoopRun,
-) -> None:
-    wait = config.step_timeout_s
-    run.drift = await _shift_until_drift(config, model, tap, gateway, steps)
+async def _drift_and_retrain(loop: ModelLoop) -> None:
+    run, done = loop.run, loop.steps.done
+    run.drift = await _shift_until_drift(loop)
     drifted = ", ".join(f.feature for f in run.drift.features if f.drifted)
-    steps.done(f"drift-detected: {drifted} (reference version {run.drift.reference_version})")
+    done(f"drift-detected: {drifted} (reference version {run.drift.reference_version})")
     turn = run.drift.correlation_id
-    run.retrained = await tap.wait_for(ModelTrained, lambda e: e.correlation_id == turn, wait)
-    steps.done(f"model-trained (trigger {run.retrained.trigger}) in the drift's turn {turn[:8]}")
-    run.challenger = await tap.wait_for(ModelApproved, lambda e: e.correlation_id == turn, wait)
-    steps.done(f"model-approved: version {run.challenger.version} is {run.challenger.alias}")
-    run.experiment = await tap.wait_for(
-        ExperimentUpdated, lambda e: e.correlation_id == turn and e.status == "running", wait
+    run.retrained = await _in_turn(loop, ModelTrained, turn)
+    done(f"model-trained (trigger {run.retrained.trigger}) in the drift's turn {turn[:8]}")
+    run.challenger = await _in_turn(loop, ModelApproved, turn)
+    done(f"model-approved: version {run.challenger.version} is {run.challenger.alias}")
+    run.experiment = await loop.tap.wait_for(
+        ExperimentUpdated, lambda e: e.correlation_id == turn and e.status == "running", loop.wait
     )
-    steps.done(
+    done(
         f"experiment-updated: {run.experiment.status}, challenger "
         f"{run.experiment.challenger_version} gets {run.experiment.challenger_share:.0%}"
     )
-    chain = " ← ".join(e.type_name() for e in tap.chain(run.experiment))
-    steps.done(f"causation chain: {chain}")
+    chain = " ← ".join(e.type_name() for e in loop.tap.chain(run.experiment))
+    done(f"causation chain: {chain}")

@@ -14,6 +14,7 @@ from flywheel.demo import (
     DemoConfig,
     ExperimentStillRunningError,
     LoopRun,
+    ModelLoop,
     Steps,
     config_for_stack,
     first_model,
@@ -78,9 +79,8 @@ async def test_a_used_stack_starts_from_its_champion_without_a_new_experiment(
     run, table = LoopRun(), _table("promoted", champion="3", challenger="3")
     async with httpx.AsyncClient(transport=_gateway("3"), base_url="http://gateway") as client:
         gateway = ModelGateway(client, SEGMENT.name)
-        await first_model(
-            _config(tmp_path), SEGMENT, NO_TAP, gateway, Steps(lines.append), run, table
-        )
+        loop = ModelLoop(_config(tmp_path), SEGMENT, NO_TAP, gateway, Steps(lines.append), run)
+        await first_model(loop, table)
     assert run.announced is None
     assert run.started_from == table
     assert run.first_prediction["model_version"] == "3"
@@ -100,10 +100,9 @@ async def test_a_fresh_stack_announces_its_first_batch(
     monkeypatch.setattr(demo, "announce", record)
     async with httpx.AsyncClient(transport=_gateway("1"), base_url="http://gateway") as client:
         gateway = ModelGateway(client, SEGMENT.name)
+        loop = ModelLoop(_config(tmp_path), SEGMENT, NO_TAP, gateway, Steps(print), LoopRun())
         with pytest.raises(RuntimeError, match="stop after"):
-            await first_model(
-                _config(tmp_path), SEGMENT, NO_TAP, gateway, Steps(print), LoopRun(), None
-            )
+            await first_model(loop, None)
     assert [ref.rows for ref in announced] == [4000]
 
 
