@@ -143,25 +143,30 @@ async def test_a_published_batch_reaches_subscribers_event_by_event() -> None:
     assert published._value.get() == 5
 
 
-def test_batches_are_grouped_by_topic_and_model_and_cut_by_size(
+def test_batches_are_grouped_by_topic_and_partition_and_cut_by_size(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     churn, fraud = [_data_arrived("churn") for _ in range(5)], [_data_arrived("fraud")]
     events = [*churn[:3], *fraud, *churn[3:]]
     size = len(churn[0].model_dump_json().encode())
     monkeypatch.setattr(publisher, "BATCH_BYTES", 2 * size)
-    batches = publisher.batches_of(events)
-    assert [(group.key, len(bodies)) for group, bodies in batches] == [
-        (b"churn", 2),
-        (b"churn", 2),
-        (b"churn", 1),
-        (b"fraud", 1),
+    # Six partitions: churn hashes to 5, fraud to 4; each record keeps its own key.
+    batches = publisher.batches_of(events, {Topic.DATA_ARRIVED.value: list(range(6))})
+    assert [(group.partition, [k for k, _ in records]) for group, records in batches] == [
+        (5, [b"churn", b"churn"]),
+        (5, [b"churn", b"churn"]),
+        (5, [b"churn"]),
+        (4, [b"fraud"]),
     ]
     assert {(g.topic, g.type_name) for g, _ in batches} == {
         (Topic.DATA_ARRIVED.value, "data-arrived")
     }
-    churn_bodies = [b for group, bodies in batches if group.key == b"churn" for b in bodies]
+    churn_bodies = [b for group, records in batches if group.partition == 5 for _, b in records]
     assert churn_bodies == [e.model_dump_json().encode() for e in churn]  # in order
+    # One partition: every model's records in one batch, keys kept.
+    monkeypatch.setattr(publisher, "BATCH_BYTES", 10 * size)
+    (together,) = publisher.batches_of(events[:3] + fraud, {Topic.DATA_ARRIVED.value: [0]})
+    assert [k for k, _ in together[1]] == [b"churn", b"churn", b"churn", b"fraud"]
 
 
 async def test_a_dead_letter_carries_the_event_s_correlation_id() -> None:
