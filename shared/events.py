@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from shared.spec import ModelSpec
 
@@ -162,18 +162,39 @@ class DataArrived(Event):
 
 
 class ModelMetrics(BaseModel):
-    """Validation metrics of a trained model."""
+    """Validation metrics of a trained model: a classifier's or a regressor's.
+
+    A classifier reports ``accuracy`` and ``macro_f1`` (``log_loss`` when it gives
+    probabilities); a regressor reports ``rmse``, ``mae`` and ``r2``. Extra metrics
+    (a team trainer's own) ride along as extra fields.
+    """
 
     model_config = ConfigDict(frozen=True, extra="allow")
 
-    accuracy: float = Field(ge=0, le=1)
-    macro_f1: float = Field(ge=0, le=1)
+    accuracy: float | None = Field(None, ge=0, le=1)
+    macro_f1: float | None = Field(None, ge=0, le=1)
     log_loss: float | None = None
+    rmse: float | None = Field(None, ge=0, description="Regression: root mean squared error.")
+    mae: float | None = Field(None, ge=0, description="Regression: mean absolute error.")
+    r2: float | None = Field(None, description="Regression: coefficient of determination.")
     validation_rows: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _one_task_complete(self) -> ModelMetrics:
+        classification = self.accuracy is not None and self.macro_f1 is not None
+        regression = self.rmse is not None and self.mae is not None
+        if not (classification or regression):
+            raise ValueError("metrics need accuracy and macro_f1, or rmse and mae")
+        return self
+
+    @property
+    def is_regression(self) -> bool:
+        """Whether these are a regressor's metrics."""
+        return self.rmse is not None
 
 
 #: What started a training: new data, drift, an operator, or the schedule.
-Trigger = Literal["data", "drift", "manual", "schedule"]
+Trigger = Literal["data", "drift", "manual", "schedule", "import"]
 
 
 class ModelTrained(Event):
@@ -255,8 +276,10 @@ class FeatureDrift(BaseModel):
     p_value: float
     threshold: float
     drifted: bool
-    test: Literal["ks", "chi2", "accuracy"] = Field(
-        "ks", description="KS for numeric features, χ² for categorical, accuracy for concept drift."
+    test: Literal["ks", "chi2", "accuracy", "loss"] = Field(
+        "ks",
+        description="KS for numeric features, χ² for categorical; accuracy (a classifier) or "
+        "loss (a regressor) for concept drift.",
     )
     unseen: int = Field(0, ge=0, description="Window values of categories the reference lacks.")
     pooled_statistic: float | None = Field(
@@ -296,6 +319,9 @@ class PredictionLogged(Event):
     """The gateway answered one prediction."""
 
     topic: ClassVar[Topic] = Topic.PREDICTION_LOGGED
+    schema_version: int = Field(
+        2, ge=1, description="2: regression answers (``predicted_value``); class optional."
+    )
     type: Literal["prediction-logged"] = "prediction-logged"
     request_id: str
     model_name: str
@@ -303,8 +329,13 @@ class PredictionLogged(Event):
     variant: Variant
     entity_id: str | None = None
     features: dict[str, float | str]
-    predicted_class: str
-    confidence: float = Field(ge=0, le=1)
+    predicted_class: str | None = Field(None, description="Classification: the answer.")
+    confidence: float | None = Field(
+        None, ge=0, le=1, description="Classification: the answer's probability."
+    )
+    predicted_value: float | None = Field(
+        None, allow_inf_nan=False, description="Regression: the answer."
+    )
     latency_ms: float = Field(ge=0)
     experiment_id: str | None = Field(None, description="Experiment whose split routed this.")
     challenger_share: float | None = Field(
@@ -315,6 +346,12 @@ class PredictionLogged(Event):
         description="Scored by the challenger on a mirror of a champion-answered request and "
         "never returned; experiments and drift windows leave it out.",
     )
+
+    @model_validator(mode="after")
+    def _one_answer(self) -> PredictionLogged:
+        if (self.predicted_class is None) == (self.predicted_value is None):
+            raise ValueError("a prediction has a predicted_class or a predicted_value, not both")
+        return self
 
 
 class PredictionFailed(Event):
@@ -343,15 +380,24 @@ class FeedbackReceived(Event):
     """The true outcome of an earlier prediction, enriched with who answered it."""
 
     topic: ClassVar[Topic] = Topic.FEEDBACK_RECEIVED
+    schema_version: int = Field(
+        2, ge=1, description="2: regression outcomes (``predicted_value``, ``true_value``)."
+    )
     type: Literal["feedback-received"] = "feedback-received"
     request_id: str
     model_name: str
     version: str
     variant: Variant
-    predicted_class: str
+    predicted_class: str | None = Field(None, description="Classification: what was answered.")
     true_label: str | None = None
     reward: float | None = None
     correct: bool | None = None
+    predicted_value: float | None = Field(
+        None, allow_inf_nan=False, description="Regression: what was answered."
+    )
+    true_value: float | None = Field(
+        None, allow_inf_nan=False, description="Regression: the true outcome."
+    )
     experiment_id: str | None = Field(None, description="Experiment that routed the prediction.")
     challenger_share: float | None = Field(
         None, ge=0, le=1, description="The challenger's share when the prediction was routed."

@@ -1,4 +1,4 @@
-"""The model spec: which features (and types) a model takes, its label and classes."""
+"""The model spec: which features (and types) a model takes, its task, label and classes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 
 class FeatureSpec(BaseModel):
@@ -48,15 +48,60 @@ class FeatureSpec(BaseModel):
         )
 
 
+#: What a model predicts: one of the spec's classes, or a real number.
+Task = Literal["classification", "regression"]
+
+#: How a regression model's error on one outcome is scored: the experiments' primary metric.
+RegressionLoss = Literal["squared", "absolute"]
+
+#: A trainer reference: ``package.module:function``, or a name in this entry-point group.
+TRAINER_ENTRY_POINT_GROUP = "flywheel.trainers"
+
+
 class ModelSpec(BaseModel):
-    """Features, label and classes of the model Flywheel trains and serves."""
+    """Features, task, label and classes of a model Flywheel trains (or imports) and serves."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str
     label: str
-    classes: tuple[str, ...] = Field(min_length=2)
+    task: Task = "classification"
+    classes: tuple[str, ...] = Field(
+        (),
+        validate_default=True,
+        description="Classification: the label's values, at least two. Regression: none.",
+    )
     features: tuple[FeatureSpec, ...] = Field(min_length=1)
+    loss: RegressionLoss = Field(
+        "squared",
+        description="Regression: the per-outcome loss experiments compare (squared or "
+        "absolute error). Ignored for classification.",
+    )
+    trainer: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][\w.-]*(:[A-Za-z_]\w*)?$",
+        description="The team's own training code: ``package.module:function``, or the name "
+        f"of an entry point in group ``{TRAINER_ENTRY_POINT_GROUP}``. None: Flywheel's "
+        "candidates.",
+    )
+
+    @field_validator("classes")
+    @classmethod
+    def _classes_match_the_task(
+        cls, classes: tuple[str, ...], info: ValidationInfo
+    ) -> tuple[str, ...]:
+        # ``task`` is declared first, so it is validated (and in ``info.data``) by now.
+        task = info.data.get("task", "classification")
+        if task == "classification" and len(classes) < 2:
+            raise ValueError("a classification spec needs at least two classes")
+        if task == "regression" and classes:
+            raise ValueError("a regression spec has no classes: its label is a number")
+        return classes
+
+    @property
+    def is_regression(self) -> bool:
+        """Whether the model predicts a number rather than a class."""
+        return self.task == "regression"
 
     @property
     def feature_names(self) -> tuple[str, ...]:
@@ -111,6 +156,8 @@ def serving_incompatibilities(old: ModelSpec, new: ModelSpec) -> list[str]:
 ['at_risk', 'steady', 'high_value', 'churned']"]
     """
     reasons = []
+    if old.task != new.task:
+        reasons.append(f"task changed: {old.task} -> {new.task}")
     if old.name != new.name:
         reasons.append(f"name changed: {old.name!r} -> {new.name!r}")
     if old.label != new.label:

@@ -33,6 +33,8 @@ def accuracy_gate(metrics: ModelMetrics, min_accuracy: float) -> GateResult:
     >>> accuracy_gate(m, 0.6).passed
     False
     """
+    if metrics.accuracy is None:
+        return GateResult(name="accuracy", passed=False, detail="no accuracy in the metrics")
     passed = metrics.accuracy >= min_accuracy
     sign = "≥" if passed else "<"
     detail = f"accuracy {metrics.accuracy:.4f} {sign} {min_accuracy:.4f}"

@@ -152,7 +152,7 @@ async def test_data_arrival_trains_approves_and_serves_a_champion(loop_run: Loop
     assert loop_run.announced is not None
     assert loop_run.first_trained is not None
     assert loop_run.first_trained.causation_id == loop_run.announced.event_id
-    assert loop_run.first_trained.metrics.accuracy > 0.6
+    assert (loop_run.first_trained.metrics.accuracy or 0.0) > 0.6
     assert loop_run.champion is not None
     assert loop_run.champion.alias == "champion"
     answer = loop_run.first_prediction

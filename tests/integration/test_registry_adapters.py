@@ -59,7 +59,9 @@ def _logged(infra: Endpoints, name: str, tmp_path: Path, seed: int, worse: bool)
         run_id=run_id,
         model_uri=f"runs:/{run_id}/model",
         algorithm=model.algorithm,
-        metrics=model.metrics.model_copy(update={"accuracy": max(model.metrics.accuracy, 0.7)}),
+        metrics=model.metrics.model_copy(
+            update={"accuracy": max(model.metrics.accuracy or 0.0, 0.7)}
+        ),
         data_version=context.data_version,
     )
 
