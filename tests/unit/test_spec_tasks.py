@@ -50,7 +50,8 @@ def test_metrics_are_a_classifiers_or_a_regressors() -> None:
 
 
 def test_a_prediction_answers_with_a_class_or_a_value_never_both() -> None:
-    base = {"producer": "gateway", "request_id": "r", "model_name": "m", "version": "1"}
+    base: dict[str, object] = {"producer": "gateway", "request_id": "r", "model_name": "m"}
+    base |= {"version": "1"}
     base |= {"variant": "champion", "features": {"x": 1.0}, "latency_ms": 1.0}
     assert PredictionLogged.model_validate(base | {"predicted_value": 2.5}).predicted_value == 2.5
     with pytest.raises(pydantic.ValidationError, match="not both"):
