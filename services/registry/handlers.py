@@ -173,7 +173,8 @@ class RegistryHandlers:
         metadata = {
             **lineage_tags(event),
             "registered_version": version,
-            "metrics": event.metrics.model_dump(),
+            # BentoML metadata takes basic types only: a classifier has no rmse, a regressor no accuracy.
+            "metrics": event.metrics.model_dump(exclude_none=True),
         }
         model = self.loader.load(event.model_uri)
         tag = self.packager.package(event.model_name, version, model, metadata)
