@@ -6,6 +6,7 @@ import functools
 import logging
 import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import mlflow
@@ -17,6 +18,7 @@ from mlflow.protos.databricks_pb2 import (
     ErrorCode,
 )
 
+from services.registry.importing import MODEL_ARTIFACT, Evaluation, ImportRecord, import_tags
 from services.registry.ports import ModelSummary, VersionInfo
 from shared.errors import InvalidInputError, NotFoundError
 from shared.mlflow_client import bound_mlflow_requests, mlflow_client, mlflow_outages
@@ -222,3 +224,68 @@ def _info(version: Any, aliases: list[str]) -> VersionInfo:
         tags=dict(version.tags or {}),
         created_at_ms=version.creation_timestamp,
     )
+
+
+class MlflowModelImports:
+    """The import run (``services.registry.importing``): reads a source model's run,
+    logs a run of Flywheel's own layout in the model's experiment."""
+
+    def __init__(self, tracking_uri: str) -> None:
+        bound_mlflow_requests()
+        mlflow.set_tracking_uri(tracking_uri)
+        self._tracking_uri = tracking_uri
+        self._client = mlflow_client(tracking_uri)
+
+    def source_holdout(self, model_uri: str) -> pd.DataFrame | None:
+        """``holdout/validation.parquet`` of the run that logged ``model_uri``, or None."""
+        with mlflow_outages():
+            run_id = mlflow.models.get_model_info(model_uri).run_id
+        if not run_id:
+            return None
+        try:
+            return MlflowCandidateLoader(self._tracking_uri).holdout(run_id)
+        except NotFoundError:
+            return None
+
+    def log_import(self, record: ImportRecord) -> str:
+        """Log the import run; return its id. The model is copied into it, so the
+        registered version is this run's and finds its reference, holdout and metrics."""
+        with mlflow_outages(), tempfile.TemporaryDirectory() as tmp:
+            model_dir = mlflow.artifacts.download_artifacts(
+                artifact_uri=record.source_uri, dst_path=str(Path(tmp) / "source")
+            )
+            experiment_id = self._experiment_id(record.model_name)
+            with mlflow.start_run(experiment_id=experiment_id, tags=import_tags(record)) as run:
+                mlflow.log_artifacts(model_dir, artifact_path=MODEL_ARTIFACT)
+                _log_import_artifacts(record.evaluation, Path(tmp))
+                run_id: str = run.info.run_id
+        log.info("import run logged", extra={"model": record.model_name, "run_id": run_id})
+        return run_id
+
+    def _experiment_id(self, name: str) -> str:
+        found = self._client.get_experiment_by_name(name)
+        if found is not None:
+            return str(found.experiment_id)
+        try:
+            return str(self._client.create_experiment(name))
+        except MlflowException:
+            found = self._client.get_experiment_by_name(name)  # created meanwhile
+            if found is None:
+                raise
+            return str(found.experiment_id)
+
+
+def _log_import_artifacts(evaluation: Evaluation, folder: Path) -> None:
+    """Metrics and the three frames, where a trained run has them."""
+    metrics = evaluation.metrics.model_dump(exclude_none=True)
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, int | float)})
+    frames = {
+        "reference/features.parquet": evaluation.reference,
+        "reference/predictions.parquet": evaluation.predictions,
+        "holdout/validation.parquet": evaluation.holdout,
+    }
+    for artifact, frame in frames.items():
+        directory, name = artifact.split("/")
+        path = folder / name
+        frame.to_parquet(path, index=False)
+        mlflow.log_artifact(str(path), artifact_path=directory)
