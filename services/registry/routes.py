@@ -4,6 +4,8 @@ token-protected admin routes (register a model or change its spec, promote, roll
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 from typing import Any
 
 from fastapi import APIRouter, Depends, Response
@@ -13,12 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from services.registry.admin import RegistryAdmin
 from services.registry.auth import admin_guard
 from services.registry.core import IncompatibleSpecError, SpecChange, trigger_chain
+from services.registry.importing import HoldoutFile, HoldoutFormat, ModelImporter
 from services.registry.ports import ModelRegistry, VersionInfo
 from services.registry.specs import ModelSpecs
 from shared.aliases import CHALLENGER, CHAMPION
 from shared.catalog import ModelCatalog
-from shared.errors import NotFoundError
-from shared.events import ModelPromoted, ModelRolledBack
+from shared.errors import InvalidInputError, NotFoundError
+from shared.events import ModelMetrics, ModelPromoted, ModelRolledBack
 from shared.spec import ModelSpec
 
 
@@ -312,3 +315,81 @@ def models_admin_router(specs: ModelSpecs, token: str | None) -> APIRouter:
         )
 
     return router
+
+
+class HoldoutUpload(BaseModel):
+    """A holdout file, sent whole: the spec's features and label, one row each."""
+
+    format: HoldoutFormat = Field(description="How to read the file: parquet or csv.")
+    content_base64: str = Field(min_length=1, description="The file's bytes, base64-encoded.")
+
+
+class ImportRequest(BaseModel):
+    """A model trained elsewhere, to import as a candidate version of the model."""
+
+    model_uri: str = Field(
+        min_length=1,
+        description="MLflow URI of the model (runs:/…, models:/…): sklearn, "
+        "lightgbm, xgboost or pyfunc flavour.",
+    )
+    holdout: HoldoutUpload | None = Field(
+        None,
+        description="Held-out labelled rows; without one, the holdout Flywheel logged with the "
+        "model's own run.",
+    )
+    requested_by: str = Field("admin", min_length=1, description="Who asks (the CLI sends $USER).")
+
+
+class ImportAcceptedView(BaseModel):
+    """An import logged as a run and handed to the gates (``model-trained``)."""
+
+    model_name: str
+    run_id: str = Field(description="The import run: what the registered version points at.")
+    model_uri: str = Field(description="The copy of the model in the import run.")
+    source_model_uri: str
+    flavor: str
+    metrics: ModelMetrics = Field(description="Computed on the holdout.")
+    holdout_source: str
+    event_id: str = Field(description="The model-trained event published.")
+    detail: str
+
+
+def imports_router(importer: ModelImporter, token: str | None) -> APIRouter:
+    """``POST /v1/models/{name}/imports``: bring a model trained elsewhere (bearer ``token``)."""
+    router = APIRouter(
+        prefix="/v1/models", tags=["admin"], dependencies=[Depends(admin_guard(token))]
+    )
+
+    @router.post(
+        "/{name}/imports",
+        summary="Import a model trained elsewhere as a candidate; the gates follow",
+        status_code=202,
+        responses=_ADMIN_ERRORS,
+    )
+    async def import_model(name: str, request: ImportRequest) -> ImportAcceptedView:
+        holdout = _holdout_file(request.holdout)
+        done = await importer.import_model(name, request.model_uri, holdout, request.requested_by)
+        return ImportAcceptedView(
+            model_name=name,
+            run_id=done.event.run_id,
+            model_uri=done.event.model_uri,
+            source_model_uri=done.source_uri,
+            flavor=done.flavor,
+            metrics=done.event.metrics,
+            holdout_source=done.holdout_source,
+            event_id=done.event.event_id,
+            detail=f"run {done.event.run_id} logged; the gates follow (model-trained "
+            f"{done.event.event_id}): `flywheel models show {name}` shows where it lands",
+        )
+
+    return router
+
+
+def _holdout_file(upload: HoldoutUpload | None) -> HoldoutFile | None:
+    if upload is None:
+        return None
+    try:
+        content = base64.b64decode(upload.content_base64, validate=True)
+    except binascii.Error as error:
+        raise InvalidInputError(f"holdout.content_base64: not base64 ({error})") from error
+    return HoldoutFile(content, upload.format)
