@@ -127,14 +127,44 @@ def validate_frame(frame: pd.DataFrame, spec: ModelSpec, *, labelled: bool) -> p
         raise InvalidInputError(f"missing columns {missing}; the spec expects {wanted}")
     problems = [_column_problem(frame[f.name], f.name, f.categories) for f in spec.features]
     if labelled:
-        unknown = set(frame[spec.label].astype(str)) - set(spec.classes)
-        problems.append(f"{spec.label}: unknown classes {sorted(unknown)}" if unknown else None)
+        problems.append(label_problem(frame[spec.label], spec))
     errors = [p for p in problems if p]
     if errors:
         raise InvalidInputError("; ".join(errors))
     if frame.empty:
         raise InvalidInputError("the batch has no rows")
     return frame[wanted].reset_index(drop=True)
+
+
+def label_problem(column: pd.Series, spec: ModelSpec) -> str | None:
+    """What is wrong with a label column: classes the spec lacks, or (regression) a non-number.
+
+    A regression label must be a finite number; the first row that is not is named
+    (its position in the batch, counting from 0).
+
+    >>> from shared.spec import FeatureSpec
+    >>> x = (FeatureSpec(name="x", type="numeric"),)
+    >>> spec = ModelSpec(name="m", label="price", task="regression", features=x)
+    >>> label_problem(pd.Series([1.5, 2.0]), spec) is None
+    True
+    >>> label_problem(pd.Series([1.5, float("inf"), None]), spec)
+    'price: a regression label must be a finite number; row 1 is inf'
+    >>> label_problem(pd.Series([3, "cheap"]), spec)
+    "price: a regression label must be a finite number; row 1 is 'cheap'"
+    """
+    if not spec.is_regression:
+        unknown = set(column.astype(str)) - set(spec.classes)
+        return f"{spec.label}: unknown classes {sorted(unknown)}" if unknown else None
+    values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64)
+    finite = np.isfinite(values)
+    if not pd.api.types.is_numeric_dtype(column):  # "3.5" as text is not a number either
+        finite &= column.map(lambda v: isinstance(v, int | float | np.number)).to_numpy(bool)
+    bad = np.flatnonzero(~finite)
+    if not bad.size:
+        return None
+    value = column.iloc[int(bad[0])]
+    shown = value.item() if isinstance(value, np.generic) else value
+    return f"{spec.label}: a regression label must be a finite number; row {bad[0]} is {shown!r}"
 
 
 def _column_problem(column: pd.Series, name: str, categories: tuple[str, ...]) -> str | None:
