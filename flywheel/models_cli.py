@@ -1,4 +1,4 @@
-"""``flywheel models create/list/show``, ``flywheel retrain``, ``promote`` and ``rollback``.
+"""``flywheel models create/list/show/import``, ``flywheel retrain``, ``promote`` and ``rollback``.
 
 Every command names its model: ``flywheel promote fraud 4``. The older form, the
 ``--model`` option (default ``FLYWHEEL_MODEL_NAME``), keeps working for one release,
@@ -7,6 +7,7 @@ and ``flywheel promote 4`` still promotes version 4 of that default model.
 
 from __future__ import annotations
 
+import base64
 import getpass
 from collections.abc import Sequence
 from pathlib import Path
@@ -220,6 +221,67 @@ def show(
     _print_table(rows)
 
 
+#: Suffixes ``--holdout`` reads, and as what.
+HOLDOUT_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
+#: An import loads and scores the model and logs a run before answering.
+IMPORT_TIMEOUT_S = 600.0
+
+
+@models_app.command("import")
+def import_model(
+    name: str = typer.Argument(..., help="The registered model the import is a version of."),
+    model_uri: str = typer.Option(
+        ..., "--model-uri", help="MLflow URI of the model (runs:/…, models:/…)."
+    ),
+    holdout: Path | None = typer.Option(
+        None,
+        "--holdout",
+        exists=True,
+        dir_okay=False,
+        help="Held-out rows with the spec's features and label (Parquet or CSV). Default: "
+        "the holdout Flywheel logged with the model's run, if it did.",
+    ),
+    registry_url: str = RegistryUrl,
+    token: str = Token,
+) -> None:
+    """Import a model trained elsewhere (sklearn, lightgbm, xgboost or pyfunc flavour) as a
+    candidate version of NAME: the registry scores it on the holdout, logs the run and puts
+    it through the same gates, experiment and promotion as Flywheel's own."""
+    body: dict[str, object] = {"model_uri": model_uri, "requested_by": getpass.getuser()}
+    if holdout is not None:
+        body["holdout"] = holdout_upload(holdout)
+    answer = _admin_post(
+        registry_url, token, f"/v1/models/{name}/imports", "import", body, IMPORT_TIMEOUT_S
+    )
+    typer.echo(
+        f"{name}: imported {answer['source_model_uri']} ({answer['flavor']}) as run "
+        f"{answer['run_id']}; {_metrics_line(answer['metrics'])}"
+    )
+    typer.echo(f"the gates follow: `flywheel models show {name}` shows its alias once approved")
+
+
+def holdout_upload(path: Path) -> dict[str, str]:
+    """The ``holdout`` of an import request: the file's format and its bytes in base64."""
+    fmt = HOLDOUT_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        known = ", ".join(sorted(HOLDOUT_FORMATS))
+        typer.secho(f"{path}: a holdout is a {known} file", fg="red", err=True)
+        raise typer.Exit(1)
+    return {"format": fmt, "content_base64": base64.b64encode(path.read_bytes()).decode()}
+
+
+def _metrics_line(metrics: dict[str, Any]) -> str:
+    """The holdout metrics an import computed, in one line.
+
+    >>> _metrics_line({"accuracy": 0.91234, "macro_f1": 0.9, "log_loss": None,
+    ...                "validation_rows": 200})
+    'on 200 holdout rows: accuracy 0.9123, macro_f1 0.9000'
+    """
+    names = ("accuracy", "macro_f1", "log_loss", "rmse", "mae", "r2")
+    shown = [f"{n} {metrics[n]:.4f}" for n in names if metrics.get(n) is not None]
+    return f"on {metrics['validation_rows']} holdout rows: " + ", ".join(shown)
+
+
 def _accepts(categories: tuple[str, ...], low: float | None, high: float | None) -> str:
     if categories:
         return ", ".join(categories)
@@ -250,13 +312,20 @@ def _get(url: str, path: str) -> dict[str, Any]:
 
 
 def _admin_post(
-    url: str, token: str, path: str, action: str, body: dict[str, object]
+    url: str,
+    token: str,
+    path: str,
+    action: str,
+    body: dict[str, object],
+    timeout_s: float = 30.0,
 ) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {_admin_token(token)}"}
     return _answer(
         url,
         action,
-        lambda: httpx.post(f"{url.rstrip('/')}{path}", json=body, headers=headers, timeout=30),
+        lambda: httpx.post(
+            f"{url.rstrip('/')}{path}", json=body, headers=headers, timeout=timeout_s
+        ),
     )
 
 

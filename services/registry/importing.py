@@ -176,10 +176,12 @@ def classification_metrics(
     labels = np.asarray(classes)
     predicted = labels[np.argmax(probabilities, axis=1)]
     truth = np.asarray(truth).astype(str)
+    # log_loss reads the columns as the labels sorted, whatever order ``labels`` is given in.
+    order = np.argsort(labels)
     return ModelMetrics(
         accuracy=float(accuracy_score(truth, predicted)),
         macro_f1=float(f1_score(truth, predicted, average="macro", zero_division=0)),
-        log_loss=float(log_loss(truth, _clipped(probabilities), labels=labels)),
+        log_loss=float(log_loss(truth, _clipped(probabilities)[:, order], labels=labels[order])),
         validation_rows=len(truth),
     )
 
