@@ -4,13 +4,19 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from services.registry.adapters import MlflowCandidateLoader, MlflowModelRegistry
+from services.registry.adapters import (
+    MlflowCandidateLoader,
+    MlflowModelImports,
+    MlflowModelRegistry,
+)
 from services.registry.admin import RegistryAdmin
 from services.registry.handlers import RegistryHandlers, register
+from services.registry.importing import ModelImporter
 from services.registry.metrics import MetricsFromRegistry, RegistryMetrics
 from services.registry.packaging import BentoModelStore
 from services.registry.routes import (
     admin_router,
+    imports_router,
     models_admin_router,
     models_router,
     versions_router,
@@ -22,6 +28,7 @@ from shared.events import ModelApproved, ModelPromoted, ModelRolledBack, Topic
 from shared.messaging import subscribe_broadcast
 from shared.mlflow_specs import MlflowSpecSource
 from shared.runtime import build_runtime, mlflow_check, serve, service_app
+from shared.scoring import load_scorer
 from shared.spec import load_spec
 
 
@@ -56,6 +63,8 @@ def create_app(settings: Settings | None = None, name: str = "registry") -> Fast
     subscribe_broadcast(runtime.consumer, Topic.MODEL_APPROVED, ModelApproved, moved)
     admin = RegistryAdmin(models, runtime.publisher)
     token = settings.admin_token.get_secret_value() if settings.admin_token else None
+    imports = MlflowModelImports(settings.mlflow_tracking_uri)
+    importer = ModelImporter(catalog, imports, load_scorer, runtime.publisher)
 
     async def register_default_model() -> None:
         await specs.start(runtime.broker_started)
@@ -68,6 +77,7 @@ def create_app(settings: Settings | None = None, name: str = "registry") -> Fast
             versions_router(models),
             models_admin_router(specs, token),
             admin_router(admin, token),
+            imports_router(importer, token),
         ],
         on_startup=[synced.start, register_default_model],
         on_shutdown=[specs.stop],
