@@ -8,28 +8,46 @@ from typing import cast
 
 import mlflow
 import mlflow.sklearn
+import numpy as np
+import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from redis.asyncio import Redis
 
-from services.gateway.ports import Classifier
+from services.gateway.core import is_flywheel_pipeline
+from services.gateway.ports import Classifier, Regressor
 from shared.events import PredictionLogged, Variant
 from shared.mlflow_client import bound_mlflow_requests, mlflow_client
+from shared.scoring import Scorer, flavor_of, load_scorer
+from shared.spec import ModelSpec
 
 _MISSING_CODES = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}
 
 
 class MlflowModelRegistry:
-    """Loads sklearn models and resolves aliases from the MLflow registry (blocking)."""
+    """Loads models of any supported flavour and resolves aliases from the MLflow registry
+    (blocking)."""
 
     def __init__(self, tracking_uri: str) -> None:
         bound_mlflow_requests()
         self._tracking_uri = tracking_uri
 
-    def load(self, name: str, version: str) -> Classifier:
-        """Load ``models:/<name>/<version>`` as the logged sklearn pipeline."""
+    def load(self, name: str, version: str, spec: ModelSpec) -> Classifier | Regressor:
+        """Load ``models:/<name>/<version>``: Flywheel's own pipelines as themselves (scored
+        straight from rows), any other model through ``shared.scoring`` (scored from a frame).
+
+        Raises UnusableModelError naming the flavour and the problem when the model cannot
+        answer in ``spec``'s terms.
+        """
         mlflow.set_tracking_uri(self._tracking_uri)
-        return cast(Classifier, mlflow.sklearn.load_model(f"models:/{name}/{version}"))
+        uri = f"models:/{name}/{version}"
+        if flavor_of(uri) == "sklearn":
+            model = mlflow.sklearn.load_model(uri)
+            if is_flywheel_pipeline(model):
+                return cast(Classifier | Regressor, model)
+        # Loaded again (a plain sklearn model) through the one reader of every flavour:
+        # loads are rare, and its answers come in the spec's class order.
+        return ScorerModel(load_scorer(uri, spec), spec)
 
     def aliases(self, name: str) -> dict[Variant, str | None]:
         """The versions behind ``champion`` and ``challenger`` (None where unset)."""
@@ -38,6 +56,27 @@ class MlflowModelRegistry:
             "champion": _alias_version(client, name, "champion"),
             "challenger": _alias_version(client, name, "challenger"),
         }
+
+
+class ScorerModel:
+    """A model of any flavour as the gateway scores it: from a frame, in the spec's terms.
+
+    ``classes_`` are the spec's (the scorer orders probabilities that way); ``predict``
+    gives a regressor's values.
+    """
+
+    def __init__(self, scorer: Scorer, spec: ModelSpec) -> None:
+        self.scorer = scorer
+        self.flavor = scorer.flavor
+        self.classes_ = spec.classes
+
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        """Probabilities, one column per class of the spec."""
+        return self.scorer.predict_proba(frame)
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        """A regressor's values, one per row."""
+        return self.scorer.predict_values(frame)
 
 
 def _alias_version(client: MlflowClient, name: str, alias: str) -> str | None:

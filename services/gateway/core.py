@@ -50,7 +50,7 @@ class ModelUnavailableError(FlywheelError):
 
 
 class ModelFailedError(FlywheelError):
-    """The routed model raised, or answered probabilities that are not finite."""
+    """The routed model raised, or answered probabilities (or values) that are not finite."""
 
     retryable = True
     status_code = 500
@@ -147,22 +147,38 @@ def example_row(spec: ModelSpec) -> dict[str, Any]:
 RowScorer = Callable[[Sequence[Mapping[str, Any]]], np.ndarray]
 
 
-def row_scorer(model: Any) -> RowScorer | None:
-    """Probabilities straight from checked rows, for Flywheel's own pipelines.
+def is_flywheel_pipeline(model: Any) -> bool:
+    """Whether ``model`` is Flywheel's own pipeline: a ``TabularEncoder``, then an estimator.
 
-    A pipeline of a ``TabularEncoder`` and a classifier encodes dicts directly: the
-    same numbers without a DataFrame, whose construction was a third of a one-row
-    request. Any other model gets None (it is given a frame).
+    >>> from sklearn.linear_model import LinearRegression
+    >>> from sklearn.pipeline import Pipeline
+    >>> is_flywheel_pipeline(Pipeline([("features", TabularEncoder()), ("m", LinearRegression())]))
+    True
+    >>> is_flywheel_pipeline(LinearRegression())
+    False
     """
     steps = getattr(model, "steps", None)
-    if not isinstance(steps, list) or len(steps) != 2:
+    return isinstance(steps, list) and len(steps) == 2 and isinstance(steps[0][1], TabularEncoder)
+
+
+def row_scorer(model: Any, method: str = "predict_proba") -> RowScorer | None:
+    """``method`` (probabilities, or ``predict``'s values) straight from checked rows, for
+    Flywheel's own pipelines.
+
+    A pipeline of a ``TabularEncoder`` and an estimator encodes dicts directly: the
+    same numbers without a DataFrame, whose construction was a third of a one-row
+    request. Any other model, or an estimator without ``method``, gets None (it is
+    given a frame).
+    """
+    if not is_flywheel_pipeline(model):
         return None
-    (_, encoder), (_, classifier) = steps
-    if not isinstance(encoder, TabularEncoder):
+    (_, encoder), (_, estimator) = model.steps
+    if not hasattr(estimator, method):
         return None
+    answer = getattr(estimator, method)
 
     def score(rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
-        return np.asarray(classifier.predict_proba(encoder.transform_rows(rows)))
+        return np.asarray(answer(encoder.transform_rows(rows)))
 
     return score
 

@@ -17,6 +17,7 @@ from services.gateway.schemas import FeedbackResponse
 from shared.errors import DependencyUnavailableError, InvalidInputError, NotFoundError
 from shared.events import FeedbackReceived, PredictionLogged
 from shared.messaging import EventPublisher
+from shared.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +47,18 @@ class FeedbackService:
         self._pending = pending
 
     async def record(
-        self, model_name: str, request_id: str, true_label: str | None, reward: float | None
+        self,
+        model_name: str,
+        request_id: str,
+        true_label: str | None,
+        reward: float | None,
+        true_value: float | None = None,
     ) -> FeedbackResponse:
         """Publish the feedback unless it was already received; 404 for unknown ids or
-        models, 409 for a prediction another model answered."""
+        models, 409 for a prediction another model answered, 422 for an outcome that is
+        not the model's task's (a label for a regressor, a value for a classifier)."""
         spec = await self._fleet.spec(model_name)
+        check_outcome_fits(spec, model_name, true_label, true_value)
         prediction = await self._recall(model_name, request_id)
         if true_label is not None and true_label not in spec.classes:
             raise InvalidInputError(
@@ -71,6 +79,8 @@ class FeedbackService:
             true_label=true_label,
             reward=reward,
             correct=correct,
+            predicted_value=prediction.predicted_value,
+            true_value=true_value,
             experiment_id=prediction.experiment_id,
             challenger_share=prediction.challenger_share,
         )
@@ -139,3 +149,20 @@ class FeedbackService:
             raise DependencyUnavailableError(
                 f"prediction records unavailable ({type(error).__name__}); retry"
             ) from error
+
+
+def check_outcome_fits(
+    spec: ModelSpec, model_name: str, true_label: str | None, true_value: float | None
+) -> None:
+    """Refuse an outcome of the other task: a true_label for a regressor, a true_value for a
+    classifier (each scores its answers its own way)."""
+    if spec.is_regression and true_label is not None:
+        raise InvalidInputError(
+            f"true_label: {model_name!r} is a regression model; send its outcome as "
+            "true_value (a number)"
+        )
+    if not spec.is_regression and true_value is not None:
+        raise InvalidInputError(
+            f"true_value: {model_name!r} is a classification model; send its outcome as "
+            f"true_label (one of {list(spec.classes)})"
+        )

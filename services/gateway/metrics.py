@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary
 
 _CONFIDENCE_BUCKETS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 
@@ -18,6 +18,7 @@ class GatewayMetrics:
     latency: Histogram
     predictions: Counter
     confidence: Histogram
+    predicted_value: Summary
     errors: Counter
     events_dropped: Counter
     events_pending: Gauge
@@ -49,7 +50,8 @@ class GatewayMetrics:
             ),
             predictions=Counter(
                 "ml_predictions_total",
-                "Predicted rows by model, version and predicted class.",
+                "Predicted rows of a classification model by model, version and predicted class "
+                "(a regression model's are ml_predicted_value).",
                 ["model_name", "version", "class"],
                 registry=registry,
             ),
@@ -58,6 +60,15 @@ class GatewayMetrics:
                 "Probability of the predicted class.",
                 ["model_name", "version"],
                 buckets=_CONFIDENCE_BUCKETS,
+                registry=registry,
+            ),
+            # A summary, not a histogram: a regressor's scale is its own (no shared buckets);
+            # its count is the rows predicted and sum/count the mean prediction, to compare
+            # with the mean outcome.
+            predicted_value=Summary(
+                "ml_predicted_value",
+                "Values a regression model predicted, by model and version.",
+                ["model_name", "version"],
                 registry=registry,
             ),
             errors=Counter(

@@ -59,10 +59,12 @@ def _feature_schema(feature: FeatureSpec) -> dict[str, Any]:
 
 
 def document_spec(document: dict[str, Any], spec: ModelSpec, max_batch: int) -> None:
-    """Describe the default model's rows, batches and labels in ``document`` (in place)."""
+    """Describe the default model's rows, batches, outcomes and answers in ``document``
+    (in place)."""
     schemas = document["components"]["schemas"]
     schemas[ROW] = row_schema(spec)
     _describe(schemas["PredictRequest"], schemas["FeedbackRequest"], ROW, spec, max_batch)
+    _answers_of(document["paths"]["/v1/predict"]["post"], spec)
 
 
 def document_models(
@@ -87,6 +89,8 @@ def document_models(
             operation["operationId"], operation["summary"] = f"{action}_{key}", summary
             content = operation["requestBody"]["content"]["application/json"]
             content["schema"] = {"$ref": f"#/components/schemas/{body}"}
+            if action == "predict":
+                _answers_of(operation, spec)
             paths[f"/v1/models/{name}/{action}"] = {"post": operation}
 
 
@@ -108,7 +112,36 @@ def _describe(
         "maxItems": max_batch,
         "description": f"{instances} At most {max_batch}.",
     }
-    feedback_schema["properties"]["true_label"] = {"type": "string", "enum": list(spec.classes)}
+    _outcomes(feedback_schema, spec)
+
+
+def _outcomes(feedback_schema: dict[str, Any], spec: ModelSpec) -> None:
+    """A classifier takes a true_label of its classes, a regressor a true_value; either a
+    reward. The other task's field is left out (sending it is refused: 422)."""
+    properties = feedback_schema["properties"]
+    if spec.is_regression:
+        properties.pop("true_label", None)
+        properties["true_value"] = {"type": "number", "description": "The true value."}
+        outcome = "true_value"
+    else:
+        properties.pop("true_value", None)
+        properties["true_label"] = {
+            "type": "string",
+            "enum": list(spec.classes),
+            "description": "The true class.",
+        }
+        outcome = "true_label"
+    feedback_schema["anyOf"] = [
+        {"required": [outcome], "not": {"required": ["reward"]}},
+        {"required": ["reward"], "not": {"required": [outcome]}},
+    ]
+
+
+def _answers_of(operation: dict[str, Any], spec: ModelSpec) -> None:
+    """The 200 answer of a predict operation: classes (a classifier) or values (a regressor)."""
+    answer = "ValuePredictResponse" if spec.is_regression else "PredictResponse"
+    content = operation["responses"]["200"]["content"]["application/json"]
+    content["schema"] = {"$ref": f"#/components/schemas/{answer}"}
 
 
 def _examples(spec: ModelSpec) -> list[dict[str, Any]]:

@@ -5,46 +5,77 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from services.gateway.core import RowScorer, example_row, frame_of, row_scorer
-from services.gateway.ports import Classifier
+from services.gateway.ports import Classifier, Regressor
 from shared.events import Variant
-from shared.spec import ModelSpec
+from shared.spec import ModelSpec, Task
 
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A model version in memory, ready to score."""
+    """A model version in memory, ready to score: a classifier's probabilities, or a
+    regressor's values (its ``task``, fixed when it is loaded)."""
 
     name: str
     version: str
-    model: Classifier = field(compare=False, repr=False)
+    model: Classifier | Regressor = field(compare=False, repr=False)
+    task: Task = "classification"
 
     @cached_property
     def classes(self) -> tuple[str, ...]:
         """Class labels in the order of ``predict_proba``'s columns."""
-        return tuple(str(c) for c in self.model.classes_)
+        return tuple(str(c) for c in cast(Classifier, self.model).classes_)
 
     @cached_property
     def _row_scorer(self) -> RowScorer | None:
         return row_scorer(self.model)
+
+    @cached_property
+    def _row_valuer(self) -> RowScorer | None:
+        return row_scorer(self.model, "predict")
+
+    @cached_property
+    def _row_interval(self) -> RowScorer | None:
+        return row_scorer(self.model, "predict_interval")
 
     def warm_up(self, spec: ModelSpec, times: int = 50) -> None:
         """Score an example row a few times, so served traffic never pays first-call costs
         (lazy initialisation, caches); a model that cannot score it raises here."""
         rows = [example_row(spec)]
         for _ in range(times):
-            self.predict_proba(rows, spec)
+            if self.task == "regression":
+                self.predict_values(rows, spec)
+                self.predict_intervals(rows, spec)
+            else:
+                self.predict_proba(rows, spec)
 
     def predict_proba(self, rows: Sequence[Mapping[str, Any]], spec: ModelSpec) -> np.ndarray:
         """Class probabilities of checked rows: straight from the rows where the model
         allows it (the same numbers), through a DataFrame otherwise."""
         if self._row_scorer is not None:
             return self._row_scorer(rows)
-        return np.asarray(self.model.predict_proba(frame_of(rows, spec)))
+        return np.asarray(cast(Classifier, self.model).predict_proba(frame_of(rows, spec)))
+
+    def predict_values(self, rows: Sequence[Mapping[str, Any]], spec: ModelSpec) -> np.ndarray:
+        """A regressor's values for checked rows (as floats), from the rows where it can."""
+        if self._row_valuer is not None:
+            return np.asarray(self._row_valuer(rows), dtype=float)
+        return np.asarray(cast(Regressor, self.model).predict(frame_of(rows, spec)), dtype=float)
+
+    def predict_intervals(
+        self, rows: Sequence[Mapping[str, Any]], spec: ModelSpec
+    ) -> np.ndarray | None:
+        """``[low, high]`` per row where the model offers ``predict_interval``; else None."""
+        if self._row_interval is not None:
+            return np.asarray(self._row_interval(rows), dtype=float)
+        interval = getattr(self.model, "predict_interval", None)
+        if interval is None:
+            return None
+        return np.asarray(interval(frame_of(rows, spec)), dtype=float)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from shared.events import ExperimentUpdated, PredictionLogged, Variant
+from shared.spec import ModelSpec
 
 
 class Classifier(Protocol):
@@ -20,11 +21,22 @@ class Classifier(Protocol):
         ...
 
 
+class Regressor(Protocol):
+    """What the gateway needs of a regression model: one value per row.
+
+    A model may also offer ``predict_interval(frame)``: ``[low, high]`` per row.
+    """
+
+    def predict(self, frame: Any) -> np.ndarray:
+        """One predicted value per input row."""
+        ...
+
+
 class ModelRegistry(Protocol):
     """Blocking access to registered models (called in a worker thread)."""
 
-    def load(self, name: str, version: str) -> Classifier:
-        """Load version ``version`` of model ``name``."""
+    def load(self, name: str, version: str, spec: ModelSpec) -> Classifier | Regressor:
+        """Load version ``version`` of model ``name``, to answer in ``spec``'s terms."""
         ...
 
     def aliases(self, name: str) -> dict[Variant, str | None]:

@@ -119,6 +119,51 @@ class RowPredictionOut(BaseModel):
     probabilities: dict[str, float]
 
 
+class RowValueOut(BaseModel):
+    """One answered instance of a regression model."""
+
+    request_id: str = Field(description="Id to send feedback (its true_value) for this row with.")
+    value: float = Field(description="The predicted value.")
+    interval: tuple[float, float] | SkipJsonSchema[None] = Field(
+        None,
+        # The document says a pair when present: an absent one is left out, not null.
+        exclude_if=lambda interval: interval is None,
+        description="[low, high] around the value, when the model offers one (left out otherwise).",
+    )
+
+
+class ValuePredictResponse(BaseModel):
+    """A regression model's predictions for every instance, and which model answered them."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "request_id": "0b6f7a3e-4c1d-4f2a-8e51-9d3c2b1a0f64",
+                    "model_name": "basket-value",
+                    "model_version": "2",
+                    "variant": "champion",
+                    "predictions": [
+                        {
+                            "request_id": "0b6f7a3e-4c1d-4f2a-8e51-9d3c2b1a0f64",
+                            "value": 61.8,
+                            "interval": [48.2, 75.4],
+                        }
+                    ],
+                    "server_time_ms": 0.8,
+                }
+            ]
+        }
+    )
+
+    request_id: str = Field(description="Id of the request (and of its row, when only one).")
+    model_name: str
+    model_version: str
+    variant: Variant
+    predictions: list[RowValueOut]
+    server_time_ms: float = Field(ge=0, description="Time spent in the gateway.")
+
+
 class PredictResponse(BaseModel):
     """Predictions for every instance, and which model answered them."""
 
@@ -153,8 +198,13 @@ class PredictResponse(BaseModel):
     server_time_ms: float = Field(ge=0, description="Time spent in the gateway.")
 
 
+#: The ways to report an outcome; a feedback body carries exactly one.
+OUTCOMES = ("true_label", "true_value", "reward")
+
+
 class FeedbackRequest(BaseModel):
-    """The true outcome of an earlier prediction: a label, or a reward."""
+    """The true outcome of an earlier prediction: a label (a classifier's), a value (a
+    regressor's), or a reward."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -163,17 +213,22 @@ class FeedbackRequest(BaseModel):
                 {"request_id": "6f1c2a9e-3b1d-4c55-9a57-2e8f0c1d7b42", "true_label": "high_value"},
                 {"request_id": "6f1c2a9e-3b1d-4c55-9a57-2e8f0c1d7b42", "reward": 12.5},
             ],
-            "anyOf": _only_one("true_label", "reward"),
+            "anyOf": _only_one(*OUTCOMES),
         },
     )
 
     request_id: str = Field(min_length=1, max_length=300)
-    true_label: str | SkipJsonSchema[None] = None
+    true_label: str | SkipJsonSchema[None] = Field(
+        None, description="Classification: the true class."
+    )
+    true_value: float | SkipJsonSchema[None] = Field(
+        None, allow_inf_nan=False, description="Regression: the true value (a finite number)."
+    )
     reward: float | SkipJsonSchema[None] = Field(None, allow_inf_nan=False)
 
     _label_present = field_validator("true_label", mode="before")(_present)
 
-    @field_validator("reward", mode="before")
+    @field_validator("reward", "true_value", mode="before")
     @classmethod
     def _a_number(cls, value: Any) -> Any:
         # Pydantic would read "12.5" or true as a number; the document says a number.
@@ -183,8 +238,12 @@ class FeedbackRequest(BaseModel):
 
     @model_validator(mode="after")
     def _one_outcome(self) -> Self:
-        if (self.true_label is None) == (self.reward is None):
-            raise ValueError("send either 'true_label' or 'reward'")
+        sent = [name for name in OUTCOMES if getattr(self, name) is not None]
+        if len(sent) != 1:
+            raise ValueError(
+                "send one of 'true_label' (a classifier's class), 'true_value' (a regressor's "
+                f"number) or 'reward'; got {sent or 'none'}"
+            )
         return self
 
 
@@ -205,7 +264,9 @@ class FeedbackResponse(BaseModel):
 
     request_id: str
     duplicate: bool = Field(description="True when feedback for this request was already in.")
-    correct: bool | None = Field(None, description="Whether the prediction was right (labels).")
+    correct: bool | None = Field(
+        None, description="Whether the prediction was right (a classifier's true_label)."
+    )
 
 
 class ErrorOut(BaseModel):

@@ -7,8 +7,9 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 from redis.exceptions import RedisError
@@ -28,7 +29,20 @@ from services.gateway.metrics import GatewayMetrics
 from services.gateway.pool import LoadedModel, RoutingTable, ServingSnapshot
 from services.gateway.ports import FeatureStore
 from services.gateway.prediction_log import PredictionEventBuffer
-from services.gateway.schemas import PredictResponse, RowPredictionOut
+from services.gateway.regression import (
+    RowValue,
+    check_intervals,
+    check_values,
+    rows_from_values,
+    value_events,
+    value_response,
+)
+from services.gateway.schemas import (
+    PredictResponse,
+    RowPredictionOut,
+    RowValueOut,
+    ValuePredictResponse,
+)
 from services.gateway.shadow import ShadowScorer
 from shared.catalog import UnknownModelError
 from shared.errors import DependencyUnavailableError, InvalidInputError, NotFoundError
@@ -37,6 +51,9 @@ from shared.http_errors import http_status
 from shared.spec import ModelSpec
 
 log = logging.getLogger(__name__)
+
+#: What a predict request answers: a classifier's classes, or a regressor's values.
+Answer = PredictResponse | ValuePredictResponse
 
 
 #: Batches up to this many rows (~3 ms of scoring) are scored on the event loop: a
@@ -53,6 +70,29 @@ async def probabilities_of(
     if len(rows) <= INLINE_ROWS:
         return model.predict_proba(rows, spec)
     return await asyncio.to_thread(model.predict_proba, rows, spec)
+
+
+def values_of(
+    model: LoadedModel, rows: Sequence[dict[str, Any]], spec: ModelSpec
+) -> list[RowValue]:
+    """A regressor's checked values (and intervals, where it offers them) for checked rows."""
+    values = model.predict_values(rows, spec)
+    check_values(values, len(rows))
+    intervals = model.predict_intervals(rows, spec)
+    if intervals is not None:
+        check_intervals(intervals, len(rows))
+    return rows_from_values(values, intervals)
+
+
+@dataclass(frozen=True)
+class _Routed:
+    """Where a checked request goes: the snapshot read, the variant and model picked."""
+
+    spec: ModelSpec
+    snapshot: ServingSnapshot
+    variant: Variant
+    model: LoadedModel
+    started: float
 
 
 class PredictionService:
@@ -81,7 +121,7 @@ class PredictionService:
 
     async def predict(
         self, model_name: str, rows: Sequence[dict[str, Any]] | None, entity_id: str | None
-    ) -> PredictResponse:
+    ) -> Answer:
         """Answer ``rows`` (or the entity's stored features) from one variant of ``model_name``.
 
         Prediction events are logged off the request path; a feature-store lookup
@@ -119,9 +159,14 @@ class PredictionService:
             )
         return row_from_store(stored, spec)
 
-    async def _write_back(self, entity_id: str, response: PredictResponse) -> None:
+    async def _write_back(self, entity_id: str, response: Answer) -> None:
         assert self._feature_store is not None
-        segment, name = response.predictions[0].predicted_class, response.model_name
+        answered, name = response.predictions[0], response.model_name
+        # A regressor's "segment" is its value, written as text beside a classifier's class.
+        if isinstance(answered, RowValueOut):
+            segment = str(answered.value)
+        else:
+            segment = answered.predicted_class
         # The default model's class is the CRM's segment; other models' go beside it.
         model = None if name == self._fleet.default.name else name
         try:
@@ -136,7 +181,7 @@ class PredictionService:
 
     async def _answer(
         self, served: ServedModel, rows: Sequence[dict[str, Any]], entity_id: str | None
-    ) -> PredictResponse:
+    ) -> Answer:
         started = time.perf_counter()
         spec = served.spec
         try:
@@ -146,15 +191,13 @@ class PredictionService:
         except Exception as error:
             self._count_error(served.name, error, "none", "none")
             raise
+        if model.task == "regression":  # fixed when the model was loaded
+            routed = _Routed(spec, snapshot, variant, model, started)
+            return await self._answer_values(routed, rows, entity_id)
         try:
             answered = await self._score(model, rows, spec)
         except ModelFailedError as error:
-            # The variant that failed pays for it in the router's error-rate guardrail.
-            self._count_error(served.name, error, variant, model.version)
-            elapsed = time.perf_counter() - started
-            self._events.offer_unrecorded(
-                [self._failure_of(error, model, variant, len(rows), elapsed, snapshot.routing)]
-            )
+            self._charge(error, model, variant, len(rows), started, snapshot.routing)
             raise
         elapsed = time.perf_counter() - started
         response = self._response(model, variant, answered, elapsed)
@@ -164,6 +207,45 @@ class PredictionService:
         if self._shadow is not None:
             self._shadow.maybe_mirror(snapshot, response, rows, entity_id, spec)
         return response
+
+    async def _answer_values(
+        self, routed: _Routed, rows: Sequence[dict[str, Any]], entity_id: str | None
+    ) -> ValuePredictResponse:
+        """A regression model's answer: values (and intervals), logged and counted."""
+        model, variant, snapshot = routed.model, routed.variant, routed.snapshot
+        try:
+            answered = await _model_answers(model, values_of, rows, routed.spec)
+        except ModelFailedError as error:
+            self._charge(error, model, variant, len(rows), routed.started, snapshot.routing)
+            raise
+        elapsed = time.perf_counter() - routed.started
+        response = value_response(model, variant, answered, elapsed)
+        if self._log_predictions:
+            self._events.offer(value_events(response, rows, entity_id, snapshot.routing))
+        self._metrics.requests.labels(model.name, variant, model.version, "200").inc()
+        self._metrics.latency.labels(model.name, variant).observe(elapsed)
+        predicted = self._metrics.predicted_value.labels(model.name, model.version)
+        for row in answered:
+            predicted.observe(row.value)
+        if self._shadow is not None:
+            self._shadow.maybe_mirror(snapshot, response, rows, entity_id, routed.spec)
+        return response
+
+    def _charge(
+        self,
+        error: ModelFailedError,
+        model: LoadedModel,
+        variant: Variant,
+        rows: int,
+        started: float,
+        routing: RoutingTable,
+    ) -> None:
+        """The variant that failed pays for it in the router's error-rate guardrail."""
+        self._count_error(model.name, error, variant, model.version)
+        elapsed = time.perf_counter() - started
+        self._events.offer_unrecorded(
+            [self._failure_of(error, model, variant, rows, elapsed, routing)]
+        )
 
     async def _score(
         self, model: LoadedModel, rows: Sequence[dict[str, Any]], spec: ModelSpec
@@ -283,3 +365,26 @@ class PredictionService:
         for row in rows:
             self._metrics.predictions.labels(model.name, model.version, row.predicted_class).inc()
             self._metrics.confidence.labels(model.name, model.version).observe(row.confidence)
+
+
+T = TypeVar("T")
+
+
+async def _model_answers(
+    model: LoadedModel,
+    answer: Callable[[LoadedModel, Sequence[dict[str, Any]], ModelSpec], T],
+    rows: Sequence[dict[str, Any]],
+    spec: ModelSpec,
+) -> T:
+    """``answer(model, rows, spec)``, on the loop or, for big batches, a thread; whatever it
+    raises is the model's failure (ModelFailedError naming the model and version)."""
+    try:
+        if len(rows) <= INLINE_ROWS:
+            return answer(model, rows, spec)
+        return await asyncio.to_thread(answer, model, rows, spec)
+    except ModelFailedError as error:
+        raise ModelFailedError(f"model {model.name} version {model.version}: {error}") from None
+    except Exception as error:
+        raise ModelFailedError(
+            f"model {model.name} version {model.version} failed: {type(error).__name__}: {error}"
+        ) from error

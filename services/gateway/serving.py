@@ -33,10 +33,10 @@ class ServingRefresher:
         routing_state: RoutingStateSource,
         model_name: str,
         metrics: GatewayMetrics,
-        spec: ModelSpec | None = None,
+        spec: ModelSpec,
     ) -> None:
         self.spec = spec
-        """The model's spec, for warming up the versions it loads (changes with the spec)."""
+        """The model's spec: how the versions it loads answer (its task) and are warmed up."""
         self._pool = pool
         self._registry = registry
         self._routing_state = routing_state
@@ -166,13 +166,14 @@ class ServingRefresher:
         reusable = current.loaded_version(version)
         if reusable is not None:
             return reusable
+        spec = self.spec
         try:
-            model = await asyncio.to_thread(self._registry.load, self._model_name, version)
-            loaded = LoadedModel(self._model_name, version, model)
-            if self.spec is not None:
-                # Before the swap: its first requests would otherwise pay the model's
-                # first-call costs, and a small challenger arm shows them as its p95.
-                await asyncio.to_thread(loaded.warm_up, self.spec)
+            model = await asyncio.to_thread(self._registry.load, self._model_name, version, spec)
+            # The task is read once here: requests never ask the spec which way to score.
+            loaded = LoadedModel(self._model_name, version, model, spec.task)
+            # Before the swap: its first requests would otherwise pay the model's
+            # first-call costs, and a small challenger arm shows them as its p95.
+            await asyncio.to_thread(loaded.warm_up, spec)
         except Exception as error:
             log.error(
                 "model load failed; the previous table keeps serving",

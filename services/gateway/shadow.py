@@ -18,11 +18,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from services.gateway.core import RowPrediction, check_probabilities, rows_from_probabilities
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.pool import LoadedModel, ServingSnapshot
 from services.gateway.prediction_log import PredictionEventBuffer
-from services.gateway.schemas import PredictResponse
+from services.gateway.regression import check_values
+from services.gateway.schemas import (
+    PredictResponse,
+    RowPredictionOut,
+    RowValueOut,
+    ValuePredictResponse,
+)
 from shared.events import PredictionLogged
 from shared.spec import ModelSpec
 
@@ -36,7 +44,7 @@ class _Mirror:
     challenger: LoadedModel
     spec: ModelSpec
     snapshot: ServingSnapshot
-    response: PredictResponse
+    response: PredictResponse | ValuePredictResponse
     rows: Sequence[dict[str, Any]]
     entity_id: str | None
 
@@ -63,7 +71,7 @@ class ShadowScorer:
     def maybe_mirror(
         self,
         snapshot: ServingSnapshot,
-        response: PredictResponse,
+        response: PredictResponse | ValuePredictResponse,
         rows: Sequence[dict[str, Any]],
         entity_id: str | None,
         spec: ModelSpec,
@@ -92,8 +100,11 @@ class ShadowScorer:
         started = time.perf_counter()
         try:
             # In a thread: a mirror must never hold up the requests the client waits for.
-            probabilities = await asyncio.to_thread(challenger.predict_proba, rows, mirror.spec)
-            check_probabilities(probabilities, len(rows), len(challenger.classes))
+            if challenger.task == "regression":
+                values = await asyncio.to_thread(_values, challenger, rows, mirror.spec)
+            else:
+                probabilities = await asyncio.to_thread(challenger.predict_proba, rows, mirror.spec)
+                check_probabilities(probabilities, len(rows), len(challenger.classes))
         except Exception as error:
             self._metrics.shadow.labels(challenger.name, "failed").inc(len(rows))
             log.warning(
@@ -107,38 +118,61 @@ class ShadowScorer:
             return
         elapsed = time.perf_counter() - started
         self._metrics.shadow_latency.labels(challenger.name).observe(elapsed)
+        if challenger.task == "regression":
+            # Values rarely agree exactly: counted as scored; the events carry both sides.
+            self._metrics.shadow.labels(challenger.name, "scored").inc(len(rows))
+            self._events.offer_unrecorded(_shadow_events(mirror, values, elapsed))
+            return
         shadow_rows = rows_from_probabilities(challenger.classes, probabilities)
         for answered, shadow in zip(mirror.response.predictions, shadow_rows, strict=True):
-            agree = answered.predicted_class == shadow.predicted_class
+            agree = getattr(answered, "predicted_class", None) == shadow.predicted_class
             outcome = "agree" if agree else "disagree"
             self._metrics.shadow.labels(challenger.name, outcome).inc()
-        events = _shadow_events(mirror, shadow_rows, elapsed)
-        self._events.offer_unrecorded(events)
+        self._events.offer_unrecorded(_shadow_events(mirror, shadow_rows, elapsed))
+
+
+def _values(model: LoadedModel, rows: Sequence[dict[str, Any]], spec: ModelSpec) -> np.ndarray:
+    values = model.predict_values(rows, spec)
+    check_values(values, len(rows))
+    return values
 
 
 def _shadow_events(
-    mirror: _Mirror, shadow_rows: list[RowPrediction], elapsed: float
+    mirror: _Mirror, shadow_rows: list[RowPrediction] | np.ndarray, elapsed: float
 ) -> list[PredictionLogged]:
-    """One ``shadow=true`` event per row, tied to the answer the client got."""
+    """One ``shadow=true`` event per row, tied to the answer the client got: the
+    challenger's class (and confidence), or its value."""
     response, routing, challenger = mirror.response, mirror.snapshot.routing, mirror.challenger
+    answered_ids = [answered.request_id for answered in _rows_of(response)]
     return [
         PredictionLogged(
             producer="gateway",
             correlation_id=response.request_id,
-            request_id=f"{answered.request_id}:shadow",
+            request_id=f"{answered_id}:shadow",
             model_name=challenger.name,
             version=challenger.version,
             variant="challenger",
             entity_id=mirror.entity_id,
             features=features,
-            predicted_class=shadow.predicted_class,
-            confidence=shadow.confidence,
+            **_answer_fields(shadow),
             latency_ms=elapsed * 1000,
             experiment_id=routing.experiment_id,
             challenger_share=routing.challenger_share,
             shadow=True,
         )
-        for answered, shadow, features in zip(
-            response.predictions, shadow_rows, mirror.rows, strict=True
+        for answered_id, shadow, features in zip(
+            answered_ids, shadow_rows, mirror.rows, strict=True
         )
     ]
+
+
+def _rows_of(
+    response: PredictResponse | ValuePredictResponse,
+) -> Sequence[RowPredictionOut | RowValueOut]:
+    return response.predictions
+
+
+def _answer_fields(shadow: RowPrediction | float) -> dict[str, Any]:
+    if isinstance(shadow, RowPrediction):
+        return {"predicted_class": shadow.predicted_class, "confidence": shadow.confidence}
+    return {"predicted_value": float(shadow)}

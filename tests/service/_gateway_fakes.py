@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 from fastapi import FastAPI
 from sklearn.compose import ColumnTransformer
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
@@ -20,7 +20,7 @@ from flywheel.demo_models import generate_transactions
 from services.gateway.app import GatewayPorts, create_app
 from services.gateway.fleet import ModelFleet
 from services.gateway.pool import LoadedModel, RoutingTable, ServingSnapshot
-from services.gateway.ports import Classifier
+from services.gateway.ports import Classifier, Regressor
 from services.gateway.prediction_log import PredictionEventBuffer
 from services.gateway.settings import Settings
 from shared.catalog import InMemorySpecSource, RegisteredSpec
@@ -28,6 +28,7 @@ from shared.datasets import generate_customers
 from shared.events import Event, ExperimentUpdated, PredictionLogged, Variant
 from shared.messaging import BatchEventPublisher
 from shared.spec import ModelSpec, load_spec
+from shared.tabular import TabularEncoder
 
 SPEC = load_spec()
 #: A second model with other features and classes (the demo's card-fraud).
@@ -54,6 +55,18 @@ FRAUD_SPEC = ModelSpec.model_validate(
                 "categories": ["chip", "contactless", "online"],
             },
         ],
+    }
+)
+
+
+#: A regression model: a customer's monthly spend from the rest of their features.
+SPEND = "monthly-spend"
+SPEND_SPEC = ModelSpec.model_validate(
+    {
+        "name": SPEND,
+        "label": "monthly_spend",
+        "task": "regression",
+        "features": [f.model_dump() for f in SPEC.features if f.name != "monthly_spend"],
     }
 )
 
@@ -87,6 +100,22 @@ def fraud_pipeline(seed: int = 1) -> Pipeline:
     return _pipeline(FRAUD_SPEC).fit(frame[list(FRAUD_SPEC.feature_names)], frame[FRAUD_SPEC.label])
 
 
+@functools.cache
+def spend_pipeline(seed: int = 1) -> Pipeline:
+    """Flywheel's own pipeline shape (a TabularEncoder, then a regressor) for SPEND_SPEC."""
+    frame = generate_customers(800, seed=seed)
+    encoder = TabularEncoder(SPEND_SPEC.numeric_features, SPEND_SPEC.categorical_features)
+    pipeline = Pipeline([("features", encoder), ("regressor", Ridge(alpha=float(seed)))])
+    return pipeline.fit(frame[list(SPEND_SPEC.feature_names)], frame[SPEND_SPEC.label])
+
+
+def spend_rows(n: int) -> list[dict[str, Any]]:
+    """``n`` generated customers as rows of SPEND_SPEC (their monthly spend left out)."""
+    return [
+        {k: v for k, v in row.items() if k != "monthly_spend"} for row in rows(n)
+    ]
+
+
 class FakeModelRegistry:
     """Versions that load (or fail to) and aliases, per model, in dicts.
 
@@ -112,7 +141,7 @@ class FakeModelRegistry:
         self.slow_models: set[str] | None = None
         """The models whose loads are slow (None: every model)."""
 
-    def load(self, name: str, version: str) -> Classifier:
+    def load(self, name: str, version: str, spec: ModelSpec) -> Classifier | Regressor:
         if self.slow is not None and (self.slow_models is None or name in self.slow_models):
             self.slow.wait(timeout=10)
         self.loads.append(version)
@@ -121,6 +150,8 @@ class FakeModelRegistry:
             raise OSError(f"artifact of {name} version {version} unreadable")
         if version in self.unscorable:
             return BrokenModel(raises=True)
+        if spec.is_regression:
+            return spend_pipeline(int(version))
         model: Classifier = (
             fraud_pipeline(int(version)) if name == FRAUD else trained_pipeline(int(version))
         )

@@ -297,7 +297,9 @@ async def test_no_request_fails_while_models_are_swapped_under_load(gateway: Gat
     gateway.serve()
     pool = gateway.fleet.default.pool
     metrics = GatewayMetrics.create(CollectorRegistry())
-    refresher = ServingRefresher(pool, FakeModelRegistry(), FakeRoutingState(), MODEL, metrics)
+    refresher = ServingRefresher(
+        pool, FakeModelRegistry(), FakeRoutingState(), MODEL, metrics, SPEC
+    )
 
     async def swap_repeatedly() -> list[str]:
         served = []

@@ -25,7 +25,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     },
     422: {
         "model": ErrorOut,
-        "description": "Not one of true_label (a class) or reward (a finite number)",
+        "description": "Not exactly one of true_label (a classifier's class), true_value (a "
+        "regressor's finite number) or reward (a finite number); or an outcome of the other "
+        "task (the field and the model's task named)",
     },
     503: {"model": ErrorOut, "description": "Records or broker unavailable: retry"},
 }
@@ -40,13 +42,17 @@ async def feedback(
     body: FeedbackRequest, service: FeedbackDep, fleet: FleetDep
 ) -> FeedbackResponse:
     """Record the outcome once; a repeat answers ``duplicate: true`` and counts nothing."""
-    return await service.record(fleet.default.name, body.request_id, body.true_label, body.reward)
+    return await service.record(
+        fleet.default.name, body.request_id, body.true_label, body.reward, body.true_value
+    )
 
 
-# Documented per registered model, each with its own labels (services.gateway.openapi).
+# Documented per registered model, each with its own outcome (services.gateway.openapi).
 @router.post("/models/{name}/feedback", include_in_schema=False)
 async def feedback_to(
     name: ModelName, body: FeedbackRequest, service: FeedbackDep
 ) -> FeedbackResponse:
     """Record the outcome once; a repeat answers ``duplicate: true`` and counts nothing."""
-    return await service.record(name, body.request_id, body.true_label, body.reward)
+    return await service.record(
+        name, body.request_id, body.true_label, body.reward, body.true_value
+    )

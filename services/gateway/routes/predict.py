@@ -7,7 +7,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Response
 
 from services.gateway.deps import FleetDep, PredictionsDep
-from services.gateway.schemas import ErrorOut, PredictRequest, PredictResponse
+from services.gateway.schemas import (
+    ErrorOut,
+    PredictRequest,
+    PredictResponse,
+    ValuePredictResponse,
+)
 
 router = APIRouter(prefix="/v1", tags=["predict"])
 
@@ -32,8 +37,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     },
     500: {
         "model": ErrorOut,
-        "description": "The routed model raised or answered non-finite probabilities for a "
-        "valid row (counted against its variant: prediction-failed)",
+        "description": "The routed model raised or answered non-finite probabilities (or "
+        "values) for a valid row (counted against its variant: prediction-failed)",
     },
     503: {
         "model": ErrorOut,
@@ -47,7 +52,12 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     "/predict",
     response_model=None,
     responses={
-        200: {"model": PredictResponse, "description": "The answers"},
+        200: {
+            # Each model's path documents its own task's shape (services.gateway.openapi).
+            "model": PredictResponse | ValuePredictResponse,
+            "description": "The answers: classes and probabilities (a classifier), or values "
+            "(a regressor)",
+        },
         **_ERRORS,
     },
     summary="Predict with the default model (FLYWHEEL_MODEL_NAME)",
