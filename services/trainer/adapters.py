@@ -20,6 +20,7 @@ from redis.exceptions import LockError, ResponseError
 
 from services.trainer.coalesce import PendingArrival
 from services.trainer.core import TrainedModel, column_misfit
+from services.trainer.custom import CUSTOM_PREFIX, requirements_of, saved_types
 from services.trainer.ports import RunContext
 from services.trainer.tracking import (
     code_version,
@@ -290,14 +291,19 @@ def run_tags(context: RunContext) -> dict[str, str]:
 
 def _log_model(model: TrainedModel) -> None:
     sample = model.reference.head(5)
+    # Explicit requirements: inferring them means loading the model again, slowly.
+    requirements = [f"scikit-learn=={sklearn.__version__}", "pandas", "numpy"]
+    trusted = TRUSTED_TYPES
+    if model.algorithm.startswith(CUSTOM_PREFIX):  # a team's estimator: whatever it is made of
+        trusted = saved_types(model.pipeline)
+        requirements += requirements_of(trusted)
     mlflow.sklearn.log_model(
         model.pipeline,
         name="model",
         signature=infer_signature(sample, model.pipeline.predict(sample)),
         input_example=sample,
-        # Explicit requirements: inferring them means loading the model again, slowly.
-        pip_requirements=[f"scikit-learn=={sklearn.__version__}", "pandas", "numpy"],
-        skops_trusted_types=TRUSTED_TYPES,
+        pip_requirements=requirements,
+        skops_trusted_types=trusted,
     )
 
 

@@ -30,6 +30,7 @@ from services.trainer.core import (
     train,
     training_frame,
 )
+from services.trainer.custom import TrainerError, train_custom
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.ports import (
     BatchHistory,
@@ -236,8 +237,11 @@ class TrainerHandlers:
             "training failed",
             extra={"model": job.model, "error": repr(error), "trigger": job.trigger},
         )
-        detail = f"{type(error).__name__}: {error}"
-        reason = GateResult(name="training", passed=False, detail=detail)
+        if isinstance(error, TrainerError):  # the team's trainer: its message names it
+            reason = GateResult(name="trainer", passed=False, detail=str(error))
+        else:
+            detail = f"{type(error).__name__}: {error}"
+            reason = GateResult(name="training", passed=False, detail=detail)
         return ModelRejected.caused_by(
             cause, producer="trainer", model_name=job.model, reasons=(reason,)
         )
@@ -257,7 +261,9 @@ class TrainerHandlers:
             self.config.older_fraction,
             self.config.seed,
         )
-        model = train(frame, job.spec, self.config)
+        # A spec naming the team's own trainer is trained by it; else Flywheel's candidates.
+        fit = train_custom if job.spec.trainer else train
+        model = fit(frame, job.spec, self.config)
         used = tuple(ref for ref, _ in batches)
         sampled = tuple(ref for ref, _ in older)
         policy = (
