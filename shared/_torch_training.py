@@ -1,19 +1,20 @@
-"""The torch training loop behind ``TorchMLPClassifier.fit`` (imported only when fitting)."""
+"""The torch training loop behind the torch MLPs' ``fit`` (imported only when fitting)."""
 
 from __future__ import annotations
 
 import contextlib
 import math
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
-from shared.torch_mlp import FitReport, examples_per_second, now, resolve_device
+from shared.torch_mlp import FitReport, Objective, examples_per_second, now, resolve_device
 
 if TYPE_CHECKING:
-    from shared.torch_mlp import Array, TorchMLPClassifier
+    from shared.torch_mlp import Array, _TorchMLP
 
 Layers = list[tuple[Any, Any]]
 
@@ -30,19 +31,21 @@ def build_network(inputs: int, hidden: tuple[int, ...], outputs: int) -> nn.Sequ
 
 
 def fit_mlp(
-    params: TorchMLPClassifier, x: Array, y: Array, n_classes: int
+    params: _TorchMLP, x: Array, y: Array, objective: Objective
 ) -> tuple[Layers, FitReport]:
     """Train with AdamW and early stopping; return numpy (weight, bias) per layer and a report."""
     device = torch.device(resolve_device(params.device))
     torch.manual_seed(params.seed)
-    x_fit, y_fit, x_val, y_val = _split(x, y, params, device)
-    network = build_network(x.shape[1], tuple(params.hidden), n_classes).to(device)
+    target = torch.float32 if objective.regression else torch.long
+    x_fit, y_fit, x_val, y_val = _split(x, y, params, device, target)
+    network = build_network(x.shape[1], tuple(params.hidden), objective.outputs).to(device)
     optimiser = torch.optim.AdamW(
         network.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay
     )
     amp = params.mixed_precision and device.type == "cuda"
     started = now()
-    best, epochs = _train_epochs(network, optimiser, (x_fit, y_fit, x_val, y_val), params, amp)
+    fit = _Fit(params, _loss_of(objective), amp)
+    best, epochs = _train_epochs(network, optimiser, (x_fit, y_fit, x_val, y_val), fit)
     seconds = now() - started
     network.load_state_dict(best.state)
     report = FitReport(
@@ -55,6 +58,29 @@ def fit_mlp(
         examples_per_s=examples_per_second(len(x_fit), epochs, seconds),
     )
     return _numpy_layers(network), report
+
+
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _loss_of(objective: Objective) -> Loss:
+    """Cross entropy on logits, or mean squared error on the single output column."""
+    if not objective.regression:
+        return nn.functional.cross_entropy
+
+    def squared_error(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        # In float32 even under bf16 autocast: squared errors lose too much in bf16.
+        return nn.functional.mse_loss(out[:, 0].float(), y)
+
+    return squared_error
+
+
+class _Fit(NamedTuple):
+    """How one fit trains: its hyperparameters, loss and whether it uses mixed precision."""
+
+    params: _TorchMLP
+    loss: Loss
+    amp: bool
 
 
 class _Best:
@@ -78,19 +104,19 @@ def _train_epochs(
     network: nn.Module,
     optimiser: torch.optim.Optimizer,
     data: tuple[torch.Tensor, ...],
-    params: TorchMLPClassifier,
-    amp: bool,
+    fit: _Fit,
 ) -> tuple[_Best, int]:
     x_fit, y_fit, x_val, y_val = data
+    params = fit.params
     best, stale, epoch = _Best(network), 0, 0
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=fit.amp)
     generator = torch.Generator(device="cpu").manual_seed(params.seed)
     for epoch in range(1, params.max_epochs + 1):
         order = torch.randperm(len(x_fit), generator=generator).to(x_fit.device)
         for start in range(0, len(order), params.batch_size):
             batch = order[start : start + params.batch_size]
-            _step(network, optimiser, scaler, x_fit[batch], y_fit[batch], amp)
-        loss = _validation_loss(network, x_val, y_val, amp)
+            _step(network, optimiser, scaler, x_fit[batch], y_fit[batch], fit)
+        loss = _validation_loss(network, x_val, y_val, fit)
         if not math.isfinite(loss):
             raise FloatingPointError(f"validation loss is {loss} at epoch {epoch}")
         stale = 0 if best.offer(network, loss, epoch) else stale + 1
@@ -105,21 +131,21 @@ def _step(
     scaler: torch.amp.GradScaler,
     x: torch.Tensor,
     y: torch.Tensor,
-    amp: bool,
+    fit: _Fit,
 ) -> None:
     optimiser.zero_grad(set_to_none=True)
-    with _autocast(amp):
-        loss = nn.functional.cross_entropy(network(x), y)
+    with _autocast(fit.amp):
+        loss = fit.loss(network(x), y)
     scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
     scaler.step(optimiser)
     scaler.update()
 
 
 @torch.no_grad()
-def _validation_loss(network: nn.Module, x: torch.Tensor, y: torch.Tensor, amp: bool) -> float:
-    with _autocast(amp):
-        logits = network(x)
-    return float(nn.functional.cross_entropy(logits.float(), y))
+def _validation_loss(network: nn.Module, x: torch.Tensor, y: torch.Tensor, fit: _Fit) -> float:
+    with _autocast(fit.amp):
+        out = network(x)
+    return float(fit.loss(out.float(), y))
 
 
 def _autocast(amp: bool) -> contextlib.AbstractContextManager[Any]:
@@ -129,7 +155,7 @@ def _autocast(amp: bool) -> contextlib.AbstractContextManager[Any]:
 
 
 def _split(
-    x: Array, y: Array, params: TorchMLPClassifier, device: torch.device
+    x: Array, y: Array, params: _TorchMLP, device: torch.device, target: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """A seeded share of rows for early stopping; all four tensors already on ``device``."""
     order = np.random.default_rng(params.seed).permutation(len(x))
@@ -141,9 +167,9 @@ def _split(
 
     return (
         on(x[fit], torch.float32),
-        on(y[fit], torch.long),
+        on(y[fit], target),
         on(x[val], torch.float32),
-        on(y[val], torch.long),
+        on(y[val], target),
     )
 
 

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from redis.exceptions import LockError, ResponseError
 
 from services.trainer.coalesce import PendingArrival
-from services.trainer.core import TrainedModel, column_misfit
+from services.trainer.core import TrainedModel, column_misfit, reference_predictions
 from services.trainer.custom import CUSTOM_PREFIX, requirements_of, saved_types
 from services.trainer.ports import RunContext
 from services.trainer.tracking import (
@@ -256,9 +256,10 @@ class MlflowModelStore:
                 "datasets.json",
             )
             log_datasets(model, context, context.label or self._label)
-            log_confusion_matrix(model)
+            if not model.metrics.is_regression:
+                log_confusion_matrix(model)
             _log_model(model)
-            _log_reference(model.reference)
+            _log_reference(model)
             log_holdout(model.holdout)
             run_id: str = run.info.run_id
         return run_id
@@ -307,8 +308,11 @@ def _log_model(model: TrainedModel) -> None:
     )
 
 
-def _log_reference(reference: pd.DataFrame) -> None:
+def _log_reference(model: TrainedModel) -> None:
+    """The monitor's reference: the feature sample, and the model's predictions on it."""
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "features.parquet"
-        reference.to_parquet(path, index=False)
-        mlflow.log_artifact(str(path), artifact_path="reference")
+        features, predictions = Path(tmp) / "features.parquet", Path(tmp) / "predictions.parquet"
+        model.reference.to_parquet(features, index=False)
+        reference_predictions(model).to_parquet(predictions, index=False)
+        mlflow.log_artifact(str(features), artifact_path="reference")
+        mlflow.log_artifact(str(predictions), artifact_path="reference")

@@ -41,8 +41,11 @@ CLASSIFIERS: dict[str, ClassifierFactory] = {
 
 SelectionMetric = Literal["accuracy", "macro_f1", "roc_auc", "log_loss"]
 
+#: How the published regressor is picked (``services.trainer.regression``).
+RegressionMetric = Literal["rmse", "mae", "r2"]
+
 #: Metrics where lower is better; the rest are maximised.
-LOWER_IS_BETTER = frozenset({"log_loss"})
+LOWER_IS_BETTER = frozenset({"log_loss", "rmse", "mae"})
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ class TrainingConfig:
 
     candidates: tuple[str, ...] = ("logistic_regression",)
     selection_metric: SelectionMetric = "macro_f1"
+    regression_selection_metric: RegressionMetric = "rmse"
     validation_fraction: float = 0.2
     seed: int = 42
     reference_rows: int = 10_000
@@ -74,6 +78,17 @@ class TrainedModel:
     confusion: list[list[int]] = field(default_factory=list)
     fit_seconds: float = 0.0
     device: str = "cpu"
+
+
+def reference_predictions(model: TrainedModel) -> pd.DataFrame:
+    """The model's outputs on its reference rows, one column ``prediction``.
+
+    A regressor's values as floats, a classifier's labels as strings: what the
+    monitor compares the served predictions' distribution with.
+    """
+    predicted = np.asarray(model.pipeline.predict(model.reference))
+    kind = np.float64 if model.metrics.is_regression else str
+    return pd.DataFrame({"prediction": predicted.astype(kind)})
 
 
 def data_version(hashes: Iterable[str]) -> str:
@@ -163,10 +178,15 @@ def make_classifier(algorithm: str, seed: int, device: str = "auto") -> Any:
         ) from None
 
 
-def build_pipeline(spec: ModelSpec, classifier: Any) -> Pipeline:
-    """Scale numeric features, one-hot the categorical ones, then classify."""
+def build_pipeline(spec: ModelSpec, estimator: Any) -> Pipeline:
+    """Scale numeric features, one-hot the categorical ones, then classify (or regress).
+
+    Serving relies on this shape: ``pipeline[0]`` a ``TabularEncoder``, ``pipeline[-1]``
+    the estimator (step ``classifier``, or ``regressor`` for a regression spec).
+    """
     features = TabularEncoder(spec.numeric_features, spec.categorical_features)
-    return Pipeline([("features", features), ("classifier", classifier)])
+    step = "regressor" if spec.is_regression else "classifier"
+    return Pipeline([("features", features), (step, estimator)])
 
 
 def split(
@@ -241,6 +261,11 @@ def is_better(metric: str, candidate: ModelMetrics, best: ModelMetrics) -> bool:
 
 def train(frame: pd.DataFrame, spec: ModelSpec, config: TrainingConfig) -> TrainedModel:
     """Fit every candidate on a stratified share of ``frame``; keep the best on the rest."""
+    if spec.is_regression:
+        # Imported here: the regression module builds on this one's types.
+        from services.trainer.regression import train_regression
+
+        return train_regression(frame, spec, config)
     x_train, x_val, y_train, y_val = split(frame, spec, config.validation_fraction, config.seed)
     fitted = [
         _fit_candidate(name, spec, config, x_train, y_train, x_val, y_val)

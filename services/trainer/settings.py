@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from services.trainer.core import SelectionMetric, TrainingConfig
+from services.trainer.core import RegressionMetric, SelectionMetric, TrainingConfig
 from shared.settings import SERVICE_PORTS, BaseServiceSettings
 
 Algorithm = Literal["logistic_regression", "hist_gradient_boosting", "torch_mlp"]
@@ -29,17 +29,21 @@ class Settings(BaseServiceSettings):
     history_batches: int = Field(50, ge=1)
     """How many batch references are remembered per model."""
     validation_fraction: float = Field(0.2, gt=0, lt=1)
-    """Share of rows held out (stratified) to compute validation metrics."""
+    """Share of rows held out to compute validation metrics (stratified for a classifier)."""
     seed: int = 42
-    """Seed of the train/validation split and of the classifier."""
+    """Seed of the train/validation split and of the estimators."""
     candidates: tuple[Algorithm, ...] = ("logistic_regression", "torch_mlp")
-    """Classifiers tried (env: JSON list; also "hist_gradient_boosting"); the best is published.
+    """Candidates tried (env: JSON list; also "hist_gradient_boosting"); the best is published.
 
+    Each name is a model family: a regression model gets the family's regressor
+    (logistic_regression → ridge; hist_gradient_boosting and torch_mlp as named).
     Histogram gradient boosting is opt-in: its OpenMP single-row prediction stalls
     when CPUs are contended (p50 98 ms measured on a loaded 2-core host).
     """
     selection_metric: SelectionMetric = "macro_f1"
-    """Validation metric that picks the published candidate (log loss: lower is better)."""
+    """Validation metric that picks the published classifier (log loss: lower is better)."""
+    regression_selection_metric: RegressionMetric = "rmse"
+    """Validation metric that picks the published regressor (rmse, mae: lower is better; r2)."""
     device: str = "auto"
     """Torch device of the MLP: auto (CUDA when present), cpu or cuda[:n]."""
     reference_rows: int = Field(10_000, ge=1)
@@ -73,6 +77,7 @@ class Settings(BaseServiceSettings):
         return TrainingConfig(
             candidates=self.candidates,
             selection_metric=self.selection_metric,
+            regression_selection_metric=self.regression_selection_metric,
             device=self.device,
             older_fraction=self.older_fraction,
             validation_fraction=self.validation_fraction,
