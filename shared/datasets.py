@@ -155,11 +155,9 @@ def label_problem(column: pd.Series, spec: ModelSpec) -> str | None:
     if not spec.is_regression:
         unknown = set(column.astype(str)) - set(spec.classes)
         return f"{spec.label}: unknown classes {sorted(unknown)}" if unknown else None
+    # Text that reads as a number passes: a CSV column with one bad cell is all text.
     values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64)
-    finite = np.isfinite(values)
-    if not pd.api.types.is_numeric_dtype(column):  # "3.5" as text is not a number either
-        finite &= column.map(lambda v: isinstance(v, int | float | np.number)).to_numpy(bool)
-    bad = np.flatnonzero(~finite)
+    bad = np.flatnonzero(~np.isfinite(values))
     if not bad.size:
         return None
     value = column.iloc[int(bad[0])]
