@@ -22,6 +22,8 @@ from services.registry.importing import MODEL_ARTIFACT, Evaluation, ImportRecord
 from services.registry.ports import ModelSummary, VersionInfo
 from shared.errors import InvalidInputError, NotFoundError
 from shared.mlflow_client import bound_mlflow_requests, mlflow_client, mlflow_outages
+from shared.scoring import Scorer, load_scorer
+from shared.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -157,15 +159,19 @@ class MlflowModelRegistry:
 
 
 class MlflowCandidateLoader:
-    """Loads logged sklearn pipelines and the holdout their run logged."""
+    """Loads logged models of any flavour and the holdout their run logged."""
 
     def __init__(self, tracking_uri: str) -> None:
         bound_mlflow_requests()
         mlflow.set_tracking_uri(tracking_uri)
         self._tracking_uri = tracking_uri
 
-    def load(self, model_uri: str) -> Any:
-        """The pipeline at ``model_uri`` (NotFoundError when there is none)."""
+    def load(self, model_uri: str, spec: ModelSpec) -> Scorer:
+        """The model at ``model_uri``, in its most specific flavour, answering for ``spec``."""
+        return load_scorer(model_uri, spec)
+
+    def sklearn_model(self, model_uri: str) -> Any:
+        """The sklearn pipeline at ``model_uri`` (NotFoundError when there is none)."""
         try:
             with mlflow_outages():
                 return mlflow.sklearn.load_model(model_uri)

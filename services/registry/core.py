@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from services.registry.gates import GatePolicy
 from shared.aliases import CHALLENGER, CHAMPION
 from shared.errors import InvalidInputError
 from shared.events import (
@@ -52,9 +53,61 @@ def finite_metrics_gate(metrics: ModelMetrics) -> GateResult:
     )
 
 
-def evaluate_gates(metrics: ModelMetrics, min_accuracy: float) -> tuple[GateResult, ...]:
-    """Every gate's result, in a fixed order."""
-    return (accuracy_gate(metrics, min_accuracy), finite_metrics_gate(metrics))
+def task_gate(metrics: ModelMetrics, spec: ModelSpec) -> GateResult:
+    """The candidate reports the metrics of its spec's task (a regressor's for a regression).
+
+    >>> from shared.spec import load_spec
+    >>> m = ModelMetrics(rmse=1.0, mae=0.8, r2=0.5, validation_rows=10)
+    >>> task_gate(m, load_spec()).detail
+    "task changed: the candidate reports regression metrics, model 'customer-segment' is \
+a classification model (its spec's task)"
+    """
+    task = "regression" if metrics.is_regression else "classification"
+    passed = task == spec.task
+    detail = (
+        f"{task} metrics, as the spec's task"
+        if passed
+        else f"task changed: the candidate reports {task} metrics, model {spec.name!r} is "
+        f"a {spec.task} model (its spec's task)"
+    )
+    return GateResult(name="task", passed=passed, detail=detail)
+
+
+def r2_gate(metrics: ModelMetrics, min_r2: float) -> GateResult:
+    """Regression: validation R² at least ``min_r2``.
+
+    >>> r2_gate(ModelMetrics(rmse=1.0, mae=0.8, r2=-0.2, validation_rows=10), 0.0).detail
+    'r2 -0.2000 < 0.0000'
+    """
+    if metrics.r2 is None:
+        return GateResult(name="r2", passed=False, detail="no r2 in the metrics")
+    passed = metrics.r2 >= min_r2
+    detail = f"r2 {metrics.r2:.4f} {'≥' if passed else '<'} {min_r2:.4f}"
+    return GateResult(name="r2", passed=passed, detail=detail)
+
+
+def rmse_gate(metrics: ModelMetrics, max_rmse: float | None) -> GateResult:
+    """Regression: validation RMSE at most ``max_rmse`` (no ceiling when None)."""
+    rmse = metrics.rmse if metrics.rmse is not None else math.nan
+    if max_rmse is None:
+        detail = f"rmse {rmse:.4f}, no ceiling set (REGISTRY_MAX_RMSE)"
+        return GateResult(name="rmse", passed=True, detail=detail)
+    passed = rmse <= max_rmse
+    detail = f"rmse {rmse:.4f} {'≤' if passed else '>'} {max_rmse:.4f}"
+    return GateResult(name="rmse", passed=passed, detail=detail)
+
+
+def evaluate_gates(
+    metrics: ModelMetrics, policy: GatePolicy, spec: ModelSpec
+) -> tuple[GateResult, ...]:
+    """Every gate on the reported metrics, in a fixed order: the spec's task decides which
+    quality gates apply; a candidate of the other task fails the ``task`` gate alone."""
+    if metrics.is_regression != spec.is_regression:
+        return (task_gate(metrics, spec), finite_metrics_gate(metrics))
+    if spec.is_regression:
+        quality = (r2_gate(metrics, policy.min_r2), rmse_gate(metrics, policy.max_rmse))
+        return (*quality, finite_metrics_gate(metrics))
+    return (accuracy_gate(metrics, policy.min_accuracy), finite_metrics_gate(metrics))
 
 
 def failed(gates: tuple[GateResult, ...]) -> tuple[GateResult, ...]:

@@ -27,24 +27,37 @@ class GatePolicy:
     non_inferiority_margin: float = 0.05
     latency_budget_ms: float = 25.0
     latency_samples: int = 200
+    min_r2: float = 0.0
+    """Regression: lowest validation R² (0: no better than predicting the mean)."""
+    max_rmse: float | None = None
+    """Regression: highest validation RMSE, in the label's unit (None: no ceiling)."""
+    regression_margin: float = 0.05
+    """Regression: how far above the champion's RMSE and MAE (relative, CI upper bound) a
+    candidate's may be."""
 
 
 def schema_gate(
     input_names: Sequence[str] | None, classes: Sequence[str], spec: ModelSpec
 ) -> GateResult:
-    """Inputs are the spec's features in order and every class is one the spec knows."""
+    """Inputs are the spec's features in order and every class is one the spec knows.
+
+    A model logged without an input signature passes on its inputs: it has just been
+    scored on the holdout's spec features, by name, which is how it is served.
+    """
     problems = []
-    if input_names is None:
-        problems.append("no input signature logged")
-    elif list(input_names) != list(spec.feature_names):
+    if input_names is not None and list(input_names) != list(spec.feature_names):
         problems.append(f"inputs {list(input_names)} ≠ spec {list(spec.feature_names)}")
     unknown = sorted(set(classes) - set(spec.classes))
     if unknown:
         problems.append(f"classes {unknown} not in spec {list(spec.classes)}")
     if problems:
         return GateResult(name="schema", passed=False, detail="; ".join(problems))
-    detail = f"{len(spec.feature_names)} inputs and {len(classes)} classes match the spec"
-    return GateResult(name="schema", passed=True, detail=detail)
+    inputs = f"{len(spec.feature_names)} inputs"
+    matched = (
+        f"{inputs} match" if spec.is_regression else f"{inputs} and {len(classes)} classes match"
+    )
+    unsigned = " (no input signature logged: scored by feature name)" if input_names is None else ""
+    return GateResult(name="schema", passed=True, detail=f"{matched} the spec{unsigned}")
 
 
 def paired_difference(
@@ -83,6 +96,54 @@ def non_inferiority_gate(
     return GateResult(name="non_inferiority", passed=passed, detail=detail)
 
 
+def loss_comparison(
+    metric: str, candidate_loss: Any, champion_loss: Any, allowed: float
+) -> tuple[bool, str]:
+    """Whether the candidate's mean per-row loss is shown at most ``allowed`` above the
+    champion's on the same rows (upper end of the paired 95 % CI), and the numbers.
+
+    >>> passed, detail = loss_comparison("MAE", [1.0, 2.0, 1.5], [1.0, 2.0, 1.5], 0.1)
+    >>> passed, detail.split(": ")[1]
+    (True, 'Δ absolute error +0.0000, 95% CI [+0.0000, +0.0000] ≤ allowed +0.1000')
+    """
+    low, mean, high = paired_difference(candidate_loss, champion_loss)
+    passed = high <= allowed
+    candidate, champion = _summary(metric, candidate_loss), _summary(metric, champion_loss)
+    loss = "squared error" if metric == "RMSE" else "absolute error"
+    detail = (
+        f"{metric} {candidate:.4f} vs {champion:.4f}: Δ {loss} {mean:+.4f}, 95% CI "
+        f"[{low:+.4f}, {high:+.4f}] {'≤' if passed else '>'} allowed {allowed:+.4f}"
+    )
+    return passed, detail
+
+
+def _summary(metric: str, loss: Any) -> float:
+    mean = float(np.mean(loss))
+    return math.sqrt(mean) if metric == "RMSE" else mean
+
+
+def regression_non_inferiority_gate(
+    candidate: Any, champion: Any, truth: Any, champion_version: str, margin: float
+) -> GateResult:
+    """Candidate's RMSE and MAE, paired with the champion's on the same fresh holdout, are
+    each shown at most ``margin`` (relative) above the champion's.
+
+    RMSE compares mean squared errors: RMSE within (1 + margin) × the champion's is MSE
+    within (1 + margin)² × its MSE. MAE compares absolute errors, within (1 + margin) ×.
+    """
+    y = np.asarray(truth, dtype=float)
+    ours, theirs = np.asarray(candidate, dtype=float) - y, np.asarray(champion, dtype=float) - y
+    allowed_mse = ((1 + margin) ** 2 - 1) * float(np.mean(theirs**2))
+    rmse_ok, rmse = loss_comparison("RMSE", ours**2, theirs**2, allowed_mse)
+    allowed_mae = margin * float(np.mean(np.abs(theirs)))
+    mae_ok, mae = loss_comparison("MAE", np.abs(ours), np.abs(theirs), allowed_mae)
+    detail = (
+        f"vs champion v{champion_version} on {len(y)} fresh holdout rows, margin "
+        f"{margin:.0%} above the champion's: {rmse}; {mae}"
+    )
+    return GateResult(name="non_inferiority", passed=rmse_ok and mae_ok, detail=detail)
+
+
 def no_champion_gate() -> GateResult:
     """Non-inferiority when there is nothing to compare with."""
     return GateResult(name="non_inferiority", passed=True, detail="no champion yet")
@@ -110,10 +171,18 @@ def finite_output_gate(probabilities: Any) -> GateResult:
     return GateResult(name="finite_output", passed=passed, detail=detail)
 
 
+def finite_values_gate(values: Any) -> GateResult:
+    """Regression: every predicted value finite."""
+    v = np.asarray(values, dtype=float)
+    bad = int((~np.isfinite(v)).sum())
+    detail = f"{bad} NaN/inf values of {len(v)}"
+    return GateResult(name="finite_output", passed=bad == 0, detail=detail)
+
+
 def determinism_gate(first: Any, second: Any) -> GateResult:
-    """The same input twice gives the same probabilities."""
+    """The same input twice gives the same probabilities (or values)."""
     a, b = np.asarray(first, dtype=float), np.asarray(second, dtype=float)
     largest = float(np.max(np.abs(a - b))) if a.shape == b.shape else math.inf
     passed = largest == 0.0
-    detail = f"max |Δp| {largest:.3g} over {len(a)} rows predicted twice"
+    detail = f"max |Δ| {largest:.3g} over {len(a)} rows predicted twice"
     return GateResult(name="determinism", passed=passed, detail=detail)

@@ -22,11 +22,13 @@ GATE_TAG_PREFIX = "gate."
 
 @dataclass(frozen=True)
 class RegistryMetrics:
-    """Per model: versions approved or rejected, how its latest candidate fared, its aliases."""
+    """Per model: versions approved or rejected, how its latest candidate fared, its aliases,
+    approved versions BentoML could not package."""
 
     model_versions: Counter
     gate_passed: Gauge
     alias_version: Gauge
+    packaging_skipped: Counter
     _aliases_shown: dict[str, set[str]] = field(default_factory=dict, repr=False)
     """The aliases each model's gauge has a series for (to drop one that moved away)."""
 
@@ -50,6 +52,13 @@ class RegistryMetrics:
                 "flywheel_registry_alias_version",
                 "The version each alias (champion, challenger, champion-1...) points to.",
                 ["model_name", "alias"],
+                registry=registry,
+            ),
+            packaging_skipped=Counter(
+                "flywheel_registry_packaging_skipped_total",
+                "Approved versions not packaged for BentoML, by the flavour that kept them out "
+                "(bentoml.sklearn takes sklearn models only).",
+                ["model_name", "flavor"],
                 registry=registry,
             ),
         )

@@ -11,6 +11,8 @@ from shared.spec import ModelSpec
 if TYPE_CHECKING:
     import pandas as pd
 
+    from shared.scoring import Scorer
+
 
 @dataclass(frozen=True)
 class VersionInfo:
@@ -73,10 +75,14 @@ class SpecStore(SpecSource, Protocol):
 
 
 class CandidateLoader(Protocol):
-    """Loads logged models and their fresh holdouts (blocking calls)."""
+    """Loads logged models, of any flavour, and their fresh holdouts (blocking calls)."""
 
-    def load(self, model_uri: str) -> Any:
-        """The model at ``model_uri``: a classifier with predict_proba and classes_."""
+    def load(self, model_uri: str, spec: ModelSpec) -> Scorer:
+        """The model at ``model_uri`` answering for ``spec`` (``shared.scoring.load_scorer``;
+        UnusableModelError naming the flavour's problem when it cannot)."""
+
+    def sklearn_model(self, model_uri: str) -> Any:
+        """The sklearn estimator at ``model_uri`` itself (to package it for BentoML)."""
 
     def input_names(self, model_uri: str) -> list[str] | None:
         """Column names of the model's logged input signature, or None without one."""

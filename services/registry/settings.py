@@ -22,6 +22,13 @@ class Settings(BaseServiceSettings):
     """Lowest validation accuracy a candidate may have to be approved."""
     non_inferiority_margin: float = Field(0.05, ge=0, le=1)
     """How much lower than the champion's accuracy (CI lower bound) a candidate may be."""
+    min_r2: float = Field(0.0, le=1)
+    """Regression: lowest validation R² a candidate may have (0: no better than the mean)."""
+    max_rmse: float | None = Field(None, gt=0)
+    """Regression: highest validation RMSE, in the label's unit (unset: no ceiling)."""
+    regression_margin: float = Field(0.05, ge=0)
+    """Regression: how far above the champion's RMSE and MAE (relative, CI upper bound) a
+    candidate's may be."""
     latency_budget_ms: float = Field(25.0, gt=0)
     """Budget for the p95 of single-row prediction time (per-row best of 3), in milliseconds."""
     latency_samples: int = Field(200, ge=20)
@@ -39,6 +46,9 @@ class Settings(BaseServiceSettings):
         return GatePolicy(
             min_accuracy=self.min_accuracy,
             non_inferiority_margin=self.non_inferiority_margin,
+            min_r2=self.min_r2,
+            max_rmse=self.max_rmse,
+            regression_margin=self.regression_margin,
             latency_budget_ms=self.latency_budget_ms,
             latency_samples=self.latency_samples,
         )

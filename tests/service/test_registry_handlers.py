@@ -24,7 +24,7 @@ from services.registry.routes import admin_router, models_router, versions_route
 from services.trainer.core import TrainingConfig, train
 from shared.catalog import InMemorySpecSource, ModelCatalog, RegisteredSpec
 from shared.datasets import generate_customers
-from shared.errors import DependencyUnavailableError
+from shared.errors import DependencyUnavailableError, NotFoundError
 from shared.events import (
     ModelApproved,
     ModelMetrics,
@@ -37,7 +37,8 @@ from shared.events import (
     dead_letter_topic,
 )
 from shared.http_errors import install_error_handlers
-from shared.spec import load_spec
+from shared.scoring import EstimatorScorer, Scorer
+from shared.spec import ModelSpec, load_spec
 from shared.testing import RecordingPublisher, consumer_context
 
 MODEL = "customer-segment"
@@ -77,8 +78,13 @@ class FakeLoader:
     inputs: list[str] | None = field(default_factory=lambda: list(SPEC.feature_names))
     inputs_by_run: dict[str, list[str]] = field(default_factory=dict)
     """The logged signature of a run whose inputs are not ``inputs``."""
+    without_holdout: set[str] = field(default_factory=set)
 
-    def load(self, model_uri: str) -> Any:
+    def load(self, model_uri: str, spec: ModelSpec) -> Scorer:
+        # The real scoring of sklearn models: only where they are stored is fake.
+        return EstimatorScorer("sklearn", self.sklearn_model(model_uri), spec)
+
+    def sklearn_model(self, model_uri: str) -> Any:
         if model_uri.startswith("models:/"):
             name, version = model_uri.removeprefix("models:/").split("/")
             run_id = self.registry._version(name, version).run_id
@@ -91,6 +97,8 @@ class FakeLoader:
         return self.inputs_by_run.get(run_id, self.inputs)
 
     def holdout(self, run_id: str) -> pd.DataFrame:
+        if run_id in self.without_holdout:
+            raise NotFoundError(f"run {run_id} logged no holdout")
         return _holdout()
 
 
@@ -214,15 +222,19 @@ async def test_redelivery_after_a_crash_reuses_the_version_and_keeps_champion() 
     assert [e.alias for e in _approved(h)] == ["champion", "champion"]
 
 
-async def test_unknown_run_is_dead_lettered() -> None:
+async def test_a_run_with_no_model_is_rejected_naming_the_uri_not_dead_lettered() -> None:
     h = _harness()
     event = _trained(h, "r1")
     h.models.runs.clear()
     await _send(h, event)
 
-    [headers] = h.dead_letters
-    assert headers["x-error-reason"] == "rejected"
-    assert h.publisher.events == []
+    assert h.dead_letters == []
+    [rejected] = h.publisher.of_type(ModelRejected)
+    assert isinstance(rejected, ModelRejected)
+    assert (rejected.version, rejected.run_id) == (None, "r1")
+    [gate] = rejected.reasons
+    assert gate.name == "model"
+    assert "no model at runs:/r1/model" in gate.detail
 
 
 async def test_versions_route_lists_aliases_and_gates() -> None:

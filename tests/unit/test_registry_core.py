@@ -13,7 +13,11 @@ from services.registry.core import (
     gate_tags,
     lineage_tags,
 )
+from services.registry.gates import GatePolicy
 from shared.events import ModelMetrics, ModelTrained
+from shared.spec import load_spec
+
+SPEC, POLICY = load_spec(), GatePolicy(min_accuracy=0.6)
 
 
 def _metrics(accuracy: float, log_loss: float | None = 0.5) -> ModelMetrics:
@@ -41,13 +45,13 @@ def test_nan_or_infinite_metrics_fail_and_are_named() -> None:
 
 
 def test_evaluate_gates_reports_every_failure() -> None:
-    gates = evaluate_gates(_metrics(0.4, log_loss=float("nan")), 0.6)
+    gates = evaluate_gates(_metrics(0.4, log_loss=float("nan")), POLICY, SPEC)
     assert [g.name for g in failed(gates)] == ["accuracy", "finite_metrics"]
-    assert failed(evaluate_gates(_metrics(0.9), 0.6)) == ()
+    assert failed(evaluate_gates(_metrics(0.9), POLICY, SPEC)) == ()
 
 
 def test_gate_tags_carry_outcome_and_numbers() -> None:
-    tags = gate_tags(evaluate_gates(_metrics(0.42), 0.6))
+    tags = gate_tags(evaluate_gates(_metrics(0.42), POLICY, SPEC))
     assert tags["gate.accuracy"] == "failed: accuracy 0.4200 < 0.6000"
     assert tags["gate.finite_metrics"].startswith("passed: ")
 
