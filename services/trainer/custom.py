@@ -31,17 +31,11 @@ from typing import Any, NamedTuple, cast
 import numpy as np
 import pandas as pd
 import skops.io  # type: ignore[import-untyped]
-from sklearn.metrics import confusion_matrix, mean_absolute_error, mean_squared_error, r2_score
-from sklearn.model_selection import train_test_split
+from sklearn.metrics import confusion_matrix
 from sklearn.pipeline import Pipeline
 
-from services.trainer.core import (
-    MIN_TRAINING_ROWS,
-    TrainedModel,
-    TrainingConfig,
-    evaluate,
-    split,
-)
+from services.trainer.core import TrainedModel, TrainingConfig, evaluate, split
+from services.trainer.regression import evaluate_regression, split_regression
 from shared.errors import InvalidInputError
 from shared.events import ModelMetrics
 from shared.spec import TRAINER_ENTRY_POINT_GROUP, ModelSpec
@@ -148,32 +142,15 @@ def split_frames(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The training and validation frames (features and label) the trainer is given.
 
-    Classification: Flywheel's own stratified split, labels as strings. Regression:
-    a seeded shuffle, labels as floats.
+    Flywheel's own split of the task: stratified with labels as strings for a
+    classifier, a seeded shuffle with labels as floats for a regressor.
     """
-    if spec.is_regression:
-        return _regression_split(frame, spec, config)
-    x_train, x_val, y_train, y_val = split(frame, spec, config.validation_fraction, config.seed)
+    splitter = split_regression if spec.is_regression else split
+    x_train, x_val, y_train, y_val = splitter(frame, spec, config.validation_fraction, config.seed)
     return (
         x_train.assign(**{spec.label: y_train}).reset_index(drop=True),
         x_val.assign(**{spec.label: y_val}).reset_index(drop=True),
     )
-
-
-def _regression_split(
-    frame: pd.DataFrame, spec: ModelSpec, config: TrainingConfig
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    if len(frame) < MIN_TRAINING_ROWS:
-        raise InvalidInputError(f"{len(frame)} rows; at least {MIN_TRAINING_ROWS} are needed")
-    try:
-        label = pd.to_numeric(frame[spec.label]).astype(float)
-    except (TypeError, ValueError) as error:
-        raise InvalidInputError(f"label {spec.label!r} is not numeric: {error}") from error
-    rows = frame[list(spec.feature_names)].assign(**{spec.label: label})
-    fitting, validation = train_test_split(
-        rows, test_size=config.validation_fraction, random_state=config.seed
-    )
-    return fitting.reset_index(drop=True), validation.reset_index(drop=True)
 
 
 def call_trainer(
@@ -244,8 +221,8 @@ def validation_metrics(
     """
     features, truth = validation[list(spec.feature_names)], validation[spec.label]
     if spec.is_regression:
-        values = _regression_output(estimator, reference, features)
-        metrics = _regression_metrics(np.asarray(truth, dtype=float), values)
+        _regression_output(estimator, reference, features)
+        metrics = evaluate_regression(estimator, features, truth)
     else:
         answered = _classifier_output(estimator, reference, features, spec)
         metrics = evaluate(cast(Pipeline, answered), features, truth)
@@ -344,15 +321,6 @@ def _check_picklable(estimator: Any, reference: str) -> None:
             f"{reference}: the estimator cannot be pickled, so MLflow cannot save it: "
             f"{type(error).__name__}: {error}"
         ) from error
-
-
-def _regression_metrics(truth: np.ndarray, predicted: np.ndarray) -> ModelMetrics:
-    return ModelMetrics(
-        rmse=math.sqrt(float(mean_squared_error(truth, predicted))),
-        mae=float(mean_absolute_error(truth, predicted)),
-        r2=float(r2_score(truth, predicted)),
-        validation_rows=len(truth),
-    )
 
 
 def _trained(fit: CustomFit, spec: ModelSpec, config: TrainingConfig) -> TrainedModel:

@@ -324,7 +324,9 @@ def test_a_regression_label_that_is_not_numeric_is_a_data_problem() -> None:
         features=(FeatureSpec(name="age", type="numeric"),),
         trainer=_ref("logistic"),
     )
-    with pytest.raises(InvalidInputError, match="label 'plan' is not numeric") as raised:
+    with pytest.raises(
+        InvalidInputError, match="plan: a regression label must be a finite"
+    ) as raised:
         train_custom(ROWS, spec, CONFIG)
     assert not isinstance(raised.value, TrainerError)
 
