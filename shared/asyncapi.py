@@ -30,7 +30,7 @@ PUBLISHERS: dict[Topic, tuple[str, ...]] = {
 CONSUMERS: dict[Topic, tuple[str, ...]] = {
     Topic.DATA_ARRIVED: ("trainer",),
     Topic.MODEL_TRAINED: ("registry",),
-    Topic.MODEL_APPROVED: ("router", "registry"),
+    Topic.MODEL_APPROVED: ("router", "registry", "monitor"),
     Topic.MODEL_REJECTED: (),
     Topic.DRIFT_DETECTED: ("trainer",),
     Topic.PREDICTION_LOGGED: ("monitor", "router"),

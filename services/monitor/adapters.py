@@ -7,11 +7,13 @@ import logging
 from typing import Any
 
 import pandas as pd
+import requests
 from mlflow.artifacts import download_artifacts
 from mlflow.exceptions import MlflowException
+from pyarrow import ArrowException
 from redis.asyncio import Redis
 
-from services.monitor.core import Reference
+from services.monitor.core import PREDICTION, Reference, baseline_loss
 from services.monitor.ports import SavedState
 from shared.events import model_key
 from shared.mlflow_client import mlflow_client, mlflow_outages, outage_cause
@@ -20,13 +22,17 @@ from shared.spec import ModelSpec
 log = logging.getLogger(__name__)
 
 REFERENCE_ARTIFACT = "reference/features.parquet"
+PREDICTIONS_ARTIFACT = "reference/predictions.parquet"
 
 
 class MlflowReferenceStore:
-    """Reads the reference sample the trainer logged with a version's run.
+    """Reads the reference sample (and the model's answers on it) logged with a version's run.
 
     MLflow not answering raises DependencyUnavailableError (the batch waits and is
-    retried); any other failure to read the sample is the model's own and propagates.
+    retried). A version whose sample is absent or unreadable (a model trained
+    elsewhere, a corrupt file) gets a reference saying why, with its validation
+    baselines: the monitor then skips its data drift and still watches its concept
+    drift. ``reference/predictions.parquet`` absent or unusable: no prediction test.
     """
 
     def __init__(self, tracking_uri: str) -> None:
@@ -48,34 +54,112 @@ class MlflowReferenceStore:
                 if outage_cause(error) is not None:
                     raise  # translated by mlflow_outages
                 return None  # no such version or no champion yet: nothing to test against
-            if found.run_id is None:
-                return None
-            path = download_artifacts(
-                run_id=found.run_id,
-                artifact_path=REFERENCE_ARTIFACT,
-                tracking_uri=self._tracking_uri,
-            )
-            accuracy = self._client.get_run(found.run_id).data.metrics.get("accuracy")
-        frame = pd.read_parquet(path)
-        reference = reference_from_frame(str(found.version), frame, spec, accuracy)
+            number = str(found.version)
+            if not found.run_id:
+                return Reference.without_sample(number, "the version has no MLflow run")
+            return self._of_run(model_name, spec, number, found.run_id)
+
+    def _of_run(self, model_name: str, spec: ModelSpec, version: str, run_id: str) -> Reference:
+        try:
+            metrics = self._client.get_run(run_id).data.metrics
+            present = {a.path for a in self._client.list_artifacts(run_id, "reference")}
+        except MlflowException as error:
+            if outage_cause(error) is not None:
+                raise
+            return Reference.without_sample(version, f"its run {run_id} is unreadable: {error}")
+        accuracy = metrics.get("accuracy")
+        loss = baseline_loss(metrics, spec.loss) if spec.is_regression else None
+        if REFERENCE_ARTIFACT not in present:
+            why = f"its run {run_id} has no {REFERENCE_ARTIFACT}"
+            return Reference.without_sample(version, why, accuracy, loss, spec.loss)
+        frame = self._frame(run_id, REFERENCE_ARTIFACT)
+        if isinstance(frame, str):
+            why = f"{REFERENCE_ARTIFACT} of run {run_id} is unreadable: {frame}"
+            return Reference.without_sample(version, why, accuracy, loss, spec.loss)
+        predictions = self._predictions(model_name, spec, version, run_id, present)
         log.info(
             "reference loaded",
-            extra={"model": model_name, "version": found.version, "rows": len(frame)},
+            extra={"model": model_name, "version": version, "rows": len(frame)},
         )
-        return reference
+        return reference_from_frame(version, frame, spec, accuracy, predictions, loss)
+
+    def _predictions(
+        self, model_name: str, spec: ModelSpec, version: str, run_id: str, present: set[str]
+    ) -> pd.Series | None:
+        """The model's answers on the reference rows, when logged and usable."""
+        extra = {"model": model_name, "version": version}
+        if PREDICTIONS_ARTIFACT not in present:
+            log.debug("no reference predictions: prediction drift not tested", extra=extra)
+            return None
+        frame = self._frame(run_id, PREDICTIONS_ARTIFACT)
+        why = frame if isinstance(frame, str) else prediction_problem(frame, spec)
+        if why is not None:
+            log.warning("reference predictions not used", extra={**extra, "reason": why})
+            return None
+        assert not isinstance(frame, str)
+        return frame[PREDICTION]
+
+    def _frame(self, run_id: str, artifact: str) -> pd.DataFrame | str:
+        """The artifact's frame, or why it cannot be read (an outage raises)."""
+        try:
+            path = download_artifacts(
+                run_id=run_id, artifact_path=artifact, tracking_uri=self._tracking_uri
+            )
+            return pd.read_parquet(path)
+        except (MlflowException, requests.RequestException) as error:
+            if outage_cause(error) is not None:
+                raise
+            return repr(error)
+        except (OSError, ValueError, ArrowException) as error:  # not a parquet file
+            return repr(error)
+
+
+def prediction_problem(frame: pd.DataFrame, spec: ModelSpec) -> str | None:
+    """Why ``frame`` cannot serve as the model's reference answers; None when it can.
+
+    >>> from shared.spec import load_spec
+    >>> prediction_problem(pd.DataFrame({"prediction": ["steady"]}), load_spec()) is None
+    True
+    >>> prediction_problem(pd.DataFrame({"value": [1.0]}), load_spec())
+    "no 'prediction' column"
+    """
+    if PREDICTION not in frame.columns:
+        return f"no {PREDICTION!r} column"
+    if PREDICTION in spec.feature_names:
+        return f"the model has a feature named {PREDICTION!r}"
+    if spec.is_regression and not pd.api.types.is_numeric_dtype(frame[PREDICTION]):
+        return f"a regressor's {PREDICTION!r} column is not numeric"
+    return None
 
 
 def reference_from_frame(
-    version: str, frame: pd.DataFrame, spec: ModelSpec, accuracy: float | None
+    version: str,
+    frame: pd.DataFrame,
+    spec: ModelSpec,
+    accuracy: float | None,
+    predictions: pd.Series | None = None,
+    loss: float | None = None,
 ) -> Reference:
-    """Numeric and categorical columns of ``frame``; features it lacks are listed, not tested."""
+    """Numeric and categorical columns of ``frame``; features it lacks are listed, not tested.
+
+    ``predictions``: the model's answers on the sample, tested as column ``prediction``
+    (numeric for a regressor, categorical for a classifier).
+    """
     missing = tuple(name for name in spec.feature_names if name not in frame.columns)
+    numeric = {n: frame[n].to_numpy() for n in spec.numeric_features if n in frame.columns}
+    categorical = {n: frame[n].to_numpy() for n in spec.categorical_features if n in frame.columns}
+    if predictions is not None and spec.is_regression:
+        numeric[PREDICTION] = predictions.to_numpy(dtype=float)
+    elif predictions is not None:
+        categorical[PREDICTION] = predictions.astype(str).to_numpy()
     return Reference.from_columns(
         version,
-        {n: frame[n].to_numpy() for n in spec.numeric_features if n in frame.columns},
-        {n: frame[n].to_numpy() for n in spec.categorical_features if n in frame.columns},
+        numeric,
+        categorical,
         missing=missing,
         baseline_accuracy=accuracy,
+        baseline_loss=loss,
+        loss=spec.loss,
     )
 
 

@@ -42,8 +42,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return service_app(
         runtime,
         checks={"mlflow": mlflow_check(settings.mlflow_tracking_uri)},
-        description="Data drift (KS, χ²) and concept drift (accuracy CUSUM) of every model "
-        "against its champion.",
+        description="Data drift (KS, χ²; the predictions' distribution too) and concept drift "
+        "(a classifier's accuracy, a regressor's loss, CUSUM) of every model against its "
+        "champion.",
     )
 
 

@@ -1,6 +1,7 @@
 """Monitor handlers: each event goes to the monitor of the model it names.
 
-prediction-logged batches → drift windows; feedback → accuracy; both → drift-detected.
+prediction-logged batches → drift windows; feedback → accuracy or loss; both →
+drift-detected; approvals, promotions and rollbacks → the champion's reference read again.
 A batch may mix models: each model's events are counted under that model's lock, at
 once, and a model that fails fails alone (its events are retried and dead-lettered by
 the batch subscription; the others', already counted, are skipped as repeats).
@@ -16,6 +17,7 @@ from services.monitor.adapters import NoMarkers
 from services.monitor.service import ModelMonitors, ModelUnavailableError
 from shared.events import (
     FeedbackReceived,
+    ModelApproved,
     ModelPromoted,
     ModelRegistered,
     ModelRolledBack,
@@ -52,6 +54,10 @@ class MonitorHandlers:
     async def on_champion_changed(self, event: ModelPromoted | ModelRolledBack) -> None:
         """Switch the model's reference to its new champion's sample at once."""
         await self.models.of(event.model_name).switch(event.version)
+
+    async def on_model_approved(self, event: ModelApproved) -> None:
+        """Read the champion's reference again: a first champion, or a sample logged since."""
+        await self.models.of(event.model_name).switch(event.champion_version)
 
     async def on_model_registered(self, event: ModelRegistered) -> None:
         """Take a new or changed spec: the model's next reference is read with it."""
@@ -99,6 +105,7 @@ def register(
     subscribe(consumer, Topic.FEEDBACK_RECEIVED, FeedbackReceived, handlers.on_feedback)
     subscribe(consumer, Topic.MODEL_PROMOTED, ModelPromoted, handlers.on_champion_changed)
     subscribe(consumer, Topic.MODEL_ROLLED_BACK, ModelRolledBack, handlers.on_champion_changed)
+    subscribe(consumer, Topic.MODEL_APPROVED, ModelApproved, handlers.on_model_approved)
     subscribe_broadcast(
         consumer, Topic.MODEL_REGISTERED, ModelRegistered, handlers.on_model_registered
     )

@@ -13,7 +13,7 @@ from services.monitor.core import Counted, Reference
 
 @dataclass(frozen=True)
 class MonitorMetrics:
-    """Drift scores, p-values, alarms, accuracy, windows and lag, per model."""
+    """Drift scores, p-values, alarms, accuracy or loss, windows and lag, per model."""
 
     drift_score: Gauge
     drift_p_value: Gauge
@@ -31,6 +31,9 @@ class MonitorMetrics:
     validation_accuracy: Gauge
     feedback: Counter
     model_failures: Counter
+    model_loss: Gauge
+    validation_loss: Gauge
+    reference_missing: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> MonitorMetrics:
@@ -90,6 +93,23 @@ class MonitorMetrics:
                 "Times a model's events failed (its reference or state unusable); "
                 "the other models' events went on.",
             ),
+            model_loss=gauge(
+                "ml_model_loss",
+                "A regressor's rolling mean per-outcome loss (squared or absolute) from feedback.",
+                "variant",
+                "version",
+            ),
+            validation_loss=gauge(
+                "ml_model_validation_loss",
+                "A regressor's champion's mean loss on its validation data (rmse² or mae).",
+                "version",
+            ),
+            reference_missing=gauge(
+                "monitor_reference_missing",
+                "1 while the champion version's reference sample is absent or unreadable: "
+                "its data drift is not tested (concept drift still is).",
+                "version",
+            ),
         )
 
     def counted(self, model: str, counted: Counted, newest: datetime | None) -> None:
@@ -114,14 +134,20 @@ class MonitorMetrics:
                 _forget(self.missing_features, model, feature)
             # The accuracy alert compares live accuracy with the champion's own validation.
             _forget(self.validation_accuracy, model, old.version)
+            _forget(self.validation_loss, model, old.version)
+            _forget(self.reference_missing, model, old.version)
         for feature in reference.missing:
             self.missing_features.labels(model, feature).set(1)
-        self.reference_rows.labels(model).set(reference.size)
+        self.reference_rows.labels(model).set(reference.size if reference.testable else 0)
         self.window_size.labels(model).set(window_size)
+        if not reference.testable:
+            self.reference_missing.labels(model, reference.version).set(1)
         if reference.baseline_accuracy is not None:
             self.validation_accuracy.labels(model, reference.version).set(
                 reference.baseline_accuracy
             )
+        if reference.baseline_loss is not None:
+            self.validation_loss.labels(model, reference.version).set(reference.baseline_loss)
 
 
 def _forget(gauge: Gauge, *labels: str) -> None:

@@ -78,11 +78,12 @@ class ModelMonitor:
         """Count this model's predictions; publish drift when a window alarms."""
         async with self._lock:
             drift = await self._current()
-            if drift is not None:
+            # A version without a usable sample: said once when switched to, not per batch.
+            if drift is not None and drift.testable:
                 await self._count(drift, drift.fresh(events))
 
     async def judge(self, event: FeedbackReceived) -> None:
-        """Update the variant's accuracy; publish concept drift when its drop is significant."""
+        """Update the variant's accuracy or loss; publish concept drift when it worsened."""
         async with self._lock:
             drift = await self._current()
             judged = drift.judge(event) if drift is not None else None
@@ -92,13 +93,18 @@ class ModelMonitor:
             self._metrics.feedback.labels(*labels).inc()
             if judged.accuracy is not None:
                 self._metrics.model_accuracy.labels(*labels).set(judged.accuracy)
+            if judged.loss is not None:
+                self._metrics.model_loss.labels(*labels).set(judged.loss)
             if judged.drift is not None:
                 await self._alarm(judged.drift)
                 # Saved at once so a restart cannot raise it again; otherwise with the next batch.
                 await self._save(drift.state_only())
 
     async def switch(self, version: str) -> None:
-        """Test against ``version``'s reference at once (a promotion or rollback)."""
+        """Test against ``version``'s reference at once (a promotion, rollback or approval).
+
+        The same version is read again: a reference absent before may be there now.
+        """
         async with self._lock:
             self._refresh.want(version)
             self._hold.release()  # the new champion's reference may well load
@@ -161,7 +167,9 @@ class ModelMonitor:
         reference = await self._reference(self._refresh.lookup(now), now)
         self._refresh.found()
         if reference is not None and (
-            self.drift is None or self.drift.reference.version != reference.version
+            self.drift is None
+            or self.drift.reference.version != reference.version
+            or self.drift.testable != reference.testable  # its sample appeared, or broke
         ):
             await self._switch_to(reference)
         return self.drift
@@ -201,6 +209,15 @@ class ModelMonitor:
             log.warning(
                 "feature missing from the reference, not tested",
                 extra={"model": self.model_name, "feature": feature},
+            )
+        if reference.unavailable is not None:
+            log.warning(
+                "data drift not tested for this version: no usable reference sample",
+                extra={
+                    "model": self.model_name,
+                    "version": reference.version,
+                    "reason": reference.unavailable,
+                },
             )
         log.info(
             "drift reference switched",

@@ -46,7 +46,11 @@ class Settings(BaseServiceSettings):
     accuracy_arl: float = 10_000.0
     """Mean labelled outcomes between false concept-drift alarms on an unchanged model."""
     accuracy_rolling: int = 500
-    """Labelled outcomes in the rolling accuracy reported per variant."""
+    """Labelled outcomes in the rolling accuracy (or a regressor's loss) reported per variant."""
+    loss_min_rise: float = 0.5
+    """Relative rise of a regressor's mean loss the concept-drift CUSUM is tuned to detect."""
+    loss_arl: float = 10_000.0
+    """Mean labelled outcomes between false loss alarms on an unchanged regressor."""
 
     def to_config(self) -> DriftConfig:
         """The drift configuration every model's monitor follows."""
@@ -65,4 +69,6 @@ class Settings(BaseServiceSettings):
             accuracy_min_drop=self.accuracy_min_drop,
             accuracy_arl=self.accuracy_arl,
             accuracy_rolling=self.accuracy_rolling,
+            loss_min_rise=self.loss_min_rise,
+            loss_arl=self.loss_arl,
         )

@@ -1,5 +1,6 @@
-"""The monitor's pure logic: drift statistics, windows and alarm policy, concept drift,
-and each model's state (dedupe, save and restore, reference refresh)."""
+"""The monitor's pure logic: drift statistics, windows and alarm policy, concept drift
+(a classifier's accuracy, a regressor's loss), and each model's state (dedupe, save
+and restore, reference refresh)."""
 
 from services.monitor.core.categorical import (
     CategoricalReference,
@@ -16,6 +17,7 @@ from services.monitor.core.ks import (
     ks_statistic,
     ks_statistics,
 )
+from services.monitor.core.loss import LossCusum, LossVerdict, baseline_loss, outcome_loss
 from services.monitor.core.model_drift import (
     UNRESTORABLE,
     Counted,
@@ -24,11 +26,12 @@ from services.monitor.core.model_drift import (
     Save,
     SavedState,
 )
-from services.monitor.core.reference import Reference
+from services.monitor.core.reference import PREDICTION, Reference
 from services.monitor.core.refresh import Hold, ReferenceRefresh
 from services.monitor.core.window import DriftDetector, WindowMark, WindowVerdict
 
 __all__ = [
+    "PREDICTION",
     "UNRESTORABLE",
     "AccuracyCusum",
     "CategoricalReference",
@@ -41,6 +44,8 @@ __all__ = [
     "DriftDetector",
     "Hold",
     "Judged",
+    "LossCusum",
+    "LossVerdict",
     "ModelDrift",
     "Reference",
     "ReferenceRefresh",
@@ -48,10 +53,12 @@ __all__ = [
     "SavedState",
     "WindowMark",
     "WindowVerdict",
+    "baseline_loss",
     "ks_critical_value",
     "ks_p_value",
     "ks_p_values",
     "ks_statistic",
     "ks_statistics",
+    "outcome_loss",
     "rejections",
 ]

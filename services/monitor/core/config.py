@@ -6,8 +6,10 @@ from dataclasses import dataclass
 
 from services.monitor.core.concept import AccuracyCusum
 from services.monitor.core.correction import Correction
+from services.monitor.core.loss import LossCusum
 from services.monitor.core.reference import Reference
 from services.monitor.core.window import DriftDetector
+from shared.spec import RegressionLoss
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,11 @@ class DriftConfig:
     accuracy_min_drop: float = 0.05
     accuracy_arl: float = 10_000.0
     accuracy_rolling: int = 500
+    """Labelled outcomes in the rolling accuracy (or a regressor's rolling loss)."""
+    loss_min_rise: float = 0.5
+    """Relative rise of a regressor's mean loss its concept-drift CUSUM is tuned to detect."""
+    loss_arl: float = 10_000.0
+    """Mean outcomes between false loss alarms on an unchanged regressor."""
 
     def detector(self, reference: Reference) -> DriftDetector:
         """An empty detector against ``reference``."""
@@ -52,5 +59,15 @@ class DriftConfig:
             baseline=baseline,
             min_drop=self.accuracy_min_drop,
             arl=self.accuracy_arl,
+            rolling=self.accuracy_rolling,
+        )
+
+    def loss_tracker(self, baseline: float, loss: RegressionLoss) -> LossCusum:
+        """A regressor's concept-drift CUSUM against its validation mean loss ``baseline``."""
+        return LossCusum(
+            baseline=baseline,
+            loss=loss,
+            min_rise=self.loss_min_rise,
+            arl=self.loss_arl,
             rolling=self.accuracy_rolling,
         )

@@ -1,5 +1,6 @@
 """One model's drift state: its window against the champion's reference, its accuracy
-trackers, the ids it already counted, and how all of it is saved and restored.
+(a classifier's) or loss (a regressor's) trackers, the ids it already counted, and how
+all of it is saved and restored.
 
 Pure: the service layer loads the reference and the saved state, and saves, publishes
 and measures what these methods return.
@@ -13,9 +14,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from services.monitor.core.concept import AccuracyCusum, ConceptVerdict
+from services.monitor.core.concept import AccuracyCusum
 from services.monitor.core.config import DriftConfig
-from services.monitor.core.reference import Reference
+from services.monitor.core.loss import LossCusum, outcome_loss
+from services.monitor.core.reference import PREDICTION, Reference
 from services.monitor.core.window import BatchOutcome, DriftDetector, WindowMark, WindowVerdict
 from shared.events import DriftDetected, FeatureDrift, FeedbackReceived, PredictionLogged
 
@@ -53,20 +55,23 @@ class Counted:
 
 @dataclass(frozen=True)
 class Judged:
-    """One labelled outcome counted: the variant's rolling accuracy, and drift to publish."""
+    """One labelled outcome counted: the variant's rolling accuracy (a classifier) or
+    rolling mean loss (a regressor), and drift to publish."""
 
     accuracy: float | None
     drift: DriftDetected | None
+    loss: float | None = None
 
 
 @dataclass
 class ModelDrift:
-    """One model's drift detector and accuracy trackers against its champion's reference."""
+    """One model's drift detector and accuracy or loss trackers against its champion's reference."""
 
     model_name: str
     detector: DriftDetector
     config: DriftConfig
     accuracy: dict[tuple[str, str], AccuracyCusum] = field(default_factory=dict)
+    losses: dict[tuple[str, str], LossCusum] = field(default_factory=dict)
     fired: set[tuple[str, str]] = field(default_factory=set)
     recent: dict[str, None] = field(default_factory=dict)
     unsaved: bool = True
@@ -82,6 +87,11 @@ class ModelDrift:
         """The champion's reference the window is tested against."""
         return self.detector.reference
 
+    @property
+    def testable(self) -> bool:
+        """Whether live rows can be tested (the version's sample is there and readable)."""
+        return self.reference.testable
+
     def fresh(self, events: Sequence[PredictionLogged]) -> list[PredictionLogged]:
         """The champion answers not yet counted.
 
@@ -94,29 +104,81 @@ class ModelDrift:
         marks = [
             WindowMark(e.occurred_at.isoformat(), e.event_id, e.correlation_id) for e in events
         ]
-        outcome = self.detector.add_rows([e.features for e in events], marks)
+        outcome = self.detector.add_rows([self._row(e) for e in events], marks)
         kept = len(events) - sum(outcome.rejected.values())
         alarms = [self._data_drift(v) for v in outcome.verdicts if v.alarm]
         self._remember(events)
         return Counted(outcome, kept, self.detector.filled, alarms, self._save(kept, outcome))
 
+    def _row(self, event: PredictionLogged) -> dict[str, float | str]:
+        """The event's features, and its answer when the reference holds the model's answers."""
+        if not self.reference.tests_predictions:
+            return event.features
+        answer = (
+            event.predicted_value if event.predicted_value is not None else event.predicted_class
+        )
+        return event.features if answer is None else {**event.features, PREDICTION: answer}
+
     def judge(self, event: FeedbackReceived) -> Judged | None:
-        """Count a labelled outcome; None when it says nothing about accuracy."""
+        """Count a labelled outcome; None when it says nothing about accuracy or loss.
+
+        Every labelled outcome counts when it arrives, however late: a classifier's
+        into its accuracy, a regressor's (``predicted_value`` and ``true_value``) into
+        its loss, each per variant and version.
+        """
+        if event.predicted_value is not None and event.true_value is not None:
+            return self._judge_loss(event, event.predicted_value, event.true_value)
         correct = correct_of(event)
         baseline = self.reference.baseline_accuracy
         if correct is None or baseline is None:
             return None
-        key = (event.variant, event.version)
-        tracker = self._tracker(key)
+        tracker = self._tracker((event.variant, event.version))
         verdict = tracker.add(correct)
-        # One concept drift per champion version. A challenger is measured against the
-        # champion's validation accuracy, not its own, and judged by the router's
-        # experiment: alarming on it retrained a new challenger that superseded the
-        # experiment, again and again, so no experiment ever finished.
-        if verdict is None or key in self.fired or event.variant != "champion":
+        if verdict is None:
             return Judged(tracker.rolling_accuracy, None)
+        result = FeatureDrift(
+            feature="accuracy",
+            statistic=verdict.rolling_accuracy,
+            p_value=verdict.p_value,
+            threshold=verdict.baseline,
+            drifted=True,
+            test="accuracy",
+        )
+        return Judged(tracker.rolling_accuracy, self._fire(event, result, verdict.labelled))
+
+    def _judge_loss(self, event: FeedbackReceived, predicted: float, true: float) -> Judged | None:
+        baseline, loss = self.reference.baseline_loss, self.reference.loss
+        if baseline is None:
+            return None
+        tracker = self._loss_tracker((event.variant, event.version))
+        verdict = tracker.add(outcome_loss(predicted, true, loss))
+        if verdict is None:
+            return Judged(None, None, tracker.rolling_loss)
+        result = FeatureDrift(
+            feature=f"{loss}_loss",
+            statistic=verdict.rolling_loss,
+            p_value=verdict.p_value,
+            threshold=verdict.baseline,
+            drifted=True,
+            test="loss",
+        )
+        return Judged(None, self._fire(event, result, verdict.labelled), tracker.rolling_loss)
+
+    def _fire(
+        self, event: FeedbackReceived, result: FeatureDrift, labelled: int
+    ) -> DriftDetected | None:
+        """The concept drift to publish for a significant verdict, once per champion version.
+
+        A challenger is measured against the champion's validation baseline, not its
+        own, and judged by the router's experiment: alarming on it retrained a new
+        challenger that superseded the experiment, again and again, so no experiment
+        ever finished.
+        """
+        key = (event.variant, event.version)
+        if key in self.fired or event.variant != "champion":
+            return None
         self.fired.add(key)
-        return Judged(tracker.rolling_accuracy, self._concept_drift(event, verdict))
+        return self._concept_drift(event, result, labelled)
 
     def state(self) -> dict[str, Any]:
         """The JSON-ready state document: window, accuracy trackers, recent ids."""
@@ -124,7 +186,16 @@ class ModelDrift:
             f"{variant}|{version}": {**t.state(), "fired": (variant, version) in self.fired}
             for (variant, version), t in self.accuracy.items()
         }
-        return {"window": self.detector.state(), "accuracy": accuracy, "recent": list(self.recent)}
+        loss = {
+            f"{variant}|{version}": {**t.state(), "fired": (variant, version) in self.fired}
+            for (variant, version), t in self.losses.items()
+        }
+        return {
+            "window": self.detector.state(),
+            "accuracy": accuracy,
+            "loss": loss,
+            "recent": list(self.recent),
+        }
 
     def saved(self) -> None:
         """The last ``count``'s save was written: later saves append to it."""
@@ -165,6 +236,12 @@ class ModelDrift:
             self._tracker((variant, version)).restore(tracker_state)
             if tracker_state.get("fired"):
                 self.fired.add((variant, version))
+        # States saved before regressors were watched have no "loss".
+        for key, tracker_state in state.get("loss", {}).items():
+            variant, version = key.split("|", 1)
+            self._loss_tracker((variant, version)).restore(tracker_state)
+            if tracker_state.get("fired"):
+                self.fired.add((variant, version))
         self.recent = dict.fromkeys(state["recent"])
         self.unsaved = False
         return True
@@ -173,6 +250,12 @@ class ModelDrift:
         if key not in self.accuracy:
             self.accuracy[key] = self.config.tracker(self.reference.baseline_accuracy or 0.0)
         return self.accuracy[key]
+
+    def _loss_tracker(self, key: tuple[str, str]) -> LossCusum:
+        if key not in self.losses:
+            baseline = self.reference.baseline_loss or 0.0
+            self.losses[key] = self.config.loss_tracker(baseline, self.reference.loss)
+        return self.losses[key]
 
     def _data_drift(self, verdict: WindowVerdict) -> DriftDetected:
         assert verdict.first is not None
@@ -196,15 +279,9 @@ class ModelDrift:
             window_correlation_id=verdict.last.correlation_id,
         )
 
-    def _concept_drift(self, event: FeedbackReceived, verdict: ConceptVerdict) -> DriftDetected:
-        result = FeatureDrift(
-            feature="accuracy",
-            statistic=verdict.rolling_accuracy,
-            p_value=verdict.p_value,
-            threshold=verdict.baseline,
-            drifted=True,
-            test="accuracy",
-        )
+    def _concept_drift(
+        self, event: FeedbackReceived, result: FeatureDrift, labelled: int
+    ) -> DriftDetected:
         return DriftDetected(
             event_id=drift_id("concept", event.version, event.event_id),
             producer="monitor",
@@ -212,7 +289,7 @@ class ModelDrift:
             kind="concept",
             model_name=self.model_name,
             reference_version=self.reference.version,
-            window_size=min(verdict.labelled, self.config.accuracy_rolling),
+            window_size=min(labelled, self.config.accuracy_rolling),
             reference_size=max(self.reference.size, 1),
             window_start=event.occurred_at,
             window_end=event.occurred_at,
@@ -227,7 +304,7 @@ def correct_of(event: FeedbackReceived) -> bool | None:
     """Whether the prediction was right, when the feedback says so."""
     if event.correct is not None:
         return event.correct
-    if event.true_label is not None:
+    if event.true_label is not None and event.predicted_class is not None:
         return event.true_label == event.predicted_class
     return None
 
