@@ -34,7 +34,7 @@ from services.router.core.outcomes import (
     encode_pending,
 )
 from services.router.core.report import LookPoint
-from services.router.core.tally import REWARD_SHIFT_FIELD, stats_from_counters
+from services.router.core.tally import LOSS_SHIFT_FIELD, REWARD_SHIFT_FIELD, stats_from_counters
 from shared.aliases import in_applying_order, promotion_moves
 from shared.errors import DependencyUnavailableError
 from shared.events import ExperimentUpdated, model_key, routing_state_key
@@ -165,14 +165,20 @@ return 'open'
 """
 
 #: Close windows: each request's increments are added only if it was still pending.
-#: ARGV[3] is the reward shift the sums were taken around ('' when no reward closes).
+#: ARGV[3] and ARGV[4] are the reward and loss shifts the sums were taken around ('' when
+#: none closes); a shift another close stored first refuses the whole batch (-1).
 _CLOSE = """
-if ARGV[3] ~= '' then
-  local stored = redis.call('HGET', KEYS[5], 'reward_shift')
-  if stored and tonumber(stored) ~= tonumber(ARGV[3]) then return -1 end
-  if not stored then redis.call('HSET', KEYS[5], 'reward_shift', ARGV[3]) end
+local shifts = {{'reward_shift', ARGV[3]}, {'loss_shift', ARGV[4]}}
+for _, shift in ipairs(shifts) do
+  if shift[2] ~= '' then
+    local stored = redis.call('HGET', KEYS[5], shift[1])
+    if stored and tonumber(stored) ~= tonumber(shift[2]) then return -1 end
+  end
 end
-local closed, i = 0, 4
+for _, shift in ipairs(shifts) do
+  if shift[2] ~= '' then redis.call('HSETNX', KEYS[5], shift[1], shift[2]) end
+end
+local closed, i = 0, 5
 while i <= #ARGV do
   local rid, n = ARGV[i], tonumber(ARGV[i + 1])
   if redis.call('ZREM', KEYS[1], rid) == 1 then
@@ -275,7 +281,7 @@ class RedisOutcomeTally:
         now: float,
         limit: int = 5000,
     ) -> Closing:
-        """Open windows that have closed by ``now``, with their labels and the reward shift."""
+        """Open windows that have closed by ``now``, with their labels and the stored shifts."""
         seq_raw = await self._redis.get(_key(model_name, "seq", experiment_id))
         time_cutoff, seq_cutoff = due_cutoffs(now, int(seq_raw or 0), window)
         ids: list[Any] = list(
@@ -297,14 +303,20 @@ class RedisOutcomeTally:
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.hmget(_key(model_name, "outcome", experiment_id), request_ids)
             pipe.hmget(_key(model_name, "label", experiment_id), request_ids)
-            pipe.hget(_key(model_name, "stats", experiment_id), REWARD_SHIFT_FIELD)
-            outcomes, labels, shift = await pipe.execute()
+            pipe.hmget(
+                _key(model_name, "stats", experiment_id), [REWARD_SHIFT_FIELD, LOSS_SHIFT_FIELD]
+            )
+            outcomes, labels, (shift, loss_shift) = await pipe.execute()
         closing = [
             (decode_pending(rid, _text(o)), None if lab is None else decode_label(_text(lab)))
             for rid, o, lab in zip(request_ids, outcomes, labels, strict=True)
             if o is not None
         ]
-        return Closing(outcomes=closing, reward_shift=None if shift is None else float(shift))
+        return Closing(
+            outcomes=closing,
+            reward_shift=None if shift is None else float(shift),
+            loss_shift=None if loss_shift is None else float(loss_shift),
+        )
 
     @_redis_outage
     async def close(
@@ -313,13 +325,15 @@ class RedisOutcomeTally:
         experiment_id: str,
         increments: dict[str, dict[str, float]],
         reward_shift: float | None,
+        loss_shift: float | None = None,
     ) -> int:
-        """Count each closed window's increments once; -1 if the reward shift changed meanwhile."""
+        """Count each closed window's increments once; -1 if a shift changed meanwhile."""
         shift = "" if reward_shift is None else repr(reward_shift)
+        lshift = "" if loss_shift is None else repr(loss_shift)
         # The script builds each closed marker from this prefix: it carries the model's
         # hash tag, so those keys share the slot of the declared ones.
         marker_prefix = _closed_key(model_name, experiment_id, "")
-        args: list[Any] = [self._marker_ttl_s, marker_prefix, shift]
+        args: list[Any] = [self._marker_ttl_s, marker_prefix, shift, lshift]
         for request_id, counts in increments.items():
             args += [request_id, len(counts)]
             for field, amount in counts.items():

@@ -49,7 +49,12 @@ def create_app(settings: Settings | None = None, name: str = "router") -> FastAP
     tally = RedisOutcomeTally(runtime.redis)
     metrics = RouterMetrics.create(runtime.registry)
     locks = ModelLocks()
-    approvals = ApprovalHandler(store, runtime.publisher, metrics, settings.to_config())
+    catalog = ModelCatalog(
+        MlflowSpecSource(settings.mlflow_tracking_uri),
+        settings.model_name,
+        load_spec(settings.model_spec_path),
+    )
+    approvals = ApprovalHandler(store, runtime.publisher, metrics, settings.to_config(), catalog)
     outcomes = OutcomeHandler(
         store,
         tally,
@@ -62,11 +67,6 @@ def create_app(settings: Settings | None = None, name: str = "router") -> FastAP
     overrides = OverrideHandler(store, runtime.publisher, metrics, locks)
     register(runtime.consumer, approvals, outcomes, overrides)
     ticker = Ticker(outcomes.tick, settings.look_interval_s)
-    catalog = ModelCatalog(
-        MlflowSpecSource(settings.mlflow_tracking_uri),
-        settings.model_name,
-        load_spec(settings.model_spec_path),
-    )
     guard = StateGuard(
         runtime.redis,
         store,

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from services.router.core import Experiment, decide_on_approval
-from services.router.core.experiment import ExperimentPlan, open_queued
+from services.router.core.experiment import ExperimentPlan, open_queued, plan_for_spec
 from services.router.core.lifecycle import look, look_due, state_changed
 from services.router.core.outcomes import LabelStatus, close_increments
 from services.router.core.override import apply_override, override_of, served_champion
@@ -26,7 +26,8 @@ from services.router.core.tally import (
     unit_of,
 )
 from services.router.metrics import RouterMetrics
-from services.router.ports import ExperimentStore, ModelAliases, OutcomeTally
+from services.router.ports import ExperimentStore, ModelAliases, ModelSpecs, OutcomeTally
+from shared.catalog import UnknownModelError
 from shared.errors import DependencyUnavailableError
 from shared.events import (
     Event,
@@ -53,7 +54,11 @@ def _utc_now() -> datetime:
 
 
 class ApprovalHandler:
-    """Opens, supersedes or starts experiments when a model version is approved."""
+    """Opens, supersedes or starts experiments when a model version is approved.
+
+    A regressor's experiment (its spec from ``specs``, the catalog) declares its loss
+    as the primary metric when it opens; without ``specs`` every experiment uses ``plan``.
+    """
 
     def __init__(
         self,
@@ -61,16 +66,19 @@ class ApprovalHandler:
         publisher: EventPublisher,
         metrics: RouterMetrics,
         plan: ExperimentPlan,
+        specs: ModelSpecs | None = None,
     ) -> None:
         self._store = store
         self._publisher = publisher
         self._metrics = metrics
         self._plan = plan
+        self._specs = specs
 
     async def __call__(self, approval: ModelApproved) -> None:
         """Decide the next states and publish each, then persist the last."""
         current = await self._store.current(approval.model_name)
-        states = decide_on_approval(current, approval, self._plan)
+        plan = await self._plan_for(approval.model_name)
+        states = decide_on_approval(current, approval, plan)
         if not states:
             log.info(
                 "approval changes no routing",
@@ -85,6 +93,18 @@ class ApprovalHandler:
                 state.model_copy(update={"last_event_id": update.event_id}), update
             )
             self._metrics.record(state)
+
+    async def _plan_for(self, model_name: str) -> ExperimentPlan:
+        if self._specs is None:
+            return self._plan
+        try:
+            spec = await self._specs.spec(model_name)
+        except UnknownModelError:
+            # Approved but not in the catalog (a deployment serving FLYWHEEL_MODEL_SPEC
+            # only knows its default): the configured metric, as before regressors.
+            log.warning("approved model has no spec", extra={"model": model_name})
+            return self._plan
+        return plan_for_spec(self._plan, spec)
 
 
 def to_update(state: Experiment, cause: Event) -> ExperimentUpdated:
@@ -280,12 +300,15 @@ class OutcomeHandler:
         """Move the outcomes whose windows have closed into the experiment's counters."""
         model, exp = experiment.model_name, experiment.experiment_id
         window = experiment.plan.outcome_window
-        for _ in range(3):  # -1: another replica fixed the reward shift meanwhile; read again
+        for _ in range(3):  # -1: another replica fixed a shift meanwhile; read again
             closing = await self._tally.due(model, exp, window, self._clock().timestamp())
             if not closing.outcomes:
                 return
-            increments, shift = close_increments(closing, window)
-            if await self._tally.close(model, exp, increments, shift) >= 0:
+            closed = close_increments(closing, window, experiment.plan.loss)
+            counted = await self._tally.close(
+                model, exp, closed.increments, closed.reward_shift, closed.loss_shift
+            )
+            if counted >= 0:
                 return
 
     async def _apply(self, before: Experiment, after: Experiment) -> None:

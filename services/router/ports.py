@@ -9,6 +9,14 @@ from services.router.core.decision import ExperimentStats
 from services.router.core.outcomes import Closing, Label, LabelStatus, OutcomeWindow, PendingOutcome
 from services.router.core.report import LookPoint
 from shared.events import ExperimentUpdated
+from shared.spec import ModelSpec
+
+
+class ModelSpecs(Protocol):
+    """The registered models' specs (the catalog): a regressor's experiments compare a loss."""
+
+    async def spec(self, name: str) -> ModelSpec:
+        """``name``'s spec; ``shared.catalog.UnknownModelError`` when it is not registered."""
 
 
 class ExperimentStore(Protocol):
@@ -66,8 +74,13 @@ class OutcomeTally(Protocol):
         experiment_id: str,
         increments: dict[str, dict[str, float]],
         reward_shift: float | None,
+        loss_shift: float | None = None,
     ) -> int:
-        """Add each closed window's counters once; how many closed now (-1: retry)."""
+        """Add each closed window's counters once; how many closed now (-1: retry).
+
+        The shifts the sums were taken around are stored by the first close that
+        brings them; -1 when another was stored meanwhile (take it and sum again).
+        """
 
     async def append_look(self, model_name: str, experiment_id: str, point: LookPoint) -> None:
         """Keep one look's summary for the report's plot."""

@@ -156,7 +156,8 @@ async def test_outcome_windows_close_once_with_labels_in_time_and_late_ones_refu
     assert (await tally.stats(model, "exp-1")).open_outcomes == 3
     closing = await tally.due(model, "exp-1", window, now=1070.0)
     assert sorted(p.request_id for p, _ in closing.outcomes) == ["a", "c"]
-    increments, shift = close_increments(closing, window)
+    closed = close_increments(closing, window)
+    increments, shift = closed.increments, closed.reward_shift
     assert await tally.close(model, "exp-1", increments, shift) == 2
     assert await tally.close(model, "exp-1", increments, shift) == 0  # already closed: counted once
     assert await tally.label(model, "exp-1", "a", Label(correct=True, at=1080.0)) == "late"
@@ -180,7 +181,9 @@ async def test_windows_of_a_count_of_predictions_and_rewards_around_a_shift(redi
         assert await tally.open_outcome(model, "exp-r", _pending(f"r{i}", "challenger", 0.0))
     closing = await tally.due(model, "exp-r", window, now=1.0)
     assert sorted(p.request_id for p, _ in closing.outcomes) == ["r0", "r1", "r2"]
-    increments, shift = close_increments(closing, window)
+    closed = close_increments(closing, window)
+    increments, shift = closed.increments, closed.reward_shift
+    assert shift is not None
     assert shift == 1e8 + 1
     assert await tally.close(model, "exp-r", increments, shift) == 3
     assert await tally.close(model, "exp-r", {}, shift + 1) == -1  # another shift: refused

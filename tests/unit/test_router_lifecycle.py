@@ -177,9 +177,9 @@ def test_counters_add_up_to_the_arms_statistics_per_stratum() -> None:
         outcomes=[(pending_of(champion), None), (pending_of(challenger), label_of(feedback))],
         reward_shift=None,
     )
-    closed, shift = close_increments(closing, OutcomeWindow(seconds=60))
-    assert shift is None
-    for inc in [*increments, *closed.values()]:
+    closed = close_increments(closing, OutcomeWindow(seconds=60))
+    assert (closed.reward_shift, closed.loss_shift) == (None, None)
+    for inc in [*increments, *closed.increments.values()]:
         for key, amount in inc.items():
             counters[key] = counters.get(key, 0.0) + amount
     s = stats_from_counters(counters)

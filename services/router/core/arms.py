@@ -29,7 +29,8 @@ class ArmStats(_Frozen):
     stratum; failed requests count there too. ``closed`` counts outcomes whose
     attribution window has closed: ``labelled`` of them had a label in time.
     Rewards are summed shifted by the experiment's ``reward_shift`` so that their
-    variance keeps its precision at large offsets.
+    variance keeps its precision at large offsets; a regressor's per-outcome losses
+    (``loss_*``, the experiment's loss metric) likewise around its ``loss_shift``.
     """
 
     assigned: int = 0
@@ -42,6 +43,10 @@ class ArmStats(_Frozen):
     reward_n: int = 0
     reward_sum: float = 0.0
     reward_sumsq: float = 0.0
+    loss_n: int = 0
+    loss_sum: float = 0.0
+    loss_sumsq: float = 0.0
+    loss_overflow: int = 0
     latency_n: int = 0
     log_latency_sum: float = 0.0
     log_latency_sumsq: float = 0.0
@@ -54,8 +59,8 @@ class ArmStats(_Frozen):
 
     @property
     def outcomes(self) -> int:
-        """Labelled outcomes and rewards: what the primary metric is estimated from."""
-        return self.labelled + self.reward_n
+        """Labelled outcomes, rewards and losses: what the primary metric is estimated from."""
+        return self.labelled + self.reward_n + self.loss_n
 
     def __add__(self, other: ArmStats) -> ArmStats:
         """Field-wise sum (latency bins element-wise)."""
@@ -83,6 +88,7 @@ class ExperimentStats(_Frozen):
 
     strata: dict[str, StratumStats] = Field(default_factory=dict)
     reward_shift: float = Field(0.0, description="Subtracted from every reward before summing.")
+    loss_shift: float = Field(0.0, description="Subtracted from every loss before summing.")
     open_outcomes: int = Field(0, description="Predictions whose outcome window is still open.")
 
     @cached_property

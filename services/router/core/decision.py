@@ -44,6 +44,7 @@ __all__ = [
     "evaluate",
     "guardrail_results",
     "latency_margin",
+    "metric_count",
     "minimum_sample_met",
     "p95_ms",
     "primary_result",
@@ -52,19 +53,25 @@ __all__ = [
 ]
 
 
-def _arm_sample(arm: ArmStats, cfg: DecisionConfig, shift: float) -> stats.Arm:
+def _arm_sample(arm: ArmStats, cfg: DecisionConfig, s: ExperimentStats) -> stats.Arm:
     if cfg.metric == "accuracy":
         p = arm.accuracy
         return stats.Arm(p, p * (1 - p), arm.labelled)
-    return stats.shifted_mean_var(arm.reward_n, arm.reward_sum, arm.reward_sumsq, shift)
+    if cfg.is_loss:  # each arm's variance from its own outcomes: Welch's scale
+        return stats.shifted_mean_var(arm.loss_n, arm.loss_sum, arm.loss_sumsq, s.loss_shift)
+    return stats.shifted_mean_var(arm.reward_n, arm.reward_sum, arm.reward_sumsq, s.reward_shift)
+
+
+def metric_count(arm: ArmStats, cfg: DecisionConfig) -> int:
+    """The arm's outcomes that the primary metric is estimated from."""
+    if cfg.is_loss:
+        return arm.loss_n
+    return arm.reward_n if cfg.metric == "reward" else arm.labelled
 
 
 def _strata_samples(s: ExperimentStats, cfg: DecisionConfig) -> list[tuple[stats.Arm, stats.Arm]]:
     samples = [
-        (
-            _arm_sample(t.champion, cfg, s.reward_shift),
-            _arm_sample(t.challenger, cfg, s.reward_shift),
-        )
+        (_arm_sample(t.champion, cfg, s), _arm_sample(t.challenger, cfg, s))
         for t in s.strata.values()
     ]
     return [(a, b) for a, b in samples if a.n >= 2 and b.n >= 2]
@@ -73,7 +80,7 @@ def _strata_samples(s: ExperimentStats, cfg: DecisionConfig) -> list[tuple[stats
 def primary_result(
     s: ExperimentStats, cfg: DecisionConfig, bounds: dict[str, RunningBounds]
 ) -> MetricResult | None:
-    """The primary metric's stratified comparison (accuracy or mean reward), or None yet."""
+    """The primary metric's stratified comparison (accuracy, mean reward or loss), or None yet."""
     strata = _strata_samples(s, cfg)
     if not strata:
         return None
@@ -106,6 +113,7 @@ def primary_result(
         minimum_detectable_effect=stats.minimum_detectable_difference(test.se, cfg.alpha),
         required_n_per_arm=stats.required_n_per_arm(effect, cfg.alpha) if effect else None,
         strata=len(strata),
+        lower_is_better=cfg.is_loss,
     )
 
 
@@ -148,8 +156,8 @@ def srm_result(s: ExperimentStats, cfg: DecisionConfig) -> SrmResult:
 def minimum_sample_met(s: ExperimentStats, cfg: DecisionConfig) -> bool:
     """Whether each arm has enough closed outcomes (and correct and wrong ones) for a verdict."""
     for arm in (s.champion, s.challenger):
-        if cfg.metric == "reward":
-            if arm.reward_n < cfg.min_labelled_per_arm:
+        if cfg.metric != "accuracy":
+            if metric_count(arm, cfg) < cfg.min_labelled_per_arm:
                 return False
             continue
         wrong = arm.labelled - arm.correct
@@ -200,7 +208,8 @@ def _rule(
         return "hold", ("sample_ratio_mismatch_assigned",)
     if primary is None or not minimum_sample_met(s, cfg):
         return "continue", ("minimum_sample_not_reached",)
-    low, high = primary.always_valid_ci
+    # Improvement: B − A, or A − B for a loss (lower is better); > 0 favours the challenger.
+    low, high = primary.improvement_ci
     if high < 0:
         return "rollback", ("primary_worse",)
     if low > cfg.practical_minimum:
@@ -218,6 +227,5 @@ def _rule(
 
 
 def _at_max(s: ExperimentStats, cfg: DecisionConfig) -> bool:
-    arms = (s.champion, s.challenger)
-    n = [arm.reward_n if cfg.metric == "reward" else arm.labelled for arm in arms]
+    n = [metric_count(arm, cfg) for arm in (s.champion, s.challenger)]
     return min(n) >= cfg.max_labelled_per_arm

@@ -18,8 +18,10 @@ from typing import Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from services.router.core.decision import Decision, DecisionConfig, RunningBounds
-from services.router.core.outcomes import OutcomeWindow
+from services.router.core.outcomes import LossKind, OutcomeWindow
+from services.router.core.results import LOSS_METRICS
 from shared.events import Action, ExperimentStatus, ModelApproved
+from shared.spec import ModelSpec
 
 _EXPERIMENT_NAMESPACE = uuid.UUID("6f1d0c52-3f4e-4b7a-9a8e-2f0c1d5e7a90")
 
@@ -38,6 +40,35 @@ class ExperimentPlan(BaseModel):
     max_duration_s: float = Field(7 * 24 * 3600.0, gt=0)
     decision: DecisionConfig = DecisionConfig()
     outcome_window: OutcomeWindow = OutcomeWindow()
+
+    @property
+    def loss(self) -> LossKind | None:
+        """The regressor's loss the experiment compares, or None (accuracy or reward)."""
+        for kind, metric in LOSS_METRICS.items():
+            if self.decision.metric == metric:
+                return kind
+        return None
+
+    def declared(self) -> tuple[str, ...]:
+        """The reason code declaring a loss metric when an experiment opens (else none).
+
+        >>> plan_for_spec(ExperimentPlan(), None).declared()
+        ()
+        """
+        return (f"primary_metric:{self.decision.metric}",) if self.decision.is_loss else ()
+
+
+def plan_for_spec(plan: ExperimentPlan, spec: ModelSpec | None) -> ExperimentPlan:
+    """The plan an experiment of a model with ``spec`` opens under.
+
+    A regressor's experiments compare the spec's per-outcome loss (lower is better):
+    ``squared_error`` or ``absolute_error``; a classifier's keep the configured metric
+    (accuracy, or a reward). None (the spec unknown) keeps the configured plan.
+    """
+    if spec is None or not spec.is_regression:
+        return plan
+    decision = plan.decision.model_copy(update={"metric": LOSS_METRICS[spec.loss]})
+    return plan.model_copy(update={"decision": decision})
 
 
 class Override(BaseModel):
@@ -140,6 +171,7 @@ def _on_challenger(
         opened_at=approval.occurred_at,
         plan=plan,
         correlation_id=approval.correlation_id,
+        reasons=plan.declared(),
     )
     if current is None or not current.is_running:
         return (opened,)
@@ -185,7 +217,11 @@ def open_queued(concluded: Experiment) -> Experiment | None:
         opened_at=concluded.concluded_at or approval.occurred_at,
         plan=concluded.plan,
         correlation_id=approval.correlation_id,
-        reasons=("queued_challenger_opened", f"after:{concluded.experiment_id}"),
+        reasons=(
+            "queued_challenger_opened",
+            f"after:{concluded.experiment_id}",
+            *concluded.plan.declared(),
+        ),
     )
 
 

@@ -161,10 +161,12 @@ def _errors(t: StratumStats) -> RatePair:
     return (t.champion.errors, t.champion.requests), (t.challenger.errors, t.challenger.requests)
 
 
-def _labels(metric: str) -> Callable[[StratumStats], RatePair]:
+def _labels(cfg: DecisionConfig) -> Callable[[StratumStats], RatePair]:
     def pair(t: StratumStats) -> RatePair:
         a, b = t.champion, t.challenger
-        if metric == "reward":
+        if cfg.is_loss:
+            return (a.loss_n, a.closed), (b.loss_n, b.closed)
+        if cfg.metric == "reward":
             return (a.reward_n, a.closed), (b.reward_n, b.closed)
         return (a.labelled, a.closed), (b.labelled, b.closed)
 
@@ -193,7 +195,7 @@ def guardrail_results(
     results.append(
         stratified_rate_guardrail(
             "label_rate",
-            [_labels(cfg.metric)(t) for t in s.strata.values()],
+            [_labels(cfg)(t) for t in s.strata.values()],
             lambda p: rate_margin(p, cfg.label_rate_margin, cfg.label_rate_relative_margin),
             False,
             cfg,

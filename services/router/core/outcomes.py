@@ -12,15 +12,19 @@ decisions and counted as ``late``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.events import Variant
+from shared.spec import RegressionLoss
 
 #: What became of a label: kept for its open window, or ignored.
 LabelStatus = Literal["open", "late", "duplicate"]
+#: A regressor's per-outcome loss, as the spec names it.
+LossKind = RegressionLoss
 
 
 class _Frozen(BaseModel):
@@ -56,16 +60,36 @@ class Label(_Frozen):
 
     correct: bool | None = None
     reward: float | None = None
+    error: float | None = Field(None, description="A regressor's predicted − true value.")
     at: float = Field(description="Feedback time, seconds since the epoch.")
     seq: int = Field(0, description="The experiment's prediction count when it came.")
 
 
 @dataclass(frozen=True)
 class Closing:
-    """Windows found closed at one look, with their labels, and the stored reward shift."""
+    """Windows found closed at one look, with their labels, and the stored shifts."""
 
     outcomes: list[tuple[PendingOutcome, Label | None]]
     reward_shift: float | None
+    loss_shift: float | None = None
+
+
+@dataclass(frozen=True)
+class Closed:
+    """Each closing request's counters, and the shifts its sums were taken around."""
+
+    increments: dict[str, dict[str, float]]
+    reward_shift: float | None
+    loss_shift: float | None = None
+
+
+def loss_of(error: float, kind: LossKind) -> float:
+    """The per-outcome loss of a regressor's error (predicted − true).
+
+    >>> loss_of(-3.0, "squared"), loss_of(-3.0, "absolute")
+    (9.0, 3.0)
+    """
+    return error * error if kind == "squared" else abs(error)
 
 
 def closes_by(pending: PendingOutcome, now: float, seq_now: int, window: OutcomeWindow) -> bool:
@@ -115,9 +139,17 @@ def in_window(pending: PendingOutcome, label: Label, window: OutcomeWindow) -> b
 
 
 def closing_increments(
-    pending: PendingOutcome, label: Label | None, window: OutcomeWindow, reward_shift: float
+    pending: PendingOutcome,
+    label: Label | None,
+    window: OutcomeWindow,
+    reward_shift: float,
+    loss: LossKind | None = None,
+    loss_shift: float = 0.0,
 ) -> dict[str, float]:
     """The counters one closed window adds to its stratum and arm.
+
+    ``loss`` is the experiment's loss when it compares regressors: a label's error
+    then adds to the loss sums (shifted by ``loss_shift``).
 
     >>> p = PendingOutcome(request_id="r", arm="challenger", stratum="0.5", predicted_at=0.0)
     >>> closing_increments(p, Label(correct=True, at=5.0), OutcomeWindow(), 0.0)
@@ -126,6 +158,9 @@ def closing_increments(
     {'0.5|challenger:closed': 1}
     >>> closing_increments(p, Label(reward=10.5, at=99.0), OutcomeWindow(), 10.0)
     {'0.5|challenger:closed': 1, '0.5|challenger:late': 1}
+    >>> closing_increments(p, Label(error=-3.0, at=5.0), OutcomeWindow(), 0.0, "squared", 4.0)
+    {'0.5|challenger:closed': 1, '0.5|challenger:loss_n': 1, '0.5|challenger:loss_sum': 5.0, \
+'0.5|challenger:loss_sumsq': 25.0}
     """
     key = f"{pending.stratum}|{pending.arm}:"
     counts: dict[str, float] = {key + "closed": 1}
@@ -136,13 +171,18 @@ def closing_increments(
     if label.correct is not None:
         counts |= {key + "labelled": 1, key + "correct": int(label.correct)}
     if label.reward is not None:
-        shifted = label.reward - reward_shift
-        counts |= {
-            key + "reward_n": 1,
-            key + "reward_sum": shifted,
-            key + "reward_sumsq": shifted * shifted,
-        }
+        counts |= _shifted_sums(key + "reward_", label.reward - reward_shift)
+    if loss is not None and label.error is not None:
+        shifted = loss_of(label.error, loss) - loss_shift
+        if math.isfinite(shifted * shifted):
+            counts |= _shifted_sums(key + "loss_", shifted)
+        else:  # its square overflows a float: counted and reported, never silently capped
+            counts |= {key + "loss_overflow": 1}
     return counts
+
+
+def _shifted_sums(prefix: str, shifted: float) -> dict[str, float]:
+    return {prefix + "n": 1, prefix + "sum": shifted, prefix + "sumsq": shifted * shifted}
 
 
 def reward_shift_for(
@@ -165,16 +205,36 @@ def reward_shift_for(
     return rewards[0] if rewards else None
 
 
+def loss_shift_for(
+    stored: float | None, closing: list[tuple[PendingOutcome, Label | None]], loss: LossKind
+) -> float | None:
+    """The experiment's loss shift: the stored one, else the loss of the first error closing.
+
+    >>> p = PendingOutcome(request_id="r", arm="champion", stratum="0.5", predicted_at=0.0)
+    >>> loss_shift_for(None, [(p, Label(correct=True, at=1.0)), (p, Label(error=-2.0, at=1.0))],
+    ...     "squared")
+    4.0
+    """
+    if stored is not None:
+        return stored
+    errors = [lab.error for _, lab in closing if lab is not None and lab.error is not None]
+    shift = loss_of(errors[0], loss) if errors else None
+    return shift if shift is not None and math.isfinite(shift) else None
+
+
 def close_increments(
-    closing: Closing, window: OutcomeWindow
-) -> tuple[dict[str, dict[str, float]], float | None]:
-    """Each closing request's counters, and the reward shift they were summed around."""
+    closing: Closing, window: OutcomeWindow, loss: LossKind | None = None
+) -> Closed:
+    """Each closing request's counters, and the shifts they were summed around."""
     shift = reward_shift_for(closing.reward_shift, closing.outcomes)
+    lshift = None if loss is None else loss_shift_for(closing.loss_shift, closing.outcomes, loss)
     increments = {
-        pending.request_id: closing_increments(pending, label, window, shift or 0.0)
+        pending.request_id: closing_increments(
+            pending, label, window, shift or 0.0, loss, lshift or 0.0
+        )
         for pending, label in closing.outcomes
     }
-    return increments, shift
+    return Closed(increments, shift, lshift)
 
 
 def encode_pending(p: PendingOutcome) -> str:
@@ -203,23 +263,41 @@ def encode_label(label: Label) -> str:
     """A compact text form for storage (empty fields for what the feedback lacks).
 
     >>> encode_label(Label(correct=False, at=2.0, seq=9))
-    '0||2.0|9'
+    '0|||2.0|9'
+    >>> encode_label(Label(error=-1.5, at=2.0, seq=9))
+    '||-1.5|2.0|9'
     """
-    correct = "" if label.correct is None else str(int(label.correct))
-    reward = "" if label.reward is None else repr(label.reward)
-    return f"{correct}|{reward}|{label.at!r}|{label.seq}"
+    return "|".join(
+        (
+            "" if label.correct is None else str(int(label.correct)),
+            _optional(label.reward),
+            _optional(label.error),
+            repr(label.at),
+            str(label.seq),
+        )
+    )
+
+
+def _optional(value: float | None) -> str:
+    return "" if value is None else repr(value)
 
 
 def decode_label(text: str) -> Label:
-    """The inverse of ``encode_label``.
+    """The inverse of ``encode_label`` (a label a router kept before errors existed too).
 
-    >>> decode_label("1|2.5|3.0|4")
-    Label(correct=True, reward=2.5, at=3.0, seq=4)
+    >>> decode_label("1|2.5||3.0|4")
+    Label(correct=True, reward=2.5, error=None, at=3.0, seq=4)
+    >>> decode_label("1|2.5|3.0|4")  # without the error field
+    Label(correct=True, reward=2.5, error=None, at=3.0, seq=4)
     """
-    correct, reward, at, seq = text.split("|")
+    parts = text.split("|")
+    if len(parts) == 4:
+        parts.insert(2, "")
+    correct, reward, error, at, seq = parts
     return Label(
         correct=None if correct == "" else correct == "1",
         reward=None if reward == "" else float(reward),
+        error=None if error == "" else float(error),
         at=float(at),
         seq=int(seq),
     )

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from services.router.core.decision import (
     ArmStats,
@@ -18,6 +19,7 @@ from services.router.core.decision import (
 )
 from services.router.core.experiment import Experiment
 from services.router.core.outcomes import OutcomeWindow
+from services.router.core.stats import shifted_mean_var
 
 
 class LookPoint(BaseModel):
@@ -81,6 +83,11 @@ class ArmHealth(BaseModel):
     accuracy: float | None
     mean_reward: float | None
     p95_latency_ms: float
+    loss_outcomes: int = Field(0, description="A regressor's outcomes with a loss.")
+    mean_loss: float | None = Field(None, description="Mean per-outcome loss (lower is better).")
+    rmse: float | None = Field(None, description="√(mean squared error): loss squared_error.")
+    mae: float | None = Field(None, description="Mean absolute error: loss absolute_error.")
+    loss_overflow: int = Field(0, description="Losses too large for a float: not in the mean.")
 
 
 class ExperimentReport(BaseModel):
@@ -93,6 +100,9 @@ class ExperimentReport(BaseModel):
     challenger_version: str | None
     challenger_share: float
     stage: int
+    primary_metric: str = Field(
+        description="What the experiment compares; losses: lower is better."
+    )
     opened_at: AwareDatetime
     concluded_at: AwareDatetime | None
     looks: int
@@ -110,8 +120,10 @@ class ExperimentReport(BaseModel):
     history: list[LookPoint]
 
 
-def _health(arm: ArmStats, version: str | None) -> ArmHealth:
-    return ArmHealth(
+def _health(
+    arm: ArmStats, version: str | None, s: ExperimentStats, experiment: Experiment
+) -> ArmHealth:
+    health = ArmHealth(
         version=version,
         assigned=arm.assigned,
         requests=arm.requests,
@@ -123,7 +135,15 @@ def _health(arm: ArmStats, version: str | None) -> ArmHealth:
         accuracy=arm.accuracy if arm.labelled else None,
         mean_reward=arm.reward_sum / arm.reward_n if arm.reward_n else None,
         p95_latency_ms=p95_ms(arm),
+        loss_outcomes=arm.loss_n,
+        loss_overflow=arm.loss_overflow,
     )
+    loss = experiment.plan.loss
+    if loss is None or not arm.loss_n:
+        return health
+    mean = shifted_mean_var(arm.loss_n, arm.loss_sum, arm.loss_sumsq, s.loss_shift).mean
+    size = {"rmse": math.sqrt(max(mean, 0.0))} if loss == "squared" else {"mae": mean}
+    return health.model_copy(update={"mean_loss": mean, **size})
 
 
 def build_report(
@@ -141,6 +161,7 @@ def build_report(
         challenger_version=experiment.challenger_version,
         challenger_share=experiment.challenger_share,
         stage=experiment.ramp_step,
+        primary_metric=experiment.plan.decision.metric,
         opened_at=experiment.opened_at,
         concluded_at=experiment.concluded_at,
         looks=experiment.looks,
@@ -151,8 +172,8 @@ def build_report(
         open_outcomes=s.open_outcomes,
         late_labels=s.champion.late + s.challenger.late,
         arms={
-            "champion": _health(s.champion, experiment.champion_version),
-            "challenger": _health(s.challenger, experiment.challenger_version),
+            "champion": _health(s.champion, experiment.champion_version, s, experiment),
+            "challenger": _health(s.challenger, experiment.challenger_version, s, experiment),
         },
         srm=decision.srm,
         primary=decision.primary,

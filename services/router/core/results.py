@@ -9,19 +9,37 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.router.core import stats
 from shared.events import Action
+from shared.spec import RegressionLoss
 
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+#: The primary metrics: accuracy from labels, a numeric reward, or a regressor's per-outcome loss.
+PrimaryMetric = Literal["accuracy", "reward", "squared_error", "absolute_error"]
+#: The loss metrics (lower is better), by the spec's ``loss`` they come from.
+LOSS_METRICS: dict[RegressionLoss, PrimaryMetric] = {
+    "squared": "squared_error",
+    "absolute": "absolute_error",
+}
+
+
 class DecisionConfig(_Frozen):
     """How an experiment decides; fixed when it opens."""
 
-    metric: Literal["accuracy", "reward"] = "accuracy"
+    metric: PrimaryMetric = Field(
+        "accuracy",
+        description="Accuracy or reward: higher is better. A regressor's squared_error or "
+        "absolute_error: the mean per-outcome loss, lower is better.",
+    )
     alpha: float = Field(0.05, gt=0, lt=1)
     n_star: float = Field(2000.0, gt=0, description="Units (both arms) where the CS is tightest.")
-    practical_minimum: float = Field(0.0, description="Promote only above this absolute lift.")
+    practical_minimum: float = Field(
+        0.0,
+        description="Promote only above this absolute improvement (for a loss: a reduction of "
+        "the mean loss, in the loss's units).",
+    )
     min_labelled_per_arm: int = 100
     min_correct_per_arm: int = 25
     min_wrong_per_arm: int = 25
@@ -43,6 +61,15 @@ class DecisionConfig(_Frozen):
     label_rate_relative_margin: float = Field(
         0.0, ge=0, description="Tolerated label-rate drop as a share of the champion's rate."
     )
+
+    @property
+    def is_loss(self) -> bool:
+        """Whether the primary metric is a regressor's loss (lower is better).
+
+        >>> DecisionConfig(metric="squared_error").is_loss, DecisionConfig().is_loss
+        (True, False)
+        """
+        return self.metric in LOSS_METRICS.values()
 
 
 def rate_margin(champion_rate: float, absolute: float, relative: float) -> float:
@@ -94,6 +121,22 @@ class MetricResult(_Frozen):
     )
     required_n_per_arm: float | None = None
     strata: int = Field(1, description="Allocation periods the estimate combines.")
+    lower_is_better: bool = Field(
+        False, description="A loss: the challenger is better when the difference is below 0."
+    )
+
+    @property
+    def improvement_ci(self) -> tuple[float, float]:
+        """The always-valid interval of the improvement (> 0: the challenger is better).
+
+        >>> r = MetricResult(name="squared_error", champion=2.0, challenger=1.0, diff=-1.0,
+        ...     se=0.1, fixed_horizon_p=0.0, fixed_horizon_ci=(-1.2, -0.8), always_valid_p=0.0,
+        ...     e_value=1e9, always_valid_ci=(-1.5, -0.5), lower_is_better=True)
+        >>> r.improvement_ci
+        (0.5, 1.5)
+        """
+        low, high = self.always_valid_ci
+        return (-high, -low) if self.lower_is_better else (low, high)
 
 
 class GuardrailResult(_Frozen):

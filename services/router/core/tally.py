@@ -24,6 +24,7 @@ from services.router.core.outcomes import Label, PendingOutcome
 from shared.events import FeedbackReceived, PredictionFailed, PredictionLogged
 
 REWARD_SHIFT_FIELD = "reward_shift"
+LOSS_SHIFT_FIELD = "loss_shift"
 _ARM_FIELDS = tuple(f for f in ArmStats.model_fields if f != "latency_bins")
 
 
@@ -104,8 +105,17 @@ def pending_of(event: PredictionLogged) -> PendingOutcome:
 
 
 def label_of(event: FeedbackReceived) -> Label:
-    """The label (or reward) a feedback event brings, stamped with its time."""
-    return Label(correct=event.correct, reward=event.reward, at=_seconds(event.occurred_at))
+    """The label (reward, or a regressor's error) a feedback event brings, stamped with its time.
+
+    A regressor's feedback keeps its signed error, predicted − true: the experiment's
+    loss (squared or absolute) is taken from it when the window closes.
+    """
+    error = None
+    if event.predicted_value is not None and event.true_value is not None:
+        error = event.predicted_value - event.true_value
+    return Label(
+        correct=event.correct, reward=event.reward, error=error, at=_seconds(event.occurred_at)
+    )
 
 
 def _seconds(at: datetime) -> float:
@@ -135,6 +145,7 @@ def stats_from_counters(counters: dict[str, float], open_outcomes: int = 0) -> E
     return ExperimentStats(
         strata=strata,
         reward_shift=counters.get(REWARD_SHIFT_FIELD, 0.0),
+        loss_shift=counters.get(LOSS_SHIFT_FIELD, 0.0),
         open_outcomes=open_outcomes,
     )
 
