@@ -322,6 +322,10 @@ async def test_no_request_fails_while_models_are_swapped_under_load(gateway: Gat
         return served
 
     async def one(i: int) -> httpx.Response:
+        # Spread the requests over the swaps' event-loop turns: a request may otherwise
+        # run to its answer without yielding once, before or after every swap.
+        for _ in range(i % 24):
+            await asyncio.sleep(0)
         body = {"features": rows(1)[0], "entity_id": f"c-{i}"}
         return await gateway.client.post("/v1/predict", json=body)
 
