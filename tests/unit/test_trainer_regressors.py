@@ -11,6 +11,7 @@ from sklearn.datasets import load_diabetes
 
 from services.trainer.core import TrainingConfig, reference_predictions, train
 from services.trainer.regression import REGRESSORS, evaluate_regression
+from services.trainer.settings import Settings
 from shared.datasets import generate_customers
 from shared.errors import InvalidInputError
 from shared.spec import FeatureSpec, ModelSpec, load_spec
@@ -79,6 +80,16 @@ def test_the_lowest_rmse_is_published_unless_another_metric_is_configured(
     config = TrainingConfig(candidates=ALL, device="cpu", regression_selection_metric="r2")
     by_r2 = train(frame, spec, config)
     assert by_r2.algorithm == max(by_r2.candidates, key=lambda n: by_r2.candidates[n].r2 or 0)
+
+
+def test_the_regression_selection_metric_is_a_setting_of_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("TRAINER_REGRESSION_SELECTION_METRIC", raising=False)
+    assert Settings().to_config().regression_selection_metric == "rmse"
+    monkeypatch.setenv("TRAINER_REGRESSION_SELECTION_METRIC", "mae")
+    config = Settings().to_config()
+    assert (config.regression_selection_metric, config.selection_metric) == ("mae", "macro_f1")
 
 
 def test_a_regression_model_has_values_for_holdout_reference_and_predictions(
