@@ -136,7 +136,8 @@ class InMemoryTally:
             for rid, p in self.pending.get(exp, {}).items()
             if closes_by(p, now, seq_now, window)
         ]
-        return Closing(closing, self.counters.get(exp, {}).get("reward_shift"))
+        counters = self.counters.get(exp, {})
+        return Closing(closing, counters.get("reward_shift"), counters.get("loss_shift"))
 
     async def close(
         self,
@@ -144,11 +145,13 @@ class InMemoryTally:
         experiment_id: str,
         increments: dict[str, dict[str, float]],
         reward_shift: float | None,
+        loss_shift: float | None = None,
     ) -> int:
         exp = (model_name, experiment_id)
         counters = self.counters.setdefault(exp, {})
-        if reward_shift is not None:
-            counters.setdefault("reward_shift", reward_shift)
+        for field, shift in (("reward_shift", reward_shift), ("loss_shift", loss_shift)):
+            if shift is not None:
+                counters.setdefault(field, shift)
         pending, closed = self.pending.get(exp, {}), 0
         for request_id, counts in increments.items():
             if pending.pop(request_id, None) is None:
