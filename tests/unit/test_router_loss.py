@@ -29,6 +29,7 @@ from services.router.core.outcomes import (
     encode_label,
 )
 from services.router.core.report import build_report
+from services.router.core.results import PrimaryMetric
 from services.router.core.tally import label_of, stats_from_counters
 from shared.events import FeedbackReceived, ModelApproved, ModelMetrics
 from shared.spec import ModelSpec
@@ -138,14 +139,16 @@ def test_a_lower_loss_promotes_and_a_higher_one_rolls_back() -> None:
     assert early.reasons == ("minimum_sample_not_reached",)
 
 
-def _peeking(sd_a: float, sd_b: float, metric: str, runs: int, seed: int) -> dict[str, int]:
+def _peeking(
+    sd_a: float, sd_b: float, metric: PrimaryMetric, runs: int, seed: int
+) -> dict[str, int]:
     """Verdicts of ``runs`` experiments looked at after every batch, across a two-stage ramp.
 
     Errors are Student-t (3 df: heavy-tailed losses) scaled by each arm's sd, and every
     loss grows 50 % at the second stage in both arms alike (drift the strata absorb).
     """
     rng = np.random.default_rng(seed)
-    cfg = DecisionConfig(metric=metric, min_labelled_per_arm=100)  # type: ignore[arg-type]
+    cfg = DecisionConfig(metric=metric, min_labelled_per_arm=100)
     verdicts = {"promote": 0, "rollback": 0, "none": 0}
     for _ in range(runs):
         samples: dict[float, tuple[list[float], list[float]]] = {0.1: ([], []), 0.5: ([], [])}
@@ -171,7 +174,9 @@ def _peeking(sd_a: float, sd_b: float, metric: str, runs: int, seed: int) -> dic
 
 
 @pytest.mark.parametrize("metric", ["squared_error", "absolute_error"])
-def test_a_a_with_continuous_peeking_keeps_false_verdicts_below_alpha(metric: str) -> None:
+def test_a_a_with_continuous_peeking_keeps_false_verdicts_below_alpha(
+    metric: PrimaryMetric,
+) -> None:
     verdicts = _peeking(1.0, 1.0, metric, runs=200, seed=21)
     assert (verdicts["promote"] + verdicts["rollback"]) / 200 <= 0.05
 
@@ -221,11 +226,8 @@ def test_the_report_shows_each_arms_mean_loss_and_rmse() -> None:
     report = build_report(experiment, s, [])
     assert report.primary_metric == "squared_error"
     champion, challenger = report.arms["champion"], report.arms["challenger"]
-    assert (champion.loss_outcomes, champion.mean_loss, champion.rmse) == (
-        3,
-        8.0,
-        pytest.approx(8**0.5),
-    )
+    assert (champion.loss_outcomes, champion.mean_loss) == (3, 8.0)
+    assert champion.rmse == pytest.approx(8**0.5)
     assert (challenger.mean_loss, challenger.rmse, challenger.mae) == (1.0, 1.0, None)
     assert report.primary is not None
     assert report.primary.diff == pytest.approx(-7.0)
