@@ -111,9 +111,7 @@ def spend_pipeline(seed: int = 1) -> Pipeline:
 
 def spend_rows(n: int) -> list[dict[str, Any]]:
     """``n`` generated customers as rows of SPEND_SPEC (their monthly spend left out)."""
-    return [
-        {k: v for k, v in row.items() if k != "monthly_spend"} for row in rows(n)
-    ]
+    return [{k: v for k, v in row.items() if k != "monthly_spend"} for row in rows(n)]
 
 
 class FakeModelRegistry:
@@ -151,7 +149,8 @@ class FakeModelRegistry:
         if version in self.unscorable:
             return BrokenModel(raises=True)
         if spec.is_regression:
-            return spend_pipeline(int(version))
+            regressor: Regressor = spend_pipeline(int(version))
+            return regressor
         model: Classifier = (
             fraud_pipeline(int(version)) if name == FRAUD else trained_pipeline(int(version))
         )

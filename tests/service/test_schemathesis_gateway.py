@@ -1,8 +1,9 @@
 """Property-based API test of the gateway: no request a client can send gets a 5xx.
 
 The app is built as its composition root builds it, over in-memory ports, serving a
-champion and a challenger of the default model and a champion of a second model with
-other features (card-fraud, its own documented paths), and driven in-process.
+champion and a challenger of the default model, a champion of a second model with
+other features (card-fraud, its own documented paths) and one of a regression model
+(monthly-spend: values answered, true values taken), and driven in-process.
 Schemathesis generates requests from the OpenAPI document (its examples, boundary
 values such as very large numbers, then random valid and invalid bodies) and runs its
 default checks on every answer. The example count is bounded so CI stays quick.
@@ -19,6 +20,8 @@ from _gateway_fakes import (
     FRAUD,
     FRAUD_SPEC,
     MODEL,
+    SPEND,
+    SPEND_SPEC,
     FakeModelRegistry,
     FakeRoutingState,
     InMemoryFeatureStore,
@@ -48,21 +51,27 @@ async def _answers(*_: Any, **__: Any) -> bool:
     return True
 
 
+async def _load(app: FastAPI, *names: str) -> None:
+    for name in names:
+        await app.state.gateway.fleet.serving(name)
+
+
 def serving_gateway() -> FastAPI:
     """The gateway over in-memory ports, a champion and a challenger at 50 %, card-fraud's
-    champion, Kafka and Redis answering readiness probes."""
+    champion, monthly-spend's (a regressor), Kafka and Redis answering readiness probes."""
     registry = FakeModelRegistry()
     registry.model_aliases[FRAUD] = {"champion": "1", "challenger": None}
+    registry.model_aliases[SPEND] = {"champion": "1", "challenger": None}
     ports = GatewayPorts(
         registry,
         FakeRoutingState(),
         InMemoryPredictionRecords(),
         RecordingPublisher(),
         InMemoryFeatureStore(),
-        registered(FRAUD_SPEC),
+        registered(FRAUD_SPEC, SPEND_SPEC),
     )
     app = create_app(Settings(max_batch=8), ports=ports)
-    asyncio.run(app.state.gateway.fleet.serving(FRAUD))  # loads its champion
+    asyncio.run(_load(app, FRAUD, SPEND))  # their champions
     app.state.gateway.fleet.default.pool.swap(
         ServingSnapshot(
             champion=LoadedModel(MODEL, "1", trained_pipeline(1)),
