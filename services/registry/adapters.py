@@ -245,13 +245,28 @@ class MlflowModelImports:
     def source_holdout(self, model_uri: str) -> pd.DataFrame | None:
         """``holdout/validation.parquet`` of the run that logged ``model_uri``, or None."""
         with mlflow_outages():
-            run_id = mlflow.models.get_model_info(model_uri).run_id
+            run_id = self._source_run_id(model_uri)
         if not run_id:
             return None
         try:
             return MlflowCandidateLoader(self._tracking_uri).holdout(run_id)
         except NotFoundError:
             return None
+
+    def _source_run_id(self, model_uri: str) -> str | None:
+        """The run a model belongs to: a registered version's own run (an imported copy's
+        ``MLmodel`` still names the run it was first logged in)."""
+        scheme, _, path = model_uri.partition(":/")
+        if scheme == "runs":
+            return path.strip("/").split("/")[0] or None
+        name, slash, version = path.strip("/").partition("/")
+        if scheme == "models" and slash and version.isdigit():
+            return self._client.get_model_version(name, version).run_id or None
+        if scheme == "models" and "@" in name:
+            name, _, alias = name.rpartition("@")
+            return self._client.get_model_version_by_alias(name, alias).run_id or None
+        run_id = mlflow.models.get_model_info(model_uri).run_id
+        return str(run_id) if run_id else None
 
     def log_import(self, record: ImportRecord) -> str:
         """Log the import run; return its id. The model is copied into it, so the
