@@ -20,7 +20,8 @@ def bento_tag(model_name: str, version: str) -> str:
 
 
 class BentoModelStore:
-    """Saves pipelines with ``bentoml.sklearn`` under ``home`` (BENTOML_HOME)."""
+    """Saves sklearn pipelines (classifiers and regressors) with ``bentoml.sklearn`` under
+    ``home`` (BENTOML_HOME); the handler skips other flavours."""
 
     def __init__(self, home: Path | None = None) -> None:
         self._home = home
@@ -39,10 +40,12 @@ class BentoModelStore:
             return tag  # a redelivered approval: already packaged
         except NotFound:
             pass
+        # A regressor has no predict_proba: BentoML would expose a method that cannot answer.
+        methods = ("predict_proba", "predict") if hasattr(model, "predict_proba") else ("predict",)
         bentoml.sklearn.save_model(
             tag,
             model,
-            signatures={"predict_proba": {"batchable": True}, "predict": {"batchable": True}},
+            signatures={method: {"batchable": True} for method in methods},
             labels={"registered_version": version, "framework": "flywheel"},
             metadata=metadata,
         )
