@@ -4,231 +4,42 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import Callable, Sequence
-from typing import Any
 
 import numpy as np
 import pytest
-from faststream.kafka import KafkaBroker, TestKafkaBroker
-from faststream.kafka.annotations import KafkaMessage
-from prometheus_client import CollectorRegistry
+from _monitor_fakes import (
+    MODEL,
+    OTHER,
+    WINDOW,
+    FakeReferences,
+    FakeRouting,
+    InMemoryStates,
+    Monitor,
+    drifts_of,
+    make_monitor,
+    prediction,
+    reference_of,
+    run_events,
+)
 
-from services.monitor.core import Reference, SavedState
-from services.monitor.handlers import MonitorHandlers, register
-from services.monitor.metrics import MonitorMetrics
-from services.monitor.ports import RoutingState
-from services.monitor.service import ModelMonitor, ModelMonitors, MonitorPorts
+from services.monitor.core import Reference
 from services.monitor.settings import Settings
-from shared.catalog import InMemorySpecSource, ModelCatalog, RegisteredSpec
 from shared.events import (
-    DriftDetected,
-    Event,
     FeedbackReceived,
     ModelPromoted,
     ModelRegistered,
     PredictionLogged,
-    Topic,
     Variant,
-    dead_letter_topic,
 )
-from shared.spec import ModelSpec, load_spec
-from shared.testing import RecordingPublisher, consumer_context
-
-FEATURES = ("a", "b")
-WINDOW = 200
-MODEL = Settings().model_name
-OTHER = "card-fraud"
-
-
-class FakeReferences:
-    """The default model's references by version; other models' set per model."""
-
-    def __init__(self, *references: Reference) -> None:
-        self.by_version = {r.version: r for r in references}
-        self.champion = references[0].version if references else None
-        self.others: dict[str, Reference | Exception] = {}
-        self.specs: dict[str, ModelSpec] = {}
-
-    def reference(
-        self, model_name: str, spec: ModelSpec, version: str | None = None
-    ) -> Reference | None:
-        self.specs[model_name] = spec
-        if model_name != MODEL:
-            found = self.others.get(model_name)
-            if isinstance(found, Exception):
-                raise found
-            return found
-        return self.by_version.get(version or self.champion or "")
-
-
-class InMemoryStates:
-    """Each model's state, row chunks and pooled windows, through JSON as Redis would."""
-
-    def __init__(self) -> None:
-        self.models: dict[str, ModelState] = {}
-
-    def of(self, model_name: str = MODEL) -> ModelState:
-        return self.models.setdefault(model_name, ModelState())
-
-    async def load(self, model_name: str) -> SavedState | None:
-        return self.of(model_name).load()
-
-    async def clear(self, model_name: str) -> None:
-        self.models.pop(model_name, None)
-
-    async def save(
-        self,
-        model_name: str,
-        state: dict[str, Any],
-        rows: dict[str, Any] | None,
-        restart_rows: bool,
-        pooled: list[dict[str, Any]],
-        keep_pooled: int,
-    ) -> None:
-        self.of(model_name).save(state, rows, restart_rows, pooled, keep_pooled)
-
-
-class ModelState:
-    def __init__(self) -> None:
-        self.state: str | None = None
-        self.rows: list[str] = []
-        self.pooled: list[str] = []
-        self.saves = 0
-
-    def load(self) -> SavedState | None:
-        if self.state is None:
-            return None
-        rows = [json.loads(r) for r in self.rows]
-        return json.loads(self.state), rows, [json.loads(c) for c in self.pooled]
-
-    def save(
-        self,
-        state: dict[str, Any],
-        rows: dict[str, Any] | None,
-        restart_rows: bool,
-        pooled: list[dict[str, Any]],
-        keep_pooled: int,
-    ) -> None:
-        self.saves += 1
-        if restart_rows:
-            self.rows = []
-        if rows is not None:
-            self.rows.append(json.dumps(rows))
-        self.pooled = (
-            (self.pooled + [json.dumps(c) for c in pooled])[-keep_pooled:]
-            if pooled
-            else self.pooled
-        )
-        self.state = json.dumps(state)
-
-
-def _reference(version: str = "7", accuracy: float | None = 0.9) -> Reference:
-    rng = np.random.default_rng(100)
-    columns = {f: rng.normal(size=5000) for f in FEATURES}
-    plans = rng.choice(["basic", "pro"], size=5000)
-    return Reference.from_columns(version, columns, {"plan": plans}, (), accuracy)
-
-
-def _prediction(
-    rng: np.random.Generator, shift: float, model_name: str = MODEL
-) -> PredictionLogged:
-    plan = "basic" if rng.random() < 0.5 else "pro"
-    return PredictionLogged(
-        producer="gateway",
-        request_id="r",
-        model_name=model_name,
-        version="1",
-        variant="champion",
-        features={"a": float(rng.normal(shift)), "b": float(rng.normal()), "plan": plan},
-        predicted_class="steady",
-        confidence=0.9,
-        latency_ms=1.0,
-    )
-
-
-class FakeRouting:
-    """The routing table's running experiment, settable by the test."""
-
-    def __init__(self, experiment_id: str | None) -> None:
-        self.experiment_id = experiment_id
-
-    async def running_experiment(self, model_name: str) -> str | None:
-        return self.experiment_id
-
-
-class Monitor:
-    """The handlers, and what a test reads: each model's detector and the metrics."""
-
-    def __init__(self, handlers: MonitorHandlers, registry: CollectorRegistry) -> None:
-        self.handlers, self.registry = handlers, registry
-        self.metrics = handlers.models.metrics
-
-    def of(self, model_name: str = MODEL) -> ModelMonitor:
-        return self.handlers.models.of(model_name)
-
-    def filled(self, model_name: str = MODEL) -> int | None:
-        drift = self.of(model_name).drift
-        return None if drift is None else drift.detector.filled
-
-    def sample(self, name: str, model_name: str = MODEL, **labels: str) -> float:
-        value = self.registry.get_sample_value(name, {"model_name": model_name, **labels})
-        return 0.0 if value is None else value
-
-
-def _catalog() -> ModelCatalog:
-    spec = load_spec()
-    return ModelCatalog(InMemorySpecSource({OTHER: RegisteredSpec(1, spec)}), MODEL, spec)
-
-
-def _monitor(
-    references: FakeReferences,
-    states: InMemoryStates | None = None,
-    routing: RoutingState | None = None,
-    clock: Callable[[], float] = time.monotonic,
-) -> tuple[Monitor, RecordingPublisher]:
-    publisher = RecordingPublisher()
-    config = Settings(window_size=WINDOW, cooldown_windows=3).to_config()
-    registry = CollectorRegistry()
-    ports = MonitorPorts(references, states or InMemoryStates(), publisher, routing)
-    metrics = MonitorMetrics.create(registry)
-    models = ModelMonitors(ports, _catalog(), config, metrics, clock)
-    return Monitor(MonitorHandlers(models), registry), publisher
-
-
-async def _run(
-    monitor: Monitor, events: Sequence[Event], batch: int = 50, parked: list[bytes] | None = None
-) -> None:
-    broker = KafkaBroker()
-    register(
-        consumer_context("monitor", broker), monitor.handlers, batch_size=500, batch_timeout_ms=1
-    )
-
-    @broker.subscriber(dead_letter_topic(Topic.PREDICTION_LOGGED))
-    async def dead_letters(message: KafkaMessage) -> None:
-        (parked if parked is not None else []).append(message.body)
-
-    async with TestKafkaBroker(broker) as test_broker:
-        for start in range(0, len(events), batch):
-            chunk = events[start : start + batch]
-            if isinstance(chunk[0], PredictionLogged):
-                raws = [e.model_dump_json().encode() for e in chunk]
-                await test_broker.publish_batch(*raws, topic=Topic.PREDICTION_LOGGED.value)
-            else:
-                for event in chunk:
-                    await test_broker.publish(event.model_dump_json().encode(), event.topic.value)
-
-
-def _drifts(publisher: RecordingPublisher) -> list[DriftDetected]:
-    return [e for e in publisher.events if isinstance(e, DriftDetected)]
+from shared.spec import load_spec
 
 
 async def test_shifted_traffic_publishes_one_drift_event_naming_the_feature() -> None:
     rng = np.random.default_rng(0)
-    monitor, publisher = _monitor(FakeReferences(_reference()))
-    predictions = [_prediction(rng, shift=1.0) for _ in range(3 * WINDOW)]
-    await _run(monitor, predictions)
-    drifts = _drifts(publisher)
+    monitor, publisher = make_monitor(FakeReferences(reference_of()))
+    predictions = [prediction(rng, shift=1.0) for _ in range(3 * WINDOW)]
+    await run_events(monitor, predictions)
+    drifts = drifts_of(publisher)
     assert len(drifts) == 1
     drift = drifts[0]
     assert drift.reference_version == "7"
@@ -243,65 +54,67 @@ async def test_shifted_traffic_publishes_one_drift_event_naming_the_feature() ->
 async def test_drift_during_a_running_experiment_is_counted_not_published() -> None:
     rng = np.random.default_rng(0)
     routing = FakeRouting("exp-1")
-    monitor, publisher = _monitor(FakeReferences(_reference()), routing=routing)
-    await _run(monitor, [_prediction(rng, shift=1.0) for _ in range(3 * WINDOW)])
-    assert _drifts(publisher) == []
+    monitor, publisher = make_monitor(FakeReferences(reference_of()), routing=routing)
+    await run_events(monitor, [prediction(rng, shift=1.0) for _ in range(3 * WINDOW)])
+    assert drifts_of(publisher) == []
     assert monitor.sample("ml_drift_suppressed_total", kind="data") == 1
     routing.experiment_id = None  # the experiment concluded; the drift lasts
-    await _run(monitor, [_prediction(rng, shift=1.0) for _ in range(5 * WINDOW)])
-    assert len(_drifts(publisher)) == 1
+    await run_events(monitor, [prediction(rng, shift=1.0) for _ in range(5 * WINDOW)])
+    assert len(drifts_of(publisher)) == 1
 
 
 async def test_stationary_traffic_publishes_nothing() -> None:
     rng = np.random.default_rng(1)
-    monitor, publisher = _monitor(FakeReferences(_reference()))
-    await _run(monitor, [_prediction(rng, shift=0.0) for _ in range(5 * WINDOW)])
+    monitor, publisher = make_monitor(FakeReferences(reference_of()))
+    await run_events(monitor, [prediction(rng, shift=0.0) for _ in range(5 * WINDOW)])
     assert publisher.events == []
     assert monitor.sample("monitor_observations_total") == 5 * WINDOW
 
 
 async def test_shadow_answers_stay_out_of_the_drift_window() -> None:
     rng = np.random.default_rng(2)
-    monitor, publisher = _monitor(FakeReferences(_reference()))
+    monitor, publisher = make_monitor(FakeReferences(reference_of()))
     shifted_shadows = [
-        _prediction(rng, shift=1.0).model_copy(update={"shadow": True, "variant": "challenger"})
+        prediction(rng, shift=1.0).model_copy(update={"shadow": True, "variant": "challenger"})
         for _ in range(3 * WINDOW)
     ]
-    await _run(monitor, shifted_shadows)
+    await run_events(monitor, shifted_shadows)
     assert publisher.events == []
     assert monitor.sample("monitor_observations_total") == 0
 
 
 async def test_no_champion_means_no_drift_and_no_error() -> None:
-    monitor, publisher = _monitor(FakeReferences())
-    await _run(monitor, [_prediction(np.random.default_rng(1), 5.0) for _ in range(250)])
+    monitor, publisher = make_monitor(FakeReferences())
+    await run_events(monitor, [prediction(np.random.default_rng(1), 5.0) for _ in range(250)])
     assert publisher.events == []
 
 
 async def test_a_restart_mid_stream_neither_loses_nor_duplicates_the_drift() -> None:
     rng = np.random.default_rng(2)
-    stream = [_prediction(rng, shift=0.0) for _ in range(WINDOW)]
-    stream += [_prediction(rng, shift=1.0) for _ in range(2 * WINDOW)]
-    uninterrupted, expected = _monitor(FakeReferences(_reference()))
-    await _run(uninterrupted, stream)
+    stream = [prediction(rng, shift=0.0) for _ in range(WINDOW)]
+    stream += [prediction(rng, shift=1.0) for _ in range(2 * WINDOW)]
+    uninterrupted, expected = make_monitor(FakeReferences(reference_of()))
+    await run_events(uninterrupted, stream)
     states = InMemoryStates()
-    before, published_before = _monitor(FakeReferences(_reference()), states)
-    await _run(before, stream[: WINDOW + 150])
-    after, published_after = _monitor(FakeReferences(_reference()), states)
+    before, published_before = make_monitor(FakeReferences(reference_of()), states)
+    await run_events(before, stream[: WINDOW + 150])
+    after, published_after = make_monitor(FakeReferences(reference_of()), states)
     # The new process sees the last 100 counted events again (offsets not yet committed).
-    await _run(after, stream[WINDOW + 50 :])
+    await run_events(after, stream[WINDOW + 50 :])
     assert published_before.events == []
-    assert [e.event_id for e in _drifts(published_after)] == [e.event_id for e in _drifts(expected)]
-    assert len(_drifts(expected)) == 1
+    assert [e.event_id for e in drifts_of(published_after)] == [
+        e.event_id for e in drifts_of(expected)
+    ]
+    assert len(drifts_of(expected)) == 1
 
 
 async def test_bad_rows_are_counted_by_reason_and_do_not_break_the_window() -> None:
     rng = np.random.default_rng(3)
-    good = [_prediction(rng, 0.0) for _ in range(WINDOW - 1)]
-    missing = _prediction(rng, 0.0).model_copy(update={"features": {"a": 1.0}})
-    wrong = _prediction(rng, 0.0).model_copy(update={"features": {"a": "x", "b": 1.0, "plan": "p"}})
-    monitor, _ = _monitor(FakeReferences(_reference()))
-    await _run(monitor, [missing, wrong, *good])
+    good = [prediction(rng, 0.0) for _ in range(WINDOW - 1)]
+    missing = prediction(rng, 0.0).model_copy(update={"features": {"a": 1.0}})
+    wrong = prediction(rng, 0.0).model_copy(update={"features": {"a": "x", "b": 1.0, "plan": "p"}})
+    monitor, _ = make_monitor(FakeReferences(reference_of()))
+    await run_events(monitor, [missing, wrong, *good])
     rejected = "monitor_rejected_rows_total"
     assert monitor.sample(rejected, reason="missing_feature") == 1
     assert monitor.sample(rejected, reason="wrong_type") == 1
@@ -310,8 +123,8 @@ async def test_bad_rows_are_counted_by_reason_and_do_not_break_the_window() -> N
 
 async def test_a_feature_missing_from_the_reference_is_reported_and_the_rest_tested() -> None:
     reference = Reference.from_columns("7", {"a": np.zeros(10)}, None, ("b",))
-    monitor, _ = _monitor(FakeReferences(reference))
-    await _run(monitor, [_prediction(np.random.default_rng(4), 0.0)])
+    monitor, _ = make_monitor(FakeReferences(reference))
+    await run_events(monitor, [prediction(np.random.default_rng(4), 0.0)])
     missing = "monitor_reference_missing_features"
     assert monitor.sample(missing, feature="b") == 1
     assert monitor.sample(missing, feature="a") == 0
@@ -319,9 +132,9 @@ async def test_a_feature_missing_from_the_reference_is_reported_and_the_rest_tes
 
 async def test_promotion_switches_the_reference_to_the_new_champion() -> None:
     states = InMemoryStates()
-    monitor, _ = _monitor(FakeReferences(_reference("7"), _reference("8")), states)
+    monitor, _ = make_monitor(FakeReferences(reference_of("7"), reference_of("8")), states)
     rng = np.random.default_rng(5)
-    await _run(monitor, [_prediction(rng, 0.0), _promoted("8"), _prediction(rng, 0.0)], batch=1)
+    await run_events(monitor, [prediction(rng, 0.0), _promoted("8"), prediction(rng, 0.0)], batch=1)
     drift = monitor.of().drift
     assert drift is not None
     assert drift.reference.version == "8"
@@ -354,11 +167,11 @@ async def test_an_accuracy_drop_of_the_champion_publishes_one_concept_drift(
     variant: Variant, expected: int
 ) -> None:
     rng = np.random.default_rng(6)
-    monitor, publisher = _monitor(FakeReferences(_reference(accuracy=0.9)))
+    monitor, publisher = make_monitor(FakeReferences(reference_of(accuracy=0.9)))
     healthy = [_feedback(bool(c), variant) for c in rng.random(300) < 0.9]
     degraded = [_feedback(bool(c), variant) for c in rng.random(1500) < 0.6]
-    await _run(monitor, [*healthy, *degraded], batch=100)
-    drifts = _drifts(publisher)
+    await run_events(monitor, [*healthy, *degraded], batch=100)
+    drifts = drifts_of(publisher)
     assert [(d.kind, d.variant, d.version) for d in drifts] == [
         ("concept", variant, "3")
     ] * expected
@@ -372,8 +185,8 @@ async def test_an_accuracy_drop_of_the_champion_publishes_one_concept_drift(
 
 async def test_accuracy_at_the_baseline_publishes_nothing() -> None:
     rng = np.random.default_rng(7)
-    monitor, publisher = _monitor(FakeReferences(_reference(accuracy=0.9)))
-    await _run(monitor, [_feedback(bool(c)) for c in rng.random(1500) < 0.9], batch=100)
+    monitor, publisher = make_monitor(FakeReferences(reference_of(accuracy=0.9)))
+    await run_events(monitor, [_feedback(bool(c)) for c in rng.random(1500) < 0.9], batch=100)
     assert publisher.events == []
 
 
@@ -397,21 +210,21 @@ def _promoted(version: str) -> ModelPromoted:
 async def test_a_promotion_during_a_batch_saves_a_window_that_restores_unmixed() -> None:
     rng = np.random.default_rng(8)
     states, routing = InMemoryStates(), GatedRouting()
-    references = FakeReferences(_reference("7"), _reference("8"))
-    monitor, _ = _monitor(references, states, routing)
+    references = FakeReferences(reference_of("7"), reference_of("8"))
+    monitor, _ = make_monitor(references, states, routing)
     # The batch closes a drifted window (its alarm waits at the gate) and leaves 50 rows open.
-    drifted = [_prediction(rng, 1.0) for _ in range(WINDOW + 50)]
+    drifted = [prediction(rng, 1.0) for _ in range(WINDOW + 50)]
     counting = asyncio.ensure_future(monitor.handlers.on_predictions(drifted))
     await routing.entered.wait()
     switch = asyncio.ensure_future(monitor.handlers.on_champion_changed(_promoted("8")))
     await asyncio.wait({switch}, timeout=2.0)  # give the switch every chance to cut in
     routing.gate.set()
     await asyncio.gather(counting, switch)
-    await monitor.handlers.on_predictions([_prediction(rng, 0.0) for _ in range(10)])
+    await monitor.handlers.on_predictions([prediction(rng, 0.0) for _ in range(10)])
     # A new process restores what was saved: version 8's rows only, nothing discarded.
     references.champion = "8"
-    restarted, _ = _monitor(references, states)
-    await restarted.handlers.on_predictions([_prediction(rng, 0.0) for _ in range(5)])
+    restarted, _ = make_monitor(references, states)
+    await restarted.handlers.on_predictions([prediction(rng, 0.0) for _ in range(5)])
     drift = restarted.of().drift
     assert drift is not None
     assert (drift.reference.version, drift.detector.filled) == ("8", 15)
@@ -432,22 +245,22 @@ async def test_a_saved_state_that_does_not_load_is_discarded_not_dead_lettered(
 ) -> None:
     rng = np.random.default_rng(9)
     states = InMemoryStates()
-    before, _ = _monitor(FakeReferences(_reference()), states)
-    await _run(before, [_prediction(rng, 0.0) for _ in range(120)])
+    before, _ = make_monitor(FakeReferences(reference_of()), states)
+    await run_events(before, [prediction(rng, 0.0) for _ in range(120)])
     saved = states.of()
     if corrupt == "rows":
         saved.rows = saved.rows[:1]  # the state says 120 rows; 50 are left
     else:
         saved.state = '{"window": {"version": "7"'
-    after, _ = _monitor(FakeReferences(_reference()), states)
+    after, _ = make_monitor(FakeReferences(reference_of()), states)
     parked: list[bytes] = []
-    await _run(after, [_prediction(rng, 0.0) for _ in range(30)], parked=parked)
+    await run_events(after, [prediction(rng, 0.0) for _ in range(30)], parked=parked)
     assert parked == []
     assert after.sample("ml_monitor_state_discarded_total", reason=reason) == 1
     assert after.sample("monitor_observations_total") == 30
     # What is saved now is whole again: a third process restores it.
-    again, _ = _monitor(FakeReferences(_reference()), states)
-    await again.handlers.on_predictions([_prediction(rng, 0.0)])
+    again, _ = make_monitor(FakeReferences(reference_of()), states)
+    await again.handlers.on_predictions([prediction(rng, 0.0)])
     assert again.filled() == 31
     assert _discarded(again) == 0
 
@@ -458,13 +271,13 @@ def _interleaved(*streams: list[PredictionLogged]) -> list[PredictionLogged]:
 
 async def test_each_model_has_its_own_window_alarm_saved_state_and_metrics() -> None:
     rng = np.random.default_rng(10)
-    references, states = FakeReferences(_reference("7")), InMemoryStates()
-    references.others[OTHER] = _reference("3")
-    monitor, publisher = _monitor(references, states)
-    shifted = [_prediction(rng, 1.0) for _ in range(3 * WINDOW)]
-    steady = [_prediction(rng, 0.0, OTHER) for _ in range(3 * WINDOW)]
-    await _run(monitor, _interleaved(shifted, steady), batch=100)
-    assert [(d.model_name, d.reference_version) for d in _drifts(publisher)] == [(MODEL, "7")]
+    references, states = FakeReferences(reference_of("7")), InMemoryStates()
+    references.others[OTHER] = reference_of("3")
+    monitor, publisher = make_monitor(references, states)
+    shifted = [prediction(rng, 1.0) for _ in range(3 * WINDOW)]
+    steady = [prediction(rng, 0.0, OTHER) for _ in range(3 * WINDOW)]
+    await run_events(monitor, _interleaved(shifted, steady), batch=100)
+    assert [(d.model_name, d.reference_version) for d in drifts_of(publisher)] == [(MODEL, "7")]
     for model in (MODEL, OTHER):
         assert monitor.sample("monitor_observations_total", model) == 3 * WINDOW
         assert monitor.filled(model) == 0
@@ -481,48 +294,48 @@ async def test_each_model_has_its_own_window_alarm_saved_state_and_metrics() -> 
 
 async def test_a_model_whose_reference_fails_dead_letters_only_its_own_events() -> None:
     rng = np.random.default_rng(11)
-    references = FakeReferences(_reference())
-    references.others[OTHER] = OSError("reference/features.parquet: not a parquet file")
+    references = FakeReferences(reference_of())
+    references.others[OTHER] = OSError("the artifact store refused the download")
     now, states = [0.0], InMemoryStates()
-    monitor, publisher = _monitor(references, states, clock=lambda: now[0])
-    shifted = [_prediction(rng, 1.0) for _ in range(3 * WINDOW)]
-    broken = [_prediction(rng, 0.0, OTHER) for _ in range(3 * WINDOW)]
+    monitor, publisher = make_monitor(references, states, clock=lambda: now[0])
+    shifted = [prediction(rng, 1.0) for _ in range(3 * WINDOW)]
+    broken = [prediction(rng, 0.0, OTHER) for _ in range(3 * WINDOW)]
     parked: list[bytes] = []
-    await _run(monitor, _interleaved(broken, shifted), batch=100, parked=parked)
+    await run_events(monitor, _interleaved(broken, shifted), batch=100, parked=parked)
     # The healthy model's window filled and its drift was found, in the same batches:
     # saved once a batch, not once an event as a batch retried event by event would.
     assert monitor.sample("monitor_observations_total") == 3 * WINDOW
     assert states.of(MODEL).saves == 3 * WINDOW * 2 // 100
-    assert [d.model_name for d in _drifts(publisher)] == [MODEL]
+    assert [d.model_name for d in drifts_of(publisher)] == [MODEL]
     # Only the broken model's events were dead-lettered, each once.
     ids = sorted(json.loads(raw)["event_id"] for raw in parked)
     assert ids == sorted(e.event_id for e in broken)
     assert monitor.sample("monitor_model_failures_total", OTHER) >= 1
     assert monitor.sample("monitor_model_failures_total", MODEL) == 0
     # Once its reference is readable again, the held model is tried again and counted.
-    references.others[OTHER] = _reference("3")
+    references.others[OTHER] = reference_of("3")
     now[0] += Settings().hold_s
-    await _run(monitor, [_prediction(rng, 0.0, OTHER) for _ in range(50)], parked=parked)
+    await run_events(monitor, [prediction(rng, 0.0, OTHER) for _ in range(50)], parked=parked)
     assert monitor.filled(OTHER) == 50
     assert len(parked) == 3 * WINDOW
 
 
 async def test_events_of_an_unregistered_model_are_dead_lettered_naming_the_known_ones() -> None:
     rng = np.random.default_rng(12)
-    monitor, _ = _monitor(FakeReferences(_reference()))
+    monitor, _ = make_monitor(FakeReferences(reference_of()))
     parked: list[bytes] = []
-    unknown = [_prediction(rng, 0.0, "nobody") for _ in range(3)]
-    await _run(monitor, [*unknown, _prediction(rng, 0.0)], parked=parked)
+    unknown = [prediction(rng, 0.0, "nobody") for _ in range(3)]
+    await run_events(monitor, [*unknown, prediction(rng, 0.0)], parked=parked)
     assert len(parked) == 3
     assert monitor.filled() == 1
     # A model registered later is known from its model-registered event on.
     registered = ModelRegistered(
         producer="registry", model_name="nobody", spec_revision=1, spec=load_spec()
     )
-    references = FakeReferences(_reference())
-    references.others["nobody"] = _reference("1")
-    later, _ = _monitor(references)
-    await _run(later, [registered, *[_prediction(rng, 0.0, "nobody") for _ in range(3)]], 1)
+    references = FakeReferences(reference_of())
+    references.others["nobody"] = reference_of("1")
+    later, _ = make_monitor(references)
+    await run_events(later, [registered, *[prediction(rng, 0.0, "nobody") for _ in range(3)]], 1)
     assert later.filled("nobody") == 3
 
 
@@ -541,15 +354,15 @@ class OneModelGate(GatedRouting):
 
 async def test_a_model_waiting_on_its_alarm_does_not_hold_up_another_model() -> None:
     rng = np.random.default_rng(13)
-    references = FakeReferences(_reference())
-    references.others[OTHER] = _reference("3")
+    references = FakeReferences(reference_of())
+    references.others[OTHER] = reference_of("3")
     routing = OneModelGate(MODEL)
-    monitor, _ = _monitor(references, routing=routing)
-    drifted = [_prediction(rng, 1.0) for _ in range(WINDOW)]
+    monitor, _ = make_monitor(references, routing=routing)
+    drifted = [prediction(rng, 1.0) for _ in range(WINDOW)]
     counting = asyncio.create_task(monitor.handlers.on_predictions(drifted))
     await routing.entered.wait()
     # The first model holds its lock while its alarm waits; the other's batch goes through.
-    other = [_prediction(rng, 0.0, OTHER) for _ in range(10)]
+    other = [prediction(rng, 0.0, OTHER) for _ in range(10)]
     await asyncio.wait_for(monitor.handlers.on_predictions(other), timeout=2.0)
     assert monitor.filled(OTHER) == 10
     assert not counting.done()
@@ -560,13 +373,13 @@ async def test_a_model_waiting_on_its_alarm_does_not_hold_up_another_model() -> 
 
 async def test_a_promotion_tries_a_held_model_again_at_once() -> None:
     rng = np.random.default_rng(14)
-    references = FakeReferences(_reference())
+    references = FakeReferences(reference_of())
     references.others[OTHER] = OSError("unreadable")
-    monitor, _ = _monitor(references, clock=lambda: 0.0)  # the hold never runs out
+    monitor, _ = make_monitor(references, clock=lambda: 0.0)  # the hold never runs out
     parked: list[bytes] = []
-    await _run(monitor, [_prediction(rng, 0.0, OTHER) for _ in range(5)], parked=parked)
+    await run_events(monitor, [prediction(rng, 0.0, OTHER) for _ in range(5)], parked=parked)
     assert len(parked) == 5
-    references.others[OTHER] = _reference("4")
+    references.others[OTHER] = reference_of("4")
     promoted = ModelPromoted(producer="router", model_name=OTHER, version="4", reason="won")
-    await _run(monitor, [promoted, *[_prediction(rng, 0.0, OTHER) for _ in range(5)]], 1)
+    await run_events(monitor, [promoted, *[prediction(rng, 0.0, OTHER) for _ in range(5)]], 1)
     assert monitor.filled(OTHER) == 5
