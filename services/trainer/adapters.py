@@ -27,6 +27,7 @@ from services.trainer.tracking import (
     log_confusion_matrix,
     log_datasets,
     log_holdout,
+    log_predicted_vs_true,
     run_metrics,
 )
 from shared.datasets import load_batch, path_of
@@ -256,7 +257,9 @@ class MlflowModelStore:
                 "datasets.json",
             )
             log_datasets(model, context, context.label or self._label)
-            if not model.metrics.is_regression:
+            if model.metrics.is_regression:
+                log_predicted_vs_true(model, context.label or self._label)
+            else:
                 log_confusion_matrix(model)
             _log_model(model)
             _log_reference(model)

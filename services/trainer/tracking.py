@@ -70,6 +70,22 @@ def log_confusion_matrix(model: TrainedModel) -> None:
     plt.close(figure)
 
 
+def log_predicted_vs_true(model: TrainedModel, label: str) -> None:
+    """A regressor's held-out predictions against the truth as ``predicted_vs_true.png``."""
+    truth = model.holdout[label].to_numpy(dtype=float)
+    predicted = model.pipeline.predict(model.holdout.drop(columns=[label]))
+    low, high = float(min(truth.min(), predicted.min())), float(max(truth.max(), predicted.max()))
+    figure, axes = plt.subplots(figsize=(4, 4))
+    axes.scatter(truth, predicted, s=6, alpha=0.5)
+    axes.plot([low, high], [low, high], color="grey", linewidth=1)  # a perfect model's line
+    axes.set_xlabel(f"true {label}")
+    axes.set_ylabel("predicted")
+    axes.set_title(f"{model.algorithm}: RMSE {model.metrics.rmse:.3g}, R² {model.metrics.r2:.2f}")
+    figure.tight_layout()
+    mlflow.log_figure(figure, "predicted_vs_true.png")
+    plt.close(figure)
+
+
 def log_datasets(model: TrainedModel, context: RunContext, label: str) -> None:
     """The training window and the holdout as MLflow dataset inputs, named by data version."""
     source = context.datasets[-1].uri if context.datasets else "unknown"

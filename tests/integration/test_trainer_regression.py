@@ -88,6 +88,9 @@ async def test_a_registered_regression_model_trains_and_logs_its_metrics_and_pre
     assert "accuracy" not in run.data.metrics
     assert run.data.params["task"] == "regression"
     assert client.get_experiment(run.info.experiment_id).name == name
+    logged = {artifact.path for artifact in client.list_artifacts(trained.run_id)}
+    assert "predicted_vs_true.png" in logged
+    assert "confusion_matrix.png" not in logged
 
     features = _artifact(infra, trained.run_id, "reference/features.parquet", tmp_path)
     predictions = _artifact(infra, trained.run_id, "reference/predictions.parquet", tmp_path)
@@ -111,6 +114,8 @@ async def test_a_classifiers_run_logs_its_predicted_labels_on_the_reference_rows
     trained = await _trained_on(infra, DataArrived(producer="it", model_name=trainer, dataset=ref))
 
     assert not trained.metrics.is_regression
+    logged = {a.path for a in MlflowClient(infra.mlflow_uri).list_artifacts(trained.run_id)}
+    assert "confusion_matrix.png" in logged
     features = _artifact(infra, trained.run_id, "reference/features.parquet", tmp_path)
     predictions = _artifact(infra, trained.run_id, "reference/predictions.parquet", tmp_path)
     assert len(predictions) == len(features)
