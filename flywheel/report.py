@@ -41,9 +41,11 @@ def plot_lift(report: Report, path: Path) -> Path:
     history = report["history"]
     looks = [p["n_champion"] + p["n_challenger"] for p in history]
     fig, ax = plt.subplots(figsize=(7, 3.6), dpi=110)
+    # A proportion's difference lies in [−1, 1]; a loss's or reward's has no such bound.
+    bound = 1.0 if report["config"]["decision"]["metric"] == "accuracy" else math.inf
     if history:
-        low = [max(p["ci_low"], -1.0) for p in history]
-        high = [min(p["ci_high"], 1.0) for p in history]
+        low = [max(p["ci_low"], -bound) for p in history]
+        high = [min(p["ci_high"], bound) for p in history]
         ax.fill_between(looks, low, high, alpha=0.25, label="always-valid interval (running)")
         ax.plot(looks, [p["fixed_ci_low"] for p in history], "k:", lw=0.8)
         ax.plot(looks, [p["fixed_ci_high"] for p in history], "k:", lw=0.8, label="fixed-horizon")
@@ -75,7 +77,37 @@ def _interval(pair: Any) -> str:
     return "–" if pair is None else f"[{_num(pair[0])}, {_num(pair[1])}]"
 
 
+def _is_loss(report: Report) -> bool:
+    return report.get("primary_metric") in ("squared_error", "absolute_error")
+
+
+def _arm_header(report: Report) -> list[str]:
+    if _is_loss(report):  # a regressor: its per-outcome loss, lower is better
+        size = "RMSE" if report["primary_metric"] == "squared_error" else "MAE"
+        return ["arm", "version", "assigned", "outcomes", "label rate", "mean loss", size, "p95 ms"]
+    return ["arm", "version", "assigned", "labelled", "label rate", "accuracy", "p95 ms"]
+
+
+def _loss_arm_rows(report: Report) -> list[list[str]]:
+    size = "rmse" if report["primary_metric"] == "squared_error" else "mae"
+    return [
+        [
+            name,
+            _num(arm["version"]),
+            str(arm["assigned"]),
+            str(arm["loss_outcomes"]),
+            _num(arm["label_rate"]),
+            _num(arm["mean_loss"]),
+            _num(arm[size]),
+            _num(arm["p95_latency_ms"]),
+        ]
+        for name, arm in report["arms"].items()
+    ]
+
+
 def _arm_rows(report: Report) -> list[list[str]]:
+    if _is_loss(report):
+        return _loss_arm_rows(report)
     rows = []
     for name, arm in report["arms"].items():
         rows.append(
@@ -96,8 +128,9 @@ def _primary_rows(report: Report) -> list[list[str]]:
     p = report["primary"]
     if p is None:
         return [["primary metric", "not enough outcomes yet"]]
+    lower = " (lower is better)" if p.get("lower_is_better") else ""
     return [
-        ["metric", p["name"]],
+        ["metric", p["name"] + lower],
         ["champion / challenger", f"{_num(p['champion'])} / {_num(p['challenger'])}"],
         ["difference (decision scale)", _num(p["diff"])],
         ["always-valid interval (running)", _interval(p["always_valid_ci"])],
@@ -134,11 +167,7 @@ def _guardrail_rows(report: Report) -> list[list[str]]:
 def _sections(report: Report) -> list[tuple[str, list[str], list[list[str]]]]:
     srm = report["srm"]
     return [
-        (
-            "Arms",
-            ["arm", "version", "assigned", "labelled", "label rate", "accuracy", "p95 ms"],
-            _arm_rows(report),
-        ),
+        ("Arms", _arm_header(report), _arm_rows(report)),
         ("Primary metric", ["", "value"], _primary_rows(report)),
         (
             "Guardrails (one-sided; deterioration > 0 is worse)",

@@ -29,13 +29,14 @@ class Settings(BaseServiceSettings):
     max_duration_s: float = Field(7 * 24 * 3600.0, gt=0)
     """After this long without a verdict the experiment ends inconclusive."""
     metric: str = "accuracy"
-    """Primary metric: ``accuracy`` (from labels) or ``reward`` (numeric feedback)."""
+    """A classifier's primary metric: ``accuracy`` (from labels) or ``reward`` (numeric
+    feedback). A regressor's experiments compare its spec's loss whatever this says."""
     alpha: float = Field(0.05, gt=0, lt=1)
     """Error rate of the always-valid tests."""
     n_star: float = Field(2000.0, gt=0)
     """Units (both arms) at which the confidence sequence is tightest."""
     practical_minimum: float = 0.0
-    """Smallest absolute lift worth promoting."""
+    """Smallest absolute lift worth promoting (a regressor's: a reduction of its mean loss)."""
     min_labelled_per_arm: int = Field(100, ge=2)
     """Labelled outcomes per arm before any verdict."""
     min_correct_per_arm: int = Field(25, ge=0)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
+from flywheel.report import render_markdown
 from services.router.core import decide_on_approval
 from services.router.core.decision import (
     ArmStats,
@@ -231,3 +232,25 @@ def test_the_report_shows_each_arms_mean_loss_and_rmse() -> None:
     assert (challenger.mean_loss, challenger.rmse, challenger.mae) == (1.0, 1.0, None)
     assert report.primary is not None
     assert report.primary.diff == pytest.approx(-7.0)
+
+
+def test_flywheel_report_ab_shows_a_regressors_mean_loss_and_rmse() -> None:
+    plan = plan_for_spec(ExperimentPlan(), _spec(task="regression"))
+    experiment = Experiment(
+        experiment_id="e",
+        model_name="m",
+        status="running",
+        champion_version="1",
+        challenger_version="2",
+        challenger_share=0.5,
+        opened_at=datetime.now(UTC),
+        plan=plan,
+    )
+    s = _stats({0.5: (np.array([4.0, 16.0, 4.0]), np.array([1.0, 4.0, 1.0]))})
+    markdown = render_markdown(build_report(experiment, s, []).model_dump(mode="json"), "p.png")
+    assert (
+        "| arm | version | assigned | outcomes | label rate | mean loss | RMSE | p95 ms |"
+        in markdown
+    )
+    assert "| champion | 1 | 0 | 3 | 1 | 8 | 2.828 |" in markdown
+    assert "| metric | squared_error (lower is better) |" in markdown
