@@ -26,6 +26,7 @@ import lightgbm
 import mlflow
 import mlflow.lightgbm
 import mlflow.pyfunc
+import mlflow.sklearn
 import pandas as pd
 import pytest
 import uvicorn
@@ -45,6 +46,7 @@ from flywheel.infra import Endpoints
 from flywheel.loop import EventTap, publish_raw
 from services.gateway.app import create_app as gateway_app
 from services.gateway.settings import Settings as GatewaySettings
+from services.registry.adapters import MlflowModelImports
 from services.registry.app import create_app as registry_app
 from services.registry.settings import Settings as RegistrySettings
 from services.router.app import create_app as router_app
@@ -293,3 +295,41 @@ async def test_an_external_model_is_imported_gated_served_and_put_in_an_experime
         "holdout/validation.parquet",
     }
     assert all(g.startswith("passed") for k, g in version.tags.items() if k.startswith("gate."))
+
+
+def _flywheel_run(infra: Endpoints, experiment: str, holdout: pd.DataFrame | None) -> str:
+    """A run as Flywheel's trainer logs one: an sklearn model and, if given, the holdout."""
+    frame = generate_customers(300, seed=41)
+    model = LogisticRegression(max_iter=200).fit(_inputs(frame)[["age"]], frame[SPEC.label])
+    mlflow.set_tracking_uri(infra.mlflow_uri)
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run() as run:
+        mlflow.sklearn.log_model(model, name="model", pip_requirements=["scikit-learn"])
+        if holdout is not None:
+            folder = infra.run_dir / run.info.run_id
+            folder.mkdir()
+            holdout.to_parquet(folder / "validation.parquet", index=False)
+            mlflow.log_artifact(str(folder / "validation.parquet"), artifact_path="holdout")
+    return str(run.info.run_id)
+
+
+async def test_without_a_holdout_the_source_run_s_is_found_by_any_uri(
+    infra_env: Endpoints,
+) -> None:
+    name = f"it-import-source-{uuid.uuid4().hex[:8]}"
+    holdout = generate_customers(50, seed=42)
+    with_holdout = await asyncio.to_thread(_flywheel_run, infra_env, name, holdout)
+    without = await asyncio.to_thread(_flywheel_run, infra_env, name, None)
+    version = mlflow.register_model(f"runs:/{with_holdout}/model", name).version
+    MlflowClient(infra_env.mlflow_uri).set_registered_model_alias(name, "champion", version)
+    imports = MlflowModelImports(infra_env.mlflow_uri)
+
+    for uri in (
+        f"runs:/{with_holdout}/model",
+        f"models:/{name}/{version}",
+        f"models:/{name}@champion",
+    ):
+        found = await asyncio.to_thread(imports.source_holdout, uri)
+        assert found is not None, uri
+        assert found.equals(holdout), uri
+    assert await asyncio.to_thread(imports.source_holdout, f"runs:/{without}/model") is None
