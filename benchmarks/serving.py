@@ -15,6 +15,12 @@ generator is pinned to ``--client-cpus`` (default CPU 1):
   the gateway has none), ``POST /predict`` the same row under ``rows``;
 * ``benchmarks/bare_endpoint.py``, uvicorn like the gateway, a constant answer.
 
+With ``--generic`` the same pipeline is also logged behind MLflow's generic
+(pyfunc) flavour under a model of its own, and only the two gateways are
+measured: Flywheel's own pipeline, scored straight from the rows, against that
+pyfunc model, which the gateway loads through ``shared.scoring`` and scores from
+a DataFrame (what a model trained elsewhere costs to serve).
+
 Each server gets a wrk sweep over the connection counts (one wrk thread); the
 best req/s is its peak, reported with that run's p50/p99. Each gateway is then
 held at 70 % of the logging-on gateway's peak by a fixed-rate open-loop
@@ -46,9 +52,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import mlflow
+import mlflow.pyfunc
+import mlflow.sklearn
 import numpy as np
+import pandas as pd
 from loadgen import OpenLoopResult, WrkResult, run_open_loop, run_wrk
 from mlflow.exceptions import MlflowException
+from mlflow.pyfunc.model import PythonModel
 from prometheus_client import CollectorRegistry
 
 from flywheel.infra import INFRA, Endpoints, InfraConfig, infra_status, start_infra
@@ -134,6 +145,38 @@ def approve_model(infra: Endpoints, workdir: Path) -> Approved:
     handlers._register_and_decide(trained, registered)
     tags = MlflowModelRegistry(infra.mlflow_uri).list_versions(name)[0].tags
     return Approved(name, tags["flywheel.bento_tag"], home)
+
+
+class PipelineAsPyfunc(PythonModel):
+    """A pipeline behind the generic flavour: class-named probability columns, as a model
+    trained elsewhere would answer."""
+
+    def __init__(self, pipeline: Any) -> None:
+        self.pipeline = pipeline
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
+        """The pipeline's probabilities, one column per class."""
+        probabilities = self.pipeline.predict_proba(model_input)
+        return pd.DataFrame(probabilities, columns=[str(c) for c in self.pipeline.classes_])
+
+
+def register_generic(infra: Endpoints, name: str) -> str:
+    """``name``'s champion logged again as a pyfunc model, registered as ``<name>-pyfunc``
+    with the same spec and made its champion; returns that name."""
+    generic = f"{name}-pyfunc"
+    client = mlflow_client(infra.mlflow_uri)
+    register_spec(client, generic, spec_of(generic), "benchmark")
+    mlflow.set_tracking_uri(infra.mlflow_uri)
+    pipeline = mlflow.sklearn.load_model(f"models:/{name}@champion")
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=PipelineAsPyfunc(pipeline),
+            pip_requirements=["scikit-learn", "torch", "pandas"],
+        )
+    version = mlflow.register_model(str(info.model_uri), generic).version
+    client.set_registered_model_alias(generic, "champion", str(version))
+    return generic
 
 
 def delete_models(infra: Endpoints, names: Iterable[str]) -> None:
@@ -237,11 +280,12 @@ class Results:
         return max(self.sweeps[name], key=lambda r: r.rps)
 
 
-GATEWAY, GATEWAY_OFF, BENTO, BARE = (
+GATEWAY, GATEWAY_OFF, BENTO, BARE, GENERIC = (
     "gateway",
     "gateway, logging off",
     "bentoml serve",
     "bare FastAPI",
+    "gateway, pyfunc model",
 )
 
 
@@ -284,6 +328,57 @@ def measure(
         body = files[GATEWAY].read_bytes()
         results.open_loop[BARE] = run_open_loop(predict, body, rate, args.seconds * 2)
     return results
+
+
+def measure_generic(
+    names: Mapping[str, str], infra: Endpoints, workdir: Path, args: argparse.Namespace
+) -> Results:
+    """Each gateway (by result key: the model it serves as its default), one at a time:
+    a wrk sweep of single rows, then 256-row batches."""
+    features = list(SPEC.feature_names)
+    row = _json_row(generate_customers(1, 11)[features].iloc[0].to_dict())
+    batch = [_json_row(r) for r in generate_customers(256, 12)[features].to_dict("records")]
+    body = workdir / "body-generic.json"
+    body.write_text(json.dumps({"features": row}))
+    base, results = f"http://127.0.0.1:{args.port}", Results()
+    gateway = [sys.executable, "-m", "flywheel", "service", "gateway"]
+    for key, name in names.items():
+        env = {
+            "FLYWHEEL_MODEL_NAME": name,
+            **infra.kafka_for("gateway").env(),
+            "REDIS_URL": infra.redis_url,
+            "MLFLOW_TRACKING_URI": infra.mlflow_uri,
+            "GATEWAY_PORT": str(args.port),
+        }
+        with server(gateway, env, gateway_ready(base), args.server_cpus):
+            results.sweeps[key] = sweep(f"{base}/v1/predict", body, args)
+            results.batches[key] = batch_times(f"{base}/v1/predict", batch, args.batches)
+    return results
+
+
+def report_generic(results: Results) -> None:
+    """Every run, then the pyfunc model's peak and batch time against the fast path's."""
+    print("\nwrk runs (1 thread, closed loop):")
+    print(f"{'server':<22} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'failed':>6}")
+    for name, runs in results.sweeps.items():
+        for r in runs:
+            line = f"{r.connections:>5} {r.rps:>9.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f}"
+            print(f"{name:<22} {line} {r.failures:>6}")
+    fast, generic = results.peak(GATEWAY), results.peak(GENERIC)
+    print(
+        f"\nPeak: fast path {fast.rps:.0f} req/s (p50 {fast.p50_ms:.2f} ms), pyfunc "
+        f"{generic.rps:.0f} req/s (p50 {generic.p50_ms:.2f} ms): {generic.rps / fast.rps:.2f}×"
+    )
+    _report_batches(results)
+
+
+def _report_batches(results: Results) -> None:
+    for name, (server_ms, client_ms) in results.batches.items():
+        print(
+            f"\n256-row batch, {name} ({len(server_ms)} requests one after another): server time "
+            f"p50 {_pct(server_ms, 50):.2f} ms, p99 {_pct(server_ms, 99):.2f} ms; "
+            f"round trip p50 {_pct(client_ms, 50):.2f} ms, p99 {_pct(client_ms, 99):.2f} ms"
+        )
 
 
 def _json_row(row: Mapping[Any, Any]) -> dict[str, Any]:
@@ -334,12 +429,7 @@ def _report_rest(results: Results) -> None:
             f"got {run.achieved_rps:.0f} req/s, p50 {run.p50_ms:.2f} ms, p99 {run.p99_ms:.2f} ms, "
             f"{run.failures} failed"
         )
-    for name, (server_ms, client_ms) in results.batches.items():
-        print(
-            f"\n256-row batch, {name} ({len(server_ms)} requests one after another): server time "
-            f"p50 {_pct(server_ms, 50):.2f} ms, p99 {_pct(server_ms, 99):.2f} ms; "
-            f"round trip p50 {_pct(client_ms, 50):.2f} ms, p99 {_pct(client_ms, 99):.2f} ms"
-        )
+    _report_batches(results)
     gateway, batch = results.peak(GATEWAY).rps, results.batches[GATEWAY][0]
     targets = [
         ("gateway ≥ 2× BentoML", gateway / results.peak(BENTO).rps, 2.0, "×", True),
@@ -392,6 +482,11 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=18000, help="port each server takes in turn")
     parser.add_argument("--server-cpus", default="0", help="taskset CPU list of the servers")
     parser.add_argument("--client-cpus", default="1", help="CPU list of wrk and this script")
+    parser.add_argument(
+        "--generic",
+        action="store_true",
+        help="measure only the gateway: the pipeline as itself vs behind the pyfunc flavour",
+    )
     args = parser.parse_args()
     args.connections = [int(c) for c in args.connections.split(",")]
     if shutil.which("wrk") is None:
@@ -407,11 +502,20 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="bench-serving-") as workdir:
             approved = approve_model(infra, Path(workdir))
             print(f"model {approved.name} v1 approved (BentoML {approved.tag})")
+            names = [approved.name]
             try:
-                results = measure(approved, infra, Path(workdir), args)
+                if args.generic:
+                    names.append(register_generic(infra, approved.name))
+                    served = {GATEWAY: approved.name, GENERIC: names[-1]}
+                    results = measure_generic(served, infra, Path(workdir), args)
+                else:
+                    results = measure(approved, infra, Path(workdir), args)
             finally:
-                delete_models(infra, [approved.name])
-        report(results)
+                delete_models(infra, names)
+        if args.generic:
+            report_generic(results)
+        else:
+            report(results)
     finally:
         for name in started:
             stop(InfraConfig.from_env().run_dir, name)
