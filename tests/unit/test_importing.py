@@ -184,7 +184,9 @@ def test_bad_values_are_refused_naming_the_column() -> None:
     with pytest.raises(InvalidInputError, match="amount: expected numbers"):
         checked_holdout(text_amount, CLASSIFIER)
     regression = pd.DataFrame({"area": [1.0, 2.0], "rooms": [1, 2], "price": [3.0, "n/a"]})
-    with pytest.raises(InvalidInputError, match="price: a regression label must be a finite number; row 1"):
+    with pytest.raises(
+        InvalidInputError, match="price: a regression label must be a finite number; row 1"
+    ):
         checked_holdout(regression, REGRESSOR)
 
 
