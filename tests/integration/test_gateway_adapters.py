@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import mlflow
 import mlflow.sklearn
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 from redis.asyncio import Redis
@@ -18,7 +19,12 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from flywheel.features_cli import feature_hashes, load_into
 from flywheel.infra import Endpoints
-from services.gateway.adapters import MlflowModelRegistry, RedisFeatureStore, RedisPredictionRecords
+from services.gateway.adapters import (
+    MlflowModelRegistry,
+    RedisFeatureStore,
+    RedisPredictionRecords,
+    ScorerModel,
+)
 from services.gateway.core import row_from_store
 from shared.datasets import generate_customers
 from shared.events import PredictionLogged
@@ -110,9 +116,14 @@ def test_aliases_resolve_and_versions_load(infra: Endpoints) -> None:
     assert registry.aliases(name) == {"champion": None, "challenger": None}
     MlflowClient(infra.mlflow_uri).set_registered_model_alias(name, "champion", version)
     assert registry.aliases(name) == {"champion": str(version), "challenger": None}
-    model = registry.load(name, str(version))
-    assert tuple(model.classes_) == tuple(pipeline.classes_)
-    assert set(model.classes_) == set(SPEC.classes)
+    # Not Flywheel's own pipeline (no TabularEncoder): the generic path, in the spec's order.
+    model = registry.load(name, str(version), SPEC.model_copy(update={"name": name}))
+    assert isinstance(model, ScorerModel)
+    assert (model.flavor, tuple(model.classes_)) == ("sklearn", SPEC.classes)
+    frame = generate_customers(5, seed=9)[list(SPEC.feature_names)]
+    in_spec_order = [list(pipeline.classes_).index(c) for c in SPEC.classes]
+    expected = pipeline.predict_proba(frame)[:, in_spec_order]
+    np.testing.assert_allclose(model.predict_proba(frame), expected)
 
 
 async def test_features_loaded_by_the_cli_are_read_back_by_the_gateway(
