@@ -62,7 +62,7 @@ def resolve_trainer(reference: str) -> TrainerFunction:
 
     >>> resolve_trainer("math:sqrt")(16.0)
     4.0
-    >>> resolve_trainer("no-such-trainer")
+    >>> resolve_trainer("no-such-trainer")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
     services.trainer.custom.TrainerError: trainer 'no-such-trainer': no entry point of that \
