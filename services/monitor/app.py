@@ -16,10 +16,13 @@ from shared.runtime import build_runtime, mlflow_check, serve, service_app
 from shared.spec import load_spec
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the monitor: drift windows per model over prediction-logged, drift-detected out."""
+def create_app(settings: Settings | None = None, name: str = "monitor") -> FastAPI:
+    """Build the monitor: drift windows per model over prediction-logged, drift-detected out.
+
+    ``name`` names its consumer group and idempotency markers (tests use their own).
+    """
     settings = settings or Settings()
-    runtime = build_runtime("monitor", settings)
+    runtime = build_runtime(name, settings)
     catalog = ModelCatalog(
         MlflowSpecSource(settings.mlflow_tracking_uri),
         settings.model_name,
