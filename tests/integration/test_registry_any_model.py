@@ -95,7 +95,9 @@ def _log(spec: ModelSpec, log_model: Any, model: Any, holdout: pd.DataFrame, tmp
     holdout: none logged)."""
     mlflow.set_experiment(spec.name)
     with mlflow.start_run() as run:
-        log_model(model, name="model", signature=infer_signature(holdout[FEATURES].head(20)))
+        signature = infer_signature(holdout[FEATURES].head(20))
+        # Given requirements: inferring them imports the model in a subprocess (seconds).
+        log_model(model, name="model", signature=signature, pip_requirements=["mlflow"])
         if not holdout.empty:
             path = tmp / f"{run.info.run_id}" / "validation.parquet"
             path.parent.mkdir()

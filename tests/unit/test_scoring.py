@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightgbm
@@ -65,7 +66,8 @@ def _pipeline(estimator: Any) -> Pipeline:
 def _logged(log: Any, model: Any = None, **kwargs: Any) -> str:
     with mlflow.start_run():
         args = () if model is None else (model,)
-        info = log(*args, name="model", **kwargs)
+        # Given requirements: inferring them imports the model in a subprocess (seconds each).
+        info = log(*args, name="model", pip_requirements=["mlflow"], **kwargs)
     return str(info.model_uri)
 
 
@@ -197,3 +199,24 @@ def test_pyfunc_labels_as_regression_values_are_not_numeric() -> None:
 def test_a_missing_model_is_not_found() -> None:
     with pytest.raises(NotFoundError):
         load_scorer("models:/nobody/1", CLASSIFIER)
+
+
+def _model_dir(tmp_path: Path, flavors: str) -> str:
+    """A logged model's folder with only its ``MLmodel`` file, naming ``flavors``."""
+    (tmp_path / "MLmodel").write_text(f"artifact_path: model\nflavors:\n{flavors}")
+    return str(tmp_path)
+
+
+def test_an_xgboost_model_without_xgboost_installed_names_the_flavour(tmp_path: Path) -> None:
+    flavors = "  xgboost:\n    data: model.xgb\n    xgb_version: 2.1.0\n"
+    uri = _model_dir(tmp_path, flavors + "  python_function:\n    loader_module: mlflow.xgboost\n")
+    assert flavor_of(uri) == "xgboost"
+    with pytest.raises(UnusableModelError, match="xgboost model: cannot be loaded") as raised:
+        load_scorer(uri, CLASSIFIER)
+    assert raised.value.flavor == "xgboost"
+
+
+def test_an_unsupported_flavour_is_named(tmp_path: Path) -> None:
+    uri = _model_dir(tmp_path, "  h2o:\n    data: model.h2o\n")
+    with pytest.raises(UnusableModelError, match=r"logged as \['h2o'\], none of"):
+        load_scorer(uri, CLASSIFIER)
