@@ -32,6 +32,10 @@ from shared.messaging import OUTAGE_ERRORS, EventPublisher
 
 log = logging.getLogger(__name__)
 
+#: Labelled outcomes between saves of a model whose predictions are not windowed (its
+#: version has no usable sample): its trackers have no batch save to ride along with.
+OUTCOMES_PER_SAVE = 100
+
 
 class ModelUnavailableError(FlywheelError):
     """A model's reference cannot be loaded: its events fail at once for a while.
@@ -69,6 +73,7 @@ class ModelMonitor:
         self._reported: Reference | None = None
         self._refresh = ReferenceRefresh(config.reference_refresh_s)
         self._hold = Hold(config.hold_s)
+        self._judged_unsaved = 0
         # One path for every change to this model's window and its save: a promotion
         # handled while a batch awaited its alarm saved the old window's rows under the
         # new window's state. Other models have locks of their own.
@@ -95,10 +100,15 @@ class ModelMonitor:
                 self._metrics.model_accuracy.labels(*labels).set(judged.accuracy)
             if judged.loss is not None:
                 self._metrics.model_loss.labels(*labels).set(judged.loss)
+            self._judged_unsaved += 1
             if judged.drift is not None:
                 await self._alarm(judged.drift)
-                # Saved at once so a restart cannot raise it again; otherwise with the next batch.
+            # Saved at once after an alarm, so a restart cannot raise it again; otherwise
+            # with the next batch, or every so often when no batch is counted (no sample).
+            due = not drift.testable and self._judged_unsaved >= OUTCOMES_PER_SAVE
+            if judged.drift is not None or due:
                 await self._save(drift.state_only())
+                self._judged_unsaved = 0
 
     async def switch(self, version: str) -> None:
         """Test against ``version``'s reference at once (a promotion, rollback or approval).

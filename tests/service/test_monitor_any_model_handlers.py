@@ -11,6 +11,7 @@ from _monitor_fakes import (
     OTHER,
     WINDOW,
     FakeReferences,
+    InMemoryStates,
     drifts_of,
     make_monitor,
     prediction,
@@ -19,6 +20,7 @@ from _monitor_fakes import (
 )
 
 from services.monitor.core import PREDICTION, Reference
+from services.monitor.service import OUTCOMES_PER_SAVE
 from shared.events import FeedbackReceived, ModelApproved, ModelMetrics, PredictionLogged
 from shared.spec import ModelSpec
 
@@ -176,3 +178,17 @@ async def test_an_approval_reads_the_champions_reference_again() -> None:
     assert monitor.sample("monitor_reference_missing", OTHER, version="3") == 0
     assert monitor.filled(OTHER) == 20
     assert references.lookups[OTHER] == 2
+
+
+async def test_the_trackers_of_a_version_without_a_sample_survive_a_restart() -> None:
+    references, states = FakeReferences(reference_of()), InMemoryStates()
+    references.others[OTHER] = Reference.without_sample("3", NO_SAMPLE, baseline_accuracy=0.9)
+    monitor, _ = make_monitor(references, states)
+    rng = np.random.default_rng(25)
+    await run_events(monitor, [_verdict(bool(c)) for c in rng.random(150) < 0.9], batch=50)
+    # No prediction batch carries its state: it is saved every OUTCOMES_PER_SAVE outcomes.
+    restarted, _ = make_monitor(references, states)
+    await run_events(restarted, [_verdict(True)])
+    drift = restarted.of(OTHER).drift
+    assert drift is not None
+    assert drift.accuracy[("champion", "3")].labelled == OUTCOMES_PER_SAVE + 1
