@@ -194,6 +194,7 @@ def server(
     ready: Callable[[], bool],
     cpus: str,
     timeout_s: float = 180.0,
+    cwd: Path = ROOT,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``argv`` pinned to ``cpus`` in its own session until ``ready``; stop it after.
 
@@ -202,7 +203,7 @@ def server(
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(
             ["taskset", "-c", cpus, *argv],
-            cwd=ROOT,
+            cwd=cwd,
             env={**os.environ, **env},
             stdout=log,
             stderr=subprocess.STDOUT,
