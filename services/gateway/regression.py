@@ -5,7 +5,7 @@ into the HTTP answer and the prediction events."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +15,7 @@ from services.gateway.core import ModelFailedError
 from services.gateway.pool import LoadedModel, RoutingTable
 from services.gateway.schemas import RowValueOut, ValuePredictResponse
 from shared.events import PredictionLogged, Variant
+from shared.spec import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,19 @@ def rows_from_values(values: np.ndarray, intervals: np.ndarray | None) -> list[R
         RowValue(float(v), (float(low), float(high)))
         for v, (low, high) in zip(values.tolist(), intervals.tolist(), strict=True)
     ]
+
+
+def values_of(
+    model: LoadedModel, rows: Sequence[Mapping[str, Any]], spec: ModelSpec
+) -> list[RowValue]:
+    """A regressor's checked values (and intervals, where it offers them) for checked rows;
+    ModelFailedError when they are not one finite value (and interval) a row."""
+    values = model.predict_values(rows, spec)
+    check_values(values, len(rows))
+    intervals = model.predict_intervals(rows, spec)
+    if intervals is not None:
+        check_intervals(intervals, len(rows))
+    return rows_from_values(values, intervals)
 
 
 def value_response(

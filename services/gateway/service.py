@@ -29,14 +29,7 @@ from services.gateway.metrics import GatewayMetrics
 from services.gateway.pool import LoadedModel, RoutingTable, ServingSnapshot
 from services.gateway.ports import FeatureStore
 from services.gateway.prediction_log import PredictionEventBuffer
-from services.gateway.regression import (
-    RowValue,
-    check_intervals,
-    check_values,
-    rows_from_values,
-    value_events,
-    value_response,
-)
+from services.gateway.regression import value_events, value_response, values_of
 from services.gateway.schemas import (
     PredictResponse,
     RowPredictionOut,
@@ -70,18 +63,6 @@ async def probabilities_of(
     if len(rows) <= INLINE_ROWS:
         return model.predict_proba(rows, spec)
     return await asyncio.to_thread(model.predict_proba, rows, spec)
-
-
-def values_of(
-    model: LoadedModel, rows: Sequence[dict[str, Any]], spec: ModelSpec
-) -> list[RowValue]:
-    """A regressor's checked values (and intervals, where it offers them) for checked rows."""
-    values = model.predict_values(rows, spec)
-    check_values(values, len(rows))
-    intervals = model.predict_intervals(rows, spec)
-    if intervals is not None:
-        check_intervals(intervals, len(rows))
-    return rows_from_values(values, intervals)
 
 
 @dataclass(frozen=True)

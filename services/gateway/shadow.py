@@ -18,13 +18,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from services.gateway.core import RowPrediction, check_probabilities, rows_from_probabilities
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.pool import LoadedModel, ServingSnapshot
 from services.gateway.prediction_log import PredictionEventBuffer
-from services.gateway.regression import check_values
+from services.gateway.regression import RowValue, values_of
 from services.gateway.schemas import (
     PredictResponse,
     RowPredictionOut,
@@ -101,7 +99,7 @@ class ShadowScorer:
         try:
             # In a thread: a mirror must never hold up the requests the client waits for.
             if challenger.task == "regression":
-                values = await asyncio.to_thread(_values, challenger, rows, mirror.spec)
+                values = await asyncio.to_thread(values_of, challenger, rows, mirror.spec)
             else:
                 probabilities = await asyncio.to_thread(challenger.predict_proba, rows, mirror.spec)
                 check_probabilities(probabilities, len(rows), len(challenger.classes))
@@ -131,14 +129,8 @@ class ShadowScorer:
         self._events.offer_unrecorded(_shadow_events(mirror, shadow_rows, elapsed))
 
 
-def _values(model: LoadedModel, rows: Sequence[dict[str, Any]], spec: ModelSpec) -> np.ndarray:
-    values = model.predict_values(rows, spec)
-    check_values(values, len(rows))
-    return values
-
-
 def _shadow_events(
-    mirror: _Mirror, shadow_rows: list[RowPrediction] | np.ndarray, elapsed: float
+    mirror: _Mirror, shadow_rows: Sequence[RowPrediction | RowValue], elapsed: float
 ) -> list[PredictionLogged]:
     """One ``shadow=true`` event per row, tied to the answer the client got: the
     challenger's class (and confidence), or its value."""
@@ -172,7 +164,7 @@ def _rows_of(
     return response.predictions
 
 
-def _answer_fields(shadow: RowPrediction | float) -> dict[str, Any]:
+def _answer_fields(shadow: RowPrediction | RowValue) -> dict[str, Any]:
     if isinstance(shadow, RowPrediction):
         return {"predicted_class": shadow.predicted_class, "confidence": shadow.confidence}
-    return {"predicted_value": float(shadow)}
+    return {"predicted_value": shadow.value}
