@@ -24,7 +24,14 @@ from typing import Any, TypeVar
 import httpx
 import pandas as pd
 
-from flywheel.demo_experiment import ExperimentRun, drive_to_verdict, open_experiment, render_report
+from flywheel.demo_experiment import (
+    ExperimentRun,
+    approval_in_turn,
+    drive_to_verdict,
+    open_experiment,
+    render_report,
+    scores,
+)
 from flywheel.demo_models import DemoModel
 from flywheel.gateway_client import ModelGateway
 from flywheel.loop import EventTap, announce, current_routing
@@ -38,6 +45,7 @@ from shared.events import (
     ModelTrained,
 )
 from shared.kafka_security import KafkaConnection, KafkaSecurity
+from shared.spec import ModelSpec
 
 Say = Callable[[str], None]
 E = TypeVar("E", bound=Event)
@@ -67,6 +75,26 @@ class DemoConfig:
     #: Registry base URL and admin token: when set, the demo registers its models first.
     registry_url: str | None = None
     admin_token: str | None = None
+
+    def concept_batch_rows(self, spec: ModelSpec) -> int:
+        """Rows of the batch labelled under the changed concept, for a model of ``spec``.
+
+        The trainer fits the challenger on its window, the first batch and this one
+        together, and nothing in the features tells the two concepts apart, so a
+        regressor learns their mix. The registry gates it on its own holdout, on MAE as
+        well as RMSE: the champion's MAE is small on the old rows, and the mix only
+        beats it there when the new rows outnumber the old (here 3 to 2).
+
+        >>> from flywheel.demo_models import customer_value_model, demo_models
+        >>> config = DemoConfig("kafka:9092", "http://gateway", Path("data"), training_rows=3000)
+        >>> config.concept_batch_rows(customer_value_model().spec)
+        4500
+        >>> config.concept_batch_rows(demo_models()[1].spec)
+        3000
+        """
+        if spec.is_regression:
+            return max(self.concept_rows, 3 * self.training_rows // 2)
+        return self.concept_rows
 
     @property
     def kafka(self) -> KafkaConnection:
@@ -160,9 +188,22 @@ async def register_models(config: DemoConfig, models: Sequence[DemoModel], say: 
             response.raise_for_status()
             revision = response.json().get("spec_revision")
             say(
-                f"[{model.name}] registered: {len(model.spec.features)} features, classes "
-                f"{', '.join(model.spec.classes)} (spec revision {revision})"
+                f"[{model.name}] registered: {len(model.spec.features)} features, "
+                f"{predicts(model)} (spec revision {revision})"
             )
+
+
+def predicts(model: DemoModel) -> str:
+    """What ``model`` predicts, in words.
+
+    >>> from flywheel.demo_models import customer_value_model, demo_models
+    >>> predicts(demo_models()[1]), predicts(customer_value_model())
+    ('classes legit, fraud', 'a value (annual_value, squared loss)')
+    """
+    spec = model.spec
+    if spec.is_regression:
+        return f"a value ({spec.label}, {spec.loss} loss)"
+    return f"classes {', '.join(spec.classes)}"
 
 
 async def run_demos(
@@ -234,7 +275,7 @@ async def _experiment_to_verdict(loop: ModelLoop) -> ExperimentRun:
         config.kafka,
         loop.model,
         config.data_dir,
-        config.concept_rows,
+        config.concept_batch_rows(loop.model.spec),
         config.seed + 50,
         loop.wait,
         loop.steps.done,
@@ -277,11 +318,8 @@ async def _train_first_champion(loop: ModelLoop) -> None:
     done(f"data-arrived: {ref.rows} rows at {ref.uri} (sha256 {ref.sha256[:12]}…)")
     turn = run.announced.correlation_id
     run.first_trained = await _in_turn(loop, ModelTrained, turn)
-    done(
-        f"model-trained: run {run.first_trained.run_id[:8]}, "
-        f"accuracy {run.first_trained.metrics.accuracy:.3f}"
-    )
-    run.champion = await _in_turn(loop, ModelApproved, turn)
+    done(f"model-trained: run {run.first_trained.run_id[:8]}, {scores(run.first_trained.metrics)}")
+    run.champion = await approval_in_turn(loop.tap, turn, loop.wait)
     done(f"model-approved: version {run.champion.version} is {run.champion.alias}")
     run.first_experiment = await _in_turn(loop, ExperimentUpdated, turn)
     done(f"experiment-updated: {run.first_experiment.status}")
@@ -297,12 +335,21 @@ async def _normal_traffic(loop: ModelLoop) -> None:
     normal = loop.rows(loop.config.normal_requests, loop.config.seed + 1)
     answers = await loop.gateway.predict(normal)
     loop.run.first_prediction = answers[0]
-    first = answers[0]["predictions"][0]
     loop.steps.done(
         f"POST /v1/models/{loop.model.name}/predict x{len(normal)}: first row → "
-        f"{first['predicted_class']} ({first['confidence']:.2f}) "
-        f"by version {answers[0]['model_version']}"
+        f"{answered(answers[0]['predictions'][0])} by version {answers[0]['model_version']}"
     )
+
+
+def answered(row: dict[str, Any]) -> str:
+    """One answered row: a regressor's value, or a classifier's class and confidence.
+
+    >>> answered({"value": 1234.567}), answered({"predicted_class": "fraud", "confidence": 0.91})
+    ('1234.57', 'fraud (0.91)')
+    """
+    if "value" in row:
+        return f"{row['value']:.2f}"
+    return f"{row['predicted_class']} ({row['confidence']:.2f})"
 
 
 async def _shift_until_drift(loop: ModelLoop) -> DriftDetected:
@@ -338,7 +385,7 @@ async def _drift_and_retrain(loop: ModelLoop) -> None:
     turn = run.drift.correlation_id
     run.retrained = await _in_turn(loop, ModelTrained, turn)
     done(f"model-trained (trigger {run.retrained.trigger}) in the drift's turn {turn[:8]}")
-    run.challenger = await _in_turn(loop, ModelApproved, turn)
+    run.challenger = await approval_in_turn(loop.tap, turn, loop.wait)
     done(f"model-approved: version {run.challenger.version} is {run.challenger.alias}")
     run.experiment = await loop.tap.wait_for(
         ExperimentUpdated, lambda e: e.correlation_id == turn and e.status == "running", loop.wait

@@ -1,9 +1,10 @@
 """The demo's last act: labels under a changed concept → a better challenger → ramp → verdict.
 
 Customers keep coming (one row per customer, so each stays on one variant) and
-their true labels come back as feedback. The router ramps the challenger's
-share stage by stage and decides with always-valid statistics; the demo only
-drives traffic and prints what the router publishes.
+their true labels (a regressor's true values) come back as feedback. The router
+ramps the challenger's share stage by stage and decides with always-valid
+statistics (a regressor's by its loss); the demo only drives traffic and prints
+what the router publishes.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from shared.events import (
     Event,
     ExperimentUpdated,
     ModelApproved,
+    ModelMetrics,
     ModelPromoted,
+    ModelRejected,
     ModelRolledBack,
     ModelTrained,
 )
@@ -47,19 +50,61 @@ class ExperimentRun:
     report_path: Path | None = None
 
 
+class CandidateRejectedError(RuntimeError):
+    """The registry rejected the model the step waited to see approved."""
+
+
+async def approval_in_turn(tap: EventTap, turn: str, wait: float) -> ModelApproved:
+    """The approval in the turn of the loop ``turn``; its rejection raises at once.
+
+    A rejected candidate would leave the step waiting for an approval that never
+    comes: the error names the gates that failed instead.
+    """
+
+    def verdict(event: Event) -> bool:
+        return event.correlation_id == turn and isinstance(event, ModelApproved | ModelRejected)
+
+    event = await tap.wait_for(Event, verdict, wait)
+    if isinstance(event, ModelRejected):
+        failed = "; ".join(f"{r.name}: {r.detail}" for r in event.reasons if not r.passed)
+        raise CandidateRejectedError(
+            f"{event.model_name} version {event.version} was rejected: {failed or event.reasons}"
+        )
+    assert isinstance(event, ModelApproved)
+    return event
+
+
+def scores(metrics: ModelMetrics) -> str:
+    """A trained model's headline validation metrics, for its task.
+
+    >>> scores(ModelMetrics(accuracy=0.91, macro_f1=0.9, validation_rows=10))
+    'accuracy 0.910'
+    >>> scores(ModelMetrics(rmse=61.04, mae=48.5, r2=0.97, validation_rows=10))
+    'rmse 61.0, mae 48.5'
+    """
+    if metrics.is_regression:
+        return f"rmse {metrics.rmse:.1f}, mae {metrics.mae:.1f}"
+    return f"accuracy {metrics.accuracy:.3f}"
+
+
 async def _customers(
-    gateway: ModelGateway, frame: pd.DataFrame, label: str, prefix: str, parallel: int = 16
+    gateway: ModelGateway, frame: pd.DataFrame, model: DemoModel, prefix: str, parallel: int = 16
 ) -> None:
-    """One request per customer, then its true label as feedback."""
+    """One request per customer, then its true label (or value) as feedback."""
     gate = asyncio.Semaphore(parallel)
-    labels = frame[label].astype(str).tolist()
+    label = model.spec.label
+    regression = model.spec.is_regression
+    truths = frame[label].astype(float if regression else str).tolist()
     rows = frame.drop(columns=[label]).to_dict(orient="records")
 
     async def one(i: int) -> None:
         async with gate:
             row = {str(k): v for k, v in rows[i].items()}
             answer = await gateway.predict_one(row, f"{prefix}-{i}")
-            await gateway.feedback(answer["request_id"], labels[i])
+            if regression:
+                await gateway.feedback_value(answer["request_id"], truths[i])
+            else:
+                await gateway.feedback(answer["request_id"], truths[i])
 
     await asyncio.gather(*(one(i) for i in range(len(rows))))
 
@@ -94,8 +139,8 @@ async def open_experiment(
     turn = event.correlation_id
     done(f"data-arrived: {ref.rows} labelled rows after the concept changed [{turn[:8]}]")
     run.trained = await tap.wait_for(ModelTrained, lambda e: e.correlation_id == turn, wait)
-    done(f"model-trained: accuracy {run.trained.metrics.accuracy:.3f} [{turn[:8]}]")
-    run.challenger = await tap.wait_for(ModelApproved, lambda e: e.correlation_id == turn, wait)
+    done(f"model-trained: {scores(run.trained.metrics)} [{turn[:8]}]")
+    run.challenger = await approval_in_turn(tap, turn, wait)
     done(f"model-approved: version {run.challenger.version} is {run.challenger.alias}")
     run.opened = await tap.wait_for(
         ExperimentUpdated, lambda e: e.correlation_id == turn and e.status == "running", wait
@@ -124,7 +169,7 @@ async def drive_to_verdict(
     seen: set[str] = set()
     for round_ in range(max_rounds):
         frame = model.generate(round_size, seed + round_, 0.0, True)
-        await _customers(gateway, frame, model.spec.label, f"{model.name}-{seed}-{round_}")
+        await _customers(gateway, frame, model, f"{model.name}-{seed}-{round_}")
         run.requests += round_size
         await asyncio.sleep(1.0)  # let the router count the round's outcomes
         for event in [e for e in tap.events if _mine(model.name, ids)(e)]:

@@ -42,8 +42,14 @@ class ModelGateway:
         return answer
 
     async def feedback(self, request_id: str, label: str) -> None:
-        """The true label of an answered request."""
-        body = {"request_id": request_id, "true_label": label}
+        """The true label of a classifier's answered request."""
+        await self._feedback({"request_id": request_id, "true_label": label})
+
+    async def feedback_value(self, request_id: str, value: float) -> None:
+        """The true value of a regressor's answered request."""
+        await self._feedback({"request_id": request_id, "true_value": value})
+
+    async def _feedback(self, body: dict[str, Any]) -> None:
         for _ in range(10):  # another replica may not have stored the prediction's record yet
             response = await self._post("feedback", body)
             if response.status_code != 404:

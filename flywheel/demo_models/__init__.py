@@ -3,6 +3,8 @@
 Flywheel itself has no built-in model: a deployment registers its models
 (``flywheel models create``). The demo registers these two, side by side:
 customer-segment (three classes) and card-fraud (two classes, other features).
+The end-to-end tests add a regressor, customer-value (a customer's spend over
+the next year).
 """
 
 from __future__ import annotations
@@ -80,15 +82,50 @@ def _outcomes(
     return np.where(fraud, "fraud", "legit").astype(object)
 
 
+PLAN_LEVELS = {"basic": 0.0, "plus": 1.0, "premium": 2.0}
+
+
+def generate_annual_values(
+    rows: int, seed: int, *, covariate_shift: float = 0.0, concept_drift: bool = False
+) -> pd.DataFrame:
+    """Customers (customer-value's features) labelled with their spend over the next year.
+
+    The features are ``generate_customers``' (``covariate_shift`` moves spend and
+    visits); ``concept_drift`` makes the value follow tenure and age rather than
+    spend and visits, with about the same mean, so a model of the old relation
+    misses by a few hundred while the features look the same.
+
+    >>> old = generate_annual_values(3000, 1)
+    >>> new = generate_annual_values(3000, 1, concept_drift=True)
+    >>> value, new_value = old.pop("annual_value"), new.pop("annual_value")
+    >>> bool(value.std() > 300), bool(abs(value.mean() - new_value.mean()) < 100)
+    (True, True)
+    >>> old.equals(new), bool(((value - new_value).abs() > 200).mean() > 0.3)
+    (True, True)
+    """
+    frame = generate_customers(rows, seed, covariate_shift=covariate_shift)
+    spend = frame["monthly_spend"].to_numpy()
+    visits = frame["visits_per_month"].to_numpy()
+    tenure = frame["tenure_months"].to_numpy()
+    age = frame["age"].to_numpy()
+    plan = frame["plan"].map(PLAN_LEVELS).to_numpy(dtype=float)
+    if concept_drift:
+        # Loyalty now pays: long-standing, older customers spend more whatever they spend now.
+        value = 300 + 4 * spend + 25 * tenure + 8 * (age - 42) + 150 * plan
+    else:
+        value = 200 + 10 * spend + 40 * visits + 4 * tenure + 200 * plan
+    # Noise from a stream of its own, so the features are generate_customers' exactly.
+    noise = np.random.default_rng([seed, 1]).normal(0.0, 60.0, rows)
+    columns = [f.name for f in customer_value_spec().features]
+    return frame[columns].assign(annual_value=(value + noise).round(2))
+
+
 def _customers(rows: int, seed: int, shift: float, concept: bool) -> pd.DataFrame:
     return generate_customers(rows, seed, covariate_shift=shift, concept_drift=concept)
 
 
 def _customer_values(rows: int, seed: int, shift: float, concept: bool) -> pd.DataFrame:
-    frame = generate_customers(rows, seed, covariate_shift=shift, concept_drift=concept)
-    value = np.where(frame.pop("segment") == "high_value", "high_value", "standard")
-    columns = [f.name for f in customer_value_spec().features]
-    return frame[columns].assign(value=value.astype(object))
+    return generate_annual_values(rows, seed, covariate_shift=shift, concept_drift=concept)
 
 
 def _transactions(rows: int, seed: int, shift: float, concept: bool) -> pd.DataFrame:
@@ -127,7 +164,7 @@ def card_fraud_spec() -> ModelSpec:
 
 
 def customer_value_spec() -> ModelSpec:
-    """The packaged customer-value spec (the end-to-end tests' third model)."""
+    """The packaged customer-value spec (the end-to-end tests' third model, a regressor)."""
     return _packaged("customer-value.yaml")
 
 
@@ -141,13 +178,13 @@ def demo_models() -> tuple[DemoModel, ...]:
 
 
 def customer_value_model() -> DemoModel:
-    """A third model, two classes from the customers' data.
+    """A third model, a regressor of the customers' spend over the next year.
 
     >>> model = customer_value_model()
     >>> batch = model.generate(500, 3, 0.0, False)
     >>> list(batch.columns) == [*model.spec.feature_names, model.spec.label]
     True
-    >>> sorted(batch["value"].unique())
-    ['high_value', 'standard']
+    >>> model.spec.task, str(batch["annual_value"].dtype)
+    ('regression', 'float64')
     """
     return DemoModel(customer_value_spec(), _customer_values)

@@ -2,7 +2,8 @@
 
 One stack serves three models with different specs: customer-segment as the
 deployment's default model (``FLYWHEEL_MODEL_NAME``, the deprecated single-model
-setting, also on the old routes), card-fraud and customer-value registered
+setting, also on the old routes), card-fraud and customer-value (a regressor:
+values, true values as feedback, experiments on squared error) registered
 through the registry. Each trains, is approved, serves on its own route,
 drifts, retrains and reaches its experiment's verdict on its own, while a
 malformed batch announced for one of them goes to the dead-letter topic.
@@ -16,6 +17,7 @@ import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
@@ -27,7 +29,14 @@ from flywheel.infra.admin_token import read_admin_token
 from flywheel.infra.stack import SERVICES, start_services, stop_services
 from flywheel.loop import DeadLetter, EventTap, announce, publish_raw
 from shared.datasets import generate_customers, write_batch
-from shared.events import FeedbackReceived, ModelPromoted, Topic, dead_letter_topic, topic_name
+from shared.events import (
+    FeedbackReceived,
+    ModelMetrics,
+    ModelPromoted,
+    Topic,
+    dead_letter_topic,
+    topic_name,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -44,6 +53,8 @@ ROUTER_ENV = {
     "ROUTER_OUTCOME_WINDOW_S": "5",
     "ROUTER_OUTCOME_GRACE_S": "2",
     "ROUTER_LOOK_INTERVAL_S": "1",
+    # The three above are per-arm minima of a classifier's outcomes; a regressor's
+    # experiment needs ROUTER_MIN_LABELLED_PER_ARM losses per arm (no correct/wrong).
     # The latency guardrail has its own unit tests; here a 2-core CI box's scheduling
     # noise must not decide whether the loop reaches its verdict.
     "ROUTER_LATENCY_SLOWDOWN": "2.0",
@@ -152,15 +163,37 @@ async def test_data_arrival_trains_approves_and_serves_a_champion(loop_run: Loop
     assert loop_run.announced is not None
     assert loop_run.first_trained is not None
     assert loop_run.first_trained.causation_id == loop_run.announced.event_id
-    assert (loop_run.first_trained.metrics.accuracy or 0.0) > 0.6
+    _assert_learned(_model(loop_run), loop_run.first_trained.metrics)
     assert loop_run.champion is not None
     assert loop_run.champion.alias == "champion"
     answer = loop_run.first_prediction
     assert answer["model_version"] == loop_run.champion.version
     assert answer["variant"] == "champion"
     assert loop_run.champion.model_name == loop_run.model
-    row = answer["predictions"][0]
-    assert set(row["probabilities"]) == set(_model(loop_run).spec.classes)
+    _assert_answered(_model(loop_run), answer["predictions"][0])
+
+
+def _assert_learned(model: DemoModel, metrics: ModelMetrics) -> None:
+    if model.spec.is_regression:
+        # The label's spread is about 390 and its noise 60: a model that learned is near 60.
+        assert metrics.rmse is not None
+        assert metrics.mae is not None
+        assert metrics.rmse < 150
+        assert metrics.mae <= metrics.rmse
+        assert (metrics.r2 or 0.0) > 0.8
+        assert metrics.accuracy is None
+    else:
+        assert (metrics.accuracy or 0.0) > 0.6
+        assert metrics.rmse is None
+
+
+def _assert_answered(model: DemoModel, row: dict[str, Any]) -> None:
+    if model.spec.is_regression:
+        assert isinstance(row["value"], float)
+        assert 0 < row["value"] < 10_000  # annual values are in the hundreds to thousands
+        assert "predicted_class" not in row
+        return
+    assert set(row["probabilities"]) == set(model.spec.classes)
     assert row["predicted_class"] in row["probabilities"]
     assert row["confidence"] == pytest.approx(max(row["probabilities"].values()))
 
@@ -213,16 +246,24 @@ async def test_feedback_is_published_with_the_answering_variant(
         httpx.AsyncClient(base_url=stack["gateway"]) as client,
     ):
         request_id = loop_run.first_prediction["predictions"][0]["request_id"]
-        label = _model(loop_run).spec.classes[0]
+        spec = _model(loop_run).spec
+        truth: dict[str, object] = (
+            {"true_value": 1234.5} if spec.is_regression else {"true_label": spec.classes[0]}
+        )
         response = await client.post(
-            f"/v1/models/{loop_run.model}/feedback",
-            json={"request_id": request_id, "true_label": label},
+            f"/v1/models/{loop_run.model}/feedback", json={"request_id": request_id, **truth}
         )
         assert response.status_code == 200, response.text
         feedback = await tap.wait_for(FeedbackReceived, lambda e: e.request_id == request_id, 60)
     assert (feedback.model_name, feedback.variant) == (loop_run.model, "champion")
     assert feedback.version == loop_run.first_prediction["model_version"]
-    assert feedback.correct == (feedback.predicted_class == label)
+    if spec.is_regression:
+        answered = loop_run.first_prediction["predictions"][0]["value"]
+        assert feedback.true_value == 1234.5
+        assert feedback.predicted_value == pytest.approx(answered)
+        assert feedback.predicted_class is None
+    else:
+        assert feedback.correct == (feedback.predicted_class == spec.classes[0])
 
 
 async def test_malformed_event_is_parked_on_the_dead_letter_topic(
@@ -269,6 +310,13 @@ async def test_a_better_challenger_ramps_up_and_is_promoted_with_a_report(
     assert (final.status, final.decision) == ("promoted", "promote")
     assert final.champion_version == promoted_version
     assert verdict.verdict.causation_id == final.event_id
+    assert verdict.opened is not None
+    assert verdict.trained is not None
+    regression = _model(loop_run).spec.is_regression
+    assert verdict.trained.metrics.is_regression == regression
+    if regression:
+        # A regressor's experiment compares squared errors, declared when it opens.
+        assert "primary_metric:squared_error" in (verdict.opened.reason or "")
     assert verdict.report_path is not None
     text = verdict.report_path.read_text()
     assert "decision **promote**" in text
