@@ -78,7 +78,8 @@ def test_every_dashboard_query_is_valid_promql(promtool: str, tmp_path: Path) ->
 def test_the_issue_s_alerts_are_all_defined() -> None:
     required = {
         "HighInferenceLatency", "HighErrorRate", "RequestRateDrop", "ModelAccuracyDrop",
-        "ModelLossRise", "DataDriftDetected", "ConsumerLagHigh", "ServiceDown", "DeadLettersIncreasing",
+        "ModelLossRise", "DataDriftDetected", "ConsumerLagHigh", "ServiceDown",
+        "DeadLettersIncreasing",
     }  # fmt: skip
     assert required <= {rule["alert"] for rule in _alert_rules()}
 
