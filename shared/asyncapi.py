@@ -14,7 +14,8 @@ from shared.events import EVENT_TYPES, Event, Topic
 #: Who publishes and who consumes each event type (documentation and the diagram).
 PUBLISHERS: dict[Topic, tuple[str, ...]] = {
     Topic.DATA_ARRIVED: ("cli",),
-    Topic.MODEL_TRAINED: ("trainer",),
+    # The registry too: `flywheel models import` publishes the import run as a candidate.
+    Topic.MODEL_TRAINED: ("trainer", "registry"),
     Topic.MODEL_APPROVED: ("registry",),
     Topic.MODEL_REJECTED: ("registry", "trainer"),
     Topic.DRIFT_DETECTED: ("monitor",),

@@ -42,6 +42,12 @@ def test_only_the_router_may_write_experiment_updated() -> None:
     assert _allowed(Operation.WRITE, Topic.EXPERIMENT_UPDATED.value) == {"router"}
 
 
+def test_the_registry_may_write_model_trained_for_an_import() -> None:
+    # POST /v1/models/{name}/imports publishes the import run as a candidate; without
+    # this ACL an authenticated broker refuses it (TopicAuthorizationFailed).
+    assert _allowed(Operation.WRITE, Topic.MODEL_TRAINED.value) == {"trainer", "registry"}
+
+
 @pytest.mark.parametrize("topic", list(Topic))
 def test_writers_and_readers_are_the_tables_publishers_and_consumers(topic: Topic) -> None:
     services = set(SERVICE_PORTS)
