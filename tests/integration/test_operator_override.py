@@ -133,6 +133,9 @@ async def test_a_manual_rollback_ends_the_experiment_and_the_split_within_second
         # Every subscription of the router joined its group (it says so in /readyz), as
         # an operator's router would have long before anyone rolls back.
         await _until(lambda: _ready(router), 60, "the router ready")
+        # The gateway's own groups start at the log's end: a rollback sent before they
+        # are assigned would reach it only by the periodic resync (15 s), as CI saw.
+        await _until(lambda: _subscribed(gateway), 60, "the gateway's subscriptions assigned")
         rollback = await registry.post(
             f"/v1/models/{name}/rollback",
             json={"reason": "complaints from sales", "requested_by": "ana"},
@@ -176,6 +179,12 @@ async def _split_served(gateway: httpx.AsyncClient, rows: list[dict[str, Any]]) 
 
 async def _ready(service: httpx.AsyncClient) -> bool:
     return (await service.get("/readyz")).status_code == 200
+
+
+async def _subscribed(service: httpx.AsyncClient) -> bool:
+    """Every subscription of ``service`` joined its group (``/readyz`` lists none waiting)."""
+    reasons: list[str] = (await service.get("/readyz")).json()["reasons"]
+    return not any(r.startswith("waiting for the consumer group") for r in reasons)
 
 
 async def _only(gateway: httpx.AsyncClient, rows: list[dict[str, Any]], which: str) -> bool:
