@@ -101,6 +101,9 @@ def create_app(settings: Settings | None = None, *, ports: GatewayPorts | None =
     )
     register(runtime.consumer, ServingHandlers(fleet))
     resync = PeriodicTask(fleet.resync, settings.routing_resync_s, "routing-resync")
+    # The broadcast groups start at the log's end: re-read once they joined, so an
+    # operator's rollback sent during start-up is not left to the periodic resync.
+    runtime.consumer.health.when_all_assigned(fleet.resync)
     guard = GatewayStateGuard(
         runtime.redis,
         lambda: any(s.state == "serving" for s in fleet.statuses()),

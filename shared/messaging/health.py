@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
@@ -11,6 +13,8 @@ from faststream.kafka import KafkaBroker
 from shared.events import consumer_group
 from shared.messaging.idempotency import IdempotencyStore
 from shared.metrics import MessagingMetrics
+
+log = logging.getLogger(__name__)
 
 #: Dead letters in a row on one subscription after which the service reports not ready.
 DEAD_LETTER_STREAK = 20
@@ -37,15 +41,35 @@ class SubscriptionHealth:
         self._streak = streak
         self._failing: dict[str, tuple[int, str]] = {}
         self._unassigned: set[str] = set()
+        self._on_all_assigned: list[Callable[[], Awaitable[None]]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def listener(self, topic: str) -> ConsumerRebalanceListener:
         """The rebalance listener of ``topic``'s consumer: ready once its group assigned it."""
         self._unassigned.add(topic)
-        return _FirstAssignment(lambda: self.assigned(topic))
+        return _FirstAssignment(lambda: self._joined(topic))
+
+    def when_all_assigned(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Run ``callback`` (in a task of its own) once every subscription first joined.
+
+        A consumer whose group starts at the log's end misses what was published
+        between the service reading its state and the join: re-reading the state
+        then closes that gap.
+        """
+        self._on_all_assigned.append(callback)
 
     def assigned(self, topic: str) -> None:
         """``topic``'s consumer joined its group: it reads whatever it was assigned."""
         self._unassigned.discard(topic)
+
+    async def _joined(self, topic: str) -> None:
+        """The rebalance listener's side of ``assigned``: the last first join runs callbacks."""
+        last = self._unassigned == {topic}
+        self.assigned(topic)
+        for callback in self._on_all_assigned if last else ():
+            task = asyncio.create_task(_logged(callback))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     @property
     def waiting(self) -> frozenset[str]:
@@ -71,17 +95,24 @@ class SubscriptionHealth:
         ]
 
 
+async def _logged(callback: Callable[[], Awaitable[None]]) -> None:
+    try:
+        await callback()
+    except Exception:  # a failed re-read is healed by the next periodic one
+        log.exception("re-reading state after the consumer groups joined failed")
+
+
 class _FirstAssignment(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
     """Calls ``on_assigned`` after each assignment (later ones change nothing)."""
 
-    def __init__(self, on_assigned: Callable[[], None]) -> None:
+    def __init__(self, on_assigned: Callable[[], Awaitable[None]]) -> None:
         self._on_assigned = on_assigned
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         return None
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self._on_assigned()
+        await self._on_assigned()
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 
@@ -251,6 +252,27 @@ async def test_a_subscription_is_ready_once_its_consumer_group_assigned_it() -> 
     await listener.on_partitions_assigned(set())  # more replicas than partitions: still joined
     assert waiting == [f"waiting for the consumer group to assign {Topic.DATA_ARRIVED.value}"]
     assert ctx.health.problems() == []
+
+
+async def test_state_is_re_read_once_when_every_subscription_first_joined() -> None:
+    ctx = consumer_context("svc")
+    first = ctx.health.listener(Topic.DATA_ARRIVED.value)
+    second = ctx.health.listener(Topic.MODEL_PROMOTED.value)
+    re_reads: list[str] = []
+
+    async def re_read() -> None:
+        re_reads.append("state")
+
+    ctx.health.when_all_assigned(re_read)
+    await first.on_partitions_assigned(set())
+    await asyncio.sleep(0)
+    before_all = list(re_reads)
+    await second.on_partitions_assigned(set())
+    await first.on_partitions_assigned(set())  # a later rebalance: nothing to catch up
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert before_all == []
+    assert re_reads == ["state"]
 
 
 async def test_readyz_says_not_ready_and_why() -> None:
