@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -12,6 +13,9 @@ from shared.kafka_security import KafkaConnection, KafkaSecurity, SaslMechanism,
 DEFAULT_KAFKA = "127.0.0.1:9092"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 DEFAULT_MLFLOW = "http://127.0.0.1:5000"
+
+#: ``REDIS_CLUSTER``: use Redis Cluster, one server, or ask the server which it is.
+RedisClusterMode = Literal["true", "false", "auto"]
 
 #: Default HTTP port of each service; ``<NAME>_PORT`` overrides it.
 SERVICE_PORTS: dict[str, int] = {
@@ -50,6 +54,9 @@ class BaseServiceSettings(BaseSettings):
     """CA bundle that signed the broker's certificate (SSL and SASL_SSL); system CAs if unset."""
     redis_url: str = Field(DEFAULT_REDIS, validation_alias=AliasChoices("REDIS_URL"))
     """Redis URL for idempotency markers, locks and service state."""
+    redis_cluster: RedisClusterMode = Field("auto", validation_alias=AliasChoices("REDIS_CLUSTER"))
+    """``true``: Redis Cluster (``REDIS_URL`` names any node); ``false``: one server;
+    ``auto``: asks ``INFO cluster`` at start (one server when Redis does not answer)."""
     mlflow_tracking_uri: str = Field(
         DEFAULT_MLFLOW, validation_alias=AliasChoices("MLFLOW_TRACKING_URI")
     )
