@@ -3,6 +3,7 @@ into HTTP statuses (a retryable error answers 503)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 
@@ -29,3 +30,20 @@ class DependencyUnavailableError(FlywheelError):
     """A store or the broker did not answer; the same work will succeed later."""
 
     retryable = True
+
+
+class TopicMismatchError(FlywheelError):
+    """An existing Kafka topic differs from Flywheel's topic plan in a way it cannot run with
+    (fewer partitions than planned: a model's key would hash to a partition that is missing).
+
+    ``mismatches`` holds one (topic, setting, expected, found) per difference.
+    """
+
+    def __init__(self, mismatches: Sequence[tuple[str, str, str, str]]) -> None:
+        self.mismatches = tuple(mismatches)
+        super().__init__(
+            "; ".join(
+                f"topic {topic}: {setting} is {found}, the plan says {expected}"
+                for topic, setting, expected, found in self.mismatches
+            )
+        )
