@@ -47,3 +47,12 @@ class TopicMismatchError(FlywheelError):
                 for topic, setting, expected, found in self.mismatches
             )
         )
+
+
+class FencedOffError(DependencyUnavailableError):
+    """Another replica took over the state this one was writing (a newer epoch is stored).
+
+    The write was refused and nothing of it is kept. Handled as an outage: the
+    event is neither committed nor dead-lettered; it is the new owner's to handle
+    (it re-reads the state this replica wrote before it was fenced off).
+    """
