@@ -22,6 +22,7 @@ from shared.logging import correlation_id_var
 from shared.messaging.dead_letters import correlation_id_of, dead_letter, validation_summary
 from shared.messaging.health import HEARTBEAT_INTERVAL_MS, ConsumerContext
 from shared.messaging.idempotency import NothingProcessed
+from shared.messaging.start_positions import StartPosition
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +46,19 @@ def subscribe(ctx: ConsumerContext, topic: Topic, event_type: type[E], handle: H
         await _consume(ctx, topic, event_type, handle, message)
 
     on_message.__name__ = f"{ctx.service}_{topic.name.lower()}"
-    ctx.broker.subscriber(
+    start = StartPosition(topic, ctx)  # where a group that committed nothing starts
+    subscriber = ctx.broker.subscriber(
         topic_name(topic),
         group_id=ctx.group_id,
-        # A replica's own group starts at the end: it reads current state at start-up.
-        auto_offset_reset="latest" if ctx.instance else "earliest",
+        auto_offset_reset=start.reset,
         heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
-        listener=ctx.health.listener(topic_name(topic)),
+        listener=start.listener(ctx.health.listener(topic_name(topic))),
         ack_policy=AckPolicy.NACK_ON_ERROR,
         title=f"{ctx.service}:{topic_name(topic)}",
         description=event_type.__doc__,
-    )(on_message)
+    )
+    start.watch(subscriber)
+    subscriber(on_message)
 
 
 def subscribe_broadcast(
