@@ -26,6 +26,7 @@ from shared.events import Event, Topic, topic_name
 from shared.messaging.dead_letters import correlation_id_of, dead_letter, validation_summary
 from shared.messaging.health import HEARTBEAT_INTERVAL_MS, ConsumerContext
 from shared.messaging.idempotency import IdempotencyStore
+from shared.messaging.start_positions import StartPosition
 from shared.messaging.subscriber import OUTAGE_ERRORS, run_with_retries
 
 log = logging.getLogger(__name__)
@@ -50,19 +51,22 @@ def subscribe_batch(
         await _consume_batch(ctx, topic, event_type, handle, raws)
 
     on_batch.__name__ = f"{ctx.service}_{topic.name.lower()}_batch"
-    ctx.broker.subscriber(
+    start = StartPosition(topic, ctx)  # where a group that committed nothing starts
+    subscriber = ctx.broker.subscriber(
         topic_name(topic),
         group_id=ctx.group_id,
-        auto_offset_reset="earliest",
+        auto_offset_reset=start.reset,
         heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
-        listener=ctx.health.listener(topic_name(topic)),
+        listener=start.listener(ctx.health.listener(topic_name(topic))),
         ack_policy=AckPolicy.NACK_ON_ERROR,
         batch=True,
         max_records=max_records,
         batch_timeout_ms=batch_timeout_ms,
         title=f"{ctx.service}:{topic_name(topic)}",
         description=event_type.__doc__,
-    )(on_batch)
+    )
+    start.watch(subscriber)
+    subscriber(on_batch)
 
 
 async def _consume_batch(
