@@ -52,6 +52,7 @@ def subscribe(ctx: ConsumerContext, topic: Topic, event_type: type[E], handle: H
         group_id=ctx.group_id,
         auto_offset_reset=start.reset,
         heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
+        partition_assignment_strategy=ctx.assignors,
         listener=start.listener(ctx.health.listener(topic_name(topic))),
         ack_policy=AckPolicy.NACK_ON_ERROR,
         title=f"{ctx.service}:{topic_name(topic)}",
