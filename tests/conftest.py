@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 
 from flywheel.infra import Endpoints, InfraConfig, InfraError, start_infra, stop_infra
+from flywheel.infra.aio import run_sync
 from shared.kafka_security import SECURITY_ENV
+from shared.settings import BaseServiceSettings
+from shared.topics import ensure_topics, plan_topics
 
 KAFKA_ENV, REDIS_ENV, MLFLOW_ENV = "KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "MLFLOW_TRACKING_URI"
 
@@ -86,7 +89,7 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoints]:
         kafka, redis = _from_docker(stack, kafka, redis)
         missing = {"kafka": kafka, "redis": redis, "mlflow": mlflow}
         local = _start_local(config, [name for name, given in missing.items() if not given])
-        yield Endpoints(
+        endpoints = Endpoints(
             kafka_bootstrap=kafka or config.kafka_bootstrap,
             redis_url=redis or config.redis_url,
             mlflow_uri=mlflow or config.mlflow_uri,
@@ -94,6 +97,15 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoints]:
             # A local broker requires SASL/SCRAM; tests reach it as the operator.
             kafka_credentials=local.kafka_credentials,
         )
+        _ensure_planned_topics(endpoints)
+        yield endpoints
+
+
+def _ensure_planned_topics(endpoints: Endpoints) -> None:
+    """Create the deployment's topics as ``flywheel up`` does (a given or Docker broker may
+    create topics on first use, the local one does not): tests publish before services start."""
+    policy = BaseServiceSettings().topic_policy()
+    run_sync(ensure_topics(endpoints.kafka, plan_topics(policy), policy.on_fewer_partitions))
 
 
 @pytest.fixture(scope="session")
