@@ -10,7 +10,9 @@ as ``DependencyUnavailableError`` (retried by the consumer, 503 on a route).
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import math
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar, cast
@@ -20,6 +22,13 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from services.router.core import Experiment
+from services.router.core.batch import (
+    Applied,
+    Change,
+    CountOnce,
+    ModelBatch,
+    OpenWindow,
+)
 from services.router.core.decision import ExperimentStats
 from services.router.core.outcomes import (
     Closing,
@@ -36,7 +45,7 @@ from services.router.core.outcomes import (
 from services.router.core.report import LookPoint
 from services.router.core.tally import LOSS_SHIFT_FIELD, REWARD_SHIFT_FIELD, stats_from_counters
 from shared.aliases import in_applying_order, promotion_moves
-from shared.errors import DependencyUnavailableError
+from shared.errors import DependencyUnavailableError, InvalidInputError
 from shared.events import ExperimentUpdated, model_key, routing_state_key
 from shared.mlflow_client import mlflow_client
 
@@ -197,6 +206,85 @@ return closed
 """
 
 
+#: Apply one model's share of a poll (ARGV[3], JSON): skip each event at or below the
+#: offset its partition last applied (the hash KEYS[1]), apply the rest, store the new
+#: offsets, all in one atomic step. Every other key is built from ARGV[1], the model's
+#: hash-tagged prefix, so the script touches one Redis Cluster slot. Increments of events
+#: whose marker is new are summed here and added once per counter; ARGV[2] is the
+#: markers' lifetime. Returns {redelivered, labels open, late, duplicate}.
+_APPLY = """
+local prefix, ttl = ARGV[1], ARGV[2]
+local batch = cjson.decode(ARGV[3])
+local applied, newest = {}, {}
+for i, partition in ipairs(batch.partitions) do
+  applied[i] = tonumber(redis.call('HGET', KEYS[1], partition) or '-1')
+end
+local sums, seqs, opened = {}, {}, {}
+local redelivered, open, late, duplicate = 0, 0, 0, 0
+
+local function count_once(exp, marker, increments)
+  if not redis.call('SET', prefix .. 'counted:' .. marker, '1', 'NX', 'EX', ttl) then return end
+  local counters = sums[exp]
+  if not counters then counters = {}; sums[exp] = counters end
+  for j = 1, #increments, 2 do
+    local name = increments[j]
+    counters[name] = (counters[name] or 0) + tonumber(increments[j + 1])
+  end
+end
+
+local function seq_of(exp)
+  if not seqs[exp] then seqs[exp] = tonumber(redis.call('GET', prefix .. 'seq:' .. exp) or '0') end
+  return seqs[exp]
+end
+
+local function open_window(exp, rid, predicted_at, encoded)
+  if redis.call('EXISTS', prefix .. 'closed:' .. exp .. ':' .. rid) == 1
+     or redis.call('HEXISTS', prefix .. 'outcome:' .. exp, rid) == 1 then
+    return
+  end
+  local seq = seq_of(exp) + 1
+  seqs[exp], opened[exp] = seq, true
+  redis.call('ZADD', prefix .. 'pending:' .. exp, predicted_at, rid)
+  redis.call('ZADD', prefix .. 'pending-seq:' .. exp, seq, rid)
+  redis.call('HSET', prefix .. 'outcome:' .. exp, rid, encoded .. seq)
+end
+
+local function keep_label(exp, rid, encoded, late_marker, late_increments)
+  if redis.call('EXISTS', prefix .. 'closed:' .. exp .. ':' .. rid) == 1 then
+    count_once(exp, late_marker, late_increments)
+    late = late + 1
+  elseif redis.call('HEXISTS', prefix .. 'label:' .. exp, rid) == 1 then
+    duplicate = duplicate + 1
+  else
+    redis.call('HSET', prefix .. 'label:' .. exp, rid, encoded .. seq_of(exp))
+    open = open + 1
+  end
+end
+
+for _, event in ipairs(batch.events) do
+  local partition, offset = event[1], event[2]
+  if partition > 0 and offset <= applied[partition] then
+    redelivered = redelivered + 1
+  else
+    if partition > 0 then newest[partition] = math.max(newest[partition] or -1, offset) end
+    for _, c in ipairs(event[3]) do
+      if c[1] == 'count' then count_once(c[2], c[3], c[4])
+      elseif c[1] == 'open' then open_window(c[2], c[3], c[4], c[5])
+      else keep_label(c[2], c[3], c[4], c[5], c[6]) end
+    end
+  end
+end
+for exp in pairs(opened) do redis.call('SET', prefix .. 'seq:' .. exp, seqs[exp]) end
+for exp, counters in pairs(sums) do
+  for name, amount in pairs(counters) do
+    redis.call('HINCRBYFLOAT', prefix .. 'stats:' .. exp, name, string.format('%.17g', amount))
+  end
+end
+for i, offset in pairs(newest) do redis.call('HSET', KEYS[1], batch.partitions[i], offset) end
+return {redelivered, open, late, duplicate}
+"""
+
+
 class RedisOutcomeTally:
     """Counters in one hash per experiment; a once-only marker per counted event.
 
@@ -217,6 +305,17 @@ class RedisOutcomeTally:
         self._open: Any = redis.register_script(_OPEN)
         self._label: Any = redis.register_script(_LABEL)
         self._close: Any = redis.register_script(_CLOSE)
+        self._apply: Any = redis.register_script(_APPLY)
+
+    @_redis_outage
+    async def apply(self, batch: ModelBatch) -> Applied:
+        """Apply a model's share of a poll in one round trip, each event once (see ``_APPLY``)."""
+        payload = encode_batch(batch)
+        keys = [_router_key(batch.model_name, "applied")]
+        args = [_router_key(batch.model_name, ""), self._marker_ttl_s, payload]
+        redelivered, open_, late, duplicate = await self._apply(keys=keys, args=args)
+        labels: dict[LabelStatus, int] = {"open": open_, "late": late, "duplicate": duplicate}
+        return Applied(int(redelivered), {k: int(v) for k, v in labels.items() if v})
 
     @_redis_outage
     async def add(
@@ -358,6 +457,54 @@ class RedisOutcomeTally:
         """Every kept look, oldest first."""
         raws = await self._redis.lrange(_key(model_name, "looks", experiment_id), 0, -1)
         return [LookPoint.model_validate_json(r) for r in raws]
+
+
+def encode_batch(batch: ModelBatch) -> str:
+    """``batch`` as the JSON ``_APPLY`` reads: partitions numbered from 1 (0: none), each
+    event as [partition, offset, changes]; numbers as text, so Lua keeps every digit."""
+    partitions: dict[str, int] = {}
+    events = []
+    for event in batch.events:
+        source = event.source
+        number = (
+            0 if source is None else partitions.setdefault(source.partition, len(partitions) + 1)
+        )
+        offset = -1 if source is None else source.offset
+        events.append([number, offset, [_encode_change(c) for c in event.changes]])
+    return json.dumps({"partitions": list(partitions), "events": events}, separators=(",", ":"))
+
+
+def _encode_change(change: Change) -> list[Any]:
+    if isinstance(change, CountOnce):
+        return ["count", change.experiment_id, change.marker, _flat(change.increments)]
+    if isinstance(change, OpenWindow):
+        pending = change.pending
+        prefix = encode_pending(pending).rsplit("|", 1)[0] + "|"
+        return [
+            "open",
+            change.experiment_id,
+            pending.request_id,
+            repr(pending.predicted_at),
+            prefix,
+        ]
+    prefix = encode_label(change.label).rsplit("|", 1)[0] + "|"
+    late = change.late
+    return [
+        "label",
+        change.experiment_id,
+        change.request_id,
+        prefix,
+        late.marker,
+        _flat(late.increments),
+    ]
+
+
+def _flat(increments: dict[str, float]) -> list[str]:
+    # A script that fails halfway keeps what it wrote: refuse what Lua cannot add first.
+    bad = [name for name, amount in increments.items() if not math.isfinite(amount)]
+    if bad:
+        raise InvalidInputError(f"increments not finite: {', '.join(bad)}")
+    return [text for name, amount in increments.items() for text in (name, repr(float(amount)))]
 
 
 def _key(model_name: str, kind: str, experiment_id: str) -> str:

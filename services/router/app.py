@@ -65,7 +65,14 @@ def create_app(settings: Settings | None = None, name: str = "router") -> FastAP
         look_wait_s=settings.look_wait_s,
     )
     overrides = OverrideHandler(store, runtime.publisher, metrics, locks)
-    register(runtime.consumer, approvals, outcomes, overrides)
+    register(
+        runtime.consumer,
+        approvals,
+        outcomes,
+        overrides,
+        batch_size=settings.batch_size,
+        batch_timeout_ms=settings.batch_timeout_ms,
+    )
     ticker = Ticker(outcomes.tick, settings.look_interval_s)
     guard = StateGuard(
         runtime.redis,

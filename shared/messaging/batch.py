@@ -7,6 +7,11 @@ batch goes on. Idempotency costs one Redis round trip per batch, not per
 event. When the handler keeps failing on a batch, the events are retried one
 at a time, so only the event at fault is dead-lettered. Batch handlers must
 therefore be all-or-nothing: validate before changing state.
+
+``subscribe_positioned_batch`` hands the handler each event with its Kafka
+``Position`` (topic, partition, offset): a handler that stores the offsets it
+applied atomically with its state can skip what it already applied, which is
+exact where a marker per event is not (see the router's outcome tallies).
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from faststream import AckPolicy
 from faststream.kafka.annotations import KafkaMessage
@@ -35,6 +41,18 @@ E = TypeVar("E", bound=Event)
 BatchHandler = Callable[[Sequence[E]], Awaitable[None]]
 
 
+@dataclass(frozen=True)
+class Position:
+    """Where a record sits in Kafka."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+PositionedBatchHandler = Callable[[Sequence[tuple[E, Position]]], Awaitable[None]]
+
+
 def subscribe_batch(
     ctx: ConsumerContext,
     topic: Topic,
@@ -46,9 +64,37 @@ def subscribe_batch(
 ) -> None:
     """Register ``handle`` for batches of ``topic``: commit after success, dedup, dead letters."""
 
+    async def events_only(batch: Sequence[tuple[E, Position]]) -> None:
+        await handle([event for event, _ in batch])
+
+    subscribe_positioned_batch(
+        ctx,
+        topic,
+        event_type,
+        events_only,
+        max_records=max_records,
+        batch_timeout_ms=batch_timeout_ms,
+    )
+
+
+def subscribe_positioned_batch(
+    ctx: ConsumerContext,
+    topic: Topic,
+    event_type: type[E],
+    handle: PositionedBatchHandler[E],
+    *,
+    max_records: int = 500,
+    batch_timeout_ms: int = 200,
+) -> None:
+    """Like ``subscribe_batch``, but ``handle`` gets each event with its ``Position``."""
+
     async def on_batch(message: KafkaMessage) -> None:
         raws: list[bytes] = list(message.body)  # type: ignore[arg-type]  # a batch's body is a list
-        await _consume_batch(ctx, topic, event_type, handle, raws)
+        records: Sequence[Any] = message.raw_message  # a batch's raw message: the poll's records
+        positions = [Position(r.topic, r.partition, r.offset) for r in records]
+        await _consume_batch(
+            ctx, topic, event_type, handle, list(zip(raws, positions, strict=True))
+        )
 
     on_batch.__name__ = f"{ctx.service}_{topic.name.lower()}_batch"
     start = StartPosition(topic, ctx)  # where a group that committed nothing starts
@@ -69,17 +115,21 @@ def subscribe_batch(
     subscriber(on_batch)
 
 
+#: One valid record: its event, its bytes (for a dead letter) and where it sits.
+_Record = tuple[E, bytes, Position]
+
+
 async def _consume_batch(
     ctx: ConsumerContext,
     topic: Topic,
     event_type: type[E],
-    handle: BatchHandler[E],
-    raws: list[bytes],
+    handle: PositionedBatchHandler[E],
+    raws: list[tuple[bytes, Position]],
 ) -> None:
-    events: list[tuple[E, bytes]] = []
-    for raw in raws:
+    events: list[_Record[E]] = []
+    for raw, position in raws:
         try:
-            events.append((event_type.model_validate_json(raw), raw))
+            events.append((event_type.model_validate_json(raw), raw, position))
         except ValidationError as error:
             summary = validation_summary(error)
             await dead_letter(ctx, topic, raw, "invalid", summary, correlation_id_of(raw))
@@ -94,15 +144,15 @@ async def _consume_batch(
 
 
 async def _drop_handled(
-    ctx: ConsumerContext, topic: Topic, events: list[tuple[E, bytes]]
-) -> list[tuple[E, bytes]]:
-    ids = [event.event_id for event, _ in events]
+    ctx: ConsumerContext, topic: Topic, events: list[_Record[E]]
+) -> list[_Record[E]]:
+    ids = [event.event_id for event, _, _ in events]
     seen = await seen_many(ctx.processed, ids)
     # A batch may also repeat an event (redelivery overlapping a new poll).
-    fresh: dict[str, tuple[E, bytes]] = {}
-    for event, raw in events:
-        if event.event_id not in seen:
-            fresh.setdefault(event.event_id, (event, raw))
+    fresh: dict[str, _Record[E]] = {}
+    for record in events:
+        if record[0].event_id not in seen:
+            fresh.setdefault(record[0].event_id, record)
     duplicates = len(events) - len(fresh)
     if duplicates:
         log.info("duplicate events ignored", extra={"count": duplicates})
@@ -111,21 +161,25 @@ async def _drop_handled(
 
 
 async def _handle_batch(
-    ctx: ConsumerContext, topic: Topic, handle: BatchHandler[E], batch: list[tuple[E, bytes]]
+    ctx: ConsumerContext,
+    topic: Topic,
+    handle: PositionedBatchHandler[E],
+    batch: list[_Record[E]],
 ) -> None:
     started = time.perf_counter()
-    events = [event for event, _ in batch]
+    positioned = [(event, position) for event, _, position in batch]
+    events = [event for event, _ in positioned]
     outcomes = {"handled": len(events)}
     try:
-        await _retry_batch(ctx, handle, events)
+        await _retry_batch(ctx, handle, positioned)
         ctx.health.handled(topic_name(topic))
     except OUTAGE_ERRORS:
         raise
     except Exception:
         # Find the event at fault: one at a time, each with the usual retries.
         outcomes = {"handled": 0, "dead_lettered": 0}
-        for event, raw in batch:
-            outcome = await run_with_retries(ctx, topic, event, _single(handle), raw)
+        for event, raw, position in batch:
+            outcome = await run_with_retries(ctx, topic, event, _single(handle, position), raw)
             outcomes[outcome] += 1
     ctx.metrics.handler_seconds.labels(ctx.service, topic_name(topic)).observe(
         time.perf_counter() - started
@@ -136,7 +190,9 @@ async def _handle_batch(
             ctx.metrics.consumed.labels(ctx.service, topic_name(topic), outcome).inc(count)
 
 
-async def _retry_batch(ctx: ConsumerContext, handle: BatchHandler[E], events: list[E]) -> None:
+async def _retry_batch(
+    ctx: ConsumerContext, handle: PositionedBatchHandler[E], events: list[tuple[E, Position]]
+) -> None:
     for attempt in range(1, ctx.max_attempts + 1):
         try:
             await handle(events)
@@ -154,9 +210,11 @@ async def _retry_batch(ctx: ConsumerContext, handle: BatchHandler[E], events: li
             await asyncio.sleep(ctx.retry_backoff_s * attempt)
 
 
-def _single(handle: BatchHandler[E]) -> Callable[[E], Awaitable[None]]:
+def _single(
+    handle: PositionedBatchHandler[E], position: Position
+) -> Callable[[E], Awaitable[None]]:
     async def one(event: E) -> None:
-        await handle([event])
+        await handle([(event, position)])
 
     return one
 
