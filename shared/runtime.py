@@ -19,7 +19,6 @@ from fastapi import APIRouter, FastAPI, Response
 from fastapi.responses import PlainTextResponse
 from faststream.kafka import KafkaBroker
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from redis.asyncio import Redis
 
 from shared.errors import TopicMismatchError
 from shared.http_errors import Describe, install_error_handlers
@@ -32,6 +31,7 @@ from shared.messaging import (
     producer_options,
 )
 from shared.metrics import MessagingMetrics
+from shared.redis_client import RedisClient, redis_client
 from shared.settings import BaseServiceSettings
 from shared.topics import ensure_topics, service_plan
 
@@ -50,7 +50,7 @@ class ServiceRuntime:
     name: str
     settings: BaseServiceSettings
     broker: KafkaBroker
-    redis: Redis
+    redis: RedisClient
     registry: CollectorRegistry
     messaging: MessagingMetrics
     publisher: KafkaEventPublisher
@@ -61,7 +61,10 @@ class ServiceRuntime:
 
 
 def build_runtime(name: str, settings: BaseServiceSettings) -> ServiceRuntime:
-    """Create (not connect) the broker, Redis client, metrics and messaging helpers."""
+    """Create (not connect) the broker, Redis client, metrics and messaging helpers.
+
+    ``REDIS_CLUSTER=auto`` asks Redis once (``INFO cluster``) which client it needs.
+    """
     kafka = settings.kafka_connection()
     broker = KafkaBroker(
         kafka.bootstrap,
@@ -71,7 +74,9 @@ def build_runtime(name: str, settings: BaseServiceSettings) -> ServiceRuntime:
         # Through the root handler, so FastStream's own lines are JSON like ours.
         logger=logging.getLogger("faststream"),
     )
-    redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+    redis = redis_client(
+        settings.redis_url, settings.redis_cluster, socket_timeout=5, socket_connect_timeout=2
+    )
     registry = CollectorRegistry()
     messaging = MessagingMetrics.create(registry)
     processed = ProcessedEvents(redis, name, settings.idempotency_ttl_s)
@@ -94,7 +99,7 @@ def build_runtime(name: str, settings: BaseServiceSettings) -> ServiceRuntime:
     )
 
 
-def redis_check(redis: Redis) -> ReadinessCheck:
+def redis_check(redis: RedisClient) -> ReadinessCheck:
     """Readiness: Redis answers PING."""
 
     async def check() -> bool:

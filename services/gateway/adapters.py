@@ -12,12 +12,12 @@ import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from redis.asyncio import Redis
 
 from services.gateway.core import is_flywheel_pipeline
 from services.gateway.ports import Classifier, Regressor
 from shared.events import PredictionLogged, Variant
 from shared.mlflow_client import bound_mlflow_requests, mlflow_client
+from shared.redis_client import RedisClient, slot_groups
 from shared.scoring import Scorer, flavor_of, load_scorer
 from shared.spec import ModelSpec
 
@@ -105,7 +105,7 @@ class RedisPredictionRecords:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         ttl_s: int,
         prefix: str = "flywheel:gateway:",
         claim_hold_s: float = 30.0,
@@ -119,11 +119,21 @@ class RedisPredictionRecords:
         """Write all records with one command (a script setting each key with its expiry).
 
         One command instead of a pipeline of one SET per event: the client's CPU for
-        packing commands was the larger part of logging a prediction.
+        packing commands was the larger part of logging a prediction. On a Redis
+        Cluster the keys (by request id, no hash tag) spread over slots: one script
+        per slot, pipelined; the records are independent, so nothing needs them atomic.
         """
         keys = [self._key("prediction", event.request_id) for event in events]
         records = [event.model_dump_json(exclude={"features"}) for event in events]
-        await self._redis.eval(_SET_ALL_WITH_EXPIRY, len(keys), *keys, self._ttl_s, *records)
+        groups = slot_groups(self._redis, keys)
+        if len(groups) == 1:
+            await self._redis.eval(_SET_ALL_WITH_EXPIRY, len(keys), *keys, self._ttl_s, *records)
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for group in groups:
+                slot_keys, slot_records = [keys[i] for i in group], [records[i] for i in group]
+                pipe.eval(_SET_ALL_WITH_EXPIRY, len(group), *slot_keys, self._ttl_s, *slot_records)
+            await pipe.execute()
 
     async def recall(self, request_id: str) -> PredictionLogged | None:
         """The stored record of ``request_id`` (features left out), if it has not expired."""
@@ -156,7 +166,7 @@ class RedisPredictionRecords:
 class RedisFeatureStore:
     """Features in one hash per entity; the predicted segment beside them in another."""
 
-    def __init__(self, redis: Redis, prefix: str = "flywheel:features:") -> None:
+    def __init__(self, redis: RedisClient, prefix: str = "flywheel:features:") -> None:
         self._redis = redis
         self._prefix = prefix
 

@@ -11,12 +11,12 @@ import requests
 from mlflow.artifacts import download_artifacts
 from mlflow.exceptions import MlflowException
 from pyarrow import ArrowException
-from redis.asyncio import Redis
 
 from services.monitor.core import PREDICTION, Reference, baseline_loss
 from services.monitor.ports import SavedState
 from shared.events import model_key
 from shared.mlflow_client import mlflow_client, mlflow_outages, outage_cause
+from shared.redis_client import RedisClient
 from shared.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -170,7 +170,7 @@ class RedisStateStore:
     the state and the chunk are written in one MULTI/EXEC transaction.
     """
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self._redis = redis
 
     async def load(self, model_name: str) -> SavedState | None:

@@ -18,7 +18,6 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar, cast
 
 from mlflow.exceptions import MlflowException
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from services.router.core import Experiment
@@ -48,6 +47,7 @@ from shared.aliases import in_applying_order, promotion_moves
 from shared.errors import DependencyUnavailableError, InvalidInputError
 from shared.events import ExperimentUpdated, model_key, routing_state_key
 from shared.mlflow_client import mlflow_client
+from shared.redis_client import RedisClient, move_key
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def _router_key(model_name: str, kind: str) -> str:
 class RedisExperimentStore:
     """Per model: its current experiment, each experiment by id, and its routing table."""
 
-    def __init__(self, redis: Redis, index_key: str = EXPERIMENT_INDEX_KEY) -> None:
+    def __init__(self, redis: RedisClient, index_key: str = EXPERIMENT_INDEX_KEY) -> None:
         self._redis = redis
         self._index = index_key
 
@@ -296,7 +296,7 @@ class RedisOutcomeTally:
     """
 
     def __init__(
-        self, redis: Redis, marker_ttl_s: int = 14 * 24 * 3600, max_looks: int = 2000
+        self, redis: RedisClient, marker_ttl_s: int = 14 * 24 * 3600, max_looks: int = 2000
     ) -> None:
         self._redis = redis
         self._marker_ttl_s = marker_ttl_s
@@ -523,12 +523,13 @@ _TALLY_KINDS = ("stats", "pending", "pending-seq", "outcome", "label", "seq", "l
 
 @_redis_outage
 async def adopt_single_model_keys(
-    redis: Redis, model_name: str, index_key: str = EXPERIMENT_INDEX_KEY
+    redis: RedisClient, model_name: str, index_key: str = EXPERIMENT_INDEX_KEY
 ) -> int:
     """Move the keys a single-model router left to ``model_name``'s hash-tagged ones.
 
-    Those releases ran one Redis, never a cluster, so ``RENAME`` across slots is
-    fine. The old current-experiment key goes last: a start interrupted halfway
+    The old keys carry no hash tag: ``move_key`` renames them on one server and
+    copies then deletes them across a cluster's slots (RENAME there: CROSSSLOT).
+    The old current-experiment key goes last: a start interrupted halfway
     adopts the rest next time; once it is gone this is a no-op. Once-only markers
     are left to expire (the consumer's idempotency store already guards
     redeliveries). Returns how many experiments were moved.
@@ -547,8 +548,7 @@ async def adopt_single_model_keys(
         await redis.set(_by_id(model_name, experiment_id), raw)
         for kind in _TALLY_KINDS:
             old = f"{_LEGACY}{kind}:{experiment_id}"
-            if await redis.exists(old):
-                await redis.rename(old, _key(model_name, kind, experiment_id))
+            await move_key(redis, old, _key(model_name, kind, experiment_id), replace=True)
         await redis.delete(f"{_LEGACY}experiment:by-id:{experiment_id}")
         await redis.zrem(legacy_index, experiment_id)
         moved += 1

@@ -15,8 +15,7 @@ import pyarrow.parquet as pq
 import sklearn
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
-from redis.asyncio import Redis
-from redis.exceptions import LockError, ResponseError
+from redis.exceptions import LockError
 
 from services.trainer.coalesce import PendingArrival
 from services.trainer.core import TrainedModel, column_misfit, reference_predictions
@@ -34,6 +33,7 @@ from shared.datasets import load_batch, path_of
 from shared.errors import DependencyUnavailableError, InvalidInputError
 from shared.events import DataArrived, DatasetRef, model_key
 from shared.mlflow_client import mlflow_client, mlflow_outages
+from shared.redis_client import RedisClient, move_key
 from shared.spec import ModelSpec
 from shared.torch_mlp import TRUSTED_TYPES
 
@@ -89,7 +89,7 @@ return dropped
 class RedisBatchHistory:
     """A capped Redis list of DatasetRef JSON per model, newest last, one per content hash."""
 
-    def __init__(self, redis: Redis, cap: int) -> None:
+    def __init__(self, redis: RedisClient, cap: int) -> None:
         self._redis = redis
         self._cap = cap
 
@@ -119,7 +119,7 @@ class RedisBatchHistory:
 class RedisPendingTriggers:
     """Pending data-arrived events in a Redis list per model, so a restart loses none."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self._redis = redis
 
     @staticmethod
@@ -155,22 +155,20 @@ _LEGACY_KEYS = {
 }
 
 
-async def adopt_legacy_keys(redis: Redis, model_name: str) -> list[str]:
+async def adopt_legacy_keys(redis: RedisClient, model_name: str) -> list[str]:
     """Move a model's batch list and pending arrivals from the single-model keys to its own.
 
     Run once at start-up, before anything consumes: after an upgrade the default
     model keeps its history instead of looking lost. A key already at the new
     place wins (RENAMENX). Returns the kinds moved. Remove with the default model.
+    The legacy keys carry no hash tag: on a Redis Cluster the move is a copy and a
+    delete (``move_key``), as RENAMENX across slots is refused (CROSSSLOT).
     """
     moved = []
     for kind, pattern in _LEGACY_KEYS.items():
-        try:
-            if await redis.renamenx(
-                pattern.format(model_name), model_key("trainer", model_name, kind)
-            ):
-                moved.append(kind)
-        except ResponseError:  # no legacy key: the usual case
-            continue
+        legacy, own = pattern.format(model_name), model_key("trainer", model_name, kind)
+        if await move_key(redis, legacy, own, replace=False):
+            moved.append(kind)
     return moved
 
 
@@ -189,7 +187,7 @@ def _arrival(raw: bytes | str) -> PendingArrival:
 class RedisTrainingLock:
     """A Redis lock per model with an expiry, so a crashed trainer cannot hold it forever."""
 
-    def __init__(self, redis: Redis, ttl_s: float, wait_s: float) -> None:
+    def __init__(self, redis: RedisClient, ttl_s: float, wait_s: float) -> None:
         self._redis = redis
         self._ttl_s = ttl_s
         self._wait_s = wait_s
