@@ -103,6 +103,7 @@ def subscribe_positioned_batch(
         group_id=ctx.group_id,
         auto_offset_reset=start.reset,
         heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
+        partition_assignment_strategy=ctx.assignors,
         listener=start.listener(ctx.health.listener(topic_name(topic))),
         ack_policy=AckPolicy.NACK_ON_ERROR,
         batch=True,
