@@ -43,6 +43,7 @@ from services.router.core.outcomes import (
 )
 from services.router.core.report import LookPoint
 from services.router.core.tally import LOSS_SHIFT_FIELD, REWARD_SHIFT_FIELD, stats_from_counters
+from services.router.revisions import StaleExperimentError, saved_as
 from shared.aliases import in_applying_order, promotion_moves
 from shared.errors import DependencyUnavailableError, InvalidInputError
 from shared.events import ExperimentUpdated, model_key, routing_state_key
@@ -83,6 +84,7 @@ class RedisExperimentStore:
     def __init__(self, redis: RedisClient, index_key: str = EXPERIMENT_INDEX_KEY) -> None:
         self._redis = redis
         self._index = index_key
+        self._save: Any = redis.register_script(_SAVE)
 
     @_redis_outage
     async def current(self, model_name: str) -> Experiment | None:
@@ -117,23 +119,51 @@ class RedisExperimentStore:
 
     @_redis_outage
     async def save(self, experiment: Experiment, update: ExperimentUpdated | None) -> None:
-        """Write the model's keys in one MULTI/EXEC so readers never see them disagree."""
-        model, raw = experiment.model_name, experiment.model_dump_json()
+        """Store ``experiment`` at its next revision if the stored one is still its own.
+
+        One script on the model's keys (one slot): the experiment by id, the model's
+        current one and, when given, its routing table change together or not at all.
+        StaleExperimentError when another writer saved the experiment since it was read.
+        """
+        model = experiment.model_name
+        raw = saved_as(experiment).model_dump_json()
         # Indexed first, alone (another slot): a stored experiment is always findable, and
-        # an index entry whose MULTI never ran reads as no experiment.
+        # an index entry whose script never ran reads as no experiment.
         await self._redis.hset(self._index, experiment.experiment_id, model)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(_router_key(model, "experiment"), raw)
-            pipe.set(_by_id(model, experiment.experiment_id), raw)
-            if update is not None:
-                pipe.set(routing_state_key(model), update.model_dump_json())
-            await pipe.execute()
+        keys = [
+            _by_id(model, experiment.experiment_id),
+            _router_key(model, "experiment"),
+            routing_state_key(model),
+        ]
+        table = "" if update is None else update.model_dump_json()
+        args = [experiment.revision, raw, table, experiment.experiment_id]
+        stored = int(await self._save(keys=keys, args=args))
+        if stored >= 0:
+            raise StaleExperimentError(model, experiment.experiment_id, experiment.revision, stored)
 
     @_redis_outage
     async def routing_table(self, model_name: str) -> ExperimentUpdated | None:
         """The latest ExperimentUpdated the router stored for ``model_name``."""
         raw = await self._redis.get(routing_state_key(model_name))
         return None if raw is None else ExperimentUpdated.model_validate_json(raw)
+
+
+#: Compare-and-set of one experiment: saved only at the revision the writer read (a
+#: document without one, stored before revisions, is at 0). The model's current experiment
+#: and routing table follow unless a newer experiment has taken them over (an experiment
+#: not stored before is new and takes them). Returns -1 when saved, else the stored revision.
+_SAVE = """
+local stored = redis.call('GET', KEYS[1])
+local revision = 0
+if stored then revision = tonumber(cjson.decode(stored)['revision'] or 0) end
+if revision ~= tonumber(ARGV[1]) then return revision end
+redis.call('SET', KEYS[1], ARGV[2])
+local current = redis.call('GET', KEYS[2])
+if stored and current and cjson.decode(current)['experiment_id'] ~= ARGV[4] then return -1 end
+redis.call('SET', KEYS[2], ARGV[2])
+if ARGV[3] ~= '' then redis.call('SET', KEYS[3], ARGV[3]) end
+return -1
+"""
 
 
 def _by_id(model_name: str, experiment_id: str) -> str:

@@ -31,7 +31,12 @@ from services.router.core.override import apply_override, override_of, served_ch
 from services.router.core.report import look_point
 from services.router.metrics import RouterMetrics
 from services.router.ports import ExperimentStore, ModelAliases, ModelSpecs, OutcomeTally
-from services.router.revisions import claim_verdict, decide_again_if_stale, saved_as
+from services.router.revisions import (
+    claim_verdict,
+    decide_again_if_stale,
+    release_verdict,
+    saved_as,
+)
 from shared.catalog import UnknownModelError
 from shared.errors import DependencyUnavailableError
 from shared.events import (
@@ -410,7 +415,9 @@ class OutcomeHandler:
             else:
                 await asyncio.to_thread(self._aliases.drop_challenger, state.model_name, challenger)
         except Exception as error:
-            # The verdict stays pending in Redis; the event is retried, not dead-lettered.
+            # The verdict stays pending in Redis, unclaimed so any process may finish it
+            # (this one restarted); the event is retried, not dead-lettered.
+            await release_verdict(self._store, state)
             raise DependencyUnavailableError(f"aliases not moved: {error!r}") from error
         update = ExperimentUpdated(
             event_id=_event_id(state, "update"), **_in_turn(state), **_update_fields(state)
