@@ -41,9 +41,12 @@ async def test_state_rows_and_pooled_windows_survive_a_new_client(
     model = f"test-monitor-{uuid.uuid4().hex[:8]}"
     store = RedisStateStore(redis)
     assert await store.load(model) is None
-    await store.save(model, {"filled": 1}, {"numbers": "AA", "labels": [["a"]]}, False, [], 2)
+    epoch = await store.take_epoch(model)
+    first = {"numbers": "AA", "labels": [["a"]]}
+    await store.save(model, {"filled": 1}, first, False, [], 2, epoch=epoch)
     pooled = [{"numbers": "P1"}, {"numbers": "P2"}, {"numbers": "P3"}]
-    await store.save(model, {"filled": 2}, {"numbers": "BB", "labels": [["b"]]}, False, pooled, 2)
+    second = {"numbers": "BB", "labels": [["b"]]}
+    await store.save(model, {"filled": 2}, second, False, pooled, 2, epoch=epoch)
     fresh_client = Redis.from_url(infra.redis_url)
     try:
         state, rows, kept = await RedisStateStore(fresh_client).load(model) or ({}, [], [])
@@ -51,7 +54,8 @@ async def test_state_rows_and_pooled_windows_survive_a_new_client(
         assert [r["numbers"] for r in rows] == ["AA", "BB"]
         assert [c["numbers"] for c in kept] == ["P2", "P3"]  # only the last two are kept
         # A closed window starts the row list over.
-        await store.save(model, {"filled": 1}, {"numbers": "CC", "labels": []}, True, [], 2)
+        third = {"numbers": "CC", "labels": []}
+        await store.save(model, {"filled": 1}, third, True, [], 2, epoch=epoch)
         state, rows, kept = await RedisStateStore(fresh_client).load(model) or ({}, [], [])
         assert [r["numbers"] for r in rows] == ["CC"]
     finally:
@@ -59,7 +63,8 @@ async def test_state_rows_and_pooled_windows_survive_a_new_client(
     # One model's keys share one hash tag (one Redis Cluster slot), apart from other models'.
     found = await redis.keys(f"flywheel:monitor:{{{model}}}:*")
     keys = sorted(k.decode() if isinstance(k, bytes) else k for k in found)
-    assert keys == [model_key("monitor", model, k) for k in ("pooled", "rows", "state")]
+    kinds = ("epoch", "pooled", "rows", "state")
+    assert keys == [model_key("monitor", model, k) for k in kinds]
 
 
 async def test_processed_events_mark_and_check_a_batch_in_one_round_trip(redis: Redis) -> None:

@@ -20,6 +20,7 @@ from services.monitor.ports import RoutingState
 from services.monitor.service import ModelMonitor, ModelMonitors, MonitorPorts
 from services.monitor.settings import Settings
 from shared.catalog import InMemorySpecSource, ModelCatalog, RegisteredSpec
+from shared.errors import FencedOffError
 from shared.events import DriftDetected, Event, PredictionLogged, Topic, dead_letter_topic
 from shared.spec import ModelSpec, load_spec
 from shared.testing import RecordingPublisher, consumer_context
@@ -54,19 +55,34 @@ class FakeReferences:
 
 
 class InMemoryStates:
-    """Each model's state, row chunks and pooled windows, through JSON as Redis would."""
+    """Each model's state, row chunks and pooled windows, through JSON as Redis would.
+
+    Fenced as Redis is: a write under another epoch than the model's last one is refused.
+    """
 
     def __init__(self) -> None:
         self.models: dict[str, ModelState] = {}
+        self.epochs: Counter[str] = Counter()
+        self.loads: Counter[str] = Counter()
 
     def of(self, model_name: str = MODEL) -> ModelState:
         return self.models.setdefault(model_name, ModelState())
 
+    async def take_epoch(self, model_name: str) -> int:
+        self.epochs[model_name] += 1
+        return self.epochs[model_name]
+
     async def load(self, model_name: str) -> SavedState | None:
+        self.loads[model_name] += 1
         return self.of(model_name).load()
 
-    async def clear(self, model_name: str) -> None:
+    async def clear(self, model_name: str, epoch: int) -> None:
+        self._check(model_name, epoch)
         self.models.pop(model_name, None)
+
+    def _check(self, model_name: str, epoch: int) -> None:
+        if epoch != self.epochs[model_name]:
+            raise FencedOffError(f"{model_name}: epoch {self.epochs[model_name]}, not {epoch}")
 
     async def save(
         self,
@@ -76,7 +92,10 @@ class InMemoryStates:
         restart_rows: bool,
         pooled: list[dict[str, Any]],
         keep_pooled: int,
+        *,
+        epoch: int,
     ) -> None:
+        self._check(model_name, epoch)
         self.of(model_name).save(state, rows, restart_rows, pooled, keep_pooled)
 
 
