@@ -48,7 +48,9 @@ def create_app(settings: Settings | None = None, name: str = "trainer") -> FastA
         batches=FileBatchSource(),
         history=history,
         pending=RedisPendingTriggers(runtime.redis),
-        lock=RedisTrainingLock(runtime.redis, settings.lock_ttl_s, settings.lock_wait_s),
+        lock=RedisTrainingLock(
+            runtime.redis, settings.lock_ttl_s, heartbeat_s=settings.lock_heartbeat_s
+        ),
         store=MlflowModelStore(settings.mlflow_tracking_uri, default_spec.label),
         publisher=runtime.publisher,
     )

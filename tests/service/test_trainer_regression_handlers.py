@@ -12,8 +12,8 @@ from faststream.kafka.annotations import KafkaMessage
 from prometheus_client import CollectorRegistry
 from sklearn.datasets import load_diabetes
 from test_trainer_handlers import (
-    AsyncioLock,
     Clock,
+    FakeLeases,
     FakeModelStore,
     InMemoryHistory,
     InMemoryPending,
@@ -58,11 +58,12 @@ class Loop:
         catalog = ModelCatalog(
             InMemorySpecSource({MODEL: RegisteredSpec(1, _spec())}), "customer-segment", load_spec()
         )
+        leases = FakeLeases()
         ports = TrainerPorts(
             FileBatchSource(),
             InMemoryHistory(),
-            InMemoryPending(),
-            AsyncioLock(),
+            InMemoryPending(leases),
+            leases,
             self.store,
             self.publisher,
         )
