@@ -93,9 +93,9 @@ class BaseServiceSettings(BaseSettings):
     )
     """Replicas that must hold a write before it is acknowledged; unset: replication − 1."""
     kafka_compression: Compression = Field(
-        "lz4", validation_alias=AliasChoices("KAFKA_COMPRESSION")
+        "zstd", validation_alias=AliasChoices("KAFKA_COMPRESSION")
     )
-    """Compression of what the services produce and of the topics they create: lz4 or zstd."""
+    """Compression of what the services produce and of the topics they create: zstd or lz4."""
     kafka_traffic_retention_s: int = Field(
         7 * 24 * 3600, ge=1, validation_alias=AliasChoices("KAFKA_TRAFFIC_RETENTION_S")
     )

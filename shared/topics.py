@@ -55,7 +55,8 @@ class TopicPolicy:
     replication_factor: int = 1
     #: None: replication − 1 (2 of 3), so one broker may be down while acks=all still succeeds.
     min_insync_replicas: int | None = None
-    compression: Compression = "lz4"
+    #: zstd: with aiokafka's codecs (cramjam), 4x less CPU than its lz4 (level 9) and smaller.
+    compression: Compression = "zstd"
     traffic_retention_s: int = 7 * DAY_S
     state_retention_s: int = 30 * DAY_S
     dead_letter_retention_s: int = 14 * DAY_S

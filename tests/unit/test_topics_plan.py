@@ -38,7 +38,7 @@ def test_the_plan_holds_every_topic_and_its_dead_letters_with_retention_by_role(
     plan = {t.name: t for t in plan_topics(TopicPolicy())}
     assert len(plan) == 2 * len(Topic)
     assert {t.partitions for t in plan.values()} == {12}
-    assert {t.config["compression.type"] for t in plan.values()} == {"lz4"}
+    assert {t.config["compression.type"] for t in plan.values()} == {"zstd"}
     retention = {name: int(t.config["retention.ms"]) // DAY_MS for name, t in plan.items()}
     assert retention[topic_name(Topic.PREDICTION_LOGGED)] == 7
     assert retention[topic_name(Topic.FEEDBACK_RECEIVED)] == 7
@@ -64,7 +64,7 @@ def test_settings_read_the_policy_from_the_environment(monkeypatch: pytest.Monke
     for name, value in {
         "KAFKA_PARTITIONS": "24",
         "KAFKA_REPLICATION_FACTOR": "3",
-        "KAFKA_COMPRESSION": "zstd",
+        "KAFKA_COMPRESSION": "lz4",
         "KAFKA_TRAFFIC_RETENTION_S": "3600",
         "KAFKA_ON_FEWER_PARTITIONS": "warn",
     }.items():
@@ -73,11 +73,11 @@ def test_settings_read_the_policy_from_the_environment(monkeypatch: pytest.Monke
     assert policy == TopicPolicy(
         partitions=24,
         replication_factor=3,
-        compression="zstd",
+        compression="lz4",
         traffic_retention_s=3600,
         on_fewer_partitions="warn",
     )
-    assert producer_options(policy.compression)["compression_type"] == "zstd"
+    assert producer_options(policy.compression)["compression_type"] == "lz4"
 
 
 def test_a_service_plans_what_its_acls_let_it_create() -> None:
@@ -122,7 +122,7 @@ def test_more_partitions_is_fine_other_differences_warn() -> None:
     mismatches = compare(_planned(), _found(12, 3, **{"compression.type": "producer"}))
     assert [(m.setting, m.expected, m.found, m.fatal) for m in mismatches] == [
         ("replication factor", "1", "3", False),
-        ("compression.type", "lz4", "producer", False),
+        ("compression.type", "zstd", "producer", False),
     ]
 
 
