@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import TopicAlreadyExistsError
@@ -14,16 +16,19 @@ from aiokafka.structs import OffsetAndTimestamp
 from flywheel.infra.config import InfraConfig
 from flywheel.infra.kafka import server_properties
 from flywheel.infra.kafka_acl import Acl, Operation, Resource, service_acls
+from shared import runtime as runtime_module
 from shared.errors import TopicMismatchError
 from shared.events import Topic, dead_letter_topic, topic_name
 from shared.messaging import producer_options
 from shared.messaging.start_positions import LookBack, auto_offset_reset, look_back
+from shared.runtime import build_runtime, service_app
 from shared.settings import BaseServiceSettings
 from shared.topics import (
     TRAFFIC_TOPICS,
     FoundTopic,
     PlannedTopic,
     TopicPolicy,
+    TopicsReport,
     _ensure,
     _log,
     compare,
@@ -278,3 +283,42 @@ def test_the_local_broker_creates_nothing_on_first_use(tmp_path: Any) -> None:
 def test_producers_are_idempotent_and_wait_for_every_in_sync_replica() -> None:
     options = producer_options("lz4")
     assert (options["enable_idempotence"], options["acks"]) == (True, "all")
+
+
+async def test_a_service_whose_topic_is_unfit_serves_not_ready_saying_why(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REDIS_CLUSTER", "false")  # nothing to ask: no Redis here
+    found_one = ("flywheel.data-arrived", "partitions", "12", "1")
+    calls: list[str] = []
+    tried_again = asyncio.Event()
+
+    async def refuse(*_: Any, **__: Any) -> TopicsReport:
+        calls.append("ensure")
+        if len(calls) == 2:
+            tried_again.set()
+        raise TopicMismatchError([found_one])
+
+    monkeypatch.setattr(runtime_module, "ensure_topics", refuse)
+    runtime = build_runtime("trainer", BaseServiceSettings())
+    connecting = asyncio.create_task(runtime_module._start_broker(runtime, mismatch_retry_s=0.01))
+    try:
+        async with asyncio.timeout(5):
+            await tried_again.wait()  # refused, and tried again
+        transport = httpx.ASGITransport(app=service_app(runtime))
+        async with httpx.AsyncClient(transport=transport, base_url="http://svc") as client:
+            answer = await client.get("/readyz")
+    finally:
+        connecting.cancel()
+    assert answer.status_code == 503
+    assert answer.json()["reasons"][0] == (
+        "topic flywheel.data-arrived: partitions is 1, the plan says 12"
+    )
+    assert not runtime.broker_started.is_set()
+
+    async def fine(*_: Any, **__: Any) -> TopicsReport:
+        return TopicsReport()
+
+    monkeypatch.setattr(runtime_module, "ensure_topics", fine)
+    await runtime_module._ensure_topics(runtime)  # an operator added partitions
+    assert runtime.topic_problems == []
