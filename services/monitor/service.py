@@ -385,6 +385,10 @@ class ModelMonitors:
         self._loading.add(task)
         task.add_done_callback(self._loading.discard)
 
+    async def loaded(self) -> None:
+        """Wait for the background loads the last assignments started."""
+        await asyncio.gather(*self._loading)
+
     async def _load_owned(self) -> None:
         known = set(self._monitors)
         try:

@@ -22,6 +22,7 @@ from services.monitor.settings import Settings
 from shared.catalog import InMemorySpecSource, ModelCatalog, RegisteredSpec
 from shared.errors import FencedOffError
 from shared.events import DriftDetected, Event, PredictionLogged, Topic, dead_letter_topic
+from shared.ownership import PartitionOwnership
 from shared.spec import ModelSpec, load_spec
 from shared.testing import RecordingPublisher, consumer_context
 
@@ -198,13 +199,14 @@ def make_monitor(
     routing: RoutingState | None = None,
     clock: Callable[[], float] = time.monotonic,
     specs: Mapping[str, ModelSpec] | None = None,
+    ownership: PartitionOwnership | None = None,
 ) -> tuple[Monitor, RecordingPublisher]:
     publisher = RecordingPublisher()
     config = Settings(window_size=WINDOW, cooldown_windows=3).to_config()
     registry = CollectorRegistry()
     ports = MonitorPorts(references, states or InMemoryStates(), publisher, routing)
     metrics = MonitorMetrics.create(registry)
-    models = ModelMonitors(ports, catalog(specs), config, metrics, clock)
+    models = ModelMonitors(ports, catalog(specs), config, metrics, clock, ownership)
     return Monitor(MonitorHandlers(models), registry), publisher
 
 
