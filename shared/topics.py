@@ -27,7 +27,7 @@ from typing import Any, Literal, NamedTuple
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from shared.asyncapi import CONSUMERS, PUBLISHERS
 from shared.errors import DependencyUnavailableError, TopicMismatchError
@@ -198,12 +198,15 @@ async def ensure_topics(
 
     Logs each mismatch (an error when fatal, else a warning) and raises
     ``TopicMismatchError`` naming the fatal ones; ``DependencyUnavailableError``
-    when the broker refuses a creation for another reason than "already exists".
+    when Kafka does not answer or refuses a creation for another reason than
+    "already exists".
     """
     admin = AIOKafkaAdminClient(**kafka.client_options(), request_timeout_ms=request_timeout_ms)
     try:
         await admin.start()
         report = await _ensure(admin, plan, fewer_partitions)
+    except (KafkaError, OSError) as error:
+        raise DependencyUnavailableError(f"Kafka did not answer: {error!r}") from error
     finally:
         await admin.close()
     _log(report)
