@@ -37,7 +37,11 @@ class ExperimentStore(Protocol):
 
     async def save(self, experiment: Experiment, update: ExperimentUpdated | None) -> None:
         """Store ``experiment`` and, when given, make ``update`` its model's routing table,
-        together."""
+        together, at revision ``experiment.revision + 1`` (``revisions.saved_as``).
+
+        Compare-and-set: ``revisions.StaleExperimentError`` when the stored experiment is
+        no longer at ``experiment.revision`` (another writer saved it since it was read).
+        """
 
     async def routing_table(self, model_name: str) -> ExperimentUpdated | None:
         """``model_name``'s latest published routing table, if any."""
