@@ -14,6 +14,7 @@ from faststream import AckPolicy
 from faststream.kafka.annotations import KafkaMessage
 from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.errors import DependencyUnavailableError, FlywheelError
@@ -34,6 +35,8 @@ OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
     DependencyUnavailableError,
     RedisConnectionError,
     RedisTimeoutError,
+    # Redis at its maxmemory (policy noeviction) refuses writes until memory is freed.
+    RedisOutOfMemoryError,
     ConnectionError,
     TimeoutError,
 )
