@@ -151,8 +151,12 @@ class ModelMonitor:
             except FencedOffError:
                 self._fenced_off()
 
-    def forget(self) -> None:
+    async def forget(self) -> None:
         """Another replica owns the model now: drop what this one held."""
+        async with self._lock:  # after a batch still counting: it writes under its epoch
+            self._drop()
+
+    def _drop(self) -> None:
         self.drift, self.epoch, self._verified, self._judged_unsaved = None, None, True, 0
 
     @contextlib.asynccontextmanager
@@ -184,7 +188,7 @@ class ModelMonitor:
             extra={"model": self.model_name, "epoch": self.epoch},
         )
         self._metrics.fenced_off.labels(self.model_name).inc()
-        self.forget()
+        self._drop()
         if self._ownership is not None:
             self._ownership.lose(self.model_name)
 
@@ -204,12 +208,17 @@ class ModelMonitor:
             raise
 
     async def _save(self, save: Save) -> None:
-        await self._ports.states.save(self.model_name, *save, epoch=await self._epoch())
+        await self._ports.states.save(self.model_name, *save, epoch=self._held_epoch())
 
-    async def _epoch(self) -> int:
-        """The model's epoch, taken now if this replica holds none (before reading any state)."""
+    async def _take_epoch(self) -> None:
+        """Take the model's epoch unless held: before reading the state, never at a write."""
         if self.epoch is None:
             self.epoch = await self._ports.states.take_epoch(self.model_name)
+
+    def _held_epoch(self) -> int:
+        """The epoch a write goes under; none held (dropped meanwhile): the write is not ours."""
+        if self.epoch is None:
+            raise FencedOffError(f"model {self.model_name!r} was dropped by this replica")
         return self.epoch
 
     async def _alarm(self, drift: DriftDetected) -> None:
@@ -276,7 +285,7 @@ class ModelMonitor:
             raise ModelUnavailableError(f"{self.model_name!r}: {error!r}") from error
 
     async def _switch_to(self, reference: Reference) -> None:
-        await self._epoch()  # first: every write from now on is ours or refused
+        await self._take_epoch()  # first: every write from now on is ours or refused
         saved = await self._load_saved()
         drift = ModelDrift.start(self.model_name, reference, self._config)
         try:
@@ -286,7 +295,7 @@ class ModelMonitor:
             await self._discard("inconsistent", error)
         else:
             if saved is not None and not restored:  # another version's windows
-                await self._ports.states.clear(self.model_name, await self._epoch())
+                await self._ports.states.clear(self.model_name, self._held_epoch())
         window = drift.detector.window_size
         self._metrics.reference_switched(self.model_name, reference, window, self._reported)
         self._reported, self.drift = reference, drift
@@ -323,7 +332,7 @@ class ModelMonitor:
             extra={"model": self.model_name, "reason": reason, "error": repr(error)},
         )
         self._metrics.state_discarded.labels(self.model_name, reason).inc()
-        await self._ports.states.clear(self.model_name, await self._epoch())
+        await self._ports.states.clear(self.model_name, self._held_epoch())
 
 
 class ModelMonitors:
@@ -378,9 +387,7 @@ class ModelMonitors:
         Loading reads MLflow, so it runs off the rebalance: a model's next event
         waits for it on the model's lock, the others' do not.
         """
-        for name, monitor in self._monitors.items():
-            if not self._owns(name):
-                monitor.forget()
+        await asyncio.gather(*(m.forget() for n, m in self._monitors.items() if not self._owns(n)))
         task = asyncio.create_task(self._load_owned())
         self._loading.add(task)
         task.add_done_callback(self._loading.discard)
