@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import uuid
 from collections import Counter
 
 import pytest
@@ -126,9 +127,10 @@ async def test_unknown_partition_counts_leave_every_model_owned() -> None:
 @pytest.mark.parametrize("replicas", [1, 2, 3, 5, 7])
 def test_partition_p_of_every_topic_goes_to_one_replica(replicas: int) -> None:
     topics = ["prediction-logged", "feedback-received", "model-promoted"]
-    # Each replica runs one consumer per topic, as each subscription is a consumer.
+    # Each replica runs one consumer per topic, as each subscription is a consumer; Kafka
+    # names members by client id and a random suffix, so their order says nothing.
     members = {
-        f"{topic}-{replica}-member": (f"replica-{replica}", [topic])
+        f"flywheel-monitor-{uuid.uuid4()}": (f"replica-{replica}", [topic])
         for replica, topic in itertools.product(range(replicas), topics)
     }
     assignment = co_partitioned(members, dict.fromkeys(topics, PARTITIONS))
