@@ -136,7 +136,7 @@ def create_app(settings: Settings | None = None, *, ports: GatewayPorts | None =
             feature_store=ports.features,
             log_predictions=settings.log_predictions,
             shadow=shadow,
-            records=records,
+            record_policy=records,
         ),
         feedback=FeedbackService(
             ports.records,

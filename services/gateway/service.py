@@ -91,9 +91,9 @@ class PredictionService:
         feature_store: FeatureStore | None = None,
         log_predictions: bool = True,
         shadow: ShadowScorer | None = None,
-        records: RecordPolicy | None = None,
+        record_policy: RecordPolicy | None = None,
     ) -> None:
-        self._records = records
+        self._record_policy = record_policy
         self._shadow = shadow
         self._feature_store = feature_store
         self._fleet = fleet
@@ -217,7 +217,7 @@ class PredictionService:
 
     def _log(self, events: list[PredictionLogged]) -> None:
         """Queue ``events`` for publishing, and for a feedback record those the policy keeps."""
-        policy = self._records
+        policy = self._record_policy
         if policy is None or policy.records_all:
             self._events.offer(events)
             return
