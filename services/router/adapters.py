@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import math
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar, cast
@@ -256,10 +255,7 @@ local function count_once(exp, marker, increments)
   if not redis.call('SET', prefix .. 'counted:' .. marker, '1', 'NX', 'EX', ttl) then return end
   local counters = sums[exp]
   if not counters then counters = {}; sums[exp] = counters end
-  for j = 1, #increments, 2 do
-    local name = increments[j]
-    counters[name] = (counters[name] or 0) + tonumber(increments[j + 1])
-  end
+  for name, amount in pairs(increments) do counters[name] = (counters[name] or 0) + amount end
 end
 
 local function seq_of(exp)
@@ -274,7 +270,7 @@ local function open_window(exp, rid, predicted_at, encoded)
   end
   local seq = seq_of(exp) + 1
   seqs[exp], opened[exp] = seq, true
-  redis.call('ZADD', prefix .. 'pending:' .. exp, predicted_at, rid)
+  redis.call('ZADD', prefix .. 'pending:' .. exp, string.format('%.17g', predicted_at), rid)
   redis.call('ZADD', prefix .. 'pending-seq:' .. exp, seq, rid)
   redis.call('HSET', prefix .. 'outcome:' .. exp, rid, encoded .. seq)
 end
@@ -491,50 +487,38 @@ class RedisOutcomeTally:
 
 def encode_batch(batch: ModelBatch) -> str:
     """``batch`` as the JSON ``_APPLY`` reads: partitions numbered from 1 (0: none), each
-    event as [partition, offset, changes]; numbers as text, so Lua keeps every digit."""
+    event as [partition, offset, changes], increments as objects of numbers."""
     partitions: dict[str, int] = {}
     events = []
     for event in batch.events:
         source = event.source
-        number = (
-            0 if source is None else partitions.setdefault(source.partition, len(partitions) + 1)
+        if source is None:
+            number, offset = 0, -1
+        else:
+            number = partitions.setdefault(source.partition, len(partitions) + 1)
+            offset = source.offset
+        events.append([number, offset, [_encoded(change) for change in event.changes]])
+    try:
+        # A script that fails halfway keeps what it wrote: refuse what Lua cannot add first.
+        return json.dumps(
+            {"partitions": list(partitions), "events": events},
+            separators=(",", ":"),
+            allow_nan=False,
         )
-        offset = -1 if source is None else source.offset
-        events.append([number, offset, [_encode_change(c) for c in event.changes]])
-    return json.dumps({"partitions": list(partitions), "events": events}, separators=(",", ":"))
+    except ValueError as error:
+        raise InvalidInputError(f"{batch.model_name}: a number is not finite") from error
 
 
-def _encode_change(change: Change) -> list[Any]:
+def _encoded(change: Change) -> list[Any]:
     if isinstance(change, CountOnce):
-        return ["count", change.experiment_id, change.marker, _flat(change.increments)]
+        return ["count", change.experiment_id, change.marker, change.increments]
     if isinstance(change, OpenWindow):
         pending = change.pending
         prefix = encode_pending(pending).rsplit("|", 1)[0] + "|"
-        return [
-            "open",
-            change.experiment_id,
-            pending.request_id,
-            repr(pending.predicted_at),
-            prefix,
-        ]
+        return ["open", change.experiment_id, pending.request_id, pending.predicted_at, prefix]
     prefix = encode_label(change.label).rsplit("|", 1)[0] + "|"
     late = change.late
-    return [
-        "label",
-        change.experiment_id,
-        change.request_id,
-        prefix,
-        late.marker,
-        _flat(late.increments),
-    ]
-
-
-def _flat(increments: dict[str, float]) -> list[str]:
-    # A script that fails halfway keeps what it wrote: refuse what Lua cannot add first.
-    bad = [name for name, amount in increments.items() if not math.isfinite(amount)]
-    if bad:
-        raise InvalidInputError(f"increments not finite: {', '.join(bad)}")
-    return [text for name, amount in increments.items() for text in (name, repr(float(amount)))]
+    return ["label", change.experiment_id, change.request_id, prefix, late.marker, late.increments]
 
 
 def _key(model_name: str, kind: str, experiment_id: str) -> str:

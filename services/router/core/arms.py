@@ -8,6 +8,7 @@ fair even when accuracy drifts; comparing pooled arms across a ramp is not
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from functools import cached_property
 from typing import Any
@@ -114,6 +115,7 @@ class ExperimentStats(_Frozen):
         )
 
 
+@functools.lru_cache(maxsize=1024)  # a handful of shares, asked for once per event
 def share_key(share: float) -> str:
     """The stratum key of a challenger share.
 

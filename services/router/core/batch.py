@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from services.router.core.outcomes import Label, LabelStatus, PendingOutcome
 from services.router.core.tally import (
@@ -32,8 +32,7 @@ from services.router.core.tally import (
 from shared.events import FeedbackReceived, PredictionFailed, PredictionLogged
 
 
-@dataclass(frozen=True)
-class CountOnce:
+class CountOnce(NamedTuple):
     """Increments added to an experiment's counters once per ``marker``."""
 
     experiment_id: str
@@ -41,16 +40,14 @@ class CountOnce:
     increments: dict[str, float]
 
 
-@dataclass(frozen=True)
-class OpenWindow:
+class OpenWindow(NamedTuple):
     """A routed prediction's outcome window, opened unless open or closed already."""
 
     experiment_id: str
     pending: PendingOutcome
 
 
-@dataclass(frozen=True)
-class KeepLabel:
+class KeepLabel(NamedTuple):
     """A label kept for its open window; once the window has closed, ``late`` is counted."""
 
     experiment_id: str
@@ -62,16 +59,14 @@ class KeepLabel:
 Change = CountOnce | OpenWindow | KeepLabel
 
 
-@dataclass(frozen=True)
-class Source:
+class Source(NamedTuple):
     """Where an event was read: its Kafka topic and partition, and its offset there."""
 
     partition: str
     offset: int
 
 
-@dataclass(frozen=True)
-class EventChanges:
+class EventChanges(NamedTuple):
     """One event's changes; ``source`` None for an event handed over outside Kafka."""
 
     source: Source | None
