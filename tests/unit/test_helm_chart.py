@@ -373,6 +373,25 @@ def test_the_registry_will_not_render_without_an_admin_token(tmp_path: Path) -> 
     assert "admin.existingSecret" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("values", "where"),
+    [
+        ({"router": {"replicas": "three"}}, "/router/replicas"),
+        ({"trainer": {"gpu": {"enabled": "yes"}}}, "/trainer/gpu/enabled"),
+        ({"kafka": {"topics": {"compression": "gzip"}}}, "/kafka/topics/compression"),
+    ],
+)
+def test_values_of_the_wrong_kind_are_refused_by_the_schema(
+    tmp_path: Path, values: Obj, where: str
+) -> None:
+    values_file = tmp_path / "values.yaml"
+    values_file.write_text(yaml.safe_dump(values), encoding="utf-8")
+    args = ["template", "flywheel", str(CHART), "--kube-version", KUBE_VERSION]
+    result = _helm_run(*args, "--values", str(values_file))
+    assert result.returncode != 0
+    assert where in result.stderr
+
+
 def test_the_trainer_requests_a_gpu_only_when_enabled(
     default_objects: list[Obj], scaled_objects: list[Obj]
 ) -> None:
