@@ -11,7 +11,7 @@ RUN_DIR := $(or $(FLYWHEEL_RUN_DIR),.flywheel)
 BENTO_MODEL ?= customer-segment:latest
 SEED ?= $(shell date +%s)
 # helm renders deploy/helm/flywheel in tests/unit/test_helm_chart.py. It is built once per
-# machine from its Go module (about 3.5 CPU-minutes) into the per-user cache beside Kafka's jars.
+# machine from its Go module (about 3 CPU-minutes) into the per-user cache beside Kafka's jars.
 HELM_VERSION := v3.22.0
 HELM := $(HOME)/.cache/flywheel/helm-$(HELM_VERSION)/helm
 
