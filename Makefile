@@ -14,6 +14,10 @@ SEED ?= $(shell date +%s)
 # machine from its Go module (about 3 CPU-minutes) into the per-user cache beside Kafka's jars.
 HELM_VERSION := v3.22.0
 HELM := $(HOME)/.cache/flywheel/helm-$(HELM_VERSION)/helm
+# As helm's own release build links it: its version, and the Kubernetes version it assumes
+# offline (its client-go's, v0.37 -> 1.37; a plain `go install` says v1.20).
+HELM_LDFLAGS := -s -w -X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION) \
+	$(foreach pkg,chartutil lint/rules,-X helm.sh/helm/v3/pkg/$(pkg).k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/$(pkg).k8sVersionMinor=37)
 
 .PHONY: help install helm up down status demo train checkgpu bento test coverage lint typecheck format clean
 
@@ -29,7 +33,7 @@ install: $(STAMP) ## Create .venv (Python 3.11) and install the project with dev
 
 $(HELM):
 	@command -v go > /dev/null || { echo "Go is needed to build helm $(HELM_VERSION) (tests/unit/test_helm_chart.py)"; exit 1; }
-	GOBIN="$(@D)" GOFLAGS=-buildvcs=false go install -trimpath -ldflags="-s -w" helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+	GOBIN="$(@D)" GOFLAGS=-buildvcs=false go install -trimpath -ldflags="$(HELM_LDFLAGS)" helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 
 helm: $(HELM) ## Build helm (pinned, once per machine) for the Helm chart's tests
 
