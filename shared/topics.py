@@ -20,6 +20,7 @@ time enough to look at them and replay.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -225,9 +226,10 @@ async def _ensure(
     report.created = await _create(admin, missing)
     for topic in missing:
         report.partitions[topic.name] = topic.partitions
-    # One that a peer created between our listing and our request was made by the same
-    # plan (or is checked at the next start): only what existed before is compared.
-    described = [t for t in plan if t.name in existing]
+    # "Already exists" for one not listed: a peer's creation, or one the broker's metadata
+    # did not show yet. Either way it is compared like one that was listed.
+    raced = [t for t in missing if t.name not in report.created]
+    described = [t for t in plan if t.name in existing] + raced
     found = await _describe(admin, [t.name for t in described])
     for topic in described:
         report.partitions[topic.name] = found[topic.name].partitions
@@ -260,7 +262,7 @@ async def _describe(admin: AIOKafkaAdminClient, names: Sequence[str]) -> dict[st
     """Partitions, replication and topic configs of the existing topics ``names``."""
     if not names:
         return {}
-    metadata = await admin.describe_topics(list(names))
+    metadata = await _metadata(admin, names)
     configs = await _configs(admin, names)
     found = {}
     for entry in metadata:
@@ -269,6 +271,23 @@ async def _describe(admin: AIOKafkaAdminClient, names: Sequence[str]) -> dict[st
         name = entry["topic"]
         found[name] = FoundTopic(name, len(partitions), replication, configs.get(name, {}))
     return found
+
+
+async def _metadata(
+    admin: AIOKafkaAdminClient, names: Sequence[str], attempts: int = 40, wait_s: float = 0.25
+) -> list[dict[str, Any]]:
+    """The topics' metadata, once every one has its partitions: a topic created a moment
+    ago may be unknown to the broker answering for a little while (KRaft propagates it)."""
+    for _ in range(attempts - 1):
+        metadata: list[dict[str, Any]] = await admin.describe_topics(list(names))
+        if all(entry["error_code"] == 0 and entry["partitions"] for entry in metadata):
+            return metadata
+        await asyncio.sleep(wait_s)
+    metadata = await admin.describe_topics(list(names))
+    unknown = [e["topic"] for e in metadata if e["error_code"] != 0 or not e["partitions"]]
+    if unknown:
+        raise DependencyUnavailableError(f"Kafka does not describe topics {unknown} yet")
+    return metadata
 
 
 async def _configs(admin: AIOKafkaAdminClient, names: Sequence[str]) -> dict[str, dict[str, str]]:

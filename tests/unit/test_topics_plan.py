@@ -136,22 +136,26 @@ class FakeAdmin:
     """The admin calls ``_ensure`` makes, answered from a dict of existing topics."""
 
     existing: dict[str, FoundTopic] = field(default_factory=dict)
-    #: Topics a peer creates between our listing and our creation request.
-    raced: set[str] = field(default_factory=set)
+    #: Existing topics the listing does not show (a peer's creation under way, lagging
+    #: metadata): creating them answers "already exists".
+    unlisted: set[str] = field(default_factory=set)
     create_requests: list[list[str]] = field(default_factory=list)
 
     async def list_topics(self) -> list[str]:
-        return list(self.existing)
+        return [name for name in self.existing if name not in self.unlisted]
 
     async def create_topics(self, new_topics: list[Any]) -> Any:
         self.create_requests.append([t.name for t in new_topics])
         errors = [
-            (t.name, TopicAlreadyExistsError.errno if t.name in self.raced else 0, None)
+            (t.name, TopicAlreadyExistsError.errno if t.name in self.existing else 0, None)
             for t in new_topics
         ]
         for topic in new_topics:
-            self.existing[topic.name] = FoundTopic(
-                topic.name, topic.num_partitions, topic.replication_factor, topic.topic_configs
+            self.existing.setdefault(
+                topic.name,
+                FoundTopic(
+                    topic.name, topic.num_partitions, topic.replication_factor, topic.topic_configs
+                ),
             )
         return type("Response", (), {"topic_errors": errors})()
 
@@ -159,6 +163,7 @@ class FakeAdmin:
         return [
             {
                 "topic": name,
+                "error_code": 0,
                 "partitions": [
                     {
                         "partition": p,
@@ -191,10 +196,18 @@ async def test_ensuring_creates_the_missing_then_is_a_no_op() -> None:
 
 async def test_a_topic_a_peer_created_meanwhile_counts_as_ensured() -> None:
     plan = plan_topics(TopicPolicy(), [Topic.MODEL_TRAINED])
-    admin = FakeAdmin(raced={plan[0].name})
+    peers = FoundTopic(plan[0].name, 12, 1, plan[0].config)
+    admin = FakeAdmin(existing={peers.name: peers}, unlisted={peers.name})
     report = await _ensure(admin, plan, "error")
     assert report.created == [plan[1].name]
     assert report.mismatches == []
+
+
+async def test_an_existing_topic_the_listing_missed_is_still_compared() -> None:
+    planned = _planned()
+    admin = FakeAdmin(existing={planned.name: _found(3)}, unlisted={planned.name})
+    report = await _ensure(admin, [planned], "error")
+    assert [(m.setting, m.found, m.fatal) for m in report.mismatches] == [("partitions", "3", True)]
 
 
 async def test_an_existing_topic_with_fewer_partitions_is_reported(
