@@ -139,8 +139,10 @@ def marker_writer(
     """A feedback marker per prediction, as a feedback request leaves it (claimed, confirmed)."""
 
     async def write(events: list[PredictionLogged]) -> None:
-        await asyncio.gather(*(records.claim_feedback(e.request_id) for e in events))
-        await asyncio.gather(*(records.confirm_feedback(e.request_id) for e in events))
+        for start in range(0, len(events), 50):  # 50 at once: the client's connection pool
+            chunk = events[start : start + 50]
+            await asyncio.gather(*(records.claim_feedback(e.request_id) for e in chunk))
+            await asyncio.gather(*(records.confirm_feedback(e.request_id) for e in chunk))
 
     return write
 

@@ -27,7 +27,7 @@ from shared.redis_client import RedisClient, redis_client
 pytestmark = pytest.mark.integration
 
 #: The documented bounds (docs/architecture.md), in MEMORY USAGE bytes per key.
-RECORD_BYTES, MARKER_BYTES = 250, 120
+RECORD_BYTES, MARKER_BYTES = 250, 150
 #: What feedback takes from a recalled record (services.gateway.feedback).
 JOINED = ("event_id", "correlation_id", "model_name", "version", "variant")
 ANSWERS = ("predicted_class", "predicted_value", "experiment_id", "challenger_share")
