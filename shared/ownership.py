@@ -201,7 +201,7 @@ class CoPartitionedAssignor(AbstractPartitionAssignor):  # type: ignore[misc]  #
         topics = {topic for metadata in members.values() for topic in metadata.subscription}
         counts = {t: len(cluster.partitions_for_topic(t) or ()) for t in topics}
         replicas = {
-            member: (metadata.user_data.decode() or member, metadata.subscription)
+            member: ((metadata.user_data or b"").decode() or member, metadata.subscription)
             for member, metadata in members.items()
         }
         user_data = json.dumps(counts).encode()
