@@ -73,9 +73,16 @@ class PartitionOwnership:
     write was fenced off is not owned again before the next assignment.
     """
 
-    def __init__(self, topic: str, partition_count: Callable[[str], int | None]) -> None:
+    def __init__(
+        self,
+        topic: str,
+        partition_count: Callable[[str], int | None],
+        co_partitioned: Sequence[str] = (),
+    ) -> None:
         self.topic = topic
         self._partition_count = partition_count
+        #: Topics whose events also act on the owned state: their partition p must be ours too.
+        self._co_partitioned = tuple(co_partitioned)
         self._owned: frozenset[int] | None = None
         self._count: int | None = None
         self._lost: set[str] = set()
@@ -107,10 +114,28 @@ class PartitionOwnership:
 
     async def assigned(self, partitions: Iterable[int]) -> None:
         """The group assigned ``partitions`` of the topic (the whole assignment)."""
-        self._count = self._partition_count(self.topic)
+        self._count = self._consistent_count()
         self._owned = frozenset(partitions)
         self._lost.clear()
         await _run(self._on_acquired, self._owned, "acquired")
+
+    def _consistent_count(self) -> int | None:
+        """The topic's partition count, or None when a co-partitioned topic's differs.
+
+        With unequal counts a model's events of another topic may reach a replica
+        that does not own it; refusing them there would stall that topic, so every
+        model counts as owned and the epochs alone guard, loudly.
+        """
+        count = self._partition_count(self.topic)
+        others = {t: self._partition_count(t) for t in self._co_partitioned}
+        unequal = {t: n for t, n in others.items() if n is not None and n != count}
+        if count is not None and unequal:
+            log.error(
+                "co-partitioned topics have unequal partition counts; ownership off",
+                extra={"topic": self.topic, "partitions": count, "others": unequal},
+            )
+            return None
+        return count
 
     async def revoked(self, partitions: Iterable[int]) -> None:
         """The group is taking ``partitions`` away: release them before anyone else reads."""

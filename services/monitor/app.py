@@ -58,6 +58,15 @@ def create_app(settings: Settings | None = None, name: str = "monitor") -> FastA
     )
 
 
+#: Topics besides prediction-logged whose events act on a model's monitor.
+MODEL_TOPICS = (
+    Topic.FEEDBACK_RECEIVED,
+    Topic.MODEL_PROMOTED,
+    Topic.MODEL_ROLLED_BACK,
+    Topic.MODEL_APPROVED,
+)
+
+
 def owned_by_partition(
     consumer: ConsumerContext,
 ) -> tuple[ConsumerContext, PartitionOwnership]:
@@ -70,7 +79,8 @@ def owned_by_partition(
     assignor = co_partitioned_assignor()
     owned = replace(consumer, assignors=(assignor, RoundRobinPartitionAssignor))
     predictions = topic_name(Topic.PREDICTION_LOGGED)
-    ownership = PartitionOwnership(predictions, assignor.partitions_of)
+    others = [topic_name(t) for t in MODEL_TOPICS]
+    ownership = PartitionOwnership(predictions, assignor.partitions_of, co_partitioned=others)
     owned.health.also_listen(predictions, ownership.listener())
     return owned, ownership
 

@@ -203,3 +203,13 @@ async def test_extra_listeners_hear_a_subscription_s_rebalances_and_readiness_st
 def test_a_fenced_off_write_is_an_outage_to_the_subscriptions() -> None:
     # Not committed, not dead-lettered: rewound for whoever owns the partition now.
     assert isinstance(FencedOffError("x"), OUTAGE_ERRORS)
+
+
+async def test_unequal_co_partitioned_counts_turn_ownership_off_rather_than_stall() -> None:
+    counts = {"predictions": PARTITIONS, "feedback": PARTITIONS}
+    ownership = PartitionOwnership("predictions", counts.get, co_partitioned=["feedback"])
+    await ownership.assigned([0])
+    assert not all(ownership.owns(m) for m in MODELS)
+    counts["feedback"] = 2 * PARTITIONS  # a model's feedback may reach another replica
+    await ownership.assigned([0])
+    assert all(ownership.owns(m) for m in MODELS)
