@@ -1,5 +1,6 @@
 """The router's batch step on a real Redis: a model's share of a poll applied in one script,
-once per Kafka offset, in one Redis Cluster slot, counting what the per-event scripts count."""
+once per Kafka offset, in one Redis Cluster slot, counting what the per-event scripts count.
+Run on the single Redis and on a three-node Redis Cluster."""
 
 from __future__ import annotations
 
@@ -9,10 +10,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
 
 import pytest
-from redis.asyncio import Redis
 from redis.crc import key_slot
 
-from flywheel.infra import Endpoints
 from services.router.adapters import RedisOutcomeTally
 from services.router.core.batch import (
     Applied,
@@ -34,6 +33,7 @@ from services.router.core.tally import (
 )
 from shared.errors import InvalidInputError
 from shared.events import FeedbackReceived, PredictionLogged, Variant
+from shared.redis_client import RedisClient, redis_client
 
 pytestmark = pytest.mark.integration
 
@@ -43,8 +43,8 @@ E = TypeVar("E", PredictionLogged, FeedbackReceived)
 
 
 @pytest.fixture
-async def redis(infra: Endpoints) -> AsyncIterator[Redis]:
-    client = Redis.from_url(infra.redis_url)
+async def redis(stateful_redis_url: str) -> AsyncIterator[RedisClient]:
+    client = redis_client(stateful_redis_url)
     yield client
     await client.aclose()
 
@@ -106,7 +106,9 @@ async def _stats(tally: RedisOutcomeTally, model: str) -> tuple[Any, ...]:
     )
 
 
-async def test_a_batch_is_applied_once_per_offset_all_in_its_models_slot(redis: Redis) -> None:
+async def test_a_batch_is_applied_once_per_offset_all_in_its_models_slot(
+    redis: RedisClient,
+) -> None:
     tally, model = RedisOutcomeTally(redis), f"model-{uuid.uuid4().hex[:8]}"
     rows = [_prediction(model, i) for i in range(6)]
     assert await tally.apply(_batch(rows[:4], LOGGED, 10, prediction_changes)) == Applied(0, {})
@@ -142,7 +144,7 @@ async def test_a_batch_is_applied_once_per_offset_all_in_its_models_slot(redis: 
     assert await _stats(tally, model) == (6, 6, 6, 5, 3, 1, 0)
 
 
-async def test_the_batch_step_counts_what_the_per_event_scripts_count(redis: Redis) -> None:
+async def test_the_batch_step_counts_what_the_per_event_scripts_count(redis: RedisClient) -> None:
     tally = RedisOutcomeTally(redis)
     stepwise, batched = (f"model-{uuid.uuid4().hex[:8]}" for _ in range(2))
     variants: list[Variant] = ["champion", "challenger", "champion", "champion"]
@@ -188,7 +190,7 @@ def _close_to(raw: bytes | str) -> object:
 
 
 async def test_an_increment_lua_cannot_add_is_refused_before_anything_is_written(
-    redis: Redis,
+    redis: RedisClient,
 ) -> None:
     tally, model = RedisOutcomeTally(redis), f"model-{uuid.uuid4().hex[:8]}"
     row = _prediction(model, 1).model_copy(update={"latency_ms": math.inf})
