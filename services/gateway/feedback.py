@@ -81,6 +81,8 @@ class RecordPolicy:
 
 
 def _duration(seconds: int) -> str:
+    if seconds == 86_400:
+        return "1 day"
     for unit, size in (("days", 86_400), ("h", 3_600), ("min", 60)):
         if seconds >= size and seconds % size == 0:
             return f"{seconds // size} {unit}"

@@ -9,6 +9,10 @@ from pydantic_settings import SettingsConfigDict
 
 from shared.settings import SERVICE_PORTS, BaseServiceSettings
 
+#: The shortest default feedback window: real labels come late, and a demo-sized outcome
+#: window (30 s) must not turn a label two minutes late into a 404.
+MIN_FEEDBACK_TTL_S = 24 * 3600
+
 
 class Settings(BaseServiceSettings):
     """How the gateway serves, buffers prediction events and keeps feedback records."""
@@ -38,8 +42,10 @@ class Settings(BaseServiceSettings):
     how long after its prediction a label counts in an experiment."""
     feedback_ttl_s: int | None = Field(None, ge=1)
     """How long a prediction can receive feedback, in seconds. Unset: twice the outcome
-    window, so a label as late again is still joined (the router counts it ``late``, the
-    monitor sees it). Longer only when labels come later than experiments count them."""
+    window, so a label as late again is still joined (the router counts it ``late``), and
+    at least a day (``MIN_FEEDBACK_TTL_S``), so labels that come minutes or hours later
+    still reach the monitor's live accuracy. Set it to bound memory harder (see
+    docs/benchmarks.md, "Redis memory per prediction") or longer for later labels."""
     record_sample: float = Field(1.0, ge=0, le=1)
     """Share of predictions outside an experiment that get a feedback record (experiment
     traffic always does: the router needs every outcome); feedback for one left out is a 404."""
@@ -61,4 +67,4 @@ class Settings(BaseServiceSettings):
         """How long a prediction's feedback record is kept, in seconds."""
         if self.feedback_ttl_s is not None:
             return self.feedback_ttl_s
-        return math.ceil(2 * self.outcome_window_s)
+        return max(math.ceil(2 * self.outcome_window_s), MIN_FEEDBACK_TTL_S)

@@ -68,13 +68,13 @@ async def redis(infra: Endpoints) -> AsyncIterator[RedisClient]:
 async def test_a_record_lives_twice_the_outcome_window_and_stays_small(
     redis: RedisClient,
 ) -> None:
-    settings = Settings(outcome_window_s=45)
+    settings = Settings(outcome_window_s=45_000)
     records = RedisPredictionRecords(redis, settings.record_ttl_s)
     events = [_logged(), _logged(regression=True), _logged(batch_row=3)]
     await records.remember(events)
     for event in events:
         key = f"flywheel:gateway:prediction:{event.request_id}"
-        assert 80_000 < await redis.pttl(key) <= 90_000  # 2 × 45 s, just written
+        assert 89_990_000 < await redis.pttl(key) <= 90_000_000  # 2 × 45,000 s, just written
         assert 0 < _bytes(await redis.memory_usage(key)) <= RECORD_BYTES
         recalled = await records.recall(event.request_id)
         assert recalled is not None
@@ -84,7 +84,7 @@ async def test_a_record_lives_twice_the_outcome_window_and_stays_small(
     assert await records.claim_feedback(labelled)
     await records.confirm_feedback(labelled)
     marker = f"flywheel:gateway:feedback:{labelled}"
-    assert 80_000 < await redis.pttl(marker) <= 90_000
+    assert 89_990_000 < await redis.pttl(marker) <= 90_000_000
     assert 0 < _bytes(await redis.memory_usage(marker)) <= MARKER_BYTES
 
 

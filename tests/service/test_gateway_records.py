@@ -44,20 +44,21 @@ def _logged(experiment_id: str | None = None, share: float | None = None) -> Pre
     )
 
 
-def test_the_record_ttl_is_twice_the_outcome_window_unless_set() -> None:
-    assert Settings().record_ttl_s == 60  # the router's default window, 30 s
-    assert Settings(outcome_window_s=3600).record_ttl_s == 7200
-    assert Settings(outcome_window_s=0.4).record_ttl_s == 1  # whole seconds, never 0
-    assert Settings(outcome_window_s=3600, feedback_ttl_s=86_400).record_ttl_s == 86_400
+def test_the_record_ttl_is_twice_the_outcome_window_and_at_least_a_day_unless_set() -> None:
+    assert Settings().record_ttl_s == 86_400  # the router's default window, 30 s: a day
+    assert RecordPolicy(86_400, 1.0).window() == "1 day"
+    assert Settings(outcome_window_s=86_400).record_ttl_s == 172_800
+    assert Settings(outcome_window_s=86_400.4).record_ttl_s == 172_801  # whole seconds
+    assert Settings(outcome_window_s=3600, feedback_ttl_s=60).record_ttl_s == 60
 
 
 def test_the_ttl_and_sample_are_read_from_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("GATEWAY_OUTCOME_WINDOW_S", "900")
+    monkeypatch.setenv("GATEWAY_OUTCOME_WINDOW_S", "90000")
     monkeypatch.setenv("GATEWAY_RECORD_SAMPLE", "0.25")
     settings = Settings()
-    assert (settings.record_ttl_s, settings.record_sample) == (1800, 0.25)
+    assert (settings.record_ttl_s, settings.record_sample) == (180_000, 0.25)
     monkeypatch.setenv("GATEWAY_RECORD_SAMPLE", "1.5")
     with pytest.raises(ValueError, match="record_sample"):
         Settings()
@@ -168,7 +169,7 @@ async def test_a_partial_sample_records_exactly_the_sampled_rows() -> None:
 
 
 async def test_an_unknown_id_in_the_sample_is_named_unknown_with_the_window() -> None:
-    async for gateway in open_gateway(RecordingPublisher(), outcome_window_s=3600):
+    async for gateway in open_gateway(RecordingPublisher(), feedback_ttl_s=7200):
         answer = await _feedback(gateway, "nope")
         assert answer.status_code == 404
         message = answer.json()["detail"]["message"]
