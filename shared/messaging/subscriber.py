@@ -13,6 +13,7 @@ from typing import TypeVar
 from faststream import AckPolicy
 from faststream.kafka.annotations import KafkaMessage
 from pydantic import ValidationError
+from redis.exceptions import ClusterDownError, SlotNotCoveredError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -37,6 +38,10 @@ OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
     RedisTimeoutError,
     # Redis at its maxmemory (policy noeviction) refuses writes until memory is freed.
     RedisOutOfMemoryError,
+    # A Redis Cluster failing over: its slots come back once a replica takes over.
+    ClusterDownError,
+    TryAgainError,
+    SlotNotCoveredError,
     ConnectionError,
     TimeoutError,
 )

@@ -213,3 +213,10 @@ async def test_unequal_co_partitioned_counts_turn_ownership_off_rather_than_stal
     counts["feedback"] = 2 * PARTITIONS  # a model's feedback may reach another replica
     await ownership.assigned([0])
     assert all(ownership.owns(m) for m in MODELS)
+
+
+def test_a_redis_cluster_failing_over_is_an_outage_to_the_subscriptions() -> None:
+    from redis.exceptions import ClusterDownError, SlotNotCoveredError, TryAgainError
+
+    for error in (ClusterDownError("down"), TryAgainError("again"), SlotNotCoveredError("s")):
+        assert isinstance(error, OUTAGE_ERRORS)
