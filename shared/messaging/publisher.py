@@ -62,11 +62,16 @@ def producer_options(compression: Compression) -> ProducerOptions:
     )
 
 
+#: The key of events naming no model (a ``data-arrived`` for the deployment's default model):
+#: one key, so they too keep their order in one partition.
+UNNAMED_MODEL_KEY = b"flywheel.default-model"
+
+
 def message_key(event: Event) -> bytes:
     """The Kafka key of ``event``: its model, so one model's events keep their order in one
-    partition (the correlation id for the rare event that names no model)."""
+    partition (``UNNAMED_MODEL_KEY`` for the rare event that names no model)."""
     model_name = getattr(event, "model_name", None)
-    return (model_name or event.correlation_id).encode()
+    return model_name.encode() if model_name else UNNAMED_MODEL_KEY
 
 
 class KafkaEventPublisher:
