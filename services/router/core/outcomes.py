@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -254,8 +254,13 @@ def decode_pending(request_id: str, text: str) -> PendingOutcome:
     3
     """
     arm, stratum, at, seq = text.split("|")
-    return PendingOutcome.model_validate(
-        {"request_id": request_id, "arm": arm, "stratum": stratum, "predicted_at": at, "seq": seq}
+    # Our own stored text, read once per closing outcome: built, not validated again.
+    return PendingOutcome.model_construct(
+        request_id=request_id,
+        arm=cast(Variant, arm),
+        stratum=stratum,
+        predicted_at=float(at),
+        seq=int(seq),
     )
 
 
