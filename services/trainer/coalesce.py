@@ -99,7 +99,10 @@ def new_rows(pending: Sequence[PendingArrival]) -> int:
 
 def newest(pending: Sequence[PendingArrival]) -> PendingArrival:
     """The trigger a training of ``pending`` answers: the latest one that is not data, if any,
-    else the latest arrival (the last added among equal times).
+    else the latest arrival.
+
+    Latest by when it happened (``occurred_at``), then by when it was received: the
+    triggers of one model may come from several partitions, consumed in any order.
 
     >>> from shared.events import DatasetRef
     >>> ref = DatasetRef(uri="file:///b.parquet", sha256="a" * 64, rows=500)
@@ -109,7 +112,7 @@ def newest(pending: Sequence[PendingArrival]) -> PendingArrival:
     'manual'
     """
     asked = [p for p in pending if p.trigger != "data"] or list(pending)
-    return sorted(asked, key=lambda p: p.received_at)[-1]
+    return sorted(asked, key=lambda p: (p.event.occurred_at, p.received_at))[-1]
 
 
 def trigger_ids(cause: Event, covered: Sequence[PendingArrival]) -> tuple[str, ...]:

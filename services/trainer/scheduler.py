@@ -105,13 +105,13 @@ class PendingTrainingScheduler:
         return period_due(last, self._wall_clock(), self._every_s)
 
     async def _turn(self, model: str, period: int | None) -> None:
-        """One model's turn: claim its scheduled retrain when due, then train what is pending;
-        failures stay its own."""
+        """One model's turn: train what is pending, then claim its scheduled retrain when due
+        (trained at its next turn); failures stay its own."""
         try:
+            await self._handlers.train_pending(model)
             if period is not None:
                 await self._handlers.on_schedule(model, period)
                 self._claimed[model] = period
-            await self._handlers.train_pending(model)
         except OUTAGE_ERRORS as error:
             # The arrivals stay pending: nothing is lost, the training happens once it is back.
             log.warning("pending training deferred", extra={"model": model, "error": repr(error)})

@@ -475,8 +475,8 @@ async def test_two_workers_never_train_the_same_model_at_once(tmp_path: Path) ->
     await h.history.record(MODEL, _batch(tmp_path, 1))
     await h.handlers.on_data_arrived(DataArrived(producer="test", dataset=_batch(tmp_path, 2)))
     h.clock.now += WINDOW_S
-    command = RetrainModel(producer="cli", model_name=MODEL)
     await h.handlers.on_drift_detected(_drift())
+    command = RetrainModel(producer="cli", model_name=MODEL)  # the newer request
     await h.handlers.on_retrain_requested(command)
     turns = await asyncio.gather(*(h.handlers.train_pending(MODEL) for _ in range(3)))
     assert sorted(turns) == [False, False, True]  # the lease's holder trains, the others pass

@@ -75,3 +75,12 @@ def test_a_training_answers_the_newest_request_and_covers_the_data_beside_it() -
     ids = trigger_ids(cause.event, [data, manual, later_data])
     assert ids == (manual.event.event_id, data.event.event_id, later_data.event.event_id)
     assert newest([data, later_data]) is later_data
+
+
+def test_the_newest_is_the_one_that_happened_last_whatever_partition_came_first() -> None:
+    late, early = _data(0.0), _data(0.0)
+    late = PendingArrival(
+        late.event.model_copy(update={"occurred_at": early.event.occurred_at.replace(year=2100)}),
+        1.0,
+    )
+    assert newest([late, early]) is late  # received first, happened last
