@@ -482,7 +482,7 @@ def report(runs: list[Run]) -> None:
         if replicas > 1 and one:
             print(
                 f"  {who} {replicas} replicas / 1, {topic.value}: "
-                f"{run.capacity * replicas / one.capacity:.2f}× ({run.rate / one.rate:.2f}×)"
+                f"{run.capacity / one.capacity:.2f}× ({run.rate / one.rate:.2f}×)"
             )
 
 
