@@ -50,8 +50,8 @@ from shared.events import (
     PredictionLogged,
     Topic,
 )
-from shared.messaging import OUTAGE_ERRORS, ConsumerContext, EventPublisher, subscribe
-from shared.messaging.batch import Position, subscribe_positioned_batch
+from shared.messaging import ConsumerContext, EventPublisher, subscribe
+from shared.messaging.batch import Position, batch_failure, subscribe_positioned_batch
 from shared.messaging.idempotency import NothingProcessed
 
 log = logging.getLogger(__name__)
@@ -559,22 +559,6 @@ class Ticker:
                 await self._tick()
             except Exception as error:  # Redis away: the next tick tries again
                 log.warning("periodic look failed", extra={"error": repr(error)})
-
-
-def batch_failure(failed: dict[str, BaseException]) -> BaseException:
-    """The one error a batch raises for the models that failed in it.
-
-    An outage is everyone's: raised as it is, the batch waits and is retried. Any
-    other failure is its model's own; the batch subscription then retries the events
-    one at a time, and only the failed models' events end up dead-lettered.
-    """
-    for error in failed.values():
-        if not isinstance(error, Exception) or isinstance(error, OUTAGE_ERRORS):
-            return error
-    if len(failed) == 1:
-        return next(iter(failed.values()))
-    causes = "; ".join(f"{name}: {error!r}" for name, error in failed.items())
-    return RuntimeError(f"models failed: {causes}")
 
 
 def _sourced(batch: Iterable[tuple[E, Position]]) -> list[tuple[E, Source | None]]:

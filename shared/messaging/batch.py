@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -237,3 +237,23 @@ async def mark_many(store: IdempotencyStore, ids: list[str]) -> None:
         return
     for event_id in ids:
         await store.mark(event_id)
+
+
+class ModelsFailedError(FlywheelError):
+    """Several models of one batch failed, each for a reason of its own."""
+
+
+def batch_failure(failed: Mapping[str, BaseException]) -> BaseException:
+    """The one error a batch handler raises for the models that failed in it.
+
+    An outage is everyone's: raised as it is, the batch waits and is retried. Any
+    other failure is its model's own; the batch subscription then retries the events
+    one at a time, and only the failed models' events end up dead-lettered.
+    """
+    for error in failed.values():
+        if not isinstance(error, Exception) or isinstance(error, OUTAGE_ERRORS):
+            return error
+    if len(failed) == 1:
+        return next(iter(failed.values()))
+    causes = "; ".join(f"{name}: {error!r}" for name, error in failed.items())
+    return ModelsFailedError(f"models failed: {causes}")
