@@ -10,16 +10,8 @@ CONSTRAINTS := $(wildcard constraints.txt)
 RUN_DIR := $(or $(FLYWHEEL_RUN_DIR),.flywheel)
 BENTO_MODEL ?= customer-segment:latest
 SEED ?= $(shell date +%s)
-# helm renders deploy/helm/flywheel in tests/unit/test_helm_chart.py. It is built once per
-# machine from its Go module (about 3 CPU-minutes) into the per-user cache beside Kafka's jars.
-HELM_VERSION := v3.22.0
-HELM := $(HOME)/.cache/flywheel/helm-$(HELM_VERSION)/helm
-# As helm's own release build links it: its version, and the Kubernetes version it assumes
-# offline (its client-go's, v0.37 -> 1.37; a plain `go install` says v1.20).
-HELM_LDFLAGS := -s -w -X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION) \
-	$(foreach pkg,chartutil lint/rules,-X helm.sh/helm/v3/pkg/$(pkg).k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/$(pkg).k8sVersionMinor=37)
 
-.PHONY: help install helm up down status demo train checkgpu bento test coverage lint typecheck format clean
+.PHONY: help install up down status demo train checkgpu bento test coverage lint typecheck format clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -30,12 +22,6 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@touch $@
 
 install: $(STAMP) ## Create .venv (Python 3.11) and install the project with dev tools
-
-$(HELM):
-	@command -v go > /dev/null || { echo "Go is needed to build helm $(HELM_VERSION) (tests/unit/test_helm_chart.py)"; exit 1; }
-	GOBIN="$(@D)" GOFLAGS=-buildvcs=false go install -trimpath -ldflags="$(HELM_LDFLAGS)" helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
-
-helm: $(HELM) ## Build helm (pinned, once per machine) for the Helm chart's tests
 
 up: install ## Start Kafka, Redis, MLflow and the five services
 	$(BIN)/flywheel up
@@ -59,11 +45,11 @@ checkgpu: install ## Show the device PyTorch trains on: GPU name, memory, CUDA v
 bento: install ## bentoml build of an approved version (BENTO_MODEL=customer-segment:v3; default latest)
 	BENTOML_HOME="$(abspath $(RUN_DIR))/data/bentoml" FLYWHEEL_BENTO_MODEL=$(BENTO_MODEL) BENTOML_DO_NOT_TRACK=True $(BIN)/bentoml build
 
-test: install helm ## Run the whole test suite (starts local infrastructure when needed)
-	FLYWHEEL_HELM="$(HELM)" $(BIN)/pytest
+test: install ## Run the whole test suite (starts local infrastructure when needed)
+	$(BIN)/pytest
 
-coverage: install helm ## The whole suite with a line-coverage report (code run in the test process)
-	FLYWHEEL_HELM="$(HELM)" $(BIN)/pytest --cov=shared --cov=services --cov=flywheel --cov-report=term-missing:skip-covered
+coverage: install ## The whole suite with a line-coverage report (code run in the test process)
+	$(BIN)/pytest --cov=shared --cov=services --cov=flywheel --cov-report=term-missing:skip-covered
 
 lint: install ## Check lint and formatting with ruff
 	$(BIN)/ruff check .

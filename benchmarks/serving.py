@@ -34,7 +34,6 @@ those started here are stopped. They are not pinned: they share both CPUs.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import importlib.metadata
 import json
@@ -143,7 +142,7 @@ def approve_model(infra: Endpoints, workdir: Path) -> Approved:
         policy=GatePolicy(latency_budget_ms=250.0),
         packager=BentoModelStore(home),
     )
-    asyncio.run(handlers.on_model_trained(trained))
+    handlers._register_and_decide(trained, registered)
     tags = MlflowModelRegistry(infra.mlflow_uri).list_versions(name)[0].tags
     return Approved(name, tags["flywheel.bento_tag"], home)
 

@@ -28,7 +28,6 @@ from flywheel.infra import (
 from flywheel.infra.admin_token import admin_token_path, read_admin_token
 from flywheel.infra.aio import run_sync
 from flywheel.infra.kafka import operator_connection
-from flywheel.infra.replicas import parse_replicas
 from flywheel.loop import announce
 from shared.catalog import ModelCatalog
 from shared.datasets import generate_customers, load_batch, reference_to, write_batch
@@ -62,34 +61,12 @@ def _print_status(statuses: Iterable[ComponentStatus]) -> None:
 # --- stack ------------------------------------------------------------------------------------
 
 
-REPLICAS_HELP = (
-    "Replicas per service: N (every service), service=N,… (the others keep 1), or N,service=M. "
-    "Replica k of a service listens at its port + 10×(k−1) (router 8001, 8011…) and joins "
-    "its consumer group. Unset: keep the replicas that run (at least one)."
-)
-
-
-def _replica_counts(text: str | None) -> dict[str, int] | None:
-    """``--replicas`` as counts per service, or None when unset."""
-    if text is None:
-        return None
-    try:
-        return parse_replicas(text, SERVICES)
-    except ValueError as error:
-        raise typer.BadParameter(str(error), param_hint="--replicas") from error
-
-
 @app.command()
-def up(
-    replicas: str | None = typer.Option(
-        None, "--replicas", envvar="FLYWHEEL_REPLICAS", help=REPLICAS_HELP
-    ),
-) -> None:
+def up() -> None:
     """Start Kafka, Redis, MLflow and the five services; print their URLs."""
-    counts = _replica_counts(replicas)
     config = InfraConfig.from_env()
     endpoints = start_infra(config)
-    urls = start_services(endpoints, service_ports_from_env(), replicas=counts)
+    urls = start_services(endpoints, service_ports_from_env())
     rows = [("kafka", endpoints.kafka_bootstrap), ("redis", endpoints.redis_url)]
     rows += [("mlflow", endpoints.mlflow_uri), *urls.items()]
     _print_table([("COMPONENT", "URL"), *rows])

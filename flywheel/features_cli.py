@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 import typer
+from redis import Redis
 
-from shared.redis_client import SyncRedisClient, sync_redis_client
 from shared.settings import BaseServiceSettings
 from shared.spec import ModelSpec, load_spec
 
@@ -33,14 +33,8 @@ def feature_hashes(
     }
 
 
-def load_into(
-    redis: SyncRedisClient, hashes: dict[str, dict[str, str]], prefix: str = PREFIX
-) -> int:
-    """Write every entity's hash in pipelined batches; return how many were written.
-
-    Not a transaction: each entity's keys are its own, so on a Redis Cluster the
-    client splits the pipeline by node.
-    """
+def load_into(redis: Redis, hashes: dict[str, dict[str, str]], prefix: str = PREFIX) -> int:
+    """Write every entity's hash in pipelined batches; return how many were written."""
     with redis.pipeline(transaction=False) as pipe:
         for entity, fields in hashes.items():
             pipe.delete(prefix + entity)
@@ -65,6 +59,5 @@ def register(app: typer.Typer) -> None:
         settings = BaseServiceSettings()
         frame = pd.read_parquet(file) if file.suffix == ".parquet" else pd.read_csv(file)
         hashes = feature_hashes(frame, load_spec(settings.model_spec_path), id_column)
-        redis = sync_redis_client(settings.redis_url, settings.redis_cluster)
-        count = load_into(redis, hashes)
+        count = load_into(Redis.from_url(settings.redis_url), hashes)
         typer.echo(f"{count} entities stored under {PREFIX}<entity_id> at {settings.redis_url}")

@@ -15,6 +15,7 @@ from typing import Self, TypeVar
 
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pydantic import ValidationError
 
 from shared.events import (
@@ -22,32 +23,42 @@ from shared.events import (
     DatasetRef,
     Event,
     ExperimentUpdated,
+    Topic,
+    dead_letter_topic,
     parse_event,
     topic_name,
 )
 from shared.kafka_security import KafkaConnection, as_connection
-from shared.messaging import message_key, producer_options
-from shared.settings import BaseServiceSettings
-from shared.topics import ensure_topics as ensure_planned
-from shared.topics import plan_topics
+from shared.messaging import message_key
 
 E = TypeVar("E", bound=Event)
 
 
-async def ensure_topics(kafka: KafkaConnection | str) -> dict[str, int]:
-    """Create this deployment's missing topics as its plan says (``shared.topics``); return
-    each topic's partition count. A mismatch is only logged: watching needs no more."""
-    policy = BaseServiceSettings().topic_policy()
-    report = await ensure_planned(as_connection(kafka), plan_topics(policy), "warn")
-    return report.partitions
+def deployment_topics() -> list[str]:
+    """Every topic of this deployment (its prefix applied), dead-letter topics included."""
+    return [topic_name(t) for t in Topic] + [dead_letter_topic(t) for t in Topic]
+
+
+async def ensure_topics(kafka: KafkaConnection | str, topics: list[str]) -> None:
+    """Create missing topics (one partition, replication 1, as on a single local broker)."""
+    admin = AIOKafkaAdminClient(**as_connection(kafka).client_options())
+    try:
+        await admin.start()
+        existing = set(await admin.list_topics())
+        missing = [
+            NewTopic(t, num_partitions=1, replication_factor=1) for t in topics if t not in existing
+        ]
+        if missing:
+            await admin.create_topics(missing)
+    finally:
+        await admin.close()
 
 
 async def publish_raw(
     kafka: KafkaConnection | str, topic: str, value: bytes, key: bytes | None = None
 ) -> None:
     """Publish raw bytes (used to show what happens to a malformed event)."""
-    options = producer_options(BaseServiceSettings().kafka_compression)
-    producer = AIOKafkaProducer(**as_connection(kafka).client_options(), **options)
+    producer = AIOKafkaProducer(**as_connection(kafka).client_options())
     try:
         await producer.start()  # inside: a refused start still closes the client
         await producer.send_and_wait(topic, value, key=key)
@@ -111,12 +122,16 @@ class EventTap:
     _task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Self:
-        counts = await ensure_topics(self.kafka)
+        topics = deployment_topics()
+        await ensure_topics(self.kafka, topics)
         options = as_connection(self.kafka).client_options()
         consumer = AIOKafkaConsumer(**options, enable_auto_commit=False)
         await consumer.start()
-        # Every partition: a model's events sit in the one its key hashes to.
-        partitions = [TopicPartition(topic, p) for topic, n in counts.items() for p in range(n)]
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in topics
+            for p in (consumer.partitions_for_topic(topic) or {0})
+        ]
         consumer.assign(partitions)
         await consumer.seek_to_end(*partitions)
         for partition in partitions:  # resolve positions now, not at the first fetch

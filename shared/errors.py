@@ -3,7 +3,6 @@ into HTTP statuses (a retryable error answers 503)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import ClassVar
 
 
@@ -30,29 +29,3 @@ class DependencyUnavailableError(FlywheelError):
     """A store or the broker did not answer; the same work will succeed later."""
 
     retryable = True
-
-
-class TopicMismatchError(FlywheelError):
-    """An existing Kafka topic differs from Flywheel's topic plan in a way it cannot run with
-    (fewer partitions than planned: a model's key would hash to a partition that is missing).
-
-    ``mismatches`` holds one (topic, setting, expected, found) per difference.
-    """
-
-    def __init__(self, mismatches: Sequence[tuple[str, str, str, str]]) -> None:
-        self.mismatches = tuple(mismatches)
-        super().__init__(
-            "; ".join(
-                f"topic {topic}: {setting} is {found}, the plan says {expected}"
-                for topic, setting, expected, found in self.mismatches
-            )
-        )
-
-
-class FencedOffError(DependencyUnavailableError):
-    """Another replica took over the state this one was writing (a newer epoch is stored).
-
-    The write was refused and nothing of it is kept. Handled as an outage: the
-    event is neither committed nor dead-lettered; it is the new owner's to handle
-    (it re-reads the state this replica wrote before it was fenced off).
-    """

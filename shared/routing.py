@@ -8,17 +8,17 @@ experiment runs.
 
 from __future__ import annotations
 
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from shared.errors import DependencyUnavailableError
 from shared.events import ExperimentUpdated, routing_state_key
-from shared.redis_client import RedisClient
 
 
 class RoutingStateReader:
     """Reads one model's routing table."""
 
-    def __init__(self, redis: RedisClient) -> None:
+    def __init__(self, redis: Redis) -> None:
         self._redis = redis
 
     async def latest(self, model_name: str) -> ExperimentUpdated | None:

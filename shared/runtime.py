@@ -19,21 +19,19 @@ from fastapi import APIRouter, FastAPI, Response
 from fastapi.responses import PlainTextResponse
 from faststream.kafka import KafkaBroker
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from redis.asyncio import Redis
 
-from shared.errors import TopicMismatchError
 from shared.http_errors import Describe, install_error_handlers
 from shared.kafka_security import faststream_security
 from shared.logging import configure_logging
 from shared.messaging import (
+    PRODUCER_MAX_BATCH_BYTES,
     ConsumerContext,
     KafkaEventPublisher,
     ProcessedEvents,
-    producer_options,
 )
 from shared.metrics import MessagingMetrics
-from shared.redis_client import RedisClient, redis_client
 from shared.settings import BaseServiceSettings
-from shared.topics import ensure_topics, service_plan
 
 log = logging.getLogger(__name__)
 
@@ -50,33 +48,26 @@ class ServiceRuntime:
     name: str
     settings: BaseServiceSettings
     broker: KafkaBroker
-    redis: RedisClient
+    redis: Redis
     registry: CollectorRegistry
     messaging: MessagingMetrics
     publisher: KafkaEventPublisher
     consumer: ConsumerContext
     broker_started: asyncio.Event = field(default_factory=asyncio.Event)
-    #: Why the broker is not started although Kafka answers (an existing topic unfit to run on).
-    topic_problems: list[str] = field(default_factory=list)
 
 
 def build_runtime(name: str, settings: BaseServiceSettings) -> ServiceRuntime:
-    """Create (not connect) the broker, Redis client, metrics and messaging helpers.
-
-    ``REDIS_CLUSTER=auto`` asks Redis once (``INFO cluster``) which client it needs.
-    """
+    """Create (not connect) the broker, Redis client, metrics and messaging helpers."""
     kafka = settings.kafka_connection()
     broker = KafkaBroker(
         kafka.bootstrap,
         security=faststream_security(kafka.security),
         client_id=f"flywheel-{name}",
-        **producer_options(settings.kafka_compression),
+        max_batch_size=PRODUCER_MAX_BATCH_BYTES,
         # Through the root handler, so FastStream's own lines are JSON like ours.
         logger=logging.getLogger("faststream"),
     )
-    redis = redis_client(
-        settings.redis_url, settings.redis_cluster, socket_timeout=5, socket_connect_timeout=2
-    )
+    redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
     registry = CollectorRegistry()
     messaging = MessagingMetrics.create(registry)
     processed = ProcessedEvents(redis, name, settings.idempotency_ttl_s)
@@ -88,18 +79,11 @@ def build_runtime(name: str, settings: BaseServiceSettings) -> ServiceRuntime:
         registry=registry,
         messaging=messaging,
         publisher=KafkaEventPublisher(broker, name, messaging),
-        consumer=ConsumerContext(
-            name,
-            broker,
-            processed,
-            messaging,
-            settings.max_attempts,
-            traffic_lookback_s=settings.kafka_traffic_lookback_s,
-        ),
+        consumer=ConsumerContext(name, broker, processed, messaging, settings.max_attempts),
     )
 
 
-def redis_check(redis: RedisClient) -> ReadinessCheck:
+def redis_check(redis: Redis) -> ReadinessCheck:
     """Readiness: Redis answers PING."""
 
     async def check() -> bool:
@@ -149,33 +133,14 @@ def consuming_check(runtime: ServiceRuntime) -> ReadinessCheck:
     return check
 
 
-async def _ensure_topics(runtime: ServiceRuntime) -> None:
-    """Create the topics this service uses if missing; refuse ones it cannot run on."""
-    settings = runtime.settings
-    policy = settings.topic_policy()
-    plan = service_plan(runtime.name, policy)
-    try:
-        await ensure_topics(settings.kafka_connection(), plan, policy.on_fewer_partitions)
-    except TopicMismatchError as error:
-        runtime.topic_problems[:] = [str(error)]
-        raise
-    runtime.topic_problems.clear()
-
-
-async def _start_broker(
-    runtime: ServiceRuntime, retry_s: float = 2.0, mismatch_retry_s: float = 30.0
-) -> None:
-    """Ensure the topics and connect to Kafka, retrying until both succeed: the HTTP side
-    serves meanwhile (not ready, with the reason, while a topic is unfit to run on)."""
+async def _start_broker(runtime: ServiceRuntime, retry_s: float = 2.0) -> None:
+    """Connect to Kafka, retrying until it answers: the HTTP side serves meanwhile."""
     while True:
         try:
-            await _ensure_topics(runtime)
             await runtime.broker.start()
             runtime.broker_started.set()
             log.info("broker connected")
             return
-        except TopicMismatchError:  # logged by ensure_topics; an operator has to act
-            await asyncio.sleep(mismatch_retry_s)
         except Exception as error:
             log.warning("broker unavailable, retrying", extra={"error": repr(error)})
             with contextlib.suppress(Exception):
@@ -253,7 +218,7 @@ def _add_probe_routes(
         ready = all(results.values())
         response.status_code = 200 if ready else 503
         extra = details() if details is not None else {}
-        reasons = runtime.topic_problems + runtime.consumer.health.problems()
+        reasons = runtime.consumer.health.problems()
         return {
             **extra,
             "ready": ready,

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.kafka_security import KafkaConnection, KafkaSecurity, SaslMechanism, SecurityProtocol
-from shared.topics import Compression, FewerPartitions, TopicPolicy
 
 DEFAULT_KAFKA = "127.0.0.1:9092"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 DEFAULT_MLFLOW = "http://127.0.0.1:5000"
-
-#: ``REDIS_CLUSTER``: use Redis Cluster, one server, or ask the server which it is.
-RedisClusterMode = Literal["true", "false", "auto"]
 
 #: Default HTTP port of each service; ``<NAME>_PORT`` overrides it.
 SERVICE_PORTS: dict[str, int] = {
@@ -55,9 +50,6 @@ class BaseServiceSettings(BaseSettings):
     """CA bundle that signed the broker's certificate (SSL and SASL_SSL); system CAs if unset."""
     redis_url: str = Field(DEFAULT_REDIS, validation_alias=AliasChoices("REDIS_URL"))
     """Redis URL for idempotency markers, locks and service state."""
-    redis_cluster: RedisClusterMode = Field("auto", validation_alias=AliasChoices("REDIS_CLUSTER"))
-    """``true``: Redis Cluster (``REDIS_URL`` names any node); ``false``: one server;
-    ``auto``: asks ``INFO cluster`` at start (one server when Redis does not answer)."""
     mlflow_tracking_uri: str = Field(
         DEFAULT_MLFLOW, validation_alias=AliasChoices("MLFLOW_TRACKING_URI")
     )
@@ -82,40 +74,6 @@ class BaseServiceSettings(BaseSettings):
     """How long a handled event id is remembered, in seconds."""
     max_attempts: int = Field(3, validation_alias=AliasChoices("HANDLER_MAX_ATTEMPTS"))
     """Attempts of a failing handler before its event is dead-lettered."""
-    kafka_partitions: int = Field(12, ge=1, validation_alias=AliasChoices("KAFKA_PARTITIONS"))
-    """Partitions of every Flywheel topic: the most replicas of one service that share work."""
-    kafka_replication_factor: int = Field(
-        1, ge=1, validation_alias=AliasChoices("KAFKA_REPLICATION_FACTOR")
-    )
-    """Copies of each partition (1 on the local single broker; 3 on a production cluster)."""
-    kafka_min_insync_replicas: int | None = Field(
-        None, ge=1, validation_alias=AliasChoices("KAFKA_MIN_INSYNC_REPLICAS")
-    )
-    """Replicas that must hold a write before it is acknowledged; unset: replication − 1."""
-    kafka_compression: Compression = Field(
-        "zstd", validation_alias=AliasChoices("KAFKA_COMPRESSION")
-    )
-    """Compression of what the services produce and of the topics they create: zstd or lz4."""
-    kafka_traffic_retention_s: int = Field(
-        7 * 24 * 3600, ge=1, validation_alias=AliasChoices("KAFKA_TRAFFIC_RETENTION_S")
-    )
-    """Retention of prediction-logged, prediction-failed and feedback-received."""
-    kafka_state_retention_s: int = Field(
-        30 * 24 * 3600, ge=1, validation_alias=AliasChoices("KAFKA_STATE_RETENTION_S")
-    )
-    """Retention of the lifecycle topics (trainings, approvals, promotions, routing, drift)."""
-    kafka_dead_letter_retention_s: int = Field(
-        14 * 24 * 3600, ge=1, validation_alias=AliasChoices("KAFKA_DEAD_LETTER_RETENTION_S")
-    )
-    """Retention of the dead-letter topics (``<topic>.dlq``)."""
-    kafka_on_fewer_partitions: FewerPartitions = Field(
-        "error", validation_alias=AliasChoices("KAFKA_ON_FEWER_PARTITIONS")
-    )
-    """An existing topic with fewer partitions than planned: error (refuse to start) or warn."""
-    kafka_traffic_lookback_s: float = Field(
-        3600.0, ge=0, validation_alias=AliasChoices("KAFKA_TRAFFIC_LOOKBACK_S")
-    )
-    """How far back a new consumer group reads a traffic topic (0: from the end)."""
 
     def kafka_connection(self) -> KafkaConnection:
         """The broker's address and how this process authenticates to it."""
@@ -129,16 +87,3 @@ class BaseServiceSettings(BaseSettings):
             ca_file=self.kafka_ssl_cafile,
         )
         return KafkaConnection(self.kafka_bootstrap_servers, security)
-
-    def topic_policy(self) -> TopicPolicy:
-        """How Flywheel's topics are to be: partitions, replication, retention, compression."""
-        return TopicPolicy(
-            partitions=self.kafka_partitions,
-            replication_factor=self.kafka_replication_factor,
-            min_insync_replicas=self.kafka_min_insync_replicas,
-            compression=self.kafka_compression,
-            traffic_retention_s=self.kafka_traffic_retention_s,
-            state_retention_s=self.kafka_state_retention_s,
-            dead_letter_retention_s=self.kafka_dead_letter_retention_s,
-            on_fewer_partitions=self.kafka_on_fewer_partitions,
-        )

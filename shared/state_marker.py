@@ -17,7 +17,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
-from shared.redis_client import RedisClient
+from redis.asyncio import Redis
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ class MarkerGuard:
     """Runs ``recover`` whenever ``key`` is missing, then writes the key."""
 
     def __init__(
-        self, redis: RedisClient, key: str, recover: Recover, name: str, period_s: float = 5.0
+        self, redis: Redis, key: str, recover: Recover, name: str, period_s: float = 5.0
     ) -> None:
         self._redis, self._key, self._recover = redis, key, recover
         self._name, self._period_s = name, period_s

@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import shutil
 import socket
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from flywheel.infra import Endpoints, InfraConfig, InfraError, start_infra, stop_infra
-from flywheel.infra.aio import run_sync
 from shared.kafka_security import SECURITY_ENV
-from shared.settings import BaseServiceSettings
-from shared.topics import ensure_topics, plan_topics
 
 KAFKA_ENV, REDIS_ENV, MLFLOW_ENV = "KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "MLFLOW_TRACKING_URI"
 
@@ -91,7 +86,7 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoints]:
         kafka, redis = _from_docker(stack, kafka, redis)
         missing = {"kafka": kafka, "redis": redis, "mlflow": mlflow}
         local = _start_local(config, [name for name, given in missing.items() if not given])
-        endpoints = Endpoints(
+        yield Endpoints(
             kafka_bootstrap=kafka or config.kafka_bootstrap,
             redis_url=redis or config.redis_url,
             mlflow_uri=mlflow or config.mlflow_uri,
@@ -99,15 +94,6 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoints]:
             # A local broker requires SASL/SCRAM; tests reach it as the operator.
             kafka_credentials=local.kafka_credentials,
         )
-        _ensure_planned_topics(endpoints)
-        yield endpoints
-
-
-def _ensure_planned_topics(endpoints: Endpoints) -> None:
-    """Create the deployment's topics as ``flywheel up`` does (a given or Docker broker may
-    create topics on first use, the local one does not): tests publish before services start."""
-    policy = BaseServiceSettings().topic_policy()
-    run_sync(ensure_topics(endpoints.kafka, plan_topics(policy), policy.on_fewer_partitions))
 
 
 @pytest.fixture(scope="session")
@@ -125,84 +111,6 @@ def infra_env(infra: Endpoints) -> Iterator[Endpoints]:
         patch.setenv(REDIS_ENV, infra.redis_url)
         patch.setenv(MLFLOW_ENV, infra.mlflow_uri)
         yield infra
-
-
-#: Polls of the local Redis Cluster's start: every node answers, then the cluster is whole.
-CLUSTER_NODES, CLUSTER_START_S = 3, 30.0
-
-
-def _wait_until(ready: Callable[[], bool], what: str, timeout_s: float = CLUSTER_START_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not ready():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} not within {timeout_s:.0f} s", pytrace=False)
-        time.sleep(0.05)
-
-
-def _cluster_node(server: str, port: int, bus_port: int, node_dir: Path) -> list[str]:
-    """A cluster-enabled redis-server without persistence, its bus on a port of its own
-    (the default, port + 10000, may lie beyond 65535 for an ephemeral port)."""
-    return [
-        server,
-        *("--port", str(port), "--cluster-port", str(bus_port), "--bind", "127.0.0.1"),
-        *("--cluster-enabled", "yes", "--cluster-config-file", str(node_dir / "nodes.conf")),
-        *("--dir", str(node_dir), "--appendonly", "no", "--save", ""),
-    ]
-
-
-def _cluster_ok(port: int) -> bool:
-    import redis as sync_redis
-
-    client = sync_redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1)
-    try:
-        return bool(client.cluster("info").get("cluster_state") == "ok")
-    except (sync_redis.RedisError, OSError):
-        return False
-    finally:
-        client.close()
-
-
-@pytest.fixture(scope="session")
-def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A local three-primary Redis Cluster from Debian's redis-server; yields a node's URL.
-
-    Started only when a test asks for it, stopped at the session's end. Tests share
-    it as they share the single Redis: each writes keys of its own (a test that
-    flushes it leaves the others nothing to miss).
-    """
-    from flywheel.infra.redis import ensure_redis_server, redis_answers
-
-    server, cli = ensure_redis_server(), shutil.which("redis-cli") or "redis-cli"
-    root = tmp_path_factory.mktemp("redis-cluster")
-    ports = _free_ports(2 * CLUSTER_NODES)
-    nodes = list(zip(ports[:CLUSTER_NODES], ports[CLUSTER_NODES:], strict=True))
-    with contextlib.ExitStack() as stack:
-        for port, bus_port in nodes:
-            node_dir = root / str(port)
-            node_dir.mkdir()
-            log = stack.enter_context((node_dir / "redis.log").open("wb"))
-            process = subprocess.Popen(
-                _cluster_node(server, port, bus_port, node_dir), stdout=log, stderr=log
-            )
-            stack.callback(process.wait, 10)
-            stack.callback(process.terminate)
-        for port, _ in nodes:
-            _wait_until(functools.partial(redis_answers, port), f"Redis Cluster node {port}")
-        create = [cli, "--cluster", "create", *(f"127.0.0.1:{port}" for port, _ in nodes)]
-        create += ["--cluster-replicas", "0", "--cluster-yes"]
-        subprocess.run(create, check=True, capture_output=True, timeout=CLUSTER_START_S)
-        for port, _ in nodes:
-            _wait_until(functools.partial(_cluster_ok, port), f"cluster_state:ok on node {port}")
-        yield f"redis://127.0.0.1:{nodes[0][0]}/0"
-
-
-@pytest.fixture(params=["single", "cluster"])
-def stateful_redis_url(request: pytest.FixtureRequest, infra: Endpoints) -> str:
-    """The session's single Redis, then the local Redis Cluster: a stateful test using this
-    runs once against each (the cluster is started by the first test that needs it)."""
-    if request.param == "cluster":
-        return str(request.getfixturevalue("redis_cluster"))
-    return infra.redis_url
 
 
 LAYERS = ("unit", "service", "integration", "e2e")

@@ -32,10 +32,8 @@ from flywheel.infra.processes import (
     running_pid,
     spawn,
 )
-from shared.errors import DependencyUnavailableError, TopicMismatchError
 from shared.kafka_security import KafkaConnection
 from shared.settings import BaseServiceSettings
-from shared.topics import TopicPolicy, TopicsReport, ensure_topics, plan_topics
 
 NAME = "kafka"
 DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
@@ -132,24 +130,15 @@ def _listener_properties(config: InfraConfig, credentials: KafkaCredentials | No
     return lines if credentials is None else lines + sasl_properties(credentials, client)
 
 
-def server_properties(
-    config: InfraConfig,
-    credentials: KafkaCredentials | None = None,
-    policy: TopicPolicy | None = None,
-) -> str:
-    """Return the properties of a combined broker+controller KRaft node.
-
-    Topics are created by ``flywheel up`` and the services from the plan
-    (``shared.topics``), never on first use: a typo'd or unplanned topic fails loudly.
-    """
-    policy = policy or TopicPolicy()
+def server_properties(config: InfraConfig, credentials: KafkaCredentials | None = None) -> str:
+    """Return the properties of a combined broker+controller KRaft node."""
     lines = [
         "process.roles=broker,controller",
         "node.id=1",
         *_listener_properties(config, credentials),
         f"log.dirs={config.kafka_dir / 'data'}",
-        f"num.partitions={policy.partitions}",
-        "auto.create.topics.enable=false",
+        "num.partitions=1",
+        "auto.create.topics.enable=true",
         "offsets.topic.replication.factor=1",
         "transaction.state.log.replication.factor=1",
         "transaction.state.log.min.isr=1",
@@ -163,18 +152,14 @@ def server_properties(
     return "\n".join(lines) + "\n"
 
 
-def write_kafka_config(
-    config: InfraConfig,
-    credentials: KafkaCredentials | None = None,
-    policy: TopicPolicy | None = None,
-) -> Path:
+def write_kafka_config(config: InfraConfig, credentials: KafkaCredentials | None = None) -> Path:
     """Write server and logging properties into run_dir/kafka; return the server file."""
     kafka_dir = config.kafka_dir
     kafka_dir.mkdir(parents=True, exist_ok=True)
     logging_file = "log4j2.properties" if _is_kafka4(config.kafka_version) else "log4j.properties"
     (kafka_dir / logging_file).write_text(LOG4J2 if _is_kafka4(config.kafka_version) else LOG4J1)
     server = kafka_dir / "server.properties"
-    write_private(server, server_properties(config, credentials, policy))  # has its password
+    write_private(server, server_properties(config, credentials))  # the broker's own password
     return server
 
 
@@ -268,7 +253,7 @@ def _launch(config: InfraConfig, credentials: KafkaCredentials | None) -> int:
     preflight_kafka(config)
     java = require_tool("java", JAVA_FIX)
     libs = ensure_kafka_libs(config)
-    server = write_kafka_config(config, credentials, BaseServiceSettings().topic_policy())
+    server = write_kafka_config(config, credentials)
     format_storage(config, java, libs, server, credentials)
     return spawn(NAME, broker_command(config, java, libs, server), config.run_dir)
 
@@ -318,26 +303,7 @@ def start_kafka(config: InfraConfig, timeout: float = 90.0) -> str:
     )
     if credentials is not None:
         run_sync(create_acls(admin, all_service_acls()))
-    create_planned_topics(config, admin, BaseServiceSettings().topic_policy())
     return config.kafka_bootstrap
-
-
-def create_planned_topics(
-    config: InfraConfig, admin: KafkaConnection, policy: TopicPolicy
-) -> TopicsReport:
-    """Create every topic of the plan that is missing (as the operator); StartupError when
-    an existing one cannot be run on (fewer partitions than planned)."""
-    try:
-        return run_sync(ensure_topics(admin, plan_topics(policy), policy.on_fewer_partitions))
-    except TopicMismatchError as error:
-        raise StartupError(
-            "Kafka's existing topics do not fit Flywheel's topic plan: add partitions to "
-            f"them, delete {config.kafka_dir} (its topics go with it), "
-            "or set KAFKA_ON_FEWER_PARTITIONS=warn.",
-            str(error),
-        ) from error
-    except (KafkaError, DependencyUnavailableError) as error:
-        raise StartupError("Creating Flywheel's topics on Kafka failed.", repr(error)) from error
 
 
 def kafka_status(config: InfraConfig) -> ComponentStatus:

@@ -4,8 +4,6 @@ One table decides it: ``shared.asyncapi.PUBLISHERS`` and ``CONSUMERS``, the same
 one the AsyncAPI document is drawn from. A service may write (and create) the
 topics it publishes and the dead-letter topics of those it consumes, read the
 topics it consumes, and join consumer groups named ``flywheel-<service>…``.
-It may create and describe the configs of each topic it uses: at its start it
-ensures them as ``shared.topics.service_plan`` says.
 Nothing else: a gateway cannot forge ``experiment-updated``.
 """
 
@@ -47,12 +45,9 @@ class Operation(IntEnum):
     READ = 3
     WRITE = 4
     CREATE = 5
-    DESCRIBE_CONFIGS = 10
 
 
 ALLOW = 3  # Kafka's permission type code
-#: What ensuring a topic at start-up takes (``shared.topics.ensure_topics``).
-ENSURE = (Operation.CREATE, Operation.DESCRIBE_CONFIGS)
 
 
 @dataclass(frozen=True, order=True)
@@ -77,8 +72,7 @@ def service_acls(
 ) -> list[Acl]:
     """Everything ``service`` is allowed on the broker.
 
-    Create and describe-configs come with write and read: a service ensures its topics
-    (creates the missing ones, compares the existing ones with the plan) at start-up.
+    Create comes with write and read because topics are created on first use.
 
     Examples
     --------
@@ -91,11 +85,13 @@ def service_acls(
     acls: list[Acl] = []
     for topic, names in publishers.items():
         if service in names:
-            acls += _topic_acls(service, topic_name(topic), Operation.WRITE, *ENSURE)
+            acls += _topic_acls(service, topic_name(topic), Operation.WRITE, Operation.CREATE)
     for topic, names in consumers.items():
         if service in names:
-            acls += _topic_acls(service, topic_name(topic), Operation.READ, *ENSURE)
-            acls += _topic_acls(service, dead_letter_topic(topic), Operation.WRITE, *ENSURE)
+            acls += _topic_acls(service, topic_name(topic), Operation.READ, Operation.CREATE)
+            acls += _topic_acls(
+                service, dead_letter_topic(topic), Operation.WRITE, Operation.CREATE
+            )
     group = Acl(service, Resource.GROUP, consumer_group(service), Operation.READ, Pattern.PREFIXED)
     return [*sorted(set(acls)), group]
 

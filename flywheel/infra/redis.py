@@ -22,14 +22,6 @@ from flywheel.infra.processes import (
 
 NAME = "redis"
 NO_RETRY = Retry(NoBackoff(), 0)
-#: What Redis does when full: refuse writes (an error each service reports and retries),
-#: never evict. ``volatile-lru`` would choose among every key with an expiry, and beside
-#: the prediction records those are the once-only markers and the trainer's lease: an
-#: evicted marker counts an event twice, an evicted lease lets a second training start.
-MAXMEMORY_POLICY = "noeviction"
-#: The local stack's ceiling: reaching it refuses writes, where an unbounded Redis would
-#: grow until the kernel's OOM killer takes it (and the writes since the last fsync).
-MAXMEMORY = "2gb"
 
 
 def redis_answers(port: int, host: str = "127.0.0.1") -> bool:
@@ -81,13 +73,11 @@ def redis_argv(config: InfraConfig, server: str = "redis-server") -> list[str]:
 
     ``appendfsync everysec``: a restart (``flywheel down && up``, a crash of the
     process) keeps every acknowledged write; a crash of the machine loses at most
-    the last second. No RDB snapshots: the AOF alone is the state. At ``MAXMEMORY``
-    writes are refused, nothing is evicted (``MAXMEMORY_POLICY``).
+    the last second. No RDB snapshots: the AOF alone is the state.
     """
     argv = [server, "--port", str(config.redis_port), "--bind", "127.0.0.1"]
     argv += ["--dir", str(config.run_dir / "redis"), "--save", ""]
     argv += ["--appendonly", "yes", "--appendfsync", "everysec", "--daemonize", "no"]
-    argv += ["--maxmemory", MAXMEMORY, "--maxmemory-policy", MAXMEMORY_POLICY]
     return argv
 
 

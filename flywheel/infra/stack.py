@@ -28,14 +28,6 @@ from flywheel.infra.processes import (
     stop_all,
     wait_until,
 )
-from flywheel.infra.replicas import (
-    Replica,
-    recorded_indexes,
-    recorded_replicas,
-    replica_counts,
-    replica_name,
-    replicas_of,
-)
 from shared.kafka_security import SECURITY_ENV
 from shared.settings import SERVICE_PORTS
 
@@ -124,30 +116,29 @@ def service_ready(port: int) -> bool:
         return False
 
 
-def _spawn_service(replica: Replica, endpoints: Endpoints) -> int:
-    """Spawn a service replica unless ours already runs; return its pid."""
-    pid = running_pid(endpoints.run_dir, replica.name)
+def _spawn_service(name: str, endpoints: Endpoints, port: int) -> int:
+    """Spawn a service unless ours already runs; return its pid."""
+    pid = running_pid(endpoints.run_dir, name)
     if pid is not None:
         return pid
-    ensure_port_free(replica.port, replica.port_setting)
+    ensure_port_free(port, f"{name.upper()}_PORT")
     (endpoints.run_dir / "data").mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "flywheel", "service", replica.service]
-    env = service_env(replica.service, endpoints, replica.port)
-    return spawn(replica.name, argv, endpoints.run_dir, env)
+    argv = [sys.executable, "-m", "flywheel", "service", name]
+    return spawn(name, argv, endpoints.run_dir, service_env(name, endpoints, port))
 
 
-def _wait_service(replica: Replica, pid: int, run_dir: Path, timeout: float) -> None:
-    """Wait until a replica is ready, else stop it; the error carries the tail of its log."""
+def _wait_service(name: str, pid: int, port: int, run_dir: Path, timeout: float) -> None:
+    """Wait until a service is ready, else stop it; the error carries the tail of its log."""
     try:
         wait_until(
-            lambda: service_ready(replica.port),
+            lambda: service_ready(port),
             timeout,
-            f"the {replica.name} service on {service_url(replica.port)}/readyz",
+            f"the {name} service on {service_url(port)}/readyz",
             alive=lambda: is_alive(pid),
-            log=log_path(run_dir, replica.name),
+            log=log_path(run_dir, name),
         )
     except StartupError:
-        stop(run_dir, replica.name)
+        stop(run_dir, name)
         raise
 
 
@@ -156,43 +147,18 @@ def start_services(
     ports: Mapping[str, int] | None = None,
     names: Iterable[str] = SERVICES,
     timeout: float = 120.0,
-    replicas: Mapping[str, int] | None = None,
 ) -> dict[str, str]:
-    """Start (or reuse) every replica side by side, wait for /readyz; return replica -> URL.
-
-    ``replicas`` gives a service's count (unnamed: 1); replicas beyond it are stopped.
-    Without it, each service keeps the replicas it runs (at least one). The first
-    replica of ``router`` is ``router``; the k-th is ``router-k`` (see ``replicas``).
-    """
-    ports, names = {**SERVICE_PORTS, **(ports or {})}, list(names)
-    counts = replica_counts(replicas, endpoints.run_dir, names)
-    _stop_surplus_replicas(endpoints.run_dir, counts)
-    plan = [r for name in names for r in replicas_of(name, counts[name], ports[name])]
-    pids = {replica: _spawn_service(replica, endpoints) for replica in plan}
-    for replica, pid in pids.items():
-        _wait_service(replica, pid, endpoints.run_dir, timeout)
-    return {replica.name: service_url(replica.port) for replica in plan}
-
-
-def _stop_surplus_replicas(run_dir: Path, counts: Mapping[str, int]) -> list[str]:
-    """Stop the recorded replicas above each service's count (scaling down)."""
-    surplus = [
-        replica_name(name, index)
-        for name, count in counts.items()
-        for index in recorded_indexes(run_dir, name)
-        if index > count
-    ]
-    return stop_all(run_dir, surplus) if surplus else []
+    """Start (or reuse) the services side by side, wait for /readyz; return name -> URL."""
+    ports = {**SERVICE_PORTS, **(ports or {})}
+    pids = {name: _spawn_service(name, endpoints, ports[name]) for name in names}
+    for name, pid in pids.items():
+        _wait_service(name, pid, ports[name], endpoints.run_dir, timeout)
+    return {name: service_url(ports[name]) for name in pids}
 
 
 def stop_services(run_dir: Path, names: Iterable[str] = SERVICES) -> list[str]:
-    """Stop every replica of the services Flywheel started; return those that ran."""
-    replicas = [
-        replica_name(name, index)
-        for name in reversed(list(names))
-        for index in recorded_indexes(run_dir, name)
-    ]
-    return stop_all(run_dir, replicas)
+    """Stop the services Flywheel started; return those that ran."""
+    return stop_all(run_dir, reversed(list(names)))
 
 
 def crash_service(run_dir: Path, name: str, port: int, timeout: float = 30.0) -> bool:
@@ -212,12 +178,11 @@ def crash_service(run_dir: Path, name: str, port: int, timeout: float = 30.0) ->
 
 
 def services_status(run_dir: Path, ports: Mapping[str, int] | None = None) -> list[ComponentStatus]:
-    """Report the state of each service's replicas (the first one's even when stopped)."""
+    """Report each service's state."""
     ports = {**SERVICE_PORTS, **(ports or {})}
     statuses = []
     for name in SERVICES:
-        for replica in recorded_replicas(run_dir, name, ports[name]):
-            pid = running_pid(run_dir, replica.name)
-            state = "running" if pid is not None else "stopped"
-            statuses.append(ComponentStatus(replica.name, state, pid, service_url(replica.port)))
+        pid = running_pid(run_dir, name)
+        state = "running" if pid is not None else "stopped"
+        statuses.append(ComponentStatus(name, state, pid, service_url(ports[name])))
     return statuses

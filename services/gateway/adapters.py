@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
-import re
-import uuid
 from collections.abc import Sequence
 from typing import cast
 
@@ -16,13 +12,12 @@ import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from pydantic_core import to_json
+from redis.asyncio import Redis
 
 from services.gateway.core import is_flywheel_pipeline
 from services.gateway.ports import Classifier, Regressor
 from shared.events import PredictionLogged, Variant
 from shared.mlflow_client import bound_mlflow_requests, mlflow_client
-from shared.redis_client import RedisClient, slot_groups
 from shared.scoring import Scorer, flavor_of, load_scorer
 from shared.spec import ModelSpec
 
@@ -106,11 +101,11 @@ _CLAIMED, _RECORDED = b"claimed", b"1"
 
 
 class RedisPredictionRecords:
-    """One compact record per request id (what feedback joins on) and a once-only marker."""
+    """One JSON record per request id (without features) and a once-only feedback marker."""
 
     def __init__(
         self,
-        redis: RedisClient,
+        redis: Redis,
         ttl_s: int,
         prefix: str = "flywheel:gateway:",
         claim_hold_s: float = 30.0,
@@ -124,29 +119,18 @@ class RedisPredictionRecords:
         """Write all records with one command (a script setting each key with its expiry).
 
         One command instead of a pipeline of one SET per event: the client's CPU for
-        packing commands was the larger part of logging a prediction. On a Redis
-        Cluster the keys (by request id, no hash tag) spread over slots: one script
-        per slot, pipelined; the records are independent, so nothing needs them atomic.
+        packing commands was the larger part of logging a prediction.
         """
         keys = [self._key("prediction", event.request_id) for event in events]
-        records = [encode_record(event) for event in events]
-        groups = slot_groups(self._redis, keys)
-        if len(groups) == 1:
-            await self._redis.eval(_SET_ALL_WITH_EXPIRY, len(keys), *keys, self._ttl_s, *records)
-            return
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for group in groups:
-                slot_keys, slot_records = [keys[i] for i in group], [records[i] for i in group]
-                pipe.eval(_SET_ALL_WITH_EXPIRY, len(group), *slot_keys, self._ttl_s, *slot_records)
-            await pipe.execute()
+        records = [event.model_dump_json(exclude={"features"}) for event in events]
+        await self._redis.eval(_SET_ALL_WITH_EXPIRY, len(keys), *keys, self._ttl_s, *records)
 
     async def recall(self, request_id: str) -> PredictionLogged | None:
-        """The stored record of ``request_id``, if it has not expired (what ``decode_record``
-        restores: no features, times, confidence or latency)."""
+        """The stored record of ``request_id`` (features left out), if it has not expired."""
         raw = await self._redis.get(self._key("prediction", request_id))
         if raw is None:
             return None
-        return decode_record(request_id, raw)
+        return PredictionLogged.model_validate({"features": {}, **json.loads(raw)})
 
     async def claim_feedback(self, request_id: str) -> bool:
         """SET NX a short-lived claim: True only for the first feedback (or after it lapsed)."""
@@ -169,101 +153,10 @@ class RedisPredictionRecords:
         return f"{self._prefix}{kind}:{request_id}"
 
 
-#: The record layout's version, its first element: a later layout can read earlier ones.
-_RECORD_LAYOUT = 1
-_VARIANTS: tuple[Variant, Variant] = ("champion", "challenger")
-_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_URL_SAFE = bytes.maketrans(b"+/", b"-_")
-#: Where a record's correlation id comes from: the request id itself (a single row), the
-#: request id less its ``-<row>`` suffix (a row of a batch), or else stored as it is.
-_SAME_AS_REQUEST, _REQUEST_OF_ROW = 0, 1
-
-
-def encode_record(event: PredictionLogged) -> bytes:
-    """What feedback needs of a prediction, as a JSON array without keys.
-
-    Kept: the ids the feedback event is caused by (a UUID in 22 characters; the
-    correlation id only when the request id does not imply it), who answered (model,
-    version, variant), the answer, and the experiment's id and share. The request id is
-    the key; features, times, confidence, latency and entity are left out: feedback joins
-    on none of them. ~95 bytes instead of the ~560 of the event's JSON without features.
-    """
-    answer = event.predicted_class if event.predicted_value is None else event.predicted_value
-    experiment = None if event.experiment_id is None else _short_id(event.experiment_id)
-    fields = [
-        _RECORD_LAYOUT,
-        _short_id(event.event_id),
-        _short_correlation(event.correlation_id, event.request_id),
-        event.model_name,
-        event.version,
-        _VARIANTS.index(event.variant),
-        answer,
-        experiment,
-        event.challenger_share,
-    ]
-    return to_json(fields)
-
-
-def decode_record(request_id: str, raw: bytes | str) -> PredictionLogged:
-    """The prediction ``encode_record`` kept (or an earlier gateway's full JSON record)."""
-    value = json.loads(raw)
-    if isinstance(value, dict):  # written by a gateway before the compact layout
-        return PredictionLogged.model_validate({"features": {}, **value})
-    _, event_id, correlation, model, version, variant, answer, experiment, share = value
-    is_class = isinstance(answer, str)
-    return PredictionLogged(
-        producer="gateway",
-        event_id=_long_id(event_id),
-        correlation_id=_long_correlation(correlation, request_id),
-        request_id=request_id,
-        model_name=model,
-        version=version,
-        variant=_VARIANTS[variant],
-        features={},
-        predicted_class=answer if is_class else None,
-        predicted_value=None if is_class else answer,
-        latency_ms=0.0,
-        experiment_id=None if experiment is None else _long_id(experiment),
-        challenger_share=share,
-    )
-
-
-def _short_id(text: str) -> str:
-    """A canonical UUID as its 16 bytes in URL-safe base64 (22 characters); any other id
-    as it is behind ``=`` (which that base64 never holds)."""
-    # Matched rather than parsed with uuid.UUID: faster, and only the form str() gives back.
-    if _CANONICAL_UUID.fullmatch(text):
-        raw = binascii.b2a_base64(bytes.fromhex(text.replace("-", "")), newline=False)
-        return raw[:22].translate(_URL_SAFE).decode()
-    return "=" + text
-
-
-def _long_id(short: str) -> str:
-    if short.startswith("="):
-        return short[1:]
-    return str(uuid.UUID(bytes=base64.urlsafe_b64decode(short + "==")))
-
-
-def _short_correlation(correlation_id: str, request_id: str) -> int | str:
-    if correlation_id == request_id:
-        return _SAME_AS_REQUEST
-    if request_id.rpartition("-")[0] == correlation_id:
-        return _REQUEST_OF_ROW
-    return _short_id(correlation_id)
-
-
-def _long_correlation(short: int | str, request_id: str) -> str:
-    if short == _SAME_AS_REQUEST:
-        return request_id
-    if short == _REQUEST_OF_ROW:
-        return request_id.rpartition("-")[0]
-    return _long_id(str(short))
-
-
 class RedisFeatureStore:
     """Features in one hash per entity; the predicted segment beside them in another."""
 
-    def __init__(self, redis: RedisClient, prefix: str = "flywheel:features:") -> None:
+    def __init__(self, redis: Redis, prefix: str = "flywheel:features:") -> None:
         self._redis = redis
         self._prefix = prefix
 

@@ -17,7 +17,7 @@ from services.gateway.adapters import (
 )
 from services.gateway.deps import GatewayServices
 from services.gateway.errors import describe
-from services.gateway.feedback import FeedbackService, RecordPolicy
+from services.gateway.feedback import FeedbackService
 from services.gateway.fleet import ModelFleet, ModelStatus
 from services.gateway.handlers import ServingHandlers, register
 from services.gateway.limits import BodyLimit
@@ -72,7 +72,7 @@ def default_ports(runtime: ServiceRuntime, settings: Settings) -> GatewayPorts:
         routing_state=RoutingStateReader(runtime.redis),
         # A claim outlives the publish it guards, so a slow live publish is never doubled.
         records=RedisPredictionRecords(
-            runtime.redis, settings.record_ttl_s, claim_hold_s=settings.publish_timeout_s + 5
+            runtime.redis, settings.feedback_ttl_s, claim_hold_s=settings.publish_timeout_s + 5
         ),
         publisher=runtime.publisher,
         features=RedisFeatureStore(runtime.redis),
@@ -87,7 +87,6 @@ def create_app(settings: Settings | None = None, *, ports: GatewayPorts | None =
     ports = ports or default_ports(runtime, settings)
     metrics = GatewayMetrics.create(runtime.registry)
     fleet = _fleet(settings, ports, metrics)
-    records = RecordPolicy(settings.record_ttl_s, settings.record_sample)
     events = PredictionEventBuffer(
         ports.publisher,
         ports.records,
@@ -136,14 +135,13 @@ def create_app(settings: Settings | None = None, *, ports: GatewayPorts | None =
             feature_store=ports.features,
             log_predictions=settings.log_predictions,
             shadow=shadow,
-            record_policy=records,
         ),
         feedback=FeedbackService(
             ports.records,
             ports.publisher,
             fleet,
             metrics,
-            policy=records,
+            ttl_s=settings.feedback_ttl_s,
             publish_timeout_s=settings.publish_timeout_s,
             pending=events.find,
         ),

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import zlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TypeVar
 
 from redis.exceptions import RedisError
@@ -25,69 +23,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: crc32 values run over [0, 2**32): a request id is recorded when its value falls below
-#: the sample's share of that range.
-_HASH_RANGE = 2**32
-
-
-def is_experiment_traffic(event: PredictionLogged) -> bool:
-    """Whether the router counts ``event``'s outcome in a running experiment.
-
-    The router's own test on every prediction and feedback event: an experiment id and a
-    challenger share above zero (an ended experiment's id stays in the table at share 0).
-    """
-    return event.experiment_id is not None and bool(event.challenger_share)
-
-
-@dataclass(frozen=True)
-class RecordPolicy:
-    """Which predictions get a feedback record, and how long it is kept.
-
-    Experiment traffic is always recorded: the router needs every outcome of both arms,
-    and a sample would be a missing label in its label-rate guardrail. Other traffic is
-    kept at ``sample``, chosen by a hash of the request id rather than at random, so a
-    feedback request can tell a prediction that was left out from an unknown one.
-
-    Examples
-    --------
-    >>> policy = RecordPolicy(ttl_s=60, sample=0.0)
-    >>> policy.sampled("any-request-id")
-    False
-    >>> RecordPolicy(ttl_s=60).sampled("any-request-id")
-    True
-    """
-
-    ttl_s: int
-    sample: float = 1.0
-
-    @property
-    def records_all(self) -> bool:
-        """Whether every prediction is recorded (no sampling)."""
-        return self.sample >= 1.0
-
-    def keeps(self, event: PredictionLogged) -> bool:
-        """Whether ``event`` gets a feedback record."""
-        return self.sampled(event.request_id) or is_experiment_traffic(event)
-
-    def sampled(self, request_id: str) -> bool:
-        """Whether ``request_id`` falls in the sample of traffic outside experiments."""
-        if self.records_all:
-            return True
-        return zlib.crc32(request_id.encode()) < self.sample * _HASH_RANGE
-
-    def window(self) -> str:
-        """The feedback window in words, e.g. ``60 s``, ``2 h``, ``7 days``."""
-        return _duration(self.ttl_s)
-
-
-def _duration(seconds: int) -> str:
-    if seconds == 86_400:
-        return "1 day"
-    for unit, size in (("days", 86_400), ("h", 3_600), ("min", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{seconds // size} {unit}"
-    return f"{seconds} s"
-
 
 class FeedbackService:
     """Joins an outcome to its prediction, once, and publishes FeedbackReceived."""
@@ -99,7 +34,7 @@ class FeedbackService:
         fleet: ModelFleet,
         metrics: GatewayMetrics,
         *,
-        policy: RecordPolicy,
+        ttl_s: int,
         publish_timeout_s: float,
         pending: Callable[[str], PredictionLogged | None] = lambda _: None,
     ) -> None:
@@ -107,7 +42,7 @@ class FeedbackService:
         self._publisher = publisher
         self._fleet = fleet
         self._metrics = metrics
-        self._policy = policy
+        self._ttl_s = ttl_s
         self._publish_timeout_s = publish_timeout_s
         self._pending = pending
 
@@ -180,7 +115,11 @@ class FeedbackService:
             self._records.recall(request_id)
         )
         if prediction is None:
-            raise self._missing(model_name, request_id)
+            self._metrics.feedback.labels(model_name, "unknown").inc()
+            raise NotFoundError(
+                f"no prediction with request_id {request_id!r}: it is unknown, or older than "
+                f"the {self._ttl_s // 3600} h feedback window"
+            )
         if prediction.model_name != model_name:
             # Counted under the other model, a label would judge it by the wrong classes.
             self._metrics.feedback.labels(model_name, "wrong_model").inc()
@@ -190,23 +129,6 @@ class FeedbackService:
                 f"/v1/models/{prediction.model_name}/feedback"
             )
         return prediction
-
-    def _missing(self, model_name: str, request_id: str) -> NotFoundError:
-        """Why no record answers: never recorded (outside the sample), or unknown or expired."""
-        window = self._policy.window()
-        if not self._policy.sampled(request_id):
-            self._metrics.feedback.labels(model_name, "not_recorded").inc()
-            return NotFoundError(
-                f"no record of request_id {request_id!r}: predictions outside an experiment "
-                f"are recorded at GATEWAY_RECORD_SAMPLE={self._policy.sample:g} and this one "
-                f"was left out (or it is unknown, or older than the {window} feedback window); "
-                "its feedback counts nowhere, no need to retry"
-            )
-        self._metrics.feedback.labels(model_name, "unknown").inc()
-        return NotFoundError(
-            f"no prediction with request_id {request_id!r}: it is unknown, or older than "
-            f"the {window} feedback window (GATEWAY_FEEDBACK_TTL_S)"
-        )
 
     async def _publish(self, event: FeedbackReceived) -> None:
         try:

@@ -14,8 +14,8 @@ import logging
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter
+from redis.asyncio import Redis
 
-from shared.redis_client import RedisClient
 from shared.state_marker import MarkerGuard
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ class GatewayStateGuard:
 
     def __init__(
         self,
-        redis: RedisClient,
+        redis: Redis,
         served: Served,
         registry: CollectorRegistry,
         model_name: str,

@@ -24,7 +24,6 @@ from services.gateway.core import (
     row_from_store,
     rows_from_probabilities,
 )
-from services.gateway.feedback import RecordPolicy
 from services.gateway.fleet import ModelFleet, ServedModel
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.pool import LoadedModel, RoutingTable, ServingSnapshot
@@ -91,9 +90,7 @@ class PredictionService:
         feature_store: FeatureStore | None = None,
         log_predictions: bool = True,
         shadow: ShadowScorer | None = None,
-        record_policy: RecordPolicy | None = None,
     ) -> None:
-        self._record_policy = record_policy
         self._shadow = shadow
         self._feature_store = feature_store
         self._fleet = fleet
@@ -186,7 +183,7 @@ class PredictionService:
         elapsed = time.perf_counter() - started
         response = self._response(model, variant, answered, elapsed)
         if self._log_predictions:
-            self._log(self._events_of(response, rows, entity_id, snapshot.routing))
+            self._events.offer(self._events_of(response, rows, entity_id, snapshot.routing))
         self._observe(model, variant, answered, elapsed)
         if self._shadow is not None:
             self._shadow.maybe_mirror(snapshot, response, rows, entity_id, spec)
@@ -205,7 +202,7 @@ class PredictionService:
         elapsed = time.perf_counter() - routed.started
         response = value_response(model, variant, answered, elapsed)
         if self._log_predictions:
-            self._log(value_events(response, rows, entity_id, snapshot.routing))
+            self._events.offer(value_events(response, rows, entity_id, snapshot.routing))
         self._metrics.requests.labels(model.name, variant, model.version, "200").inc()
         self._metrics.latency.labels(model.name, variant).observe(elapsed)
         predicted = self._metrics.predicted_value.labels(model.name, model.version)
@@ -214,20 +211,6 @@ class PredictionService:
         if self._shadow is not None:
             self._shadow.maybe_mirror(snapshot, response, rows, entity_id, routed.spec)
         return response
-
-    def _log(self, events: list[PredictionLogged]) -> None:
-        """Queue ``events`` for publishing, and for a feedback record those the policy keeps."""
-        policy = self._record_policy
-        if policy is None or policy.records_all:
-            self._events.offer(events)
-            return
-        kept: list[PredictionLogged] = []
-        left_out: list[PredictionLogged] = []
-        for event in events:
-            (kept if policy.keeps(event) else left_out).append(event)
-        self._events.offer(kept)
-        if left_out:
-            self._events.offer_unrecorded(left_out)
 
     def _charge(
         self,

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import SERVICE_PORTS, BaseServiceSettings
-
-#: The shortest default feedback window: real labels come late, and a demo-sized outcome
-#: window (30 s) must not turn a label two minutes late into a 404.
-MIN_FEEDBACK_TTL_S = 24 * 3600
 
 
 class Settings(BaseServiceSettings):
@@ -37,18 +31,8 @@ class Settings(BaseServiceSettings):
     """How long prediction events may wait to join a batch before they are sent."""
     publish_timeout_s: float = Field(10.0, gt=0)
     """How long one drain step may wait for Kafka and Redis before giving up on it."""
-    outcome_window_s: float = Field(30.0, gt=0)
-    """The router's outcome window, ``ROUTER_OUTCOME_WINDOW_S`` (give both the same value):
-    how long after its prediction a label counts in an experiment."""
-    feedback_ttl_s: int | None = Field(None, ge=1)
-    """How long a prediction can receive feedback, in seconds. Unset: twice the outcome
-    window, so a label as late again is still joined (the router counts it ``late``), and
-    at least a day (``MIN_FEEDBACK_TTL_S``), so labels that come minutes or hours later
-    still reach the monitor's live accuracy. Set it to bound memory harder (see
-    docs/benchmarks.md, "Redis memory per prediction") or longer for later labels."""
-    record_sample: float = Field(1.0, ge=0, le=1)
-    """Share of predictions outside an experiment that get a feedback record (experiment
-    traffic always does: the router needs every outcome); feedback for one left out is a 404."""
+    feedback_ttl_s: int = Field(7 * 24 * 3600, ge=1)
+    """How long a prediction can receive feedback, in seconds."""
     max_loaded_models: int = Field(64, ge=1)
     """Most models held in memory; beyond it the least recently used is unloaded (the default
     model never is) and loaded again by its next request."""
@@ -61,10 +45,3 @@ class Settings(BaseServiceSettings):
     """Seconds between re-reads of the routing table from Redis (a missed event heals)."""
     log_predictions: bool = True
     """Offer every prediction to the event buffer (off only to measure what logging costs)."""
-
-    @property
-    def record_ttl_s(self) -> int:
-        """How long a prediction's feedback record is kept, in seconds."""
-        if self.feedback_ttl_s is not None:
-            return self.feedback_ttl_s
-        return max(math.ceil(2 * self.outcome_window_s), MIN_FEEDBACK_TTL_S)

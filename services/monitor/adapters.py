@@ -11,19 +11,16 @@ import requests
 from mlflow.artifacts import download_artifacts
 from mlflow.exceptions import MlflowException
 from pyarrow import ArrowException
+from redis.asyncio import Redis
 
 from services.monitor.core import PREDICTION, Reference, baseline_loss
 from services.monitor.ports import SavedState
 from shared.events import model_key
 from shared.mlflow_client import mlflow_client, mlflow_outages, outage_cause
-from shared.ownership import Fence, RedisFencing, Write
-from shared.redis_client import RedisClient
 from shared.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
-#: The prefix of the monitor's Redis keys (whatever its consumer group is called).
-SERVICE = "monitor"
 REFERENCE_ARTIFACT = "reference/features.parquet"
 PREDICTIONS_ARTIFACT = "reference/predictions.parquet"
 
@@ -169,18 +166,12 @@ def reference_from_frame(
 class RedisStateStore:
     """Window state in Redis: a small JSON document and a list of row chunks, saved per batch.
 
-    Each batch appends only its own rows, so a save costs O(batch), not O(window).
-    Writes are fenced (``shared.ownership.RedisFencing``): the state and the chunk
-    are written by one script, only while the model's epoch is still the writer's.
+    Each batch appends only its own rows, so a save costs O(batch), not O(window);
+    the state and the chunk are written in one MULTI/EXEC transaction.
     """
 
-    def __init__(self, redis: RedisClient) -> None:
+    def __init__(self, redis: Redis) -> None:
         self._redis = redis
-        self._fencing = RedisFencing(redis, SERVICE)
-
-    async def take_epoch(self, model_name: str) -> int:
-        """A new epoch of the model: earlier holders' writes are refused from now on."""
-        return (await self._fencing.take(model_name)).epoch
 
     async def load(self, model_name: str) -> SavedState | None:
         """The last saved state, the open window's row chunks and the pooled windows, or None."""
@@ -197,10 +188,9 @@ class RedisStateStore:
             [dict(json.loads(c)) for c in pooled],
         )
 
-    async def clear(self, model_name: str, epoch: int) -> None:
+    async def clear(self, model_name: str) -> None:
         """Forget the saved state (a new reference starts from nothing)."""
-        writes = [Write("DEL", _key(kind, model_name)) for kind in ("state", "rows", "pooled")]
-        await self._fencing.apply(self._fence(model_name, epoch), writes)
+        await self._redis.delete(*(_key(k, model_name) for k in ("state", "rows", "pooled")))
 
     async def save(
         self,
@@ -210,22 +200,18 @@ class RedisStateStore:
         restart_rows: bool,
         pooled: list[dict[str, Any]],
         keep_pooled: int,
-        *,
-        epoch: int,
     ) -> None:
         """Save ``state``, append ``rows`` and ``pooled`` (keeping ``keep_pooled``), atomically."""
-        rows_key, pooled_key = _key("rows", model_name), _key("pooled", model_name)
-        writes = [Write("DEL", rows_key)] if restart_rows else []
-        if rows is not None:
-            writes.append(Write("RPUSH", rows_key, (json.dumps(rows),)))
-        if pooled:
-            writes.append(Write("RPUSH", pooled_key, tuple(json.dumps(c) for c in pooled)))
-            writes.append(Write("LTRIM", pooled_key, (-keep_pooled, -1)))
-        writes.append(Write("SET", _key("state", model_name), (json.dumps(state),)))
-        await self._fencing.apply(self._fence(model_name, epoch), writes)
-
-    def _fence(self, model_name: str, epoch: int) -> Fence:
-        return Fence(self._fencing.epoch_key(model_name), epoch)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            if restart_rows:
+                pipe.delete(_key("rows", model_name))
+            if rows is not None:
+                pipe.rpush(_key("rows", model_name), json.dumps(rows))
+            if pooled:
+                pipe.rpush(_key("pooled", model_name), *(json.dumps(c) for c in pooled))
+                pipe.ltrim(_key("pooled", model_name), -keep_pooled, -1)
+            pipe.set(_key("state", model_name), json.dumps(state))
+            await pipe.execute()
 
 
 class NoMarkers:
@@ -245,5 +231,5 @@ class NoMarkers:
 
 
 def _key(kind: str, model_name: str) -> str:
-    # Hash-tagged by model: one model's state, rows, pooled windows and epoch share a slot.
-    return model_key(SERVICE, model_name, kind)
+    # Hash-tagged by model: one model's state, rows and pooled windows share a cluster slot.
+    return model_key("monitor", model_name, kind)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
-from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from fastapi import FastAPI
 
 from services.monitor.adapters import MlflowReferenceStore, RedisStateStore
@@ -13,10 +10,7 @@ from services.monitor.metrics import MonitorMetrics
 from services.monitor.service import ModelMonitors, MonitorPorts
 from services.monitor.settings import Settings
 from shared.catalog import ModelCatalog
-from shared.events import Topic, topic_name
-from shared.messaging import ConsumerContext
 from shared.mlflow_specs import MlflowSpecSource
-from shared.ownership import PartitionOwnership, co_partitioned_assignor
 from shared.routing import RoutingStateReader
 from shared.runtime import build_runtime, mlflow_check, serve, service_app
 from shared.spec import load_spec
@@ -41,10 +35,9 @@ def create_app(settings: Settings | None = None, name: str = "monitor") -> FastA
         routing=RoutingStateReader(runtime.redis),
     )
     metrics = MonitorMetrics.create(runtime.registry)
-    consumer, ownership = owned_by_partition(runtime.consumer)
-    models = ModelMonitors(ports, catalog, settings.to_config(), metrics, ownership=ownership)
+    models = ModelMonitors(ports, catalog, settings.to_config(), metrics)
     register(
-        consumer,
+        runtime.consumer,
         MonitorHandlers(models),
         batch_size=settings.batch_size,
         batch_timeout_ms=settings.batch_timeout_ms,
@@ -56,33 +49,6 @@ def create_app(settings: Settings | None = None, name: str = "monitor") -> FastA
         "(a classifier's accuracy, a regressor's loss, CUSUM) of every model against its "
         "champion.",
     )
-
-
-#: Topics besides prediction-logged whose events act on a model's monitor.
-MODEL_TOPICS = (
-    Topic.FEEDBACK_RECEIVED,
-    Topic.MODEL_PROMOTED,
-    Topic.MODEL_ROLLED_BACK,
-    Topic.MODEL_APPROVED,
-)
-
-
-def owned_by_partition(
-    consumer: ConsumerContext,
-) -> tuple[ConsumerContext, PartitionOwnership]:
-    """The monitor's group co-partitioned, and the ownership its prediction-logged feeds.
-
-    A model's predictions, feedback and champion changes then reach the replica
-    that owns its state (round robin stays offered, so a rolling upgrade from it
-    still forms a group; the epochs alone guard the state until it completes).
-    """
-    assignor = co_partitioned_assignor()
-    owned = replace(consumer, assignors=(assignor, RoundRobinPartitionAssignor))
-    predictions = topic_name(Topic.PREDICTION_LOGGED)
-    others = [topic_name(t) for t in MODEL_TOPICS]
-    ownership = PartitionOwnership(predictions, assignor.partitions_of, co_partitioned=others)
-    owned.health.also_listen(predictions, ownership.listener())
-    return owned, ownership
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from services.monitor.adapters import NoMarkers
-from services.monitor.service import ModelMonitors
+from services.monitor.service import ModelMonitors, ModelUnavailableError
 from shared.events import (
     FeedbackReceived,
     ModelApproved,
@@ -24,8 +24,8 @@ from shared.events import (
     PredictionLogged,
     Topic,
 )
-from shared.messaging import ConsumerContext, subscribe, subscribe_broadcast
-from shared.messaging.batch import batch_failure, subscribe_batch
+from shared.messaging import OUTAGE_ERRORS, ConsumerContext, subscribe, subscribe_broadcast
+from shared.messaging.batch import subscribe_batch
 
 
 class MonitorHandlers:
@@ -45,7 +45,7 @@ class MonitorHandlers:
         )
         failed = {name: r for name, r in zip(by_model, results, strict=True) if r is not None}
         if failed:
-            raise batch_failure(failed)
+            raise _failure(failed)
 
     async def on_feedback(self, event: FeedbackReceived) -> None:
         """Count a labelled outcome into its model's accuracy."""
@@ -62,6 +62,22 @@ class MonitorHandlers:
     async def on_model_registered(self, event: ModelRegistered) -> None:
         """Take a new or changed spec: the model's next reference is read with it."""
         self.models.catalog.apply(event)
+
+
+def _failure(failed: dict[str, BaseException]) -> BaseException:
+    """The one error a batch raises for the models that failed in it.
+
+    An outage is everyone's: raised as it is, the batch waits and is retried. Any
+    other failure is its model's own; the batch subscription then retries the events
+    one at a time, and only the failed models' events end up dead-lettered.
+    """
+    for error in failed.values():
+        if not isinstance(error, Exception) or isinstance(error, OUTAGE_ERRORS):
+            return error
+    if len(failed) == 1:
+        return next(iter(failed.values()))
+    causes = "; ".join(f"{name}: {error}" for name, error in failed.items())
+    return ModelUnavailableError(f"models failed: {causes}")
 
 
 def register(

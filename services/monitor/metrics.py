@@ -34,7 +34,6 @@ class MonitorMetrics:
     model_loss: Gauge
     validation_loss: Gauge
     reference_missing: Gauge
-    fenced_off: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> MonitorMetrics:
@@ -110,11 +109,6 @@ class MonitorMetrics:
                 "1 while the champion version's reference sample is absent or unreadable: "
                 "its data drift is not tested (concept drift still is).",
                 "version",
-            ),
-            fenced_off=counter(
-                "monitor_fenced_off_total",
-                "Writes of a model's state refused because another replica took the model "
-                "over (a newer epoch); this replica dropped the model.",
             ),
         )
 

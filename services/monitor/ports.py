@@ -20,19 +20,12 @@ class ReferenceStore(Protocol):
 
 
 class StateStore(Protocol):
-    """Keeps each model's window state, so a restart neither loses nor repeats a window.
-
-    Writes are fenced: each carries the epoch this replica took for the model, and
-    is refused with ``FencedOffError`` once another replica took a newer one.
-    """
-
-    async def take_epoch(self, model_name: str) -> int:
-        """A new epoch of the model: earlier holders' writes are refused from now on."""
+    """Keeps each model's window state, so a restart neither loses nor repeats a window."""
 
     async def load(self, model_name: str) -> SavedState | None:
         """The last saved state, the open window's row chunks and the pooled windows, or None."""
 
-    async def clear(self, model_name: str, epoch: int) -> None:
+    async def clear(self, model_name: str) -> None:
         """Forget the saved state (a new reference starts from nothing)."""
 
     async def save(
@@ -43,8 +36,6 @@ class StateStore(Protocol):
         restart_rows: bool,
         pooled: list[dict[str, Any]],
         keep_pooled: int,
-        *,
-        epoch: int,
     ) -> None:
         """Save ``state``, append ``rows`` and ``pooled`` (keeping ``keep_pooled``), atomically."""
 

@@ -3,21 +3,14 @@
 Every model has its own ``ModelMonitor``: its lock, its champion's reference, its
 saved window and its alarms. One model's trouble (a reference that fails to load,
 a saved state that does not restore) neither waits on nor fails another's events.
-
-A model's state follows its partition (``shared.ownership``): the replica assigned
-it takes the model's epoch before it reads the saved state, writes only under that
-epoch, flushes when the partition is revoked and keeps what it holds across a
-rebalance only when its epoch proves nobody else wrote in between. The lock orders
-this replica's own work on a model; the epoch, not the lock, guards the shared state.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from services.monitor.core import (
@@ -33,10 +26,9 @@ from services.monitor.core import (
 from services.monitor.metrics import MonitorMetrics
 from services.monitor.ports import ReferenceStore, RoutingState, StateStore
 from shared.catalog import ModelCatalog
-from shared.errors import FencedOffError, FlywheelError
+from shared.errors import FlywheelError
 from shared.events import DriftDetected, FeedbackReceived, PredictionLogged
 from shared.messaging import OUTAGE_ERRORS, EventPublisher
-from shared.ownership import PartitionOwnership
 
 log = logging.getLogger(__name__)
 
@@ -73,16 +65,11 @@ class ModelMonitor:
         config: DriftConfig,
         metrics: MonitorMetrics,
         clock: Callable[[], float] = time.monotonic,
-        ownership: PartitionOwnership | None = None,
     ) -> None:
         self.model_name = model_name
         self.drift: ModelDrift | None = None
-        #: The epoch this replica took for the model; None until it reads the saved state.
-        self.epoch: int | None = None
-        #: False after a revocation: the next use proves nobody else wrote meanwhile.
-        self._verified = True
         self._ports, self._catalog, self._config = ports, catalog, config
-        self._metrics, self._clock, self._ownership = metrics, clock, ownership
+        self._metrics, self._clock = metrics, clock
         self._reported: Reference | None = None
         self._refresh = ReferenceRefresh(config.reference_refresh_s)
         self._hold = Hold(config.hold_s)
@@ -94,7 +81,7 @@ class ModelMonitor:
 
     async def count(self, events: Sequence[PredictionLogged]) -> None:
         """Count this model's predictions; publish drift when a window alarms."""
-        async with self._owning():
+        async with self._lock:
             drift = await self._current()
             # A version without a usable sample: said once when switched to, not per batch.
             if drift is not None and drift.testable:
@@ -102,7 +89,7 @@ class ModelMonitor:
 
     async def judge(self, event: FeedbackReceived) -> None:
         """Update the variant's accuracy or loss; publish concept drift when it worsened."""
-        async with self._owning():
+        async with self._lock:
             drift = await self._current()
             judged = drift.judge(event) if drift is not None else None
             if drift is None or judged is None:
@@ -128,69 +115,10 @@ class ModelMonitor:
 
         The same version is read again: a reference absent before may be there now.
         """
-        async with self._owning():
+        async with self._lock:
             self._refresh.want(version)
             self._hold.release()  # the new champion's reference may well load
             await self._current()
-
-    async def acquire(self) -> None:
-        """This replica was assigned the model: have its state ready before its next event."""
-        with contextlib.suppress(FencedOffError):  # not ours after all: nothing to load
-            async with self._owning():
-                await self._current()
-
-    async def release(self) -> None:
-        """The model's partition is being revoked: write what is not saved yet."""
-        async with self._lock:
-            drift, self._verified = self.drift, False
-            if drift is None or self.epoch is None or not self._judged_unsaved:
-                return
-            try:
-                await self._save(drift.state_only())
-                self._judged_unsaved = 0
-            except FencedOffError:
-                self._fenced_off()
-
-    async def forget(self) -> None:
-        """Another replica owns the model now: drop what this one held."""
-        async with self._lock:  # after a batch still counting: it writes under its epoch
-            self._drop()
-
-    def _drop(self) -> None:
-        self.drift, self.epoch, self._verified, self._judged_unsaved = None, None, True, 0
-
-    @contextlib.asynccontextmanager
-    async def _owning(self) -> AsyncIterator[None]:
-        """This model's lock, while this replica owns the model; fenced off, it drops it."""
-        async with self._lock:
-            if self._ownership is not None and not self._ownership.owns(self.model_name):
-                raise FencedOffError(f"model {self.model_name!r} is another replica's")
-            try:
-                if not self._verified:
-                    await self._verify()
-                yield
-            except FencedOffError:
-                self._fenced_off()
-                raise
-
-    async def _verify(self) -> None:
-        """Keep what is in memory only if no other replica took the model since our epoch."""
-        if self.epoch is not None:
-            epoch = await self._ports.states.take_epoch(self.model_name)
-            if epoch != self.epoch + 1:  # someone else wrote: read the saved state again
-                self.drift, self._judged_unsaved = None, 0
-            self.epoch = epoch
-        self._verified = True
-
-    def _fenced_off(self) -> None:
-        log.warning(
-            "model fenced off: another replica owns its state now; dropped here",
-            extra={"model": self.model_name, "epoch": self.epoch},
-        )
-        self._metrics.fenced_off.labels(self.model_name).inc()
-        self._drop()
-        if self._ownership is not None:
-            self._ownership.lose(self.model_name)
 
     async def _count(self, drift: ModelDrift, events: list[PredictionLogged]) -> None:
         if not events and not drift.unsaved:
@@ -208,18 +136,7 @@ class ModelMonitor:
             raise
 
     async def _save(self, save: Save) -> None:
-        await self._ports.states.save(self.model_name, *save, epoch=self._held_epoch())
-
-    async def _take_epoch(self) -> None:
-        """Take the model's epoch unless held: before reading the state, never at a write."""
-        if self.epoch is None:
-            self.epoch = await self._ports.states.take_epoch(self.model_name)
-
-    def _held_epoch(self) -> int:
-        """The epoch a write goes under; none held (dropped meanwhile): the write is not ours."""
-        if self.epoch is None:
-            raise FencedOffError(f"model {self.model_name!r} was dropped by this replica")
-        return self.epoch
+        await self._ports.states.save(self.model_name, *save)
 
     async def _alarm(self, drift: DriftDetected) -> None:
         """Publish ``drift`` unless an experiment is running: its challenger is the answer.
@@ -285,7 +202,6 @@ class ModelMonitor:
             raise ModelUnavailableError(f"{self.model_name!r}: {error!r}") from error
 
     async def _switch_to(self, reference: Reference) -> None:
-        await self._take_epoch()  # first: every write from now on is ours or refused
         saved = await self._load_saved()
         drift = ModelDrift.start(self.model_name, reference, self._config)
         try:
@@ -294,8 +210,8 @@ class ModelMonitor:
             drift = ModelDrift.start(self.model_name, reference, self._config)
             await self._discard("inconsistent", error)
         else:
-            if saved is not None and not restored:  # another version's windows
-                await self._ports.states.clear(self.model_name, self._held_epoch())
+            if saved is not None and not restored:
+                await self._ports.states.clear(self.model_name)  # another version's windows
         window = drift.detector.window_size
         self._metrics.reference_switched(self.model_name, reference, window, self._reported)
         self._reported, self.drift = reference, drift
@@ -332,16 +248,11 @@ class ModelMonitor:
             extra={"model": self.model_name, "reason": reason, "error": repr(error)},
         )
         self._metrics.state_discarded.labels(self.model_name, reason).inc()
-        await self._ports.states.clear(self.model_name, self._held_epoch())
+        await self._ports.states.clear(self.model_name)
 
 
 class ModelMonitors:
-    """A ``ModelMonitor`` per model, made when the model's first event arrives.
-
-    With an ``ownership``, models follow the partitions this replica is assigned:
-    revoked ones are flushed, those assigned elsewhere forgotten, and the owned ones
-    this replica knows of (held before, or registered) loaded in the background.
-    """
+    """A ``ModelMonitor`` per model, made when the model's first event arrives."""
 
     def __init__(
         self,
@@ -350,67 +261,15 @@ class ModelMonitors:
         config: DriftConfig,
         metrics: MonitorMetrics,
         clock: Callable[[], float] = time.monotonic,
-        ownership: PartitionOwnership | None = None,
     ) -> None:
         self.catalog, self.metrics = catalog, metrics
         self._ports, self._config, self._clock = ports, config, clock
         self._monitors: dict[str, ModelMonitor] = {}
-        self._ownership = ownership
-        self._loading: set[asyncio.Task[None]] = set()
-        if ownership is not None:
-            ownership.on_released(self.released)
-            ownership.on_acquired(self.acquired)
 
     def of(self, model_name: str) -> ModelMonitor:
         """``model_name``'s monitor."""
         if model_name not in self._monitors:
             self._monitors[model_name] = ModelMonitor(
-                model_name,
-                self._ports,
-                self.catalog,
-                self._config,
-                self.metrics,
-                self._clock,
-                self._ownership,
+                model_name, self._ports, self.catalog, self._config, self.metrics, self._clock
             )
         return self._monitors[model_name]
-
-    async def released(self, partitions: frozenset[int]) -> None:
-        """Flush the models of ``partitions`` before another replica may read them."""
-        await asyncio.gather(
-            *(m.release() for name, m in self._monitors.items() if self._in(name, partitions))
-        )
-
-    async def acquired(self, partitions: frozenset[int]) -> None:
-        """Forget models owned elsewhere now; load the owned ones in the background.
-
-        Loading reads MLflow, so it runs off the rebalance: a model's next event
-        waits for it on the model's lock, the others' do not.
-        """
-        await asyncio.gather(*(m.forget() for n, m in self._monitors.items() if not self._owns(n)))
-        task = asyncio.create_task(self._load_owned())
-        self._loading.add(task)
-        task.add_done_callback(self._loading.discard)
-
-    async def loaded(self) -> None:
-        """Wait for the background loads the last assignments started."""
-        await asyncio.gather(*self._loading)
-
-    async def _load_owned(self) -> None:
-        known = set(self._monitors)
-        try:
-            known |= set(await self.catalog.names())
-        except Exception as error:  # the models held before still load; others at first event
-            log.warning("registered models not listed", extra={"error": repr(error)})
-        for name in sorted(n for n in known if self._owns(n)):
-            try:
-                await self.of(name).acquire()
-            except Exception as error:  # loaded again at its first event
-                log.warning("model not loaded", extra={"model": name, "error": repr(error)})
-
-    def _owns(self, model_name: str) -> bool:
-        return self._ownership is None or self._ownership.owns(model_name)
-
-    def _in(self, model_name: str, partitions: frozenset[int]) -> bool:
-        partition = None if self._ownership is None else self._ownership.partition(model_name)
-        return partition is None or partition in partitions

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import functools
 import logging
 import tempfile
-import time
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -21,13 +17,10 @@ from mlflow.protos.databricks_pb2 import (
     RESOURCE_DOES_NOT_EXIST,
     ErrorCode,
 )
-from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import RedisError
 
 from services.registry.importing import MODEL_ARTIFACT, Evaluation, ImportRecord, import_tags
 from services.registry.ports import ModelSummary, VersionInfo
-from shared.errors import DependencyUnavailableError, InvalidInputError, NotFoundError
-from shared.events import model_key
+from shared.errors import InvalidInputError, NotFoundError
 from shared.mlflow_client import bound_mlflow_requests, mlflow_client, mlflow_outages
 from shared.scoring import Scorer, load_scorer
 from shared.spec import ModelSpec
@@ -317,97 +310,3 @@ def _log_import_artifacts(evaluation: Evaluation, folder: Path) -> None:
         path = folder / name
         frame.to_parquet(path, index=False)
         mlflow.log_artifact(str(path), artifact_path=directory)
-
-
-def alias_lease_key(model_name: str) -> str:
-    """The Redis key of ``model_name``'s alias lease (hash-tagged by model).
-
-    >>> alias_lease_key("churn")
-    'flywheel:registry:{churn}:alias-lock'
-    """
-    return model_key("registry", model_name, "alias-lock")
-
-
-#: Delete the lease only while it still holds our token: an expired lease another replica
-#: took since is theirs, and stays.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-#: Push the lease's expiry out only while it still holds our token.
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-
-
-class RedisAliasLeases:
-    """One lease per model in Redis: ``SET NX PX`` with a random token, renewed every third
-    of its TTL while held, released by a script that deletes only our token.
-
-    The TTL bounds how long a crashed replica keeps others waiting; the renewal keeps a
-    slow MLflow from letting the lease lapse mid-decision.
-    """
-
-    def __init__(
-        self,
-        redis: Redis | RedisCluster,
-        ttl_s: float = 15.0,
-        wait_s: float = 60.0,
-        poll_s: float = 0.05,
-    ) -> None:
-        self._redis = redis
-        self._ttl_ms = max(1, int(ttl_s * 1000))
-        self._wait_s, self._poll_s = wait_s, poll_s
-        self._release: Any = redis.register_script(_RELEASE)
-        self._renew: Any = redis.register_script(_RENEW)
-
-    @contextlib.asynccontextmanager
-    async def hold(self, model_name: str) -> AsyncIterator[None]:
-        """Hold ``model_name``'s alias lease while the block runs (waiting up to ``wait_s``)."""
-        key, token = alias_lease_key(model_name), uuid.uuid4().hex
-        await self._acquire(key, token, model_name)
-        renewing = asyncio.create_task(self._keep(key, token, model_name))
-        try:
-            yield
-        finally:
-            renewing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewing
-            await self._give_back(key, token, model_name)
-
-    async def _acquire(self, key: str, token: str, model_name: str) -> None:
-        deadline = time.monotonic() + self._wait_s
-        while True:
-            try:
-                if await self._redis.set(key, token, nx=True, px=self._ttl_ms):
-                    return
-            except (RedisError, OSError) as error:
-                raise DependencyUnavailableError(f"alias lease unavailable: {error!r}") from error
-            if time.monotonic() >= deadline:
-                raise DependencyUnavailableError(
-                    f"alias lease of {model_name} held by another replica for {self._wait_s} s"
-                )
-            await asyncio.sleep(self._poll_s)
-
-    async def _keep(self, key: str, token: str, model_name: str) -> None:
-        while True:
-            await asyncio.sleep(self._ttl_ms / 3000)
-            try:
-                renewed = await self._renew(keys=[key], args=[token, self._ttl_ms])
-            except (RedisError, OSError) as error:  # the next renewal may get through
-                log.warning("alias lease not renewed", extra={"error": repr(error)})
-                continue
-            if not renewed:
-                # Expired and maybe taken: the re-read after setting champion catches a clash.
-                log.warning("alias lease lost while deciding", extra={"model": model_name})
-                return
-
-    async def _give_back(self, key: str, token: str, model_name: str) -> None:
-        try:
-            await self._release(keys=[key], args=[token])
-        except (RedisError, OSError) as error:  # it expires by itself within the TTL
-            log.warning(
-                "alias lease not released", extra={"model": model_name, "error": repr(error)}
-            )

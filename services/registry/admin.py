@@ -6,7 +6,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from services.registry.ports import AliasLeases, ModelRegistry, held
+from services.registry.ports import ModelRegistry
 from shared.aliases import (
     CHALLENGER,
     CHAMPION,
@@ -28,20 +28,17 @@ class RegistryAdmin:
 
     models: ModelRegistry
     publisher: EventPublisher
-    leases: AliasLeases | None = None
-    """The same per-model leases as approvals: an alias move never interleaves with one."""
 
     async def promote(
         self, name: str, version: str | None, reason: str, requested_by: str = "admin"
     ) -> ModelPromoted:
         """Make ``version`` (default: the challenger) champion; publish ModelPromoted."""
-        async with held(self.leases, name):
-            aliases = await asyncio.to_thread(self.models.all_aliases, name)
-            target = version or aliases.get(CHALLENGER)
-            if target is None:
-                raise NotFoundError(f"{name} has no challenger to promote; name a version")
-            await asyncio.to_thread(self._check_version, name, target)
-            await asyncio.to_thread(self._apply, name, promotion_moves(aliases, target))
+        aliases = await asyncio.to_thread(self.models.all_aliases, name)
+        target = version or aliases.get(CHALLENGER)
+        if target is None:
+            raise NotFoundError(f"{name} has no challenger to promote; name a version")
+        await asyncio.to_thread(self._check_version, name, target)
+        await asyncio.to_thread(self._apply, name, promotion_moves(aliases, target))
         event = ModelPromoted(
             producer="registry",
             model_name=name,
@@ -58,13 +55,12 @@ class RegistryAdmin:
         self, name: str, reason: str, requested_by: str = "admin"
     ) -> ModelRolledBack:
         """Give the champion alias back to the previous champion; publish ModelRolledBack."""
-        async with held(self.leases, name):
-            aliases = await asyncio.to_thread(self.models.all_aliases, name)
-            try:
-                moves = rollback_moves(aliases)
-            except LookupError as error:
-                raise NotFoundError(f"{name}: {error}") from error
-            await asyncio.to_thread(self._apply, name, moves)
+        aliases = await asyncio.to_thread(self.models.all_aliases, name)
+        try:
+            moves = rollback_moves(aliases)
+        except LookupError as error:
+            raise NotFoundError(f"{name}: {error}") from error
+        await asyncio.to_thread(self._apply, name, moves)
         event = ModelRolledBack(
             producer="registry",
             model_name=name,

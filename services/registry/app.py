@@ -8,7 +8,6 @@ from services.registry.adapters import (
     MlflowCandidateLoader,
     MlflowModelImports,
     MlflowModelRegistry,
-    RedisAliasLeases,
 )
 from services.registry.admin import RegistryAdmin
 from services.registry.handlers import RegistryHandlers, register
@@ -45,10 +44,6 @@ def create_app(settings: Settings | None = None, name: str = "registry") -> Fast
     default_spec = load_spec(settings.model_spec_path)
     catalog = ModelCatalog(store, settings.model_name, default_spec)
     metrics = RegistryMetrics.create(runtime.registry)
-    # Approvals, promotions and rollbacks of one model take turns across every replica.
-    leases = RedisAliasLeases(
-        runtime.redis, settings.alias_lease_ttl_s, settings.alias_lease_wait_s
-    )
     handlers = RegistryHandlers(
         models=models,
         loader=MlflowCandidateLoader(settings.mlflow_tracking_uri),
@@ -57,7 +52,6 @@ def create_app(settings: Settings | None = None, name: str = "registry") -> Fast
         metrics=metrics,
         policy=settings.to_config(),
         packager=_packager(settings),
-        leases=leases,
     )
     register(runtime.consumer, handlers)
     specs = ModelSpecs(store, catalog, runtime.publisher, (settings.model_name, default_spec))
@@ -67,7 +61,7 @@ def create_app(settings: Settings | None = None, name: str = "registry") -> Fast
     subscribe_broadcast(runtime.consumer, Topic.MODEL_PROMOTED, ModelPromoted, moved)
     subscribe_broadcast(runtime.consumer, Topic.MODEL_ROLLED_BACK, ModelRolledBack, moved)
     subscribe_broadcast(runtime.consumer, Topic.MODEL_APPROVED, ModelApproved, moved)
-    admin = RegistryAdmin(models, runtime.publisher, leases)
+    admin = RegistryAdmin(models, runtime.publisher)
     token = settings.admin_token.get_secret_value() if settings.admin_token else None
     imports = MlflowModelImports(settings.mlflow_tracking_uri)
     importer = ModelImporter(catalog, imports, load_scorer, runtime.publisher)

@@ -17,17 +17,12 @@ from services.registry.core import (
 )
 from services.registry.gates import GatePolicy
 from services.registry.metrics import RegistryMetrics
-from services.registry.ports import (
-    AliasLeases,
-    CandidateLoader,
-    ModelPackager,
-    ModelRegistry,
-    held,
-)
-from shared.aliases import CHALLENGER, CHAMPION
+from services.registry.ports import CandidateLoader, ModelPackager, ModelRegistry
+from shared.aliases import CHAMPION
 from shared.catalog import ModelCatalog, RegisteredSpec
 from shared.errors import NotFoundError
 from shared.events import (
+    Event,
     GateResult,
     ModelApproved,
     ModelRegistered,
@@ -55,8 +50,6 @@ class RegistryHandlers:
     policy: GatePolicy
     packager: ModelPackager | None = None
     """Where approved versions are also packaged (the BentoML store), if anywhere."""
-    leases: AliasLeases | None = None
-    """Serialize each model's alias decisions across replicas (``app.py``: Redis leases)."""
 
     async def on_model_trained(self, event: ModelTrained) -> None:
         """Register the candidate, run the gates, give it an alias or reject it.
@@ -67,8 +60,7 @@ class RegistryHandlers:
         missing (a model with nothing at its URI, no holdout, an unusable flavour).
         """
         registered = await self.catalog.registered(event.model_name)
-        gated = await asyncio.to_thread(self._register_and_gate, event, registered)
-        outcome = gated if isinstance(gated, ModelRejected) else await self._approve(event, gated)
+        outcome = await asyncio.to_thread(self._register_and_decide, event, registered)
         await self.publisher.publish(outcome)
         label = "approved" if isinstance(outcome, ModelApproved) else "rejected"
         self.metrics.model_versions.labels(event.model_name, label).inc()
@@ -78,10 +70,8 @@ class RegistryHandlers:
         """Take a new or changed spec (every replica: another one may have registered it)."""
         self.catalog.apply(event)
 
-    def _register_and_gate(
-        self, event: ModelTrained, registered: RegisteredSpec
-    ) -> ModelRejected | _Passed:
-        """Blocking: register, tag with gates, lineage and spec revision; reject or pass."""
+    def _register_and_decide(self, event: ModelTrained, registered: RegisteredSpec) -> Event:
+        """Blocking: register, tag with gates, lineage and spec revision, then alias or reject."""
         name, spec = event.model_name, registered.spec
         try:
             version = self.models.register(name, event.model_uri, event.run_id)
@@ -95,18 +85,20 @@ class RegistryHandlers:
         self.models.set_tags(name, version, tags)
         for gate in gated.gates:
             self.metrics.gate_passed.labels(name, gate.name).set(1 if gate.passed else 0)
-        if not failed(gated.gates):
-            return _Passed(version, gated.flavor)
-        rejected = ModelRejected.caused_by(
-            event,
-            producer="registry",
-            model_name=name,
-            version=version,
-            run_id=event.run_id,
-            reasons=failed(gated.gates),
-        )
-        self.models.set_tags(name, version, decision_tags(rejected))
-        return rejected
+        outcome: ModelApproved | ModelRejected
+        if failed(gated.gates):
+            outcome = ModelRejected.caused_by(
+                event,
+                producer="registry",
+                model_name=name,
+                version=version,
+                run_id=event.run_id,
+                reasons=failed(gated.gates),
+            )
+        else:
+            outcome = self._approve(event, version, gated.flavor)
+        self.models.set_tags(name, version, decision_tags(outcome))
+        return outcome
 
     def gates(self, event: ModelTrained, version: str, spec: ModelSpec) -> Gated:
         """Every gate's result for the candidate against its model's ``spec``, in a fixed order,
@@ -124,36 +116,12 @@ class RegistryHandlers:
             reasons=(GateResult(name="model", passed=False, detail=detail),),
         )
 
-    async def _approve(self, event: ModelTrained, passed: _Passed) -> ModelApproved:
-        """Alias the version under the model's lease, then package and tag it (outside:
-        packaging is slow and another replica's decision need not wait for it)."""
-        async with held(self.leases, event.model_name):
-            approved = await asyncio.to_thread(self._choose_and_set_alias, event, passed.version)
-        await asyncio.to_thread(self._package, event, passed.version, passed.flavor)
-        tags = decision_tags(approved)
-        await asyncio.to_thread(self.models.set_tags, event.model_name, passed.version, tags)
-        return approved
-
-    def _choose_and_set_alias(self, event: ModelTrained, version: str) -> ModelApproved:
-        """Blocking: read the champion, choose the alias, set it, and check the champion held.
-
-        The lease makes this one step across replicas; the re-read catches a lease that
-        lapsed meanwhile: a champion set by another replica since wins, ours is challenger.
-        """
+    def _approve(self, event: ModelTrained, version: str, flavor: str | None) -> ModelApproved:
         name = event.model_name
         champion = self.models.alias_version(name, CHAMPION)
         alias = choose_alias(champion, version)
         self.models.set_alias(name, alias, version)
-        if alias == CHAMPION:
-            now = self.models.alias_version(name, CHAMPION)
-            if now is not None and now != version:
-                self.models.set_alias(name, CHALLENGER, version)
-                self.metrics.champion_clashes.labels(name).inc()
-                log.warning(
-                    "another champion was set meanwhile: this version is challenger",
-                    extra={"model": name, "version": version, "champion": now},
-                )
-                alias, champion = CHALLENGER, now
+        self._package(event, version, flavor)
         return ModelApproved.caused_by(
             event,
             producer="registry",
@@ -186,14 +154,6 @@ class RegistryHandlers:
         model = self.loader.sklearn_model(event.model_uri)
         tag = self.packager.package(event.model_name, version, model, metadata)
         self.models.set_tags(event.model_name, version, {"flywheel.bento_tag": tag})
-
-
-@dataclass(frozen=True)
-class _Passed:
-    """A registered version that passed every gate, and the flavour it loaded in."""
-
-    version: str
-    flavor: str | None
 
 
 def register(consumer: ConsumerContext, handlers: RegistryHandlers) -> None:

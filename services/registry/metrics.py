@@ -29,7 +29,6 @@ class RegistryMetrics:
     gate_passed: Gauge
     alias_version: Gauge
     packaging_skipped: Counter
-    champion_clashes: Counter
     _aliases_shown: dict[str, set[str]] = field(default_factory=dict, repr=False)
     """The aliases each model's gauge has a series for (to drop one that moved away)."""
 
@@ -60,13 +59,6 @@ class RegistryMetrics:
                 "Approved versions not packaged for BentoML, by the flavour that kept them out "
                 "(bentoml.sklearn takes sklearn models only).",
                 ["model_name", "flavor"],
-                registry=registry,
-            ),
-            champion_clashes=Counter(
-                "flywheel_registry_champion_clashes_total",
-                "First approvals that found another champion set meanwhile (an alias lease "
-                "that lapsed) and were made challenger instead.",
-                ["model_name"],
                 registry=registry,
             ),
         )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -98,17 +96,3 @@ class ModelPackager(Protocol):
 
     def package(self, name: str, version: str, model: Any, metadata: dict[str, Any]) -> str:
         """Store ``model`` for ``name`` version ``version``; return its tag there."""
-
-
-class AliasLeases(Protocol):
-    """Serializes each model's alias decisions across every registry replica."""
-
-    def hold(self, model_name: str) -> AbstractAsyncContextManager[None]:
-        """Held while ``model_name``'s aliases are read, decided and set: no other replica
-        holds it meanwhile. DependencyUnavailableError when it cannot be had in time."""
-
-
-def held(leases: AliasLeases | None, model_name: str) -> AbstractAsyncContextManager[None]:
-    """``leases.hold(model_name)``; nothing where no leases are given, for a registry that
-    decides alone (in-process tests and tools; ``app.py`` always passes Redis leases)."""
-    return contextlib.nullcontext() if leases is None else leases.hold(model_name)

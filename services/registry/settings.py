@@ -37,12 +37,6 @@ class Settings(BaseServiceSettings):
     """Import every approved version into the BentoML model store."""
     bento_home: Path | None = None
     """BentoML store directory (BENTOML_HOME); ``<FLYWHEEL_DATA_DIR>/bentoml`` when unset."""
-    alias_lease_ttl_s: float = Field(15.0, gt=0)
-    """How long a model's alias lease outlives a replica that died holding it (renewed every
-    third of it while held)."""
-    alias_lease_wait_s: float = Field(60.0, gt=0)
-    """How long an approval, promotion or rollback waits for another replica's alias lease
-    of the same model before giving up (the event is retried, the route answers 503)."""
     admin_token: SecretStr | None = None
     """Bearer token for promote and rollback (``flywheel up`` passes ``<run dir>/admin-token``);
     without one they always answer 401."""

@@ -10,23 +10,16 @@ as ``DependencyUnavailableError`` (retried by the consumer, 503 on a route).
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar, cast
 
 from mlflow.exceptions import MlflowException
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from services.router.core import Experiment
-from services.router.core.batch import (
-    Applied,
-    Change,
-    CountOnce,
-    ModelBatch,
-    OpenWindow,
-)
 from services.router.core.decision import ExperimentStats
 from services.router.core.outcomes import (
     Closing,
@@ -42,12 +35,10 @@ from services.router.core.outcomes import (
 )
 from services.router.core.report import LookPoint
 from services.router.core.tally import LOSS_SHIFT_FIELD, REWARD_SHIFT_FIELD, stats_from_counters
-from services.router.revisions import StaleExperimentError, saved_as
 from shared.aliases import in_applying_order, promotion_moves
-from shared.errors import DependencyUnavailableError, InvalidInputError
+from shared.errors import DependencyUnavailableError
 from shared.events import ExperimentUpdated, model_key, routing_state_key
 from shared.mlflow_client import mlflow_client
-from shared.redis_client import RedisClient, move_key
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +71,9 @@ def _router_key(model_name: str, kind: str) -> str:
 class RedisExperimentStore:
     """Per model: its current experiment, each experiment by id, and its routing table."""
 
-    def __init__(self, redis: RedisClient, index_key: str = EXPERIMENT_INDEX_KEY) -> None:
+    def __init__(self, redis: Redis, index_key: str = EXPERIMENT_INDEX_KEY) -> None:
         self._redis = redis
         self._index = index_key
-        self._save: Any = redis.register_script(_SAVE)
 
     @_redis_outage
     async def current(self, model_name: str) -> Experiment | None:
@@ -118,51 +108,23 @@ class RedisExperimentStore:
 
     @_redis_outage
     async def save(self, experiment: Experiment, update: ExperimentUpdated | None) -> None:
-        """Store ``experiment`` at its next revision if the stored one is still its own.
-
-        One script on the model's keys (one slot): the experiment by id, the model's
-        current one and, when given, its routing table change together or not at all.
-        StaleExperimentError when another writer saved the experiment since it was read.
-        """
-        model = experiment.model_name
-        raw = saved_as(experiment).model_dump_json()
+        """Write the model's keys in one MULTI/EXEC so readers never see them disagree."""
+        model, raw = experiment.model_name, experiment.model_dump_json()
         # Indexed first, alone (another slot): a stored experiment is always findable, and
-        # an index entry whose script never ran reads as no experiment.
+        # an index entry whose MULTI never ran reads as no experiment.
         await self._redis.hset(self._index, experiment.experiment_id, model)
-        keys = [
-            _by_id(model, experiment.experiment_id),
-            _router_key(model, "experiment"),
-            routing_state_key(model),
-        ]
-        table = "" if update is None else update.model_dump_json()
-        args = [experiment.revision, raw, table, experiment.experiment_id]
-        stored = int(await self._save(keys=keys, args=args))
-        if stored >= 0:
-            raise StaleExperimentError(model, experiment.experiment_id, experiment.revision, stored)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(_router_key(model, "experiment"), raw)
+            pipe.set(_by_id(model, experiment.experiment_id), raw)
+            if update is not None:
+                pipe.set(routing_state_key(model), update.model_dump_json())
+            await pipe.execute()
 
     @_redis_outage
     async def routing_table(self, model_name: str) -> ExperimentUpdated | None:
         """The latest ExperimentUpdated the router stored for ``model_name``."""
         raw = await self._redis.get(routing_state_key(model_name))
         return None if raw is None else ExperimentUpdated.model_validate_json(raw)
-
-
-#: Compare-and-set of one experiment: saved only at the revision the writer read (a
-#: document without one, stored before revisions, is at 0). The model's current experiment
-#: and routing table follow unless a newer experiment has taken them over (an experiment
-#: not stored before is new and takes them). Returns -1 when saved, else the stored revision.
-_SAVE = """
-local stored = redis.call('GET', KEYS[1])
-local revision = 0
-if stored then revision = tonumber(cjson.decode(stored)['revision'] or 0) end
-if revision ~= tonumber(ARGV[1]) then return revision end
-redis.call('SET', KEYS[1], ARGV[2])
-local current = redis.call('GET', KEYS[2])
-if stored and current and cjson.decode(current)['experiment_id'] ~= ARGV[4] then return -1 end
-redis.call('SET', KEYS[2], ARGV[2])
-if ARGV[3] ~= '' then redis.call('SET', KEYS[3], ARGV[3]) end
-return -1
-"""
 
 
 def _by_id(model_name: str, experiment_id: str) -> str:
@@ -235,82 +197,6 @@ return closed
 """
 
 
-#: Apply one model's share of a poll (ARGV[3], JSON): skip each event at or below the
-#: offset its partition last applied (the hash KEYS[1]), apply the rest, store the new
-#: offsets, all in one atomic step. Every other key is built from ARGV[1], the model's
-#: hash-tagged prefix, so the script touches one Redis Cluster slot. Increments of events
-#: whose marker is new are summed here and added once per counter; ARGV[2] is the
-#: markers' lifetime. Returns {redelivered, labels open, late, duplicate}.
-_APPLY = """
-local prefix, ttl = ARGV[1], ARGV[2]
-local batch = cjson.decode(ARGV[3])
-local applied, newest = {}, {}
-for i, partition in ipairs(batch.partitions) do
-  applied[i] = tonumber(redis.call('HGET', KEYS[1], partition) or '-1')
-end
-local sums, seqs, opened = {}, {}, {}
-local redelivered, open, late, duplicate = 0, 0, 0, 0
-
-local function count_once(exp, marker, increments)
-  if not redis.call('SET', prefix .. 'counted:' .. marker, '1', 'NX', 'EX', ttl) then return end
-  local counters = sums[exp]
-  if not counters then counters = {}; sums[exp] = counters end
-  for name, amount in pairs(increments) do counters[name] = (counters[name] or 0) + amount end
-end
-
-local function seq_of(exp)
-  if not seqs[exp] then seqs[exp] = tonumber(redis.call('GET', prefix .. 'seq:' .. exp) or '0') end
-  return seqs[exp]
-end
-
-local function open_window(exp, rid, predicted_at, encoded)
-  if redis.call('EXISTS', prefix .. 'closed:' .. exp .. ':' .. rid) == 1
-     or redis.call('HEXISTS', prefix .. 'outcome:' .. exp, rid) == 1 then
-    return
-  end
-  local seq = seq_of(exp) + 1
-  seqs[exp], opened[exp] = seq, true
-  redis.call('ZADD', prefix .. 'pending:' .. exp, string.format('%.17g', predicted_at), rid)
-  redis.call('ZADD', prefix .. 'pending-seq:' .. exp, seq, rid)
-  redis.call('HSET', prefix .. 'outcome:' .. exp, rid, encoded .. seq)
-end
-
-local function keep_label(exp, rid, encoded, late_marker, late_increments)
-  if redis.call('EXISTS', prefix .. 'closed:' .. exp .. ':' .. rid) == 1 then
-    count_once(exp, late_marker, late_increments)
-    late = late + 1
-  elseif redis.call('HEXISTS', prefix .. 'label:' .. exp, rid) == 1 then
-    duplicate = duplicate + 1
-  else
-    redis.call('HSET', prefix .. 'label:' .. exp, rid, encoded .. seq_of(exp))
-    open = open + 1
-  end
-end
-
-for _, event in ipairs(batch.events) do
-  local partition, offset = event[1], event[2]
-  if partition > 0 and offset <= applied[partition] then
-    redelivered = redelivered + 1
-  else
-    if partition > 0 then newest[partition] = math.max(newest[partition] or -1, offset) end
-    for _, c in ipairs(event[3]) do
-      if c[1] == 'count' then count_once(c[2], c[3], c[4])
-      elseif c[1] == 'open' then open_window(c[2], c[3], c[4], c[5])
-      else keep_label(c[2], c[3], c[4], c[5], c[6]) end
-    end
-  end
-end
-for exp in pairs(opened) do redis.call('SET', prefix .. 'seq:' .. exp, seqs[exp]) end
-for exp, counters in pairs(sums) do
-  for name, amount in pairs(counters) do
-    redis.call('HINCRBYFLOAT', prefix .. 'stats:' .. exp, name, string.format('%.17g', amount))
-  end
-end
-for i, offset in pairs(newest) do redis.call('HSET', KEYS[1], batch.partitions[i], offset) end
-return {redelivered, open, late, duplicate}
-"""
-
-
 class RedisOutcomeTally:
     """Counters in one hash per experiment; a once-only marker per counted event.
 
@@ -322,7 +208,7 @@ class RedisOutcomeTally:
     """
 
     def __init__(
-        self, redis: RedisClient, marker_ttl_s: int = 14 * 24 * 3600, max_looks: int = 2000
+        self, redis: Redis, marker_ttl_s: int = 14 * 24 * 3600, max_looks: int = 2000
     ) -> None:
         self._redis = redis
         self._marker_ttl_s = marker_ttl_s
@@ -331,17 +217,6 @@ class RedisOutcomeTally:
         self._open: Any = redis.register_script(_OPEN)
         self._label: Any = redis.register_script(_LABEL)
         self._close: Any = redis.register_script(_CLOSE)
-        self._apply: Any = redis.register_script(_APPLY)
-
-    @_redis_outage
-    async def apply(self, batch: ModelBatch) -> Applied:
-        """Apply a model's share of a poll in one round trip, each event once (see ``_APPLY``)."""
-        payload = encode_batch(batch)
-        keys = [_router_key(batch.model_name, "applied")]
-        args = [_router_key(batch.model_name, ""), self._marker_ttl_s, payload]
-        redelivered, open_, late, duplicate = await self._apply(keys=keys, args=args)
-        labels: dict[LabelStatus, int] = {"open": open_, "late": late, "duplicate": duplicate}
-        return Applied(int(redelivered), {k: int(v) for k, v in labels.items() if v})
 
     @_redis_outage
     async def add(
@@ -485,42 +360,6 @@ class RedisOutcomeTally:
         return [LookPoint.model_validate_json(r) for r in raws]
 
 
-def encode_batch(batch: ModelBatch) -> str:
-    """``batch`` as the JSON ``_APPLY`` reads: partitions numbered from 1 (0: none), each
-    event as [partition, offset, changes], increments as objects of numbers."""
-    partitions: dict[str, int] = {}
-    events = []
-    for event in batch.events:
-        source = event.source
-        if source is None:
-            number, offset = 0, -1
-        else:
-            number = partitions.setdefault(source.partition, len(partitions) + 1)
-            offset = source.offset
-        events.append([number, offset, [_encoded(change) for change in event.changes]])
-    try:
-        # A script that fails halfway keeps what it wrote: refuse what Lua cannot add first.
-        return json.dumps(
-            {"partitions": list(partitions), "events": events},
-            separators=(",", ":"),
-            allow_nan=False,
-        )
-    except ValueError as error:
-        raise InvalidInputError(f"{batch.model_name}: a number is not finite") from error
-
-
-def _encoded(change: Change) -> list[Any]:
-    if isinstance(change, CountOnce):
-        return ["count", change.experiment_id, change.marker, change.increments]
-    if isinstance(change, OpenWindow):
-        pending = change.pending
-        prefix = encode_pending(pending).rsplit("|", 1)[0] + "|"
-        return ["open", change.experiment_id, pending.request_id, pending.predicted_at, prefix]
-    prefix = encode_label(change.label).rsplit("|", 1)[0] + "|"
-    late = change.late
-    return ["label", change.experiment_id, change.request_id, prefix, late.marker, late.increments]
-
-
 def _key(model_name: str, kind: str, experiment_id: str) -> str:
     return _router_key(model_name, f"{kind}:{experiment_id}")
 
@@ -537,13 +376,12 @@ _TALLY_KINDS = ("stats", "pending", "pending-seq", "outcome", "label", "seq", "l
 
 @_redis_outage
 async def adopt_single_model_keys(
-    redis: RedisClient, model_name: str, index_key: str = EXPERIMENT_INDEX_KEY
+    redis: Redis, model_name: str, index_key: str = EXPERIMENT_INDEX_KEY
 ) -> int:
     """Move the keys a single-model router left to ``model_name``'s hash-tagged ones.
 
-    The old keys carry no hash tag: ``move_key`` renames them on one server and
-    copies then deletes them across a cluster's slots (RENAME there: CROSSSLOT).
-    The old current-experiment key goes last: a start interrupted halfway
+    Those releases ran one Redis, never a cluster, so ``RENAME`` across slots is
+    fine. The old current-experiment key goes last: a start interrupted halfway
     adopts the rest next time; once it is gone this is a no-op. Once-only markers
     are left to expire (the consumer's idempotency store already guards
     redeliveries). Returns how many experiments were moved.
@@ -562,7 +400,8 @@ async def adopt_single_model_keys(
         await redis.set(_by_id(model_name, experiment_id), raw)
         for kind in _TALLY_KINDS:
             old = f"{_LEGACY}{kind}:{experiment_id}"
-            await move_key(redis, old, _key(model_name, kind, experiment_id), replace=True)
+            if await redis.exists(old):
+                await redis.rename(old, _key(model_name, kind, experiment_id))
         await redis.delete(f"{_LEGACY}experiment:by-id:{experiment_id}")
         await redis.zrem(legacy_index, experiment_id)
         moved += 1

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI
+from redis.asyncio import Redis
 
 from services.router.adapters import (
     MlflowModelAliases,
@@ -28,7 +29,6 @@ from services.router.settings import Settings
 from shared.catalog import ModelCatalog
 from shared.errors import DependencyUnavailableError
 from shared.mlflow_specs import MlflowSpecSource
-from shared.redis_client import RedisClient
 from shared.runtime import build_runtime, serve, service_app
 from shared.spec import load_spec
 
@@ -65,14 +65,7 @@ def create_app(settings: Settings | None = None, name: str = "router") -> FastAP
         look_wait_s=settings.look_wait_s,
     )
     overrides = OverrideHandler(store, runtime.publisher, metrics, locks)
-    register(
-        runtime.consumer,
-        approvals,
-        outcomes,
-        overrides,
-        batch_size=settings.batch_size,
-        batch_timeout_ms=settings.batch_timeout_ms,
-    )
+    register(runtime.consumer, approvals, outcomes, overrides)
     ticker = Ticker(outcomes.tick, settings.look_interval_s)
     guard = StateGuard(
         runtime.redis,
@@ -94,7 +87,7 @@ def create_app(settings: Settings | None = None, name: str = "router") -> FastAP
     )
 
 
-def _adopting(redis: RedisClient, model_name: str) -> Callable[[], Awaitable[None]]:
+def _adopting(redis: Redis, model_name: str) -> Callable[[], Awaitable[None]]:
     """A start-up hook moving a single-model router's keys to the default model's."""
 
     async def adopt() -> None:

@@ -4,39 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import replace
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TypeVar
 
 from services.router.core import Experiment, decide_on_approval
-from services.router.core.batch import (
-    Applied,
-    ModelBatch,
-    Source,
-    by_model,
-    failure_changes,
-    feedback_changes,
-    partition_of,
-    prediction_changes,
-    routed,
-)
 from services.router.core.experiment import ExperimentPlan, open_queued, plan_for_spec
 from services.router.core.lifecycle import look, look_due, state_changed
 from services.router.core.outcomes import LabelStatus, close_increments
 from services.router.core.override import apply_override, override_of, served_champion
 from services.router.core.report import look_point
+from services.router.core.tally import (
+    assignment_increments,
+    failure_increments,
+    label_of,
+    late_increments,
+    pending_of,
+    request_increments,
+    stratum_of,
+    unit_of,
+)
 from services.router.metrics import RouterMetrics
 from services.router.ports import ExperimentStore, ModelAliases, ModelSpecs, OutcomeTally
-from services.router.revisions import (
-    claim_verdict,
-    decide_again_if_stale,
-    release_verdict,
-    saved_as,
-)
 from shared.catalog import UnknownModelError
 from shared.errors import DependencyUnavailableError
 from shared.events import (
@@ -51,14 +41,11 @@ from shared.events import (
     Topic,
 )
 from shared.messaging import ConsumerContext, EventPublisher, subscribe
-from shared.messaging.batch import Position, batch_failure, subscribe_positioned_batch
-from shared.messaging.idempotency import NothingProcessed
 
 log = logging.getLogger(__name__)
 
 _EVENT_NAMESPACE = uuid.UUID("0b7f6c1e-2a8d-4c55-8f0e-5d1c9e3a7b42")
 Clock = Callable[[], datetime]
-E = TypeVar("E", PredictionLogged, PredictionFailed, FeedbackReceived)
 _COUNTED: dict[LabelStatus, str] = {"open": "yes", "late": "late", "duplicate": "duplicate"}
 
 
@@ -88,11 +75,7 @@ class ApprovalHandler:
         self._specs = specs
 
     async def __call__(self, approval: ModelApproved) -> None:
-        """Decide the next states and publish each, then persist the last (deciding again
-        when another replica saved the model's experiment meanwhile)."""
-        await decide_again_if_stale(functools.partial(self._decide, approval), "approval")
-
-    async def _decide(self, approval: ModelApproved) -> None:
+        """Decide the next states and publish each, then persist the last."""
         current = await self._store.current(approval.model_name)
         plan = await self._plan_for(approval.model_name)
         states = decide_on_approval(current, approval, plan)
@@ -162,10 +145,6 @@ def _in_turn(state: Experiment) -> dict[str, object]:
 class ModelLocks:
     """One lock per model, held while its experiment is read, decided and saved.
 
-    Only an optimisation: the store's compare-and-set guards the experiment across
-    replicas (``revisions``); the lock spares this process the conflicts, and the
-    re-reads, of two of its own looks or overrides on one model at once.
-
     Looks and operator overrides of one model take turns; another model's never
     wait for them.
     """
@@ -180,10 +159,6 @@ class ModelLocks:
 
 class OutcomeHandler:
     """Counts routed predictions and outcomes per experiment and looks after each batch.
-
-    A poll's events are grouped by model and each model's changes applied in one
-    step with the offsets they came from (``core.batch``): counts are exact under
-    redelivery, and one slow or failing model's step does not hold up another's.
 
     Looks run one task per model: an event or a tick waits for them at most
     ``look_wait_s``, and a look that fails is counted and logged, not raised (the
@@ -207,79 +182,45 @@ class OutcomeHandler:
         self._locks = locks or ModelLocks()
         self._look_wait_s = look_wait_s
         self._looking: dict[str, asyncio.Task[None]] = {}
-        self._holder = uuid.uuid4().hex  # names this process on the verdicts it claims
 
     @property
     def locks(self) -> ModelLocks:
         """The per-model locks (operator overrides share them)."""
         return self._locks
 
-    async def on_predictions(self, batch: Sequence[tuple[PredictionLogged, Position]]) -> None:
-        """Count a poll's routed predictions: assignments, latencies, outcome windows."""
-        await self._apply_batches(
-            Topic.PREDICTION_LOGGED, by_model(_sourced(batch), prediction_changes)
-        )
-
-    async def on_failures(self, batch: Sequence[tuple[PredictionFailed, Position]]) -> None:
-        """Count a poll's failed requests as errors of the variants that answered them."""
-        await self._apply_batches(
-            Topic.PREDICTION_FAILED, by_model(_sourced(batch), failure_changes)
-        )
-
-    async def on_feedbacks(self, batch: Sequence[tuple[FeedbackReceived, Position]]) -> None:
-        """Keep a poll's labels for their outcome windows, then look at their experiments."""
-        await self._feedback(_sourced(batch))
-
     async def on_prediction(self, event: PredictionLogged) -> None:
-        """Count one prediction handed over outside Kafka (no offset: markers alone guard it)."""
-        await self._apply_batches(
-            Topic.PREDICTION_LOGGED, by_model([(event, None)], prediction_changes)
-        )
+        """Count the assignment and latency of one routed prediction."""
+        if event.experiment_id is None or not event.challenger_share or event.shadow:
+            return  # served outside any experiment, or a shadow answer nobody saw
+        model, exp = event.model_name, event.experiment_id
+        # One assignment per unit (entity, or request) and period; latency once per request;
+        # every row's outcome window, which a later look closes.
+        unit = f"unit:{exp}:{stratum_of(event)}:{unit_of(event)}"
+        await self._tally.add(model, exp, unit, assignment_increments(event))
+        request = f"request:{exp}:{event.correlation_id}"
+        await self._tally.add(model, exp, request, request_increments(event))
+        await self._tally.open_outcome(model, exp, pending_of(event))
 
     async def on_failure(self, event: PredictionFailed) -> None:
-        """Count one failed request handed over outside Kafka."""
-        await self._apply_batches(
-            Topic.PREDICTION_FAILED, by_model([(event, None)], failure_changes)
+        """Count the errors of one failed request against the variant that answered it."""
+        if event.experiment_id is None or not event.challenger_share:
+            return
+        await self._tally.add(
+            event.model_name, event.experiment_id, event.event_id, failure_increments(event)
         )
 
     async def on_feedback(self, event: FeedbackReceived) -> None:
-        """Keep one label handed over outside Kafka, then look at its experiment."""
-        await self._feedback([(event, None)])
-
-    async def _feedback(self, events: Sequence[tuple[FeedbackReceived, Source | None]]) -> None:
-        for event, _ in events:
-            if routed(event) is None:
-                self._metrics.outcomes.labels(model_name=event.model_name, counted="no").inc()
-        batches = by_model(events, feedback_changes)
-        await self._apply_batches(Topic.FEEDBACK_RECEIVED, batches)
-        await self._look_per_model({b.model_name: b.experiment_ids for b in batches})
-
-    async def _apply_batches(self, topic: Topic, batches: list[ModelBatch]) -> None:
-        """Apply each model's changes in one step of its own; a model that fails fails alone.
-
-        The others' are applied and their offsets stored, so the batch's retry skips them.
-        """
-        results = await asyncio.gather(
-            *(self._tally.apply(batch) for batch in batches), return_exceptions=True
-        )
-        failed: dict[str, BaseException] = {}
-        for batch, result in zip(batches, results, strict=True):
-            if isinstance(result, BaseException):
-                failed[batch.model_name] = result
-            else:
-                self._record(topic, batch.model_name, result)
-        if failed:
-            raise batch_failure(failed)
-
-    def _record(self, topic: Topic, model_name: str, applied: Applied) -> None:
-        if applied.redelivered:
-            self._metrics.redelivered.labels(model_name=model_name, topic=topic.value).inc(
-                applied.redelivered
-            )
-        for status, count in applied.labels.items():
-            self._metrics.outcomes.labels(model_name=model_name, counted=_COUNTED[status]).inc(
-                count
-            )
+        """Keep one label for its outcome window, then look at the experiment."""
+        model = event.model_name
+        if event.experiment_id is None or not event.challenger_share:
+            self._metrics.outcomes.labels(model_name=model, counted="no").inc()
+            return
+        exp = event.experiment_id
+        status = await self._tally.label(model, exp, event.request_id, label_of(event))
+        if status == "late":  # reported, never used for decisions
+            await self._tally.add(model, exp, event.event_id, late_increments(event))
+        self._metrics.outcomes.labels(model_name=model, counted=_COUNTED[status]).inc()
+        await self._look_per_model({model: [exp]})
 
     async def tick(self) -> None:
         """Close outcome windows and look at every running experiment (called periodically)."""
@@ -317,8 +258,7 @@ class OutcomeHandler:
     async def _look_guarded(self, model_name: str, experiment_ids: list[str]) -> None:
         for experiment_id in experiment_ids:
             try:
-                look = functools.partial(self.look_at, model_name, experiment_id)
-                await decide_again_if_stale(look, "look")
+                await self.look_at(model_name, experiment_id)
             except Exception as error:  # the tick looks again; the event that asked is done
                 self._metrics.look_failures.labels(model_name=model_name).inc()
                 log.warning(
@@ -376,7 +316,7 @@ class OutcomeHandler:
         if after.actions_pending:
             # Persist the verdict first: a restart then finishes it instead of deciding anew.
             await self._store.save(after, None)
-            await self._carry_out(saved_as(after))
+            await self._carry_out(after)
             return
         if not state_changed(before, after):
             await self._store.save(after, None)
@@ -397,15 +337,7 @@ class OutcomeHandler:
         )
 
     async def _carry_out(self, state: Experiment) -> None:
-        """Move aliases and announce the verdict; every step is safe to repeat.
-
-        Only the process that claims the verdict carries it out: another replica that
-        looked at the same experiment leaves it, so the verdict is published once.
-        """
-        claimed = await claim_verdict(self._store, state, self._holder, self._clock())
-        if claimed is None:
-            return
-        state = claimed
+        """Move aliases and announce the verdict; every step is safe to repeat."""
         challenger = state.challenger_version or ""
         try:
             if state.status == "promoted":
@@ -415,9 +347,7 @@ class OutcomeHandler:
             else:
                 await asyncio.to_thread(self._aliases.drop_challenger, state.model_name, challenger)
         except Exception as error:
-            # The verdict stays pending in Redis, unclaimed so any process may finish it
-            # (this one restarted); the event is retried, not dead-lettered.
-            await release_verdict(self._store, state)
+            # The verdict stays pending in Redis; the event is retried, not dead-lettered.
             raise DependencyUnavailableError(f"aliases not moved: {error!r}") from error
         update = ExperimentUpdated(
             event_id=_event_id(state, "update"), **_in_turn(state), **_update_fields(state)
@@ -495,11 +425,11 @@ class OverrideHandler:
 
     async def on_promoted(self, event: ModelPromoted) -> None:
         """A manual promotion: the promoted version serves alone."""
-        await decide_again_if_stale(functools.partial(self._apply, event), "override")
+        await self._apply(event)
 
     async def on_rolled_back(self, event: ModelRolledBack) -> None:
         """A manual rollback: the restored champion serves alone."""
-        await decide_again_if_stale(functools.partial(self._apply, event), "override")
+        await self._apply(event)
 
     async def _apply(self, event: ModelPromoted | ModelRolledBack) -> None:
         action = override_of(event)
@@ -561,37 +491,17 @@ class Ticker:
                 log.warning("periodic look failed", extra={"error": repr(error)})
 
 
-def _sourced(batch: Iterable[tuple[E, Position]]) -> list[tuple[E, Source | None]]:
-    return [(event, Source(partition_of(p.topic, p.partition), p.offset)) for event, p in batch]
-
-
 def register(
     ctx: ConsumerContext,
     approvals: ApprovalHandler,
     outcomes: OutcomeHandler,
     overrides: OverrideHandler | None = None,
-    *,
-    batch_size: int = 500,
-    batch_timeout_ms: int = 100,
 ) -> None:
-    """Subscribe the router's handlers.
-
-    The outcome topics come in batches (``batch_size`` records, or what arrived in
-    ``batch_timeout_ms``) without an idempotency marker per event: each model's
-    applied offsets, stored with its counts, make a redelivery a no-op.
-    """
+    """Subscribe the router's handlers."""
     subscribe(ctx, Topic.MODEL_APPROVED, ModelApproved, approvals)
     if overrides is not None:
         subscribe(ctx, Topic.MODEL_PROMOTED, ModelPromoted, overrides.on_promoted)
         subscribe(ctx, Topic.MODEL_ROLLED_BACK, ModelRolledBack, overrides.on_rolled_back)
-    batches = replace(ctx, processed=NothingProcessed())
-    sizes = {"max_records": batch_size, "batch_timeout_ms": batch_timeout_ms}
-    subscribe_positioned_batch(
-        batches, Topic.PREDICTION_LOGGED, PredictionLogged, outcomes.on_predictions, **sizes
-    )
-    subscribe_positioned_batch(
-        batches, Topic.PREDICTION_FAILED, PredictionFailed, outcomes.on_failures, **sizes
-    )
-    subscribe_positioned_batch(
-        batches, Topic.FEEDBACK_RECEIVED, FeedbackReceived, outcomes.on_feedbacks, **sizes
-    )
+    subscribe(ctx, Topic.PREDICTION_LOGGED, PredictionLogged, outcomes.on_prediction)
+    subscribe(ctx, Topic.PREDICTION_FAILED, PredictionFailed, outcomes.on_failure)
+    subscribe(ctx, Topic.FEEDBACK_RECEIVED, FeedbackReceived, outcomes.on_feedback)

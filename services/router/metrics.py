@@ -11,8 +11,7 @@ from services.router.core import Experiment
 
 @dataclass(frozen=True)
 class RouterMetrics:
-    """Experiments opened, state changes, looks, outcomes, redeliveries and the challenger's
-    share, per model."""
+    """Experiments opened, state changes, looks, outcomes and the challenger's share, per model."""
 
     experiments_opened: Counter
     experiment_updates: Counter
@@ -20,7 +19,6 @@ class RouterMetrics:
     looks: Counter
     outcomes: Counter
     look_failures: Counter
-    redelivered: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> RouterMetrics:
@@ -60,13 +58,6 @@ class RouterMetrics:
                 "experiment_look_failures_total",
                 "Looks that failed (Redis, MLflow or the publisher away); the next tick retries.",
                 ["model_name"],
-                registry=registry,
-            ),
-            redelivered=Counter(
-                "experiment_events_redelivered_total",
-                "Outcome events read again at or below the offset their partition had applied "
-                "for the model (a redelivery after a crash or a rebalance): skipped, not counted.",
-                ["model_name", "topic"],
                 registry=registry,
             ),
         )

@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Protocol
 
 from services.router.core import Experiment
-from services.router.core.batch import Applied, ModelBatch
 from services.router.core.decision import ExperimentStats
-from services.router.core.outcomes import Closing, OutcomeWindow
+from services.router.core.outcomes import Closing, Label, LabelStatus, OutcomeWindow, PendingOutcome
 from services.router.core.report import LookPoint
 from shared.events import ExperimentUpdated
 from shared.spec import ModelSpec
@@ -37,11 +36,7 @@ class ExperimentStore(Protocol):
 
     async def save(self, experiment: Experiment, update: ExperimentUpdated | None) -> None:
         """Store ``experiment`` and, when given, make ``update`` its model's routing table,
-        together, at revision ``experiment.revision + 1`` (``revisions.saved_as``).
-
-        Compare-and-set: ``revisions.StaleExperimentError`` when the stored experiment is
-        no longer at ``experiment.revision`` (another writer saved it since it was read).
-        """
+        together."""
 
     async def routing_table(self, model_name: str) -> ExperimentUpdated | None:
         """``model_name``'s latest published routing table, if any."""
@@ -50,12 +45,23 @@ class ExperimentStore(Protocol):
 class OutcomeTally(Protocol):
     """Per-experiment sufficient statistics, counted once per event (keyed by model)."""
 
-    async def apply(self, batch: ModelBatch) -> Applied:
-        """Apply a model's share of a poll at once: every change of each event whose offset
-        is above its partition's last applied one, and the new applied offsets, together."""
+    async def add(
+        self, model_name: str, experiment_id: str, event_id: str, increments: dict[str, float]
+    ) -> bool:
+        """Add ``increments`` unless ``event_id`` was counted before; True when counted now."""
 
     async def stats(self, model_name: str, experiment_id: str) -> ExperimentStats:
         """The experiment's statistics so far."""
+
+    async def open_outcome(
+        self, model_name: str, experiment_id: str, pending: PendingOutcome
+    ) -> bool:
+        """Open a prediction's outcome window (once); True when opened now."""
+
+    async def label(
+        self, model_name: str, experiment_id: str, request_id: str, label: Label
+    ) -> LabelStatus:
+        """Keep a label for its open window; ``late`` once the window has closed."""
 
     async def due(
         self, model_name: str, experiment_id: str, window: OutcomeWindow, now: float

@@ -20,13 +20,13 @@ from datetime import UTC, datetime
 
 from mlflow.exceptions import MlflowException
 from prometheus_client import CollectorRegistry, Counter
+from redis.asyncio import Redis
 
 from services.router.core.recovery import STATE_LOST, rebuilt_state
 from services.router.ports import ExperimentStore
 from shared.events import ExperimentUpdated
 from shared.messaging import EventPublisher
 from shared.mlflow_client import mlflow_client
-from shared.redis_client import RedisClient
 from shared.state_marker import MarkerGuard
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class StateGuard:
 
     def __init__(
         self,
-        redis: RedisClient,
+        redis: Redis,
         store: ExperimentStore,
         aliases: AliasReader,
         publisher: EventPublisher,

@@ -68,11 +68,6 @@ class Settings(BaseServiceSettings):
     on the events' own times)."""
     look_interval_s: float = Field(5.0, gt=0)
     """How often running experiments have their closed windows counted and are looked at."""
-    batch_size: int = Field(500, ge=1)
-    """Most prediction-logged, prediction-failed or feedback-received events consumed, and
-    applied to Redis, in one batch."""
-    batch_timeout_ms: int = Field(100, ge=1)
-    """Longest wait to fill a batch, in milliseconds."""
     look_wait_s: float = Field(10.0, gt=0)
     """How long an event or the periodic tick waits for one model's look before going on
     (the look carries on in the background): a stuck model never holds up the others."""

@@ -6,6 +6,7 @@ import logging
 import os
 
 from fastapi import FastAPI
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from services.trainer.adapters import (
@@ -24,7 +25,6 @@ from services.trainer.scheduler import PendingTrainingScheduler
 from services.trainer.settings import Settings
 from shared.catalog import ModelCatalog
 from shared.mlflow_specs import MlflowSpecSource
-from shared.redis_client import RedisClient
 from shared.runtime import Hook, build_runtime, mlflow_check, serve, service_app
 from shared.spec import load_spec
 
@@ -48,9 +48,7 @@ def create_app(settings: Settings | None = None, name: str = "trainer") -> FastA
         batches=FileBatchSource(),
         history=history,
         pending=RedisPendingTriggers(runtime.redis),
-        lock=RedisTrainingLock(
-            runtime.redis, settings.lock_ttl_s, heartbeat_s=settings.lock_heartbeat_s
-        ),
+        lock=RedisTrainingLock(runtime.redis, settings.lock_ttl_s, settings.lock_wait_s),
         store=MlflowModelStore(settings.mlflow_tracking_uri, default_spec.label),
         publisher=runtime.publisher,
     )
@@ -90,7 +88,7 @@ def create_app(settings: Settings | None = None, name: str = "trainer") -> FastA
     )
 
 
-def _adopt_legacy_keys(redis: RedisClient, model_name: str) -> Hook:
+def _adopt_legacy_keys(redis: Redis, model_name: str) -> Hook:
     """Before anything consumes: the default model's state moves to its hash-tagged keys."""
 
     async def adopt() -> None:

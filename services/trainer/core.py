@@ -1,5 +1,4 @@
-"""Training logic: data versions, the feature pipeline, the split, fitting and validation metrics;
-and the decisions of the training lease and the retrain schedule.
+"""Training logic: data versions, the feature pipeline, the split, fitting and validation metrics.
 
 Pure: frames in, fitted pipeline and numbers out. No broker, MLflow, Redis or files.
 """
@@ -352,64 +351,3 @@ def _params(
         "train_rows": train_rows,
         "validation_rows": validation_rows,
     }
-
-
-LeaseState = Literal["held", "unsure", "lost"]
-
-
-def heartbeat_interval(ttl_s: float, heartbeat_s: float | None = None) -> float:
-    """How often a training renews its lease: ``heartbeat_s``, by default a third of the TTL.
-
-    Two renewals may fail (a Redis blip) before the lease runs out.
-
-    >>> heartbeat_interval(60.0), heartbeat_interval(60.0, 5.0)
-    (20.0, 5.0)
-    """
-    interval = ttl_s / 3 if heartbeat_s is None else heartbeat_s
-    if not 0 < interval < ttl_s:
-        raise ValueError(
-            f"the lease heartbeat ({interval} s) must be shorter than its TTL ({ttl_s} s)"
-        )
-    return interval
-
-
-def lease_after_renewal(renewed: bool | None, since_confirmed_s: float, ttl_s: float) -> LeaseState:
-    """What a renewal says about the lease.
-
-    ``renewed``: True when Redis extended it, False when the key holds another
-    token or none (it expired, someone else may hold it), None when Redis could
-    not be asked. Unasked for a whole TTL since the last confirmation, the lease
-    has expired by now, whoever holds it.
-
-    >>> lease_after_renewal(True, 100.0, 60.0), lease_after_renewal(False, 0.0, 60.0)
-    ('held', 'lost')
-    >>> lease_after_renewal(None, 30.0, 60.0), lease_after_renewal(None, 60.0, 60.0)
-    ('unsure', 'lost')
-    """
-    if renewed is True:
-        return "held"
-    if renewed is False or since_confirmed_s >= ttl_s:
-        return "lost"
-    return "unsure"
-
-
-def schedule_period(now: float, every_s: float) -> int:
-    """The number of the retrain period ``now`` (epoch seconds) falls in.
-
-    Every replica computes the same number from its clock, so the replica that
-    claims a period first is the only one that retrains in it.
-
-    >>> schedule_period(3599.0, 3600.0), schedule_period(3600.0, 3600.0)
-    (0, 1)
-    """
-    return int(now // every_s)
-
-
-def period_due(last: int, now: float, every_s: float) -> int | None:
-    """The period to claim now, or None while ``last`` (the last one seen) is current.
-
-    >>> period_due(0, 3599.0, 3600.0) is None, period_due(0, 7300.0, 3600.0)
-    (True, 2)
-    """
-    current = schedule_period(now, every_s)
-    return current if current > last else None

@@ -5,20 +5,10 @@ pending arrivals, lock and storm control are keyed by the event's model, and
 its spec comes from the catalog. An event for a model nobody registered is
 dead-lettered with the known models named.
 
-Handlers only check and remember triggers (pending, in Redis, each event
-accepted once) and return, so the offset commits however long a training takes.
-``train_pending``, driven per model by ``scheduler`` off the consumer's poll
-loop, trains under the model's lease (one replica at a time, renewed while it
-trains): a burst of data arrivals once their window is quiet, drift, a manual
-request or the schedule at its next turn. A training that fails for a reason
+Data-arrived events are only checked and remembered here; a burst of them is
+coalesced into one training by ``train_pending`` (driven by ``scheduler``).
+Drift and manual requests train at once. A training that fails for a reason
 other than an outage is published as ModelRejected with its cause.
-
-Exactly one training per trigger: the outcome is staged in Redis, fenced by the
-lease, before it is published, and the triggers it covered are forgotten with
-it once published. A crash before staging leaves the triggers pending for the
-next holder; a crash after it publishes the staged event again (same event id).
-A lease lost while training aborts the publication, counted in
-``flywheel_trainer_lease_lost_total``.
 """
 
 from __future__ import annotations
@@ -32,14 +22,7 @@ from typing import NamedTuple
 
 import pandas as pd
 
-from services.trainer.coalesce import (
-    CoalescePolicy,
-    PendingArrival,
-    StagedOutcome,
-    new_rows,
-    newest,
-    trigger_ids,
-)
+from services.trainer.coalesce import CoalescePolicy, PendingArrival, new_rows, newest
 from services.trainer.core import (
     TrainingConfig,
     check_announced_rows,
@@ -52,7 +35,6 @@ from services.trainer.metrics import TrainerMetrics
 from services.trainer.ports import (
     BatchHistory,
     BatchSource,
-    Lease,
     ModelStore,
     PendingTriggers,
     RunContext,
@@ -100,10 +82,6 @@ class TrainerPorts:
     lock: TrainingLock
     store: ModelStore
     publisher: EventPublisher
-
-
-class LeaseLostError(Exception):
-    """The training's lease was lost before its outcome was logged: stop, publish nothing."""
 
 
 class Training(NamedTuple):
@@ -165,98 +143,40 @@ class TrainerHandlers:
             )
 
     async def on_drift_detected(self, event: DriftDetected) -> None:
-        """Remember the drift: the model retrains on its recent window at its next turn."""
-        await self._request(event, event.model_name, "drift")
+        """Retrain the drifted model at once on its recent window, in the drift's turn."""
+        await self._train_now(event, event.model_name, "drift")
 
     async def on_retrain_requested(self, event: RetrainModel) -> None:
-        """Remember that a person (``flywheel retrain``) asked: the model retrains next turn."""
-        await self._request(event, event.model_name, "manual")
+        """Retrain at once because a person (``flywheel retrain``) asked for it."""
+        await self._train_now(event, event.model_name, "manual")
 
-    async def on_schedule(self, model_name: str, period: int) -> RetrainModel | None:
-        """Claim ``model_name``'s scheduled retrain of ``period`` for this replica.
-
-        Every replica's timer asks; the first claim of a period adds the tick to
-        the pending triggers, the others add nothing (None). A model with no
-        batches recorded yet has nothing to retrain on: skipped, unclaimed.
-        """
-        if not await self.ports.history.recent(model_name, 1):
-            log.info("scheduled retrain skipped: no batches recorded", extra={"model": model_name})
-            return None
+    async def on_schedule(self, model_name: str) -> RetrainModel:
+        """Retrain ``model_name`` on its recent window because the schedule says so."""
         tick = RetrainModel(producer="trainer", model_name=model_name, reason="schedule")
-        arrival = PendingArrival(tick, self.clock(), "schedule")
-        if not await self.ports.pending.add(model_name, arrival, once=f"schedule:{period}"):
-            return None  # another replica claimed this period
-        self._count(model_name, "schedule", "accepted")
+        await self._train_now(tick, model_name, "schedule")
         return tick
 
     async def train_pending(self, model_name: str) -> bool:
-        """Train the model once on its pending triggers if the policy says so; True when it
-        published an outcome (a trained or rejected model)."""
+        """Train the model once on its pending arrivals if the policy says so; True when it did."""
         waiting = await self.ports.pending.waiting(model_name)
         if self.policy.decide(waiting, self.clock()) != "train":
             return False
-        async with self.ports.lock.try_hold(model_name) as lease:
-            if lease is None:
-                return False  # another replica trains this model now
-            return await self._train_held(model_name, lease)
-
-    async def _train_held(self, model_name: str, lease: Lease) -> bool:
-        # A holder that crashed after staging its outcome: publish that, do not train again.
-        staged = await self.ports.pending.staged(model_name)
-        if staged is None:
-            # Re-read under the lease: another replica may have trained on them meanwhile.
+        job = Training(model_name, await self.catalog.spec(model_name), "data")
+        async with self.ports.lock.hold(model_name):
+            # Re-read under the lock: another replica may have trained on them meanwhile.
             covered = await self.ports.pending.waiting(model_name)
-            if self.policy.decide(covered, self.clock()) != "train":
+            if not covered:
                 return False
-            staged = await self._outcome(model_name, covered, lease)
-            if staged is None or not await self.ports.pending.stage(
-                model_name, staged, lease.token
-            ):
-                self._abandon(model_name)
-                return False
-        # Publish before forgetting: a crash in between publishes the same event again.
-        await self.ports.publisher.publish(staged.outcome)
-        await self.ports.pending.settle(model_name, staged)
-        return True
-
-    async def _outcome(
-        self, model_name: str, covered: list[PendingArrival], lease: Lease
-    ) -> StagedOutcome | None:
-        """Train on ``covered``: the outcome to publish, None when the lease was lost."""
-        cause = newest(covered)
-        job = Training(model_name, await self.catalog.spec(model_name), cause.trigger)
-        try:
-            outcome = await self._train(job, cause.event, covered, lease)
-        except LeaseLostError:
-            return None
-        except FlywheelError as error:
-            if error.retryable:
-                raise
-            outcome = self._rejected(job, cause.event, error)
+            cause = newest(covered)
+            try:
+                outcome = await self._train(job, cause, covered)
+            except FlywheelError as error:
+                if error.retryable:
+                    raise
+                outcome = self._rejected(job, cause, error)
+            await self._finish(model_name, outcome, covered)
         self.metrics.coalesced.labels(model_name=model_name).inc(len(covered) - 1)
-        return StagedOutcome(outcome, tuple(p.event.event_id for p in covered))
-
-    def _abandon(self, model_name: str) -> None:
-        self.metrics.lease_lost.labels(model_name=model_name).inc()
-        log.error(
-            "training lease lost: outcome not published, its triggers are left to the holder",
-            extra={"model": model_name},
-        )
-
-    async def _request(
-        self, event: DriftDetected | RetrainModel, model: str, trigger: Trigger
-    ) -> None:
-        # An unregistered model raises UnknownModelError here: the event is dead-lettered.
-        await self.catalog.spec(model)
-        if not await self.ports.history.recent(model, 1):
-            raise NotFoundError(
-                f"no batches recorded for {model}; nothing to train on "
-                "(announce the batches; /readyz says whether Redis lost the list)"
-            )
-        if await self.ports.pending.add(model, PendingArrival(event, self.clock(), trigger)):
-            self._count(model, trigger, "accepted")
-        else:  # redelivered after it was accepted: its training is pending or done
-            self._count(model, trigger, "duplicate")
+        return True
 
     async def _model_of(self, event: DataArrived) -> str:
         # No model named: the deployment's default (deprecated, see DataArrived.model_name).
@@ -269,9 +189,23 @@ class TrainerHandlers:
             )
         return model
 
-    async def _train(
-        self, job: Training, cause: Event, covered: list[PendingArrival], lease: Lease
-    ) -> Outcome:
+    async def _train_now(self, cause: Event, model_name: str, trigger: Trigger) -> None:
+        # An unregistered model raises UnknownModelError here: the event is dead-lettered.
+        job = Training(model_name, await self.catalog.spec(model_name), trigger)
+        self._count(model_name, trigger, "accepted")
+        async with self.ports.lock.hold(model_name):
+            # Pending arrivals are in the recent window: this training covers them too.
+            covered = await self.ports.pending.waiting(model_name)
+            await self._finish(model_name, await self._train(job, cause, covered), covered)
+
+    async def _finish(
+        self, model_name: str, outcome: Outcome, covered: list[PendingArrival]
+    ) -> None:
+        # Publish before forgetting: a crash in between trains twice rather than never.
+        await self.ports.publisher.publish(outcome)
+        await self.ports.pending.remove(model_name, covered)
+
+    async def _train(self, job: Training, cause: Event, covered: list[PendingArrival]) -> Outcome:
         count = self.window_batches + self.older_batches
         refs = await self.ports.history.recent(job.model, count)
         if not refs:
@@ -279,12 +213,10 @@ class TrainerHandlers:
                 f"no batches recorded for {job.model}; nothing to train on "
                 "(announce the batches; /readyz says whether Redis lost the list)"
             )
-        ids = trigger_ids(cause, covered)
+        ids = tuple(dict.fromkeys([cause.event_id, *(p.event.event_id for p in covered)]))
         started = time.perf_counter()
         try:
-            trained = await asyncio.to_thread(self._fit_and_log, job, cause, refs, ids, lease)
-        except LeaseLostError:
-            raise
+            trained = await asyncio.to_thread(self._fit_and_log, job, cause, refs, ids)
         except DEFERRED:
             self.metrics.trainings.labels(job.model, job.trigger, "deferred").inc()
             raise
@@ -318,17 +250,9 @@ class TrainerHandlers:
         self.metrics.triggers.labels(model_name, trigger, outcome).inc()
 
     def _fit_and_log(
-        self,
-        job: Training,
-        cause: Event,
-        refs: list[DatasetRef],
-        trigger_ids: tuple[str, ...],
-        lease: Lease,
+        self, job: Training, cause: Event, refs: list[DatasetRef], trigger_ids: tuple[str, ...]
     ) -> ModelTrained:
-        """Blocking: load the window (and older sample), fit, log, describe the result.
-
-        A lease lost while fitting stops it before MLflow logs a run nobody publishes.
-        """
+        """Blocking: load the window (and older sample), fit, log, describe the result."""
         batches = self._load_window(refs[-self.window_batches :], job.spec)
         older = self._load_older(refs[: -self.window_batches], job.spec)
         frame = training_frame(
@@ -357,8 +281,6 @@ class TrainerHandlers:
             sampled=sampled,
             label=job.spec.label,
         )
-        if lease.lost:
-            raise LeaseLostError(job.model)
         run_id = self.ports.store.log_training(model, context)
         return ModelTrained.caused_by(
             cause,

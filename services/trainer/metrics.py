@@ -15,7 +15,6 @@ class TrainerMetrics:
     training_seconds: Histogram
     triggers: Counter
     coalesced: Counter
-    lease_lost: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> TrainerMetrics:
@@ -43,13 +42,6 @@ class TrainerMetrics:
             coalesced=Counter(
                 "flywheel_trainer_coalesced_triggers_total",
                 "Data-arrived events folded into another event's training (burst coalescing).",
-                ["model_name"],
-                registry=registry,
-            ),
-            lease_lost=Counter(
-                "flywheel_trainer_lease_lost_total",
-                "Trainings whose lease expired or was taken before their outcome was staged: "
-                "nothing published, the triggers left pending for the lease's holder.",
                 ["model_name"],
                 registry=registry,
             ),

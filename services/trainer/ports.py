@@ -11,7 +11,7 @@ from shared.events import DatasetRef
 if TYPE_CHECKING:
     import pandas as pd
 
-    from services.trainer.coalesce import PendingArrival, StagedOutcome
+    from services.trainer.coalesce import PendingArrival
     from services.trainer.core import TrainedModel
     from shared.spec import ModelSpec
 
@@ -38,53 +38,23 @@ class BatchHistory(Protocol):
 
 
 class PendingTriggers(Protocol):
-    """Triggers received but not trained on yet, kept across restarts, each accepted once.
+    """Data-arrived events received but not trained on yet, kept across restarts."""
 
-    With them, the outcome of a finished training until it is published: a
-    crash in between publishes that outcome again instead of training again.
-    """
-
-    async def add(self, model_name: str, arrival: PendingArrival, once: str | None = None) -> bool:
-        """Remember ``arrival`` until a training covers it; False when already accepted.
-
-        ``once`` names the trigger (default: its event id): a redelivered event,
-        or a second replica's claim of the same schedule period, adds nothing.
-        """
+    async def add(self, model_name: str, arrival: PendingArrival) -> None:
+        """Remember ``arrival`` until a training covers it."""
 
     async def waiting(self, model_name: str) -> list[PendingArrival]:
-        """Every pending trigger of the model, oldest first."""
+        """Every pending arrival of the model, oldest first."""
 
-    async def stage(self, model_name: str, staged: StagedOutcome, fence: str) -> bool:
-        """Keep ``staged`` for publication if the lease ``fence`` still holds; False when lost.
-
-        The check and the write are one step: a replica whose lease expired
-        cannot stage over its successor's work.
-        """
-
-    async def staged(self, model_name: str) -> StagedOutcome | None:
-        """The outcome staged and not yet settled (a crash came between), if any."""
-
-    async def settle(self, model_name: str, staged: StagedOutcome) -> None:
-        """The staged outcome was published: forget it and the triggers it covered."""
-
-
-class Lease(Protocol):
-    """A model's training lease, renewed in the background while held."""
-
-    @property
-    def token(self) -> str:
-        """What fences writes made under this lease (``PendingTriggers.stage``)."""
-
-    @property
-    def lost(self) -> bool:
-        """True once a renewal found the lease expired or held by someone else."""
+    async def remove(self, model_name: str, arrivals: list[PendingArrival]) -> None:
+        """Forget ``arrivals`` (a training covered them)."""
 
 
 class TrainingLock(Protocol):
     """At most one training of a model at a time, across processes."""
 
-    def try_hold(self, model_name: str) -> AbstractAsyncContextManager[Lease | None]:
-        """Hold the model's lease for the block (renewed), or None when another holds it."""
+    def hold(self, model_name: str) -> AbstractAsyncContextManager[None]:
+        """Wait (bounded) for the model's lock and hold it for the block."""
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,11 @@ from pathlib import Path
 
 from mlflow.exceptions import MlflowException
 from prometheus_client import CollectorRegistry, Counter
+from redis.asyncio import Redis
 
 from services.trainer.ports import BatchHistory
 from shared.events import DatasetRef, model_key
 from shared.mlflow_client import mlflow_client
-from shared.redis_client import RedisClient
 from shared.state_marker import MarkerGuard
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class TrainerStateGuard:
 
     def __init__(
         self,
-        redis: RedisClient,
+        redis: Redis,
         history: BatchHistory,
         last_trained: LastTrained,
         registry: CollectorRegistry | None,
@@ -178,7 +178,7 @@ class TrainerStateGuards:
 
     def __init__(
         self,
-        redis: RedisClient,
+        redis: Redis,
         history: BatchHistory,
         last_trained: LastTrained,
         registry: CollectorRegistry,

@@ -1,13 +1,8 @@
-"""The background worker: it turns each model's pending triggers into trainings (data once
-its window closes, drift and manual requests at once), off the consumer's poll loop, and
-retrains every known model on the schedule.
+"""The background task that turns each model's pending data arrivals into trainings when their
+window closes, and retrains every known model on the schedule.
 
 Every model takes its turn in a task of its own: one model's long, failing or
-outage-deferred training never delays another model's. Across replicas, the
-model's lease lets one train at a time; the others' turns find it held and pass.
-The schedule's periods are numbered from the epoch (``core.schedule_period``):
-every replica's timer claims the period that just began for each model, and
-only the first claim adds the retrain. The models polled are
+outage-deferred training never delays another model's. The models polled are
 the catalog's (its list refreshed every ``refresh_s``, in the background) and
 every model whose spec this process has read since, so a newly registered
 model's first batch trains without waiting for the next refresh.
@@ -20,10 +15,9 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
 
-from services.trainer.core import period_due, schedule_period
 from services.trainer.handlers import TrainerHandlers
+from shared.errors import NotFoundError
 from shared.messaging import OUTAGE_ERRORS
 
 log = logging.getLogger(__name__)
@@ -40,21 +34,18 @@ class PendingTrainingScheduler:
         outage_backoff_s: float = 5.0,
         every_s: float | None = None,
         refresh_s: float = 30.0,
-        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._handlers = handlers
         self._tick_s, self._outage_backoff_s = tick_s, outage_backoff_s
         self._every_s, self._refresh_s = every_s, refresh_s
-        self._wall_clock = wall_clock
-        self._started_in = schedule_period(wall_clock(), every_s) if every_s else 0
-        """The schedule's period at start: the next one is the first due."""
-        self._claimed: dict[str, int] = {}
-        """The last period whose retrain each model claimed (or saw claimed by another)."""
+        self._next_scheduled = time.monotonic() + every_s if every_s else math.inf
         self._registered: set[str] = set()
         self._next_refresh = -math.inf
         self._refreshing: asyncio.Task[None] | None = None
         self._turns: dict[str, asyncio.Task[None]] = {}
         self._resume_at: dict[str, float] = {}
+        self._owed: set[str] = set()
+        """Models whose scheduled retrain is due and not yet run (they were busy)."""
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -84,34 +75,26 @@ class PendingTrainingScheduler:
         """Start the turn of every model that is neither busy nor backing off."""
         self._refresh_in_background()
         models = self.models()
+        if time.monotonic() >= self._next_scheduled and self._every_s is not None:
+            self._next_scheduled = time.monotonic() + self._every_s
+            self._owed.update(models)
         now = time.monotonic()
         for model in models:
             turn = self._turns.get(model)
             if (turn is not None and not turn.done()) or now < self._resume_at.get(model, 0.0):
                 continue  # busy or backing off: its turn comes at a later tick
-            period = self._due_period(model)
+            scheduled = model in self._owed
+            self._owed.discard(model)
             self._turns[model] = asyncio.create_task(
-                self._turn(model, period), name=f"trainer-turn-{model}"
+                self._turn(model, scheduled), name=f"trainer-turn-{model}"
             )
 
-    def _due_period(self, model: str) -> int | None:
-        """The period whose retrain ``model`` claims in this turn; None when none is due.
-
-        A model busy training when its period began claims at its next free turn.
-        """
-        if self._every_s is None:
-            return None
-        last = self._claimed.get(model, self._started_in)
-        return period_due(last, self._wall_clock(), self._every_s)
-
-    async def _turn(self, model: str, period: int | None) -> None:
-        """One model's turn: train what is pending, then claim its scheduled retrain when due
-        (trained at its next turn); failures stay its own."""
+    async def _turn(self, model: str, scheduled: bool) -> None:
+        """One model's poll (and its scheduled retrain when due); failures stay its own."""
         try:
             await self._handlers.train_pending(model)
-            if period is not None:
-                await self._handlers.on_schedule(model, period)
-                self._claimed[model] = period
+            if scheduled:
+                await self._scheduled(model)
         except OUTAGE_ERRORS as error:
             # The arrivals stay pending: nothing is lost, the training happens once it is back.
             log.warning("pending training deferred", extra={"model": model, "error": repr(error)})
@@ -119,6 +102,12 @@ class PendingTrainingScheduler:
         except Exception:
             log.exception("pending training failed unexpectedly", extra={"model": model})
             self._resume_at[model] = time.monotonic() + self._outage_backoff_s
+
+    async def _scheduled(self, model: str) -> None:
+        try:
+            await self._handlers.on_schedule(model)
+        except NotFoundError as error:  # nothing recorded yet: try at the next slot
+            log.info("scheduled retrain skipped", extra={"model": model, "error": str(error)})
 
     def _refresh_in_background(self) -> None:
         # In a task of its own: a slow MLflow must not hold up the models already known.

@@ -4,15 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from services.trainer.core import (
-    RegressionMetric,
-    SelectionMetric,
-    TrainingConfig,
-    heartbeat_interval,
-)
+from services.trainer.core import RegressionMetric, SelectionMetric, TrainingConfig
 from shared.settings import SERVICE_PORTS, BaseServiceSettings
 
 Algorithm = Literal["logistic_regression", "hist_gradient_boosting", "torch_mlp"]
@@ -53,14 +48,10 @@ class Settings(BaseServiceSettings):
     """Torch device of the MLP: auto (CUDA when present), cpu or cuda[:n]."""
     reference_rows: int = Field(10_000, ge=1)
     """Most training rows logged as the monitor's drift reference."""
-    lock_ttl_s: float = Field(60.0, gt=0)
-    """Expiry of a model's training lease after its last renewal: a crashed trainer's lease
-    frees this long after the crash, and the next replica trains its pending triggers."""
-    lock_heartbeat_s: float | None = Field(None, gt=0)
-    """How often a training renews its lease (unset: a third of ``lock_ttl_s``; below it).
-
-    A renewal that finds the lease expired and taken aborts the training's publication.
-    """
+    lock_ttl_s: float = Field(600.0, gt=0)
+    """Expiry of the per-model training lock, so a crashed trainer cannot hold it forever."""
+    lock_wait_s: float = Field(240.0, gt=0)
+    """How long a trigger waits for a busy model; below Kafka's max.poll.interval (300 s)."""
     coalesce_window_s: float = Field(1.0, ge=0)
     """Data-arrived events this close together (seconds of quiet) become one training."""
     coalesce_max_wait_s: float = Field(30.0, gt=0)
@@ -73,22 +64,13 @@ class Settings(BaseServiceSettings):
     and an experiment, which a handful of rows does not justify.
     """
     retrain_every_s: float | None = Field(None, gt=0)
-    """Also retrain on this period (trigger "schedule"); unset: no schedule.
-
-    Periods count from the epoch, so every replica agrees on them; one replica per
-    model claims each period and retrains once (the replicas' clocks kept in sync).
-    """
+    """Also retrain on this period (trigger "schedule"); unset: no schedule."""
     scheduler_tick_s: float = Field(0.25, gt=0)
-    """How often each model's pending triggers are checked (and trained, off the poll loop)."""
+    """How often pending arrivals are checked."""
     mlflow_max_retries: int = Field(2, ge=0)
     """HTTP retries of MLflow calls, so a dead server fails in seconds and the trigger waits."""
     mlflow_timeout_s: int = Field(30, ge=1)
     """Timeout of one MLflow HTTP request, in seconds."""
-
-    @model_validator(mode="after")
-    def _heartbeat_within_ttl(self) -> Settings:
-        heartbeat_interval(self.lock_ttl_s, self.lock_heartbeat_s)  # raises when not below it
-        return self
 
     def to_config(self) -> TrainingConfig:
         """The training choices the handlers work with."""

@@ -33,9 +33,7 @@ from shared.messaging.publisher import (
     BatchEventPublisher,
     EventPublisher,
     KafkaEventPublisher,
-    ProducerOptions,
     message_key,
-    producer_options,
 )
 from shared.messaging.subscriber import OUTAGE_ERRORS, Handler, subscribe, subscribe_broadcast
 
@@ -52,12 +50,10 @@ __all__ = [
     "IdempotencyStore",
     "KafkaEventPublisher",
     "ProcessedEvents",
-    "ProducerOptions",
     "SubscriptionHealth",
     "correlation_id_of",
     "dead_letter",
     "message_key",
-    "producer_options",
     "subscribe",
     "subscribe_broadcast",
 ]

@@ -8,8 +8,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
-from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
-from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from faststream.kafka import KafkaBroker
 
 from shared.events import consumer_group
@@ -45,23 +43,11 @@ class SubscriptionHealth:
         self._unassigned: set[str] = set()
         self._on_all_assigned: list[Callable[[], Awaitable[None]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        self._also: dict[str, list[ConsumerRebalanceListener]] = {}
 
     def listener(self, topic: str) -> ConsumerRebalanceListener:
-        """The rebalance listener of ``topic``'s consumer: ready once its group assigned it.
-
-        Listeners given to ``also_listen`` for ``topic`` are called too, after readiness
-        on assignment and before it on revocation.
-        """
+        """The rebalance listener of ``topic``'s consumer: ready once its group assigned it."""
         self._unassigned.add(topic)
-        return _Composed(_FirstAssignment(lambda: self._joined(topic)), self._also, topic)
-
-    def also_listen(self, topic: str, listener: ConsumerRebalanceListener) -> None:
-        """Call ``listener`` on every rebalance of ``topic``'s consumer (e.g. partition ownership).
-
-        The subscription takes one listener; this is how more than readiness hears it.
-        """
-        self._also.setdefault(topic, []).append(listener)
+        return _FirstAssignment(lambda: self._joined(topic))
 
     def when_all_assigned(self, callback: Callable[[], Awaitable[None]]) -> None:
         """Run ``callback`` (in a task of its own) once every subscription first joined.
@@ -129,28 +115,6 @@ class _FirstAssignment(ConsumerRebalanceListener):  # type: ignore[misc]  # aiok
         await self._on_assigned()
 
 
-class _Composed(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
-    """Readiness first, then the topic's other listeners (looked up when called)."""
-
-    def __init__(
-        self,
-        first: ConsumerRebalanceListener,
-        also: dict[str, list[ConsumerRebalanceListener]],
-        topic: str,
-    ) -> None:
-        self._first, self._also, self._topic = first, also, topic
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        for listener in self._also.get(self._topic, []):
-            await listener.on_partitions_revoked(revoked)
-        await self._first.on_partitions_revoked(revoked)
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        await self._first.on_partitions_assigned(assigned)
-        for listener in self._also.get(self._topic, []):
-            await listener.on_partitions_assigned(assigned)
-
-
 @dataclass(frozen=True)
 class ConsumerContext:
     """What every subscription of one service needs."""
@@ -163,13 +127,8 @@ class ConsumerContext:
     retry_backoff_s: float = 0.5
     outage_backoff_s: float = 1.0
     instance: str | None = None
-    #: How far back a new group reads a traffic topic (``shared.messaging.start_positions``).
-    traffic_lookback_s: float = 3600.0
     #: Shared by the copies ``replace`` makes, so one service has one view of its subscriptions.
     health: SubscriptionHealth = field(default_factory=SubscriptionHealth)
-    #: The group's partition assignors, in preference order; every consumer of one group
-    #: must offer the one it gets (``shared.ownership.co_partitioned_assignor`` co-locates).
-    assignors: tuple[type[AbstractPartitionAssignor], ...] = (RoundRobinPartitionAssignor,)
 
     @property
     def group_id(self) -> str:

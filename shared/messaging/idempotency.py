@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from shared.redis_client import RedisClient
+from redis.asyncio import Redis
 
 
 class IdempotencyStore(Protocol):
@@ -20,7 +20,7 @@ class IdempotencyStore(Protocol):
 class ProcessedEvents:
     """Redis markers of handled event ids, so a redelivered event is a no-op."""
 
-    def __init__(self, redis: RedisClient, service: str, ttl_s: int) -> None:
+    def __init__(self, redis: Redis, service: str, ttl_s: int) -> None:
         self._redis = redis
         self._prefix = f"flywheel:{service}:done:"
         self._ttl_s = ttl_s

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, NamedTuple, Protocol, TypedDict
+from typing import NamedTuple, Protocol
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
@@ -11,7 +11,6 @@ from faststream.kafka import KafkaBroker, KafkaPublishMessage
 
 from shared.events import Event, topic_name
 from shared.metrics import MessagingMetrics
-from shared.topics import Compression
 
 
 class EventPublisher(Protocol):
@@ -34,44 +33,11 @@ BATCH_BYTES = 512 * 1024
 PRODUCER_MAX_BATCH_BYTES = 1024 * 1024
 
 
-class ProducerOptions(TypedDict):
-    """What every Flywheel producer is built with (FastStream's broker and aiokafka's producer
-    take the same names)."""
-
-    enable_idempotence: bool
-    acks: Literal["all"]
-    compression_type: Compression
-    max_batch_size: int
-
-
-def producer_options(compression: Compression) -> ProducerOptions:
-    """Idempotent, acknowledged by every in-sync replica, compressed.
-
-    A retried send after a lost acknowledgement is written once (idempotence),
-    and an acknowledged one survives the loss of the partition leader
-    (``acks=all`` with the topics' ``min.insync.replicas``). Compression is
-    zstd or lz4 (``KAFKA_COMPRESSION``): JSON events shrink several fold, for
-    a little CPU on the producer (aiokafka compresses with ``cramjam``; its lz4
-    runs at level 9, ~30 µs per 680-byte event against zstd's ~8 µs).
-    """
-    return ProducerOptions(
-        enable_idempotence=True,
-        acks="all",
-        compression_type=compression,
-        max_batch_size=PRODUCER_MAX_BATCH_BYTES,
-    )
-
-
-#: The key of events naming no model (a ``data-arrived`` for the deployment's default model):
-#: one key, so they too keep their order in one partition.
-UNNAMED_MODEL_KEY = b"flywheel.default-model"
-
-
 def message_key(event: Event) -> bytes:
     """The Kafka key of ``event``: its model, so one model's events keep their order in one
-    partition (``UNNAMED_MODEL_KEY`` for the rare event that names no model)."""
+    partition (the correlation id for the rare event that names no model)."""
     model_name = getattr(event, "model_name", None)
-    return model_name.encode() if model_name else UNNAMED_MODEL_KEY
+    return (model_name or event.correlation_id).encode()
 
 
 class KafkaEventPublisher:

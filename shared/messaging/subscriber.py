@@ -13,9 +13,7 @@ from typing import TypeVar
 from faststream import AckPolicy
 from faststream.kafka.annotations import KafkaMessage
 from pydantic import ValidationError
-from redis.exceptions import ClusterDownError, SlotNotCoveredError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.errors import DependencyUnavailableError, FlywheelError
@@ -24,7 +22,6 @@ from shared.logging import correlation_id_var
 from shared.messaging.dead_letters import correlation_id_of, dead_letter, validation_summary
 from shared.messaging.health import HEARTBEAT_INTERVAL_MS, ConsumerContext
 from shared.messaging.idempotency import NothingProcessed
-from shared.messaging.start_positions import StartPosition
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +33,6 @@ OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
     DependencyUnavailableError,
     RedisConnectionError,
     RedisTimeoutError,
-    # Redis at its maxmemory (policy noeviction) refuses writes until memory is freed.
-    RedisOutOfMemoryError,
-    # A Redis Cluster failing over: its slots come back once a replica takes over.
-    ClusterDownError,
-    TryAgainError,
-    SlotNotCoveredError,
     ConnectionError,
     TimeoutError,
 )
@@ -54,20 +45,17 @@ def subscribe(ctx: ConsumerContext, topic: Topic, event_type: type[E], handle: H
         await _consume(ctx, topic, event_type, handle, message)
 
     on_message.__name__ = f"{ctx.service}_{topic.name.lower()}"
-    start = StartPosition(topic, ctx)  # where a group that committed nothing starts
-    subscriber = ctx.broker.subscriber(
+    ctx.broker.subscriber(
         topic_name(topic),
         group_id=ctx.group_id,
-        auto_offset_reset=start.reset,
+        # A replica's own group starts at the end: it reads current state at start-up.
+        auto_offset_reset="latest" if ctx.instance else "earliest",
         heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
-        partition_assignment_strategy=ctx.assignors,
-        listener=start.listener(ctx.health.listener(topic_name(topic))),
+        listener=ctx.health.listener(topic_name(topic)),
         ack_policy=AckPolicy.NACK_ON_ERROR,
         title=f"{ctx.service}:{topic_name(topic)}",
         description=event_type.__doc__,
-    )
-    start.watch(subscriber)
-    subscriber(on_message)
+    )(on_message)
 
 
 def subscribe_broadcast(

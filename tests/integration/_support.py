@@ -1,4 +1,4 @@
-"""Helpers the integration tests share: free ports, Redis keys, a small champion in MLflow."""
+"""Helpers the integration tests share: free ports and a small champion in a real MLflow."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from flywheel.infra import Endpoints
 from shared.datasets import generate_customers
-from shared.redis_client import RedisClient
 from shared.spec import load_spec
 
 SPEC = load_spec()
@@ -25,16 +24,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-async def matching_keys(redis: RedisClient, pattern: str) -> set[str]:
-    """Every key matching ``pattern``: SCAN, which a cluster client runs on every primary
-    (KEYS there asks one node only)."""
-    return {_text(key) async for key in redis.scan_iter(match=pattern)}
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def register_champion(infra: Endpoints, name: str) -> str:

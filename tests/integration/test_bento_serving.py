@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -76,7 +75,7 @@ def approved(infra: Endpoints, tmp_path_factory: pytest.TempPathFactory) -> tupl
         metrics=model.metrics,
         data_version=context.data_version,
     )
-    asyncio.run(handlers.on_model_trained(trained))
+    handlers._register_and_decide(trained, RegisteredSpec(1, SPEC))
     tags = MlflowModelRegistry(infra.mlflow_uri).list_versions(name)[0].tags
     return name, tags["flywheel.bento_tag"], home
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from typer.testing import CliRunner
 
 from flywheel.cli import app
@@ -19,15 +18,13 @@ from shared.kafka_security import KafkaConnection
 pytestmark = pytest.mark.integration
 
 
-async def _data_arrived_after(
-    kafka: KafkaConnection, offsets: dict[TopicPartition, int], event_id: str
-) -> DataArrived:
+async def _data_arrived_after(kafka: KafkaConnection, offset: int, event_id: str) -> DataArrived:
     consumer = AIOKafkaConsumer(**kafka.client_options(), enable_auto_commit=False)
     await consumer.start()
     try:
-        consumer.assign(list(offsets))
-        for partition, offset in offsets.items():
-            consumer.seek(partition, offset)
+        partition = TopicPartition(Topic.DATA_ARRIVED.value, 0)
+        consumer.assign([partition])
+        consumer.seek(partition, offset)
         async with asyncio.timeout(30):
             async for record in consumer:
                 event = DataArrived.model_validate_json(record.value or b"")
@@ -38,20 +35,12 @@ async def _data_arrived_after(
     raise AssertionError("unreachable")
 
 
-async def _end_offsets(kafka: KafkaConnection) -> dict[TopicPartition, int]:
-    """Where each partition of data-arrived ends (the event goes to the one its key picks)."""
-    topic = Topic.DATA_ARRIVED.value
-    admin = AIOKafkaAdminClient(**kafka.client_options())
-    await admin.start()
-    try:
-        (described,) = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    partitions = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
+async def _end_offset(kafka: KafkaConnection) -> int:
     consumer = AIOKafkaConsumer(**kafka.client_options())
     await consumer.start()
     try:
-        return {tp: int(offset) for tp, offset in (await consumer.end_offsets(partitions)).items()}
+        partition = TopicPartition(Topic.DATA_ARRIVED.value, 0)
+        return int((await consumer.end_offsets([partition]))[partition])
     finally:
         await consumer.stop()
 
@@ -65,7 +54,7 @@ def test_generate_then_push_announces_the_file_by_reference(
         app, ["data", "generate", str(batch), "--rows", "300", "--drift", "1"]
     )
     assert generated.exit_code == 0, generated.output
-    start = asyncio.run(_end_offsets(infra_env.kafka))
+    start = asyncio.run(_end_offset(infra_env.kafka))
     pushed = runner.invoke(app, ["data", "push", str(batch)])
     assert pushed.exit_code == 0, pushed.output
     event_id = pushed.output.split()[1]

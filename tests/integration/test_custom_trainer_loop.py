@@ -19,7 +19,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from flywheel.infra import Endpoints
-from flywheel.loop import EventTap, publish_event
+from flywheel.loop import EventTap, publish_raw
 from services.trainer.app import create_app
 from services.trainer.settings import Settings
 from shared.datasets import generate_customers, write_batch
@@ -63,7 +63,7 @@ async def _model_with_trainer(infra: Endpoints, trainer: str) -> str:
 
 async def _publish(infra: Endpoints, *events: Event) -> None:
     for event in events:
-        await publish_event(infra.kafka, event)
+        await publish_raw(infra.kafka, event.topic.value, event.model_dump_json().encode())
 
 
 def _drift(model: str) -> DriftDetected:

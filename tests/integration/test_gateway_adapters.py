@@ -1,6 +1,4 @@
-"""The gateway's Redis records and MLflow registry adapter against real services.
-
-The Redis parts run on the single Redis and on a three-node Redis Cluster."""
+"""The gateway's Redis records and MLflow registry adapter against real services."""
 
 from __future__ import annotations
 
@@ -12,8 +10,8 @@ import mlflow
 import mlflow.sklearn
 import numpy as np
 import pytest
-from _support import matching_keys
 from mlflow.tracking import MlflowClient
+from redis.asyncio import Redis
 from sklearn.compose import ColumnTransformer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
@@ -30,7 +28,6 @@ from services.gateway.adapters import (
 from services.gateway.core import row_from_store
 from shared.datasets import generate_customers
 from shared.events import PredictionLogged
-from shared.redis_client import RedisClient, redis_client, sync_redis_client
 from shared.spec import load_spec
 
 SPEC = load_spec()
@@ -39,8 +36,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def redis(stateful_redis_url: str) -> AsyncIterator[RedisClient]:
-    client = redis_client(stateful_redis_url)
+async def redis(infra: Endpoints) -> AsyncIterator[Redis]:
+    client = Redis.from_url(infra.redis_url)
     yield client
     await client.aclose()
 
@@ -59,7 +56,7 @@ def _logged(request_id: str) -> PredictionLogged:
     )
 
 
-async def test_records_expire_and_feedback_is_claimed_once(redis: RedisClient) -> None:
+async def test_records_expire_and_feedback_is_claimed_once(redis: Redis) -> None:
     records = RedisPredictionRecords(redis, ttl_s=60, prefix=f"test:gw:{uuid.uuid4().hex}:")
     event = _logged("req-1")
     await records.remember([event, _logged("req-2")])
@@ -80,12 +77,12 @@ async def test_records_expire_and_feedback_is_claimed_once(redis: RedisClient) -
     await records.confirm_feedback("req-1")
     assert await records.feedback_recorded("req-1") is True
     assert await records.claim_feedback("req-1") is False
-    ttls = [await redis.ttl(key) for key in await matching_keys(redis, f"{records._prefix}*")]
+    ttls = [await redis.ttl(key) for key in await redis.keys(f"{records._prefix}*")]
     assert ttls
     assert all(0 < ttl <= 60 for ttl in ttls)
 
 
-async def test_a_feedback_claim_never_confirmed_lapses(redis: RedisClient) -> None:
+async def test_a_feedback_claim_never_confirmed_lapses(redis: Redis) -> None:
     prefix = f"test:gw:{uuid.uuid4().hex}:"
     records = RedisPredictionRecords(redis, ttl_s=60, prefix=prefix, claim_hold_s=0.2)
     assert await records.claim_feedback("req-1") is True
@@ -130,13 +127,15 @@ def test_aliases_resolve_and_versions_load(infra: Endpoints) -> None:
 
 
 async def test_features_loaded_by_the_cli_are_read_back_by_the_gateway(
-    stateful_redis_url: str, redis: RedisClient
+    infra: Endpoints, redis: Redis
 ) -> None:
+    import redis as sync_redis
+
     spec = load_spec()
     frame = generate_customers(20, seed=3)
     frame["customer_id"] = [f"it-{uuid.uuid4().hex[:6]}-{i}" for i in range(20)]
     hashes = feature_hashes(frame, spec, "customer_id")
-    client = sync_redis_client(stateful_redis_url)
+    client = sync_redis.Redis.from_url(infra.redis_url)
     try:
         assert load_into(client, hashes) == 20
     finally:

@@ -43,7 +43,7 @@ from typer.testing import CliRunner
 
 from flywheel.cli import app as cli
 from flywheel.infra import Endpoints
-from flywheel.loop import EventTap, publish_event
+from flywheel.loop import EventTap, publish_raw
 from services.gateway.app import create_app as gateway_app
 from services.gateway.settings import Settings as GatewaySettings
 from services.registry.adapters import MlflowModelImports
@@ -207,7 +207,7 @@ async def _trained_champion(loop: Loop, tmp_path: Path) -> ModelApproved:
     assert created.status_code in (200, 201), created.text
     ref = write_batch(generate_customers(1500, seed=3), tmp_path / "batch.parquet")
     arrived = DataArrived(producer="it", model_name=loop.name, dataset=ref)
-    await publish_event(loop.infra.kafka, arrived)
+    await publish_raw(loop.infra.kafka, arrived.topic.value, arrived.model_dump_json().encode())
     return await loop.tap.wait_for(
         ModelApproved, lambda e: e.model_name == loop.name and e.alias == "champion", 240
     )

@@ -11,7 +11,6 @@ import mlflow
 import pytest
 import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from flywheel.infra import Endpoints
 from shared.settings import BaseServiceSettings
@@ -21,12 +20,6 @@ pytestmark = pytest.mark.integration
 
 async def test_kafka_delivers_a_produced_message(infra: Endpoints) -> None:
     topic, payload = f"test-infra-{uuid.uuid4().hex}", uuid.uuid4().bytes
-    admin = AIOKafkaAdminClient(**infra.kafka.client_options())
-    await admin.start()
-    try:  # the broker creates no topic on first use
-        await admin.create_topics([NewTopic(topic, 1, 1)])
-    finally:
-        await admin.close()
     producer = AIOKafkaProducer(**infra.kafka.client_options())
     await producer.start()
     try:

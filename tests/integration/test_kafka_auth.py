@@ -26,10 +26,8 @@ from flywheel.infra import Endpoints, InfraConfig
 from flywheel.infra.kafka import kafka_credentials, start_kafka
 from flywheel.infra.kafka_auth import CREDENTIALS_FILE
 from flywheel.infra.processes import stop
-from shared.events import Topic, topic_name
+from shared.events import Topic
 from shared.kafka_security import KafkaConnection
-from shared.messaging import producer_options
-from shared.topics import TopicPolicy, ensure_topics, service_plan
 
 pytestmark = pytest.mark.integration
 
@@ -133,25 +131,6 @@ async def test_a_service_reads_only_what_it_consumes_in_its_own_groups(
         await first_fetch("trainer", CONTROL, f"flywheel-trainer-{uuid.uuid4().hex[:8]}")
     with pytest.raises(GroupAuthorizationFailedError):
         await first_fetch("gateway", CONTROL, f"flywheel-router-{uuid.uuid4().hex[:8]}")
-
-
-async def test_a_service_ensures_its_topics_and_produces_idempotently_as_itself(
-    secured: Endpoints,
-) -> None:
-    """What a service does at start-up on the authenticated broker ``flywheel up`` made:
-    compare its topics with the plan (describe-configs) and publish idempotently."""
-    gateway = secured.kafka_for("gateway")
-    policy = TopicPolicy()
-    report = await ensure_topics(gateway, service_plan("gateway", policy))
-    assert (report.created, report.mismatches) == ([], [])  # `flywheel up` made them all
-    producer = AIOKafkaProducer(**gateway.client_options(), **producer_options(policy.compression))
-    try:
-        await producer.start()
-        await asyncio.wait_for(
-            producer.send_and_wait(topic_name(Topic.PREDICTION_LOGGED), b"{}"), timeout=30
-        )
-    finally:
-        await producer.stop()
 
 
 def test_the_credentials_are_readable_by_their_owner_only(secured: Endpoints) -> None:

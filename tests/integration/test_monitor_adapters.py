@@ -1,5 +1,4 @@
-"""The monitor's Redis state store and the batch idempotency markers against a real Redis,
-the single one and a three-node Redis Cluster."""
+"""The monitor's Redis state store and the batch idempotency markers against a real Redis."""
 
 from __future__ import annotations
 
@@ -9,9 +8,10 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
-from _support import matching_keys
 from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
 
+from flywheel.infra import Endpoints
 from services.monitor.adapters import RedisStateStore
 from services.monitor.core import Reference
 from services.monitor.handlers import MonitorHandlers
@@ -21,7 +21,6 @@ from services.monitor.settings import Settings
 from shared.catalog import InMemorySpecSource, ModelCatalog
 from shared.events import ExperimentUpdated, PredictionLogged, model_key, routing_state_key
 from shared.messaging import ProcessedEvents
-from shared.redis_client import RedisClient, redis_client
 from shared.routing import RoutingStateReader
 from shared.spec import ModelSpec, load_spec
 from shared.testing import RecordingPublisher
@@ -30,53 +29,47 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def redis(stateful_redis_url: str) -> AsyncIterator[RedisClient]:
-    client = redis_client(stateful_redis_url)
+async def redis(infra: Endpoints) -> AsyncIterator[Redis]:
+    client = Redis.from_url(infra.redis_url)
     yield client
     await client.aclose()
 
 
 async def test_state_rows_and_pooled_windows_survive_a_new_client(
-    redis: RedisClient, stateful_redis_url: str
+    redis: Redis, infra: Endpoints
 ) -> None:
     model = f"test-monitor-{uuid.uuid4().hex[:8]}"
     store = RedisStateStore(redis)
     assert await store.load(model) is None
-    epoch = await store.take_epoch(model)
-    first = {"numbers": "AA", "labels": [["a"]]}
-    await store.save(model, {"filled": 1}, first, False, [], 2, epoch=epoch)
+    await store.save(model, {"filled": 1}, {"numbers": "AA", "labels": [["a"]]}, False, [], 2)
     pooled = [{"numbers": "P1"}, {"numbers": "P2"}, {"numbers": "P3"}]
-    second = {"numbers": "BB", "labels": [["b"]]}
-    await store.save(model, {"filled": 2}, second, False, pooled, 2, epoch=epoch)
-    fresh_client = redis_client(stateful_redis_url)
+    await store.save(model, {"filled": 2}, {"numbers": "BB", "labels": [["b"]]}, False, pooled, 2)
+    fresh_client = Redis.from_url(infra.redis_url)
     try:
         state, rows, kept = await RedisStateStore(fresh_client).load(model) or ({}, [], [])
         assert state == {"filled": 2}
         assert [r["numbers"] for r in rows] == ["AA", "BB"]
         assert [c["numbers"] for c in kept] == ["P2", "P3"]  # only the last two are kept
         # A closed window starts the row list over.
-        third = {"numbers": "CC", "labels": []}
-        await store.save(model, {"filled": 1}, third, True, [], 2, epoch=epoch)
+        await store.save(model, {"filled": 1}, {"numbers": "CC", "labels": []}, True, [], 2)
         state, rows, kept = await RedisStateStore(fresh_client).load(model) or ({}, [], [])
         assert [r["numbers"] for r in rows] == ["CC"]
     finally:
         await fresh_client.aclose()
     # One model's keys share one hash tag (one Redis Cluster slot), apart from other models'.
-    keys = sorted(await matching_keys(redis, f"flywheel:monitor:{{{model}}}:*"))
-    kinds = ("epoch", "pooled", "rows", "state")
-    assert keys == [model_key("monitor", model, k) for k in kinds]
+    found = await redis.keys(f"flywheel:monitor:{{{model}}}:*")
+    keys = sorted(k.decode() if isinstance(k, bytes) else k for k in found)
+    assert keys == [model_key("monitor", model, k) for k in ("pooled", "rows", "state")]
 
 
-async def test_processed_events_mark_and_check_a_batch_in_one_round_trip(
-    redis: RedisClient,
-) -> None:
+async def test_processed_events_mark_and_check_a_batch_in_one_round_trip(redis: Redis) -> None:
     processed = ProcessedEvents(redis, f"test-{uuid.uuid4().hex[:8]}", ttl_s=60)
     await processed.mark_many(["x", "y"])
     assert await processed.seen_many(["x", "y", "z"]) == {"x", "y"}
     assert await processed.seen("x")
 
 
-async def test_routing_state_names_the_running_experiment_of_each_model(redis: RedisClient) -> None:
+async def test_routing_state_names_the_running_experiment_of_each_model(redis: Redis) -> None:
     model = f"test-monitor-{uuid.uuid4().hex[:8]}"
     key = routing_state_key(model)
     routing = RoutingStateReader(redis)
@@ -99,7 +92,7 @@ async def test_routing_state_names_the_running_experiment_of_each_model(redis: R
 
 
 async def test_a_corrupt_saved_window_in_redis_is_discarded_and_counting_goes_on(
-    redis: RedisClient,
+    redis: Redis,
 ) -> None:
     settings = Settings(model_name=f"test-monitor-{uuid.uuid4().hex[:8]}", window_size=100)
     rng = np.random.default_rng(11)

@@ -1,7 +1,6 @@
 """The router's Redis store and tally against a real Redis, read back as the gateway does.
 
-Every model's keys carry its hash tag; two models' experiments live side by side. The
-store and tally run on the single Redis and on a three-node Redis Cluster."""
+Every model's keys carry its hash tag; two models' experiments live side by side."""
 
 from __future__ import annotations
 
@@ -10,11 +9,11 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
-from _support import free_port, matching_keys
+from _support import free_port
 from redis.asyncio import Redis
 from redis.crc import key_slot
 
-from flywheel.infra import InfraConfig
+from flywheel.infra import Endpoints, InfraConfig
 from flywheel.infra.processes import stop
 from flywheel.infra.redis import start_redis
 from services.router.adapters import (
@@ -25,17 +24,15 @@ from services.router.adapters import (
 )
 from services.router.core import Experiment
 from services.router.core.outcomes import Label, OutcomeWindow, PendingOutcome, close_increments
-from services.router.revisions import saved_as
 from shared.events import ExperimentUpdated, Variant, routing_state_key
-from shared.redis_client import RedisClient, redis_client
 from shared.routing import RoutingStateReader
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def redis(stateful_redis_url: str) -> AsyncIterator[RedisClient]:
-    client = redis_client(stateful_redis_url)
+async def redis(infra: Endpoints) -> AsyncIterator[Redis]:
+    client = Redis.from_url(infra.redis_url)
     yield client
     await client.aclose()
 
@@ -68,17 +65,16 @@ def _model() -> str:
     return f"model-{uuid.uuid4().hex[:8]}"
 
 
-async def test_save_writes_the_experiment_and_the_models_routing_table(redis: RedisClient) -> None:
+async def test_save_writes_the_experiment_and_the_models_routing_table(redis: Redis) -> None:
     store = RedisExperimentStore(redis, index_key=f"test:router:{uuid.uuid4().hex}")
     model = _model()
     experiment = _running(model, "exp-1")
     update = _update(experiment)
     assert await store.current(model) is None
     await store.save(experiment, update)
-    stored = saved_as(experiment)  # one revision later
-    assert await store.current(model) == stored
-    assert await store.get(model, "exp-1") == stored
-    assert await store.find("exp-1") == stored
+    assert await store.current(model) == experiment
+    assert await store.get(model, "exp-1") == experiment
+    assert await store.find("exp-1") == experiment
     assert await store.routing_table(model) == update
     raw = await redis.get(routing_state_key(model))
     assert raw is not None
@@ -88,7 +84,7 @@ async def test_save_writes_the_experiment_and_the_models_routing_table(redis: Re
 
 
 async def test_two_models_experiments_coexist_each_with_its_own_routing_key(
-    redis: RedisClient,
+    redis: Redis,
 ) -> None:
     store = RedisExperimentStore(redis, index_key=f"test:router:{uuid.uuid4().hex}")
     churn, fraud = _model(), _model()
@@ -99,17 +95,17 @@ async def test_two_models_experiments_coexist_each_with_its_own_routing_key(
     reader = RoutingStateReader(redis)
     assert await reader.running_experiment(churn) == first.experiment_id
     assert await reader.running_experiment(fraud) == second.experiment_id
-    assert await store.current(churn) == saved_as(first)
-    assert await store.current(fraud) == saved_as(second)
+    assert await store.current(churn) == first
+    assert await store.current(fraud) == second
     assert {e.experiment_id for e in await store.all()} == {
         first.experiment_id,
         second.experiment_id,
     }
-    assert await store.all(fraud) == [saved_as(second)]
+    assert await store.all(fraud) == [second]
     # Each routing table is a key of its own, hash-tagged by its model (one Cluster slot
     # with the model's experiment keys), and every router key of a model carries the tag.
     assert routing_state_key(churn) != routing_state_key(fraud)
-    churn_keys = await matching_keys(redis, f"*{{{churn}}}*")
+    churn_keys = {_text(k) for k in await redis.keys(f"*{{{churn}}}*")}
     assert routing_state_key(churn) in churn_keys
     assert {k for k in churn_keys if k.startswith("flywheel:router:")} == {
         f"flywheel:router:{{{churn}}}:experiment",
@@ -117,15 +113,13 @@ async def test_two_models_experiments_coexist_each_with_its_own_routing_key(
     }
     assert len({key_slot(k.encode()) for k in churn_keys}) == 1
     # A verdict on one model leaves the other's experiment running.
-    ended = saved_as(first).model_copy(update={"status": "rolled_back", "challenger_share": 0.0})
+    ended = first.model_copy(update={"status": "rolled_back", "challenger_share": 0.0})
     await store.save(ended, _update(ended))
     assert await reader.running_experiment(churn) is None
     assert await reader.running_experiment(fraud) == second.experiment_id
 
 
-async def test_tally_counts_each_event_once_and_reads_back_as_statistics(
-    redis: RedisClient,
-) -> None:
+async def test_tally_counts_each_event_once_and_reads_back_as_statistics(redis: Redis) -> None:
     tally, model = RedisOutcomeTally(redis), _model()
     increments = {"0.1|challenger:assigned": 1.0, "0.1|challenger:requests": 1.0}
     assert await tally.add(model, "exp-1", "event-1", increments)
@@ -137,7 +131,7 @@ async def test_tally_counts_each_event_once_and_reads_back_as_statistics(
     assert (await tally.stats(model, "exp-other")).challenger.assigned == 0
     # Another model's experiment of the same id counts apart.
     assert (await tally.stats(_model(), "exp-1")).challenger.assigned == 0
-    keys = await matching_keys(redis, f"flywheel:router:{{{model}}}:*")
+    keys = {_text(k) for k in await redis.keys(f"flywheel:router:{{{model}}}:*")}
     assert f"flywheel:router:{{{model}}}:stats:exp-1" in keys
     assert f"flywheel:router:{{{model}}}:counted:event-1" in keys
 
@@ -147,7 +141,7 @@ def _pending(request_id: str, arm: Variant, at: float) -> PendingOutcome:
 
 
 async def test_outcome_windows_close_once_with_labels_in_time_and_late_ones_refused(
-    redis: RedisClient,
+    redis: Redis,
 ) -> None:
     tally, model = RedisOutcomeTally(redis), _model()
     window = OutcomeWindow(seconds=60)
@@ -172,14 +166,12 @@ async def test_outcome_windows_close_once_with_labels_in_time_and_late_ones_refu
     assert (stats.challenger.closed, stats.challenger.labelled) == (1, 1)
     assert stats.open_outcomes == 1
     # The markers the close script builds carry the model's tag: one slot for all its keys.
-    keys = await matching_keys(redis, f"*{{{model}}}*")
+    keys = {_text(k) for k in await redis.keys(f"*{{{model}}}*")}
     assert f"flywheel:router:{{{model}}}:closed:exp-1:a" in keys
     assert len({key_slot(k.encode()) for k in keys}) == 1
 
 
-async def test_windows_of_a_count_of_predictions_and_rewards_around_a_shift(
-    redis: RedisClient,
-) -> None:
+async def test_windows_of_a_count_of_predictions_and_rewards_around_a_shift(redis: Redis) -> None:
     tally, model = RedisOutcomeTally(redis), _model()
     window = OutcomeWindow(seconds=3600, predictions=2)
     for i, reward in enumerate((1e8 + 1, 1e8 + 2, 1e8 + 3)):

@@ -1,9 +1,8 @@
 """A Redis emptied under the trainer and the gateway: the loss is noticed, the batches come back.
 
 Both guards run on a Redis of this test's own (started as ``flywheel up`` starts
-it, on a free port), so its ``FLUSHALL`` touches nobody else's keys, and again on
-the session's three-node Redis Cluster, whose keys no test keeps beyond its own
-run; the trainer's durable source is the session's MLflow, holding a real training run.
+it, on a free port), so its ``FLUSHALL`` touches nobody else's keys; the
+trainer's durable source is the session's MLflow, holding a real training run.
 Before the guards an emptied Redis went unnoticed: every service stayed ready
 and a drift retrain dead-lettered with "no batches recorded".
 """
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 from _support import free_port
 from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
 
 from flywheel.infra import Endpoints, InfraConfig
 from flywheel.infra.processes import stop
@@ -27,7 +27,6 @@ from services.trainer.core import TrainingConfig, combine_batches, data_version,
 from services.trainer.ports import RunContext
 from services.trainer.recovery import TrainerStateGuard, mlflow_last_trained
 from shared.datasets import generate_customers, write_batch
-from shared.redis_client import RedisClient, redis_client
 from shared.spec import load_spec
 
 pytestmark = pytest.mark.integration
@@ -43,17 +42,9 @@ def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfraConfig]
         stop(config.run_dir, "redis")
 
 
-@pytest.fixture(params=["single", "cluster"])
-def guarded_redis_url(request: pytest.FixtureRequest) -> str:
-    if request.param == "cluster":
-        return str(request.getfixturevalue("redis_cluster"))
-    own: InfraConfig = request.getfixturevalue("own_redis")
-    return own.redis_url
-
-
 @pytest.fixture
-async def redis(guarded_redis_url: str) -> AsyncIterator[RedisClient]:
-    client = redis_client(guarded_redis_url)
+async def redis(own_redis: InfraConfig) -> AsyncIterator[Redis]:
+    client = Redis.from_url(own_redis.redis_url)
     try:
         yield client
     finally:
@@ -61,7 +52,7 @@ async def redis(guarded_redis_url: str) -> AsyncIterator[RedisClient]:
 
 
 async def test_an_emptied_redis_is_noticed_and_the_batch_list_rebuilt_from_mlflow(
-    infra: Endpoints, redis: RedisClient, tmp_path: Path
+    infra: Endpoints, redis: Redis, tmp_path: Path
 ) -> None:
     spec, name = load_spec(), f"test-guard-{uuid.uuid4().hex[:8]}"
     frames = [generate_customers(300, seed) for seed in (1, 2)]

@@ -1,5 +1,4 @@
-"""The trainer's adapters against real MLflow and Redis (the Redis parts on the single Redis
-and on a three-node Redis Cluster)."""
+"""The trainer's adapters against real MLflow and Redis."""
 
 from __future__ import annotations
 
@@ -13,6 +12,7 @@ import mlflow
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
+from redis.asyncio import Redis
 
 from flywheel.infra import Endpoints
 from services.trainer.adapters import (
@@ -29,7 +29,6 @@ from services.trainer.recovery import mlflow_last_trained
 from shared.datasets import generate_customers, write_batch
 from shared.errors import DependencyUnavailableError
 from shared.events import DataArrived
-from shared.redis_client import move_key, redis_client
 from shared.spec import load_spec
 
 pytestmark = pytest.mark.integration
@@ -65,9 +64,9 @@ def test_a_trained_pipeline_is_logged_with_tags_metrics_and_reference(
 
 
 async def test_batch_history_keeps_the_newest_without_duplicates(
-    stateful_redis_url: str, tmp_path: Path
+    infra: Endpoints, tmp_path: Path
 ) -> None:
-    redis, model = redis_client(stateful_redis_url), f"test-{uuid.uuid4().hex[:8]}"
+    redis, model = Redis.from_url(infra.redis_url), f"test-{uuid.uuid4().hex[:8]}"
     history = RedisBatchHistory(redis, cap=3)
     refs = [write_batch(generate_customers(30, s), tmp_path / f"b{s}.parquet") for s in range(5)]
     try:
@@ -81,9 +80,9 @@ async def test_batch_history_keeps_the_newest_without_duplicates(
 
 
 async def test_batch_history_knows_a_batch_by_its_content_hash(
-    stateful_redis_url: str, tmp_path: Path
+    infra: Endpoints, tmp_path: Path
 ) -> None:
-    redis, model = redis_client(stateful_redis_url), f"test-{uuid.uuid4().hex[:8]}"
+    redis, model = Redis.from_url(infra.redis_url), f"test-{uuid.uuid4().hex[:8]}"
     history = RedisBatchHistory(redis, cap=5)
     first = write_batch(generate_customers(30, 1), tmp_path / "b.parquet")
     copy = tmp_path / "same-bytes.parquet"
@@ -98,10 +97,8 @@ async def test_batch_history_knows_a_batch_by_its_content_hash(
         await redis.aclose()
 
 
-async def test_training_lock_serialises_and_gives_up_after_its_wait(
-    stateful_redis_url: str,
-) -> None:
-    redis, model = redis_client(stateful_redis_url), f"test-{uuid.uuid4().hex[:8]}"
+async def test_training_lock_serialises_and_gives_up_after_its_wait(infra: Endpoints) -> None:
+    redis, model = Redis.from_url(infra.redis_url), f"test-{uuid.uuid4().hex[:8]}"
     lock = RedisTrainingLock(redis, ttl_s=10, wait_s=0.3)
     try:
         async with lock.hold(model):
@@ -147,9 +144,9 @@ def test_an_unreachable_mlflow_is_a_dependency_outage_not_a_bad_event(
 
 
 async def test_pending_arrivals_survive_in_redis_until_removed(
-    stateful_redis_url: str, tmp_path: Path
+    infra: Endpoints, tmp_path: Path
 ) -> None:
-    redis, model = redis_client(stateful_redis_url), f"test-{uuid.uuid4().hex[:8]}"
+    redis, model = Redis.from_url(infra.redis_url), f"test-{uuid.uuid4().hex[:8]}"
     pending = RedisPendingTriggers(redis)
     refs = [write_batch(generate_customers(30, s), tmp_path / f"b{s}.parquet") for s in range(3)]
     arrivals = [
@@ -166,8 +163,8 @@ async def test_pending_arrivals_survive_in_redis_until_removed(
         await redis.aclose()
 
 
-async def test_one_models_lock_never_holds_up_another(stateful_redis_url: str) -> None:
-    redis, model = redis_client(stateful_redis_url), f"test-{uuid.uuid4().hex[:8]}"
+async def test_one_models_lock_never_holds_up_another(infra: Endpoints) -> None:
+    redis, model = Redis.from_url(infra.redis_url), f"test-{uuid.uuid4().hex[:8]}"
     lock = RedisTrainingLock(redis, ttl_s=10, wait_s=0.3)
     try:
         async with lock.hold(model):
@@ -179,9 +176,9 @@ async def test_one_models_lock_never_holds_up_another(stateful_redis_url: str) -
 
 
 async def test_the_single_model_keys_are_adopted_by_the_default_model(
-    stateful_redis_url: str, tmp_path: Path
+    infra: Endpoints, tmp_path: Path
 ) -> None:
-    redis, model = redis_client(stateful_redis_url), f"test-{uuid.uuid4().hex[:8]}"
+    redis, model = Redis.from_url(infra.redis_url), f"test-{uuid.uuid4().hex[:8]}"
     ref = write_batch(generate_customers(30, 1), tmp_path / "b.parquet")
     arrival = PendingArrival(DataArrived(producer="t", dataset=ref), 100.0)
     history, pending = RedisBatchHistory(redis, cap=5), RedisPendingTriggers(redis)
@@ -189,12 +186,8 @@ async def test_the_single_model_keys_are_adopted_by_the_default_model(
         # As the single-model release left them: unhashed keys named after the model.
         await history.record(model, ref)
         await pending.add(model, arrival)
-        # Across slots on a cluster (the old keys have no hash tag): RENAME would be refused.
-        for key, legacy in (
-            (RedisBatchHistory.key(model), f"flywheel:trainer:batches:{model}"),
-            (RedisPendingTriggers.key(model), f"flywheel:trainer:pending:{model}"),
-        ):
-            assert await move_key(redis, key, legacy, replace=True)
+        await redis.rename(RedisBatchHistory.key(model), f"flywheel:trainer:batches:{model}")
+        await redis.rename(RedisPendingTriggers.key(model), f"flywheel:trainer:pending:{model}")
         assert await history.recent(model, 10) == []  # positive control: not seen yet
 
         assert await adopt_legacy_keys(redis, model) == ["batches", "pending"]

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from sklearn.datasets import load_diabetes
 
 from flywheel.infra import Endpoints
-from flywheel.loop import EventTap, publish_event
+from flywheel.loop import EventTap, publish_raw
 from services.trainer.app import create_app
 from services.trainer.settings import Settings
 from shared.datasets import generate_customers, write_batch
@@ -55,7 +55,7 @@ def _diabetes() -> pd.DataFrame:
 
 async def _trained_on(infra: Endpoints, arrival: DataArrived) -> ModelTrained:
     async with EventTap(infra.kafka) as tap:
-        await publish_event(infra.kafka, arrival)
+        await publish_raw(infra.kafka, arrival.topic.value, arrival.model_dump_json().encode())
         return await tap.wait_for(ModelTrained, lambda e: e.causation_id == arrival.event_id, 180)
 
 

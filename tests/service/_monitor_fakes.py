@@ -20,9 +20,7 @@ from services.monitor.ports import RoutingState
 from services.monitor.service import ModelMonitor, ModelMonitors, MonitorPorts
 from services.monitor.settings import Settings
 from shared.catalog import InMemorySpecSource, ModelCatalog, RegisteredSpec
-from shared.errors import FencedOffError
 from shared.events import DriftDetected, Event, PredictionLogged, Topic, dead_letter_topic
-from shared.ownership import PartitionOwnership
 from shared.spec import ModelSpec, load_spec
 from shared.testing import RecordingPublisher, consumer_context
 
@@ -56,34 +54,19 @@ class FakeReferences:
 
 
 class InMemoryStates:
-    """Each model's state, row chunks and pooled windows, through JSON as Redis would.
-
-    Fenced as Redis is: a write under another epoch than the model's last one is refused.
-    """
+    """Each model's state, row chunks and pooled windows, through JSON as Redis would."""
 
     def __init__(self) -> None:
         self.models: dict[str, ModelState] = {}
-        self.epochs: Counter[str] = Counter()
-        self.loads: Counter[str] = Counter()
 
     def of(self, model_name: str = MODEL) -> ModelState:
         return self.models.setdefault(model_name, ModelState())
 
-    async def take_epoch(self, model_name: str) -> int:
-        self.epochs[model_name] += 1
-        return self.epochs[model_name]
-
     async def load(self, model_name: str) -> SavedState | None:
-        self.loads[model_name] += 1
         return self.of(model_name).load()
 
-    async def clear(self, model_name: str, epoch: int) -> None:
-        self._check(model_name, epoch)
+    async def clear(self, model_name: str) -> None:
         self.models.pop(model_name, None)
-
-    def _check(self, model_name: str, epoch: int) -> None:
-        if epoch != self.epochs[model_name]:
-            raise FencedOffError(f"{model_name}: epoch {self.epochs[model_name]}, not {epoch}")
 
     async def save(
         self,
@@ -93,10 +76,7 @@ class InMemoryStates:
         restart_rows: bool,
         pooled: list[dict[str, Any]],
         keep_pooled: int,
-        *,
-        epoch: int,
     ) -> None:
-        self._check(model_name, epoch)
         self.of(model_name).save(state, rows, restart_rows, pooled, keep_pooled)
 
 
@@ -199,14 +179,13 @@ def make_monitor(
     routing: RoutingState | None = None,
     clock: Callable[[], float] = time.monotonic,
     specs: Mapping[str, ModelSpec] | None = None,
-    ownership: PartitionOwnership | None = None,
 ) -> tuple[Monitor, RecordingPublisher]:
     publisher = RecordingPublisher()
     config = Settings(window_size=WINDOW, cooldown_windows=3).to_config()
     registry = CollectorRegistry()
     ports = MonitorPorts(references, states or InMemoryStates(), publisher, routing)
     metrics = MonitorMetrics.create(registry)
-    models = ModelMonitors(ports, catalog(specs), config, metrics, clock, ownership)
+    models = ModelMonitors(ports, catalog(specs), config, metrics, clock)
     return Monitor(MonitorHandlers(models), registry), publisher
 
 

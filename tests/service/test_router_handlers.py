@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
 import random
-from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
-from unittest import mock
 
 import httpx
 import pytest
 from fastapi import FastAPI
 from faststream.kafka import KafkaBroker, TestKafkaBroker
-from faststream.kafka import testing as kafka_testing
 from prometheus_client import CollectorRegistry
 
 from services.router.core import Experiment, experiment_id_for
-from services.router.core.batch import Applied, CountOnce, ModelBatch, OpenWindow
 from services.router.core.decision import DecisionConfig, ExperimentStats
 from services.router.core.experiment import ExperimentPlan
 from services.router.core.outcomes import (
@@ -110,44 +102,6 @@ class InMemoryTally:
         self.pending: dict[Exp, dict[str, PendingOutcome]] = {}
         self.labels: dict[Exp, dict[str, Label]] = {}
         self.closed: set[tuple[Exp, str]] = set()
-        self.applied: dict[tuple[str, str], int] = {}
-        #: Models whose next ``apply`` calls fail (a count per model), like a lost connection.
-        self.failures: Counter[str] = Counter()
-
-    async def apply(self, batch: ModelBatch) -> Applied:
-        """The Redis script's rules: skip what the partition applied, apply the rest."""
-        model = batch.model_name
-        if self.failures[model] > 0:
-            self.failures[model] -= 1
-            raise RuntimeError(f"{model}: tally refused the batch")
-        redelivered, labels, newest = 0, Counter[LabelStatus](), dict[tuple[str, str], int]()
-        for event in batch.events:
-            source = event.source
-            if source is not None:
-                where = (model, source.partition)
-                if source.offset <= self.applied.get(where, -1):
-                    redelivered += 1
-                    continue
-                newest[where] = max(newest.get(where, -1), source.offset)
-            for change in event.changes:
-                status = await self._change(model, change)
-                if status is not None:
-                    labels[status] += 1
-        self.applied.update(newest)
-        return Applied(redelivered, dict(labels))
-
-    async def _change(self, model: str, change: Any) -> LabelStatus | None:
-        exp = change.experiment_id
-        if isinstance(change, CountOnce):
-            await self.add(model, exp, change.marker, change.increments)
-            return None
-        if isinstance(change, OpenWindow):
-            await self.open_outcome(model, exp, change.pending)
-            return None
-        status = await self.label(model, exp, change.request_id, change.label)
-        if status == "late":
-            await self.add(model, exp, change.late.marker, change.late.increments)
-        return status
 
     async def open_outcome(
         self, model_name: str, experiment_id: str, pending: PendingOutcome
@@ -249,35 +203,6 @@ class FakeAliases:
         self.calls.append(("drop_challenger", version))
 
 
-class NumberedOffsets:
-    """Kafka offsets for FastStream's in-memory broker, whose records all sit at offset 0.
-
-    Each record published in a batch takes the next offset of its topic and partition;
-    ``rewind`` sends them back, as Kafka redelivers from the last committed offset.
-    """
-
-    def __init__(self) -> None:
-        self.next: dict[tuple[str, int], int] = {}
-        self._build = kafka_testing._build_record
-
-    def rewind(self, topic: str, offset: int, partition: int = 0) -> None:
-        """The next record on ``topic``'s ``partition`` sits at ``offset``."""
-        self.next[(topic, partition)] = offset
-
-    def _numbered(self, *args: Any, **kwargs: Any) -> Any:
-        record = self._build(*args, **kwargs)
-        where = (record.topic, record.partition)
-        offset = self.next.get(where, 0)
-        self.next[where] = offset + 1
-        return dataclasses.replace(record, offset=offset)
-
-    @contextmanager
-    def installed(self) -> Iterator[None]:
-        """Number the records published with ``publish_batch`` while inside."""
-        with mock.patch.object(kafka_testing, "_build_record", self._numbered):
-            yield
-
-
 class Router:
     """The router's handlers wired to fakes."""
 
@@ -295,20 +220,11 @@ class Router:
             self.store, self.tally, self.aliases, self.publisher, self.metrics, lambda: self.now
         )
         register(consumer_context("router", self.broker), self.approvals, self.outcomes)
-        self.offsets = NumberedOffsets()
 
     async def deliver(self, *events: Event) -> None:
-        """Each event through the broker on its own (a batch of one), in order."""
-        for event in events:
-            await self.deliver_batch(event)
-
-    async def deliver_batch(self, *events: Event) -> None:
-        """``events``, all of one topic, through the broker as one poll."""
-        (topic,) = {event.topic for event in events}
-        bodies = [event.model_dump_json().encode() for event in events]
-        with self.offsets.installed():
-            async with TestKafkaBroker(self.broker) as test_broker:
-                await test_broker.publish_batch(*bodies, topic=topic)
+        async with TestKafkaBroker(self.broker) as test_broker:
+            for event in events:
+                await test_broker.publish(event.model_dump_json().encode(), event.topic)
 
     def updates(self) -> list[ExperimentUpdated]:
         return [e for e in self.publisher.events if isinstance(e, ExperimentUpdated)]

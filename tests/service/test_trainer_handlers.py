@@ -6,12 +6,11 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pandas as pd
 import pytest
 from faststream.kafka import KafkaBroker, TestKafkaBroker
 from faststream.kafka.annotations import KafkaMessage
@@ -19,7 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from flywheel.demo_models import card_fraud_spec, generate_transactions
 from services.trainer.adapters import FileBatchSource
-from services.trainer.coalesce import CoalescePolicy, PendingArrival, StagedOutcome
+from services.trainer.coalesce import CoalescePolicy, PendingArrival
 from services.trainer.core import TrainedModel, TrainingConfig, data_version
 from services.trainer.handlers import TrainerHandlers, TrainerPorts, register
 from services.trainer.metrics import TrainerMetrics
@@ -35,7 +34,6 @@ from shared.events import (
     DriftDetected,
     Event,
     FeatureDrift,
-    ModelMetrics,
     ModelRegistered,
     ModelRejected,
     ModelTrained,
@@ -43,7 +41,7 @@ from shared.events import (
     Topic,
     dead_letter_topic,
 )
-from shared.spec import ModelSpec, load_spec
+from shared.spec import load_spec
 from shared.testing import RecordingPublisher, consumer_context
 
 MODEL = "customer-segment"
@@ -69,73 +67,22 @@ class InMemoryHistory:
         return self.refs.get(model_name, [])[-count:]
 
 
-@dataclass
-class FakeLease:
-    """A held lease: its token, and whether a renewal found it lost (the test says)."""
-
-    token: str
-    lost: bool = False
-
-
-class FakeLeases:
-    """Per-model leases in a dict: one holder at a time, as the Redis lease."""
+class InMemoryPending:
+    """Pending arrivals in a dict of lists."""
 
     def __init__(self) -> None:
-        self.held: dict[str, FakeLease] = {}
-        self.issued = 0
-
-    @contextlib.asynccontextmanager
-    async def try_hold(self, model_name: str) -> AsyncIterator[FakeLease | None]:
-        if model_name in self.held:
-            yield None
-            return
-        self.issued += 1
-        lease = self.held[model_name] = FakeLease(f"lease-{self.issued}")
-        try:
-            yield lease
-        finally:
-            if self.held.get(model_name) is lease:
-                del self.held[model_name]
-
-    def holds(self, model_name: str, token: str) -> bool:
-        lease = self.held.get(model_name)
-        return lease is not None and lease.token == token and not lease.lost
-
-
-class InMemoryPending:
-    """Pending triggers in a dict of lists, each accepted once, with the staged outcomes."""
-
-    def __init__(self, leases: FakeLeases) -> None:
         self.items: dict[str, list[PendingArrival]] = {}
-        self.accepted: set[tuple[str, str]] = set()
-        self.outbox: dict[str, StagedOutcome] = {}
-        self._leases = leases
 
-    async def add(self, model_name: str, arrival: PendingArrival, once: str | None = None) -> bool:
-        name = (model_name, once or arrival.event.event_id)
-        if name in self.accepted:
-            return False
-        self.accepted.add(name)
+    async def add(self, model_name: str, arrival: PendingArrival) -> None:
         self.items.setdefault(model_name, []).append(arrival)
-        return True
 
     async def waiting(self, model_name: str) -> list[PendingArrival]:
         return list(self.items.get(model_name, []))
 
-    async def stage(self, model_name: str, staged: StagedOutcome, fence: str) -> bool:
-        if not self._leases.holds(model_name, fence):
-            return False
-        self.outbox[model_name] = staged
-        return True
-
-    async def staged(self, model_name: str) -> StagedOutcome | None:
-        return self.outbox.get(model_name)
-
-    async def settle(self, model_name: str, staged: StagedOutcome) -> None:
-        gone = set(staged.covered)
+    async def remove(self, model_name: str, arrivals: list[PendingArrival]) -> None:
+        gone = {a.event.event_id for a in arrivals}
         kept = [a for a in self.items.get(model_name, []) if a.event.event_id not in gone]
         self.items[model_name] = kept
-        self.outbox.pop(model_name, None)
 
 
 class Clock:
@@ -146,6 +93,18 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+class AsyncioLock:
+    """A per-model asyncio lock standing in for the Redis lock."""
+
+    def __init__(self) -> None:
+        self.locks: dict[str, asyncio.Lock] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, model_name: str) -> AsyncIterator[None]:
+        async with self.locks.setdefault(model_name, asyncio.Lock()):
+            yield
 
 
 @dataclass
@@ -159,12 +118,9 @@ class FakeModelStore:
     max_active: int = 0
     delays: dict[str, float] = field(default_factory=dict)
     failures: dict[str, Exception] = field(default_factory=dict)
-    while_logging: Callable[[], None] | None = None
     _guard: threading.Lock = field(default_factory=threading.Lock)
 
     def log_training(self, model: TrainedModel, context: RunContext) -> str:
-        if self.while_logging is not None:
-            self.while_logging()
         with self._guard:
             self.active += 1
             self.max_active = max(self.max_active, self.active)
@@ -186,7 +142,6 @@ class Harness:
     handlers: TrainerHandlers
     history: InMemoryHistory
     pending: InMemoryPending
-    leases: FakeLeases
     clock: Clock
     store: FakeModelStore
     publisher: RecordingPublisher
@@ -205,10 +160,6 @@ class Harness:
         self.clock.now += WINDOW_S
         return await self.handlers.train_pending(model)
 
-    async def work(self, model: str = MODEL) -> bool:
-        """The worker's next turn of ``model`` (no time passes)."""
-        return await self.handlers.train_pending(model)
-
     def count(self, metric: str, model: str = MODEL, **labels: str) -> float:
         """A trainer metric's sample for ``model`` (0 when never counted)."""
         value = self.registry.get_sample_value(metric, {"model_name": model, **labels})
@@ -218,12 +169,11 @@ class Harness:
 def _harness(window: int = 5, delay_s: float = 0.0, min_rows: int = 1, older: int = 0) -> Harness:
     broker = KafkaBroker()
     publisher, history, store = RecordingPublisher(), InMemoryHistory(), FakeModelStore(delay_s)
-    leases = FakeLeases()
-    pending, clock, registry = InMemoryPending(leases), Clock(), CollectorRegistry()
+    pending, clock, registry = InMemoryPending(), Clock(), CollectorRegistry()
     metrics = TrainerMetrics.create(registry)
     registered = InMemorySpecSource({FRAUD: RegisteredSpec(1, card_fraud_spec())})
     catalog = ModelCatalog(registered, MODEL, load_spec())
-    ports = TrainerPorts(FileBatchSource(), history, pending, leases, store, publisher)
+    ports = TrainerPorts(FileBatchSource(), history, pending, AsyncioLock(), store, publisher)
     policy = CoalescePolicy(window_s=WINDOW_S, max_wait_s=60, min_rows=min_rows)
     config = TrainingConfig(older_fraction=0.5)
     handlers = TrainerHandlers(ports, catalog, config, window, metrics, policy, clock, older)
@@ -239,9 +189,7 @@ def _harness(window: int = 5, delay_s: float = 0.0, min_rows: int = 1, older: in
         headers = dict(message.headers)
         dead.setdefault(headers["x-original-topic"], []).append(headers)
 
-    return Harness(
-        broker, handlers, history, pending, leases, clock, store, publisher, registry, dead
-    )
+    return Harness(broker, handlers, history, pending, clock, store, publisher, registry, dead)
 
 
 def _batch(tmp_path: Path, seed: int, rows: int = 600) -> DatasetRef:
@@ -370,8 +318,6 @@ async def test_drift_retrains_at_once_in_the_drift_turn(tmp_path: Path) -> None:
     batches = [DataArrived(producer="test", dataset=_batch(tmp_path, s)) for s in (1, 2)]
     drift = _drift()
     await _send(h.broker, *batches, drift)
-    assert h.trained() == []  # the handler only remembered it
-    assert await h.work()
 
     [retrained] = h.trained()
     assert retrained.trigger == "drift"
@@ -388,7 +334,6 @@ async def test_retrain_command_trains_with_trigger_manual(tmp_path: Path) -> Non
     await h.history.record(MODEL, _batch(tmp_path, 1))
     command = RetrainModel(producer="cli", model_name=MODEL, reason="new labels")
     await _send(h.broker, command, RetrainModel(producer="cli", model_name="other"))
-    assert await h.work()
     [trained] = h.trained()
     assert (trained.trigger, trained.causation_id) == ("manual", command.event_id)
     assert h.count("flywheel_trainer_triggers_total", trigger="manual", outcome="accepted") == 1
@@ -422,20 +367,16 @@ async def test_an_mlflow_outage_keeps_the_arrivals_pending(tmp_path: Path) -> No
     assert len(h.trained()) == 1
 
 
-async def test_an_mlflow_outage_during_a_drift_training_keeps_the_drift_pending(
+async def test_an_mlflow_outage_during_drift_rewinds_instead_of_dead_lettering(
     tmp_path: Path,
 ) -> None:
     h = _harness()
     await h.history.record(MODEL, _batch(tmp_path, 1))
     h.store.failure = DependencyUnavailableError("MLflow unreachable")
-    await h.handlers.on_drift_detected(_drift())
     with pytest.raises(DependencyUnavailableError):
-        await h.work()
+        await h.handlers.on_drift_detected(_drift())
     assert h.publisher.events == []
     assert h.count("flywheel_trainer_trainings_total", trigger="drift", outcome="deferred") == 1
-    h.store.failure = None
-    assert await h.work()
-    assert [t.trigger for t in h.trained()] == ["drift"]
 
 
 @pytest.mark.parametrize("damage", ["missing", "tampered", "misfit"])
@@ -466,41 +407,30 @@ async def test_an_older_batch_that_vanished_is_skipped(tmp_path: Path) -> None:
     await h.history.record(MODEL, second)
     _path(first).unlink()
     await _send(h.broker, _drift())
-    assert await h.work()
     assert h.trained()[-1].datasets == (second,)
 
 
-async def test_two_workers_never_train_the_same_model_at_once(tmp_path: Path) -> None:
+async def test_two_triggers_never_train_the_same_model_at_once(tmp_path: Path) -> None:
     h = _harness(delay_s=0.3)
     await h.history.record(MODEL, _batch(tmp_path, 1))
     await h.handlers.on_data_arrived(DataArrived(producer="test", dataset=_batch(tmp_path, 2)))
     h.clock.now += WINDOW_S
-    await h.handlers.on_drift_detected(_drift())
-    command = RetrainModel(producer="cli", model_name=MODEL)  # the newer request
-    await h.handlers.on_retrain_requested(command)
-    turns = await asyncio.gather(*(h.handlers.train_pending(MODEL) for _ in range(3)))
-    assert sorted(turns) == [False, False, True]  # the lease's holder trains, the others pass
-    [trained] = h.trained()
-    assert (trained.trigger, trained.causation_id) == ("manual", command.event_id)
-    assert len(h.store.logged[0][1].trigger_ids) == 3
+    command = RetrainModel(producer="cli", model_name=MODEL)
+    await asyncio.gather(
+        h.handlers.train_pending(MODEL),
+        h.handlers.on_drift_detected(_drift()),
+        h.handlers.on_retrain_requested(command),
+    )
+    assert 2 <= len(h.store.logged) <= 3
     assert h.store.max_active == 1
-    assert h.pending.items[MODEL] == []
 
 
-async def test_the_schedule_retrains_once_per_period_whichever_replica_claims_it(
-    tmp_path: Path,
-) -> None:
+async def test_the_schedule_retrains_with_trigger_schedule(tmp_path: Path) -> None:
     h = _harness()
-    assert await h.handlers.on_schedule(MODEL, 7) is None  # no batches yet: nothing to claim
     await h.history.record(MODEL, _batch(tmp_path, 1))
-    tick = await h.handlers.on_schedule(MODEL, 7)
-    assert tick is not None
-    assert await h.handlers.on_schedule(MODEL, 7) is None  # another replica's timer, same period
-    assert await h.work()
-    assert not await h.work()
+    tick = await h.handlers.on_schedule(MODEL)
     [trained] = h.trained()
     assert (trained.trigger, trained.causation_id) == ("schedule", tick.event_id)
-    assert await h.handlers.on_schedule(MODEL, 8) is not None
 
 
 async def test_the_scheduler_runs_pending_and_scheduled_trainings(tmp_path: Path) -> None:
@@ -748,136 +678,6 @@ async def test_drift_of_one_model_retrains_that_model_only(tmp_path: Path) -> No
     await h.history.record(FRAUD, _fraud_batch(tmp_path, 1))
     drift = _drift(FRAUD)
     await _send(h.broker, drift)
-    assert not await h.work(MODEL)
-    assert await h.work(FRAUD)
     [retrained] = h.trained()
     assert (retrained.model_name, retrained.trigger) == (FRAUD, "drift")
     assert h.store.logged[0][1].label == "outcome"
-
-
-class LeaseLosingBatches(FileBatchSource):
-    """Batch files whose reading (while fitting) finds the model's lease lost."""
-
-    def __init__(self, leases: FakeLeases) -> None:
-        self._leases = leases
-
-    def load(self, ref: DatasetRef, spec: ModelSpec) -> pd.DataFrame:
-        self._leases.held[MODEL].lost = True
-        return super().load(ref, spec)
-
-
-async def test_the_handler_returns_before_the_training_which_then_publishes_once(
-    tmp_path: Path,
-) -> None:
-    h = _harness(delay_s=0.3)
-    await h.history.record(MODEL, _batch(tmp_path, 1))
-    drift = _drift()
-    await _send(h.broker, drift)  # returns once the drift is remembered: its offset commits
-    assert (h.store.active, h.store.logged, h.trained()) == (0, [], [])
-    assert [p.event for p in h.pending.items[MODEL]] == [drift]
-
-    scheduler = PendingTrainingScheduler(h.handlers, tick_s=0.01)
-    await scheduler.start()
-    for _ in range(300):
-        if h.trained():
-            break
-        await asyncio.sleep(0.01)
-    await scheduler.stop()
-    [trained] = h.trained()
-    assert (trained.trigger, trained.causation_id) == ("drift", drift.event_id)
-    assert h.pending.items[MODEL] == []
-    await h.handlers.on_drift_detected(drift)  # redelivered after a crash: already accepted
-    assert not await h.work()
-    assert len(h.store.logged) == 1
-    assert h.count("flywheel_trainer_triggers_total", trigger="drift", outcome="duplicate") == 1
-
-
-@pytest.mark.parametrize("when", ["while fitting", "while logging"])
-async def test_a_lost_lease_aborts_the_publication_and_leaves_the_trigger(
-    tmp_path: Path, when: str
-) -> None:
-    h = _harness()
-    await h.history.record(MODEL, _batch(tmp_path, 1))
-    await h.handlers.on_drift_detected(_drift())
-    handlers = h.handlers
-    if when == "while fitting":
-        ports = replace(h.handlers.ports, batches=LeaseLosingBatches(h.leases))
-        handlers = replace(h.handlers, ports=ports)
-    else:
-        h.store.while_logging = lambda: setattr(h.leases.held[MODEL], "lost", True)
-    assert not await handlers.train_pending(MODEL)
-
-    assert h.publisher.events == []
-    assert len(h.pending.items[MODEL]) == 1  # left for the lease's holder
-    assert h.pending.outbox == {}
-    assert len(h.store.logged) == (0 if when == "while fitting" else 1)
-    assert h.count("flywheel_trainer_lease_lost_total") == 1
-    h.store.while_logging = None
-    assert await h.work()  # the next holder trains it, once
-    assert [t.trigger for t in h.trained()] == ["drift"]
-
-
-async def test_an_outcome_staged_before_a_crash_is_published_again_not_retrained(
-    tmp_path: Path,
-) -> None:
-    h = _harness()
-    await h.history.record(MODEL, _batch(tmp_path, 1))
-    drift = _drift()
-    await h.handlers.on_drift_detected(drift)
-    run = ModelTrained.caused_by(
-        drift,
-        producer="trainer",
-        model_name=MODEL,
-        run_id="run-before-the-crash",
-        model_uri="runs:/run-before-the-crash/model",
-        algorithm="logistic_regression",
-        metrics=ModelMetrics(accuracy=0.9, macro_f1=0.9, validation_rows=100),
-        data_version="v1",
-        datasets=tuple(h.history.refs[MODEL]),
-        trigger="drift",
-    )
-    h.pending.outbox[MODEL] = StagedOutcome(run, (drift.event_id,))
-    assert await h.work()
-    assert h.publisher.events == [run]  # the same event (id): consumers drop a repeat
-    assert h.store.logged == []
-    assert (h.pending.items[MODEL], h.pending.outbox) == ([], {})
-
-
-async def test_two_replicas_timers_retrain_each_model_once_per_period(tmp_path: Path) -> None:
-    h = _harness()
-    await h.history.record(MODEL, _batch(tmp_path, 1))
-    await h.history.record(FRAUD, _fraud_batch(tmp_path, 1))
-    claims: list[tuple[str, int, bool]] = []
-
-    class Claiming(TrainerHandlers):
-        async def on_schedule(self, model_name: str, period: int) -> RetrainModel | None:
-            tick = await super().on_schedule(model_name, period)
-            claims.append((model_name, period, tick is not None))
-            return tick
-
-    handlers = Claiming(*(getattr(h.handlers, f.name) for f in fields(h.handlers)))
-    wall = [3599.9]  # the last moment of period 0 of an hourly schedule
-    replicas = [
-        PendingTrainingScheduler(handlers, tick_s=0.01, every_s=3600, wall_clock=lambda: wall[0])
-        for _ in range(2)
-    ]
-    for replica in replicas:
-        await replica.start()
-    wall[0] = 3600.1  # period 1 begins on both replicas' clocks
-    for _ in range(500):
-        if len(claims) == 4 and len(h.trained()) == 2:
-            break
-        await asyncio.sleep(0.01)
-    for replica in replicas:
-        await replica.stop()
-
-    assert sorted(claims) == [
-        (FRAUD, 1, False),
-        (FRAUD, 1, True),
-        (MODEL, 1, False),
-        (MODEL, 1, True),
-    ]
-    assert sorted((t.model_name, t.trigger) for t in h.trained()) == [
-        (FRAUD, "schedule"),
-        (MODEL, "schedule"),
-    ]

@@ -12,8 +12,8 @@ from faststream.kafka.annotations import KafkaMessage
 from prometheus_client import CollectorRegistry
 from sklearn.datasets import load_diabetes
 from test_trainer_handlers import (
+    AsyncioLock,
     Clock,
-    FakeLeases,
     FakeModelStore,
     InMemoryHistory,
     InMemoryPending,
@@ -58,12 +58,11 @@ class Loop:
         catalog = ModelCatalog(
             InMemorySpecSource({MODEL: RegisteredSpec(1, _spec())}), "customer-segment", load_spec()
         )
-        leases = FakeLeases()
         ports = TrainerPorts(
             FileBatchSource(),
             InMemoryHistory(),
-            InMemoryPending(leases),
-            leases,
+            InMemoryPending(),
+            AsyncioLock(),
             self.store,
             self.publisher,
         )

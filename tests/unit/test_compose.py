@@ -188,34 +188,12 @@ def test_command_names_its_own_service(services: dict[str, Service], name: str) 
     assert _command(services[name]) == [name]
 
 
-def _replicas(service: Service) -> int:
-    return int((service.get("deploy") or {}).get("replicas", 1))
-
-
-def _container_ports_only(service: Service) -> set[int]:
-    """Container ports published on a host port Docker picks (``"8001"``, no host part)."""
-    entries = service.get("ports") or []
-    return {int(str(e).split("/")[0]) for e in entries if ":" not in str(e) and str(e).isdigit()}
-
-
 @pytest.mark.parametrize("name", SERVICES)
 def test_publishes_the_port_its_settings_default_to(
     services: dict[str, Service], name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     port = _default_port(name, monkeypatch)
-    if _replicas(services[name]) == 1:
-        assert (port, port) in _published(services[name])
-    else:  # replicas cannot share one host port: each gets one Docker picks
-        assert not _published(services[name]), f"{name} pins a host port for its replicas"
-        assert port in _container_ports_only(services[name])
-
-
-def test_the_kafka_consumers_run_replicas_and_the_gateway_keeps_its_port(
-    services: dict[str, Service],
-) -> None:
-    for name in ("router", "registry", "trainer", "monitor"):
-        assert _replicas(services[name]) >= 2, name
-    assert _replicas(services["gateway"]) == 1
+    assert (port, port) in _published(services[name])
 
 
 @pytest.mark.parametrize("name", SERVICES)
@@ -347,21 +325,12 @@ def test_mlflow_image_matches_the_pinned_client(services: dict[str, Service]) ->
 
 def test_prometheus_scrapes_every_service_on_its_port(monkeypatch: pytest.MonkeyPatch) -> None:
     config = _yaml(PROMETHEUS)
-    jobs = [
-        job for job in config["scrape_configs"] if job.get("metrics_path", "/metrics") == "/metrics"
-    ]
     targets = {
         str(target)
-        for job in jobs
+        for job in config["scrape_configs"]
+        if job.get("metrics_path", "/metrics") == "/metrics"
         for static in job.get("static_configs") or []
         for target in static.get("targets") or []
-    }
-    # Replicated services are found by DNS: one target per container.
-    targets |= {
-        f"{name}:{dns['port']}"
-        for job in jobs
-        for dns in job.get("dns_sd_configs") or []
-        for name in dns.get("names") or []
     }
     for name in SERVICES:
         assert f"{name}:{_default_port(name, monkeypatch)}" in targets, name

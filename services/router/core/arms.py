@@ -8,7 +8,6 @@ fair even when accuracy drifts; comparing pooled arms across a ramp is not
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable
 from functools import cached_property
 from typing import Any
@@ -115,7 +114,6 @@ class ExperimentStats(_Frozen):
         )
 
 
-@functools.lru_cache(maxsize=1024)  # a handful of shares, asked for once per event
 def share_key(share: float) -> str:
     """The stratum key of a challenger share.
 

@@ -114,18 +114,6 @@ class Experiment(BaseModel):
     queued: ModelApproved | None = Field(
         None, description="The newest challenger approved while this ran: it opens next."
     )
-    revision: int = Field(
-        0,
-        ge=0,
-        description="How many times the store saved this experiment: a save carrying an older "
-        "revision than the stored one is refused (another replica wrote first).",
-    )
-    verdict_holder: str | None = Field(
-        None, description="The router process carrying out the pending verdict."
-    )
-    verdict_claimed_at: AwareDatetime | None = Field(
-        None, description="When it claimed it: another may take over once the claim is old."
-    )
 
     @property
     def is_running(self) -> bool:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -254,13 +254,8 @@ def decode_pending(request_id: str, text: str) -> PendingOutcome:
     3
     """
     arm, stratum, at, seq = text.split("|")
-    # Our own stored text, read once per closing outcome: built, not validated again.
-    return PendingOutcome.model_construct(
-        request_id=request_id,
-        arm=cast(Variant, arm),
-        stratum=stratum,
-        predicted_at=float(at),
-        seq=int(seq),
+    return PendingOutcome.model_validate(
+        {"request_id": request_id, "arm": arm, "stratum": stratum, "predicted_at": at, "seq": seq}
     )
 
 

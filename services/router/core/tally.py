@@ -96,13 +96,11 @@ def late_increments(event: FeedbackReceived) -> dict[str, float]:
 
 def pending_of(event: PredictionLogged) -> PendingOutcome:
     """The open outcome window of a routed prediction."""
-    # Built from a validated event: constructed without validating again (once per event).
-    return PendingOutcome.model_construct(
+    return PendingOutcome(
         request_id=event.request_id,
         arm=event.variant,
         stratum=stratum_of(event),
         predicted_at=event.occurred_at.timestamp(),
-        seq=0,
     )
 
 
@@ -115,12 +113,8 @@ def label_of(event: FeedbackReceived) -> Label:
     error = None
     if event.predicted_value is not None and event.true_value is not None:
         error = event.predicted_value - event.true_value
-    return Label.model_construct(
-        correct=event.correct,
-        reward=event.reward,
-        error=error,
-        at=_seconds(event.occurred_at),
-        seq=0,
+    return Label(
+        correct=event.correct, reward=event.reward, error=error, at=_seconds(event.occurred_at)
     )
 
 
