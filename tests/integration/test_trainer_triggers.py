@@ -9,13 +9,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaProducer
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from flywheel.cli import app as cli
 from flywheel.demo_models import card_fraud_spec, generate_transactions
 from flywheel.infra import Endpoints
-from flywheel.loop import EventTap, publish_raw
+from flywheel.loop import EventTap
 from services.trainer.app import create_app
 from services.trainer.settings import Settings
 from shared.datasets import generate_customers, write_batch
@@ -47,8 +48,15 @@ async def trainer(infra_env: Endpoints, monkeypatch: pytest.MonkeyPatch) -> Asyn
 
 
 async def _publish(kafka: KafkaConnection, *events: Event) -> None:
-    for event in events:
-        await publish_raw(kafka, event.topic.value, event.model_dump_json().encode())
+    # One producer for all: a start per event (metadata, connection) spread a storm over
+    # more than the coalescing window on a slow machine, and it trained twice.
+    producer = AIOKafkaProducer(**kafka.client_options())
+    await producer.start()
+    try:
+        for event in events:
+            await producer.send_and_wait(event.topic.value, event.model_dump_json().encode())
+    finally:
+        await producer.stop()
 
 
 def _runs_answering(infra: Endpoints, model: str, event_ids: set[str]) -> list[dict[str, str]]:
